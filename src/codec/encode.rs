@@ -1,0 +1,186 @@
+//! Re-assembles a trace's encoded spans into OTLP `ExportTraceServiceRequest` payloads.
+
+use super::wire::{len_field_size, put_len_field, put_len_header};
+use super::{RawSpan, ScopeFrame};
+
+/// Why a kept trace could not be encoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EncodeError {
+    /// One span alone is larger than the maximum message size, so no split helps.
+    #[error("a span of {span_bytes} bytes exceeds the maximum message size of {max_bytes} bytes")]
+    SpanTooLarge {
+        /// Encoded size of the offending span.
+        span_bytes: usize,
+        /// The configured limit.
+        max_bytes: usize,
+    },
+}
+
+/// Encodes `spans` as OTLP `ExportTraceServiceRequest` payloads of at most
+/// `max_bytes` each: one payload unless the trace is larger than that.
+///
+/// Spans sent under the same resource and scope (compared by their encoded bytes,
+/// across input messages) share one `ResourceSpans` / `ScopeSpans` block, so the output
+/// is as compact as the input and every resource and scope is preserved as sent.
+///
+/// # Errors
+/// [`EncodeError::SpanTooLarge`] when a single span cannot fit in `max_bytes`.
+pub fn encode_trace(spans: &[RawSpan], max_bytes: usize) -> Result<Vec<Vec<u8>>, EncodeError> {
+    let layout = Layout::new(spans);
+    if layout.len() <= max_bytes {
+        return Ok(vec![layout.write()]);
+    }
+    // Split: every chunk repeats at most all of the trace's framing, so budget for it.
+    let framing: usize = distinct_frames(spans)
+        .iter()
+        .map(|f| frame_overhead(f))
+        .sum::<usize>()
+        + 32;
+    let budget = max_bytes.saturating_sub(framing);
+    let mut payloads = Vec::new();
+    let mut start = 0;
+    let mut acc = 0;
+    for (i, s) in spans.iter().enumerate() {
+        let size = len_field_size(s.bytes.len());
+        if size + framing > max_bytes {
+            return Err(EncodeError::SpanTooLarge {
+                span_bytes: s.bytes.len(),
+                max_bytes,
+            });
+        }
+        if acc + size > budget && i > start {
+            payloads.push(encode_chunk(&spans[start..i]));
+            start = i;
+            acc = 0;
+        }
+        acc += size;
+    }
+    payloads.push(encode_chunk(&spans[start..]));
+    Ok(payloads)
+}
+
+fn encode_chunk(spans: &[RawSpan]) -> Vec<u8> {
+    Layout::new(spans).write()
+}
+
+/// Bytes of framing one scope adds around its spans: the resource and scope fields,
+/// schema urls and the nested length prefixes.
+fn frame_overhead(f: &ScopeFrame) -> usize {
+    f.resource.as_ref().map_or(0, |r| len_field_size(r.len()))
+        + f.scope.as_ref().map_or(0, |s| len_field_size(s.len()))
+        + opt_len(&f.resource_schema_url)
+        + opt_len(&f.scope_schema_url)
+        + 24
+}
+
+fn opt_len(b: &[u8]) -> usize {
+    if b.is_empty() {
+        0
+    } else {
+        len_field_size(b.len())
+    }
+}
+
+fn distinct_frames(spans: &[RawSpan]) -> Vec<&ScopeFrame> {
+    let mut frames: Vec<&ScopeFrame> = Vec::new();
+    for s in spans {
+        if !frames.iter().any(|f| f.same_scope(&s.frame)) {
+            frames.push(&s.frame);
+        }
+    }
+    frames
+}
+
+/// The trace's spans grouped as the output nests them: resource -> scope -> spans.
+struct Layout<'a> {
+    resources: Vec<ResourceGroup<'a>>,
+}
+
+struct ResourceGroup<'a> {
+    frame: &'a ScopeFrame,
+    scopes: Vec<ScopeGroup<'a>>,
+    body_len: usize,
+}
+
+struct ScopeGroup<'a> {
+    frame: &'a ScopeFrame,
+    spans: Vec<&'a [u8]>,
+    body_len: usize,
+}
+
+impl<'a> Layout<'a> {
+    fn new(spans: &'a [RawSpan]) -> Self {
+        let mut resources: Vec<ResourceGroup<'a>> = Vec::new();
+        for s in spans {
+            let frame: &ScopeFrame = &s.frame;
+            let ri = match resources.iter().position(|r| r.frame.same_resource(frame)) {
+                Some(i) => i,
+                None => {
+                    resources.push(ResourceGroup {
+                        frame,
+                        scopes: Vec::new(),
+                        body_len: 0,
+                    });
+                    resources.len() - 1
+                }
+            };
+            let scopes = &mut resources[ri].scopes;
+            match scopes.iter_mut().find(|g| g.frame.same_scope(frame)) {
+                Some(g) => g.spans.push(&s.bytes),
+                None => scopes.push(ScopeGroup {
+                    frame,
+                    spans: vec![&s.bytes],
+                    body_len: 0,
+                }),
+            }
+        }
+        for r in &mut resources {
+            for g in &mut r.scopes {
+                g.body_len = g.frame.scope.as_ref().map_or(0, |s| len_field_size(s.len()))
+                    + g.spans.iter().map(|s| len_field_size(s.len())).sum::<usize>()
+                    + opt_len(&g.frame.scope_schema_url);
+            }
+            r.body_len = r.frame.resource.as_ref().map_or(0, |x| len_field_size(x.len()))
+                + r.scopes.iter().map(|g| len_field_size(g.body_len)).sum::<usize>()
+                + opt_len(&r.frame.resource_schema_url);
+        }
+        Layout { resources }
+    }
+
+    fn len(&self) -> usize {
+        self.resources.iter().map(|r| len_field_size(r.body_len)).sum()
+    }
+}
+
+impl Layout<'_> {
+    fn write(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.write_into(&mut out);
+        out
+    }
+
+    fn write_into(&self, out: &mut Vec<u8>) {
+        for r in &self.resources {
+        // ExportTraceServiceRequest.resource_spans = 1
+        put_len_header(out, 1, r.body_len);
+        if let Some(res) = &r.frame.resource {
+            put_len_field(out, 1, res); // ResourceSpans.resource = 1
+        }
+        for g in &r.scopes {
+            put_len_header(out, 2, g.body_len); // ResourceSpans.scope_spans = 2
+            if let Some(scope) = &g.frame.scope {
+                put_len_field(out, 1, scope); // ScopeSpans.scope = 1
+            }
+            for span in &g.spans {
+                put_len_field(out, 2, span); // ScopeSpans.spans = 2
+            }
+            if !g.frame.scope_schema_url.is_empty() {
+                put_len_field(out, 3, &g.frame.scope_schema_url); // ScopeSpans.schema_url = 3
+            }
+        }
+        if !r.frame.resource_schema_url.is_empty() {
+            put_len_field(out, 3, &r.frame.resource_schema_url); // ResourceSpans.schema_url = 3
+        }
+    }
+}
+}

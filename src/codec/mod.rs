@@ -1,0 +1,198 @@
+//! Codec: turns Kafka message payloads into spans the buffer can group, and kept
+//! traces back into payloads.
+//!
+//! The hot path never builds an object tree: [`scan`] walks the OTLP protobuf wire
+//! format once, pulls out only what the buffer and the configured policies read (trace
+//! id, parent, timestamps, status, the attributes some policy names) and keeps each
+//! span's encoded bytes as a zero-copy slice of the input. [`encode`] concatenates
+//! those slices back into one `ExportTraceServiceRequest` per trace, with the original
+//! resource and scope framing.
+
+mod encode;
+mod scan;
+mod wire;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use encode::{encode_trace, EncodeError};
+pub use scan::{scan, AttrKeys};
+
+/// A W3C / OTLP trace id: 16 bytes, never all zero.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(pub [u8; 16]);
+
+impl TraceId {
+    /// Lower-case hex, the form used as the Kafka record key and in logs.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(32);
+        for b in self.0 {
+            s.push(char::from(HEX[(b >> 4) as usize]));
+            s.push(char::from(HEX[(b & 0xf) as usize]));
+        }
+        s
+    }
+
+    /// Parses the 32-character hex form (either case).
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, chunk) in b.chunks_exact(2).enumerate() {
+            let hi = (chunk[0] as char).to_digit(16)?;
+            let lo = (chunk[1] as char).to_digit(16)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Some(TraceId(out))
+    }
+
+    /// A well-mixed 64-bit value of the id, used to pick a shard.
+    pub fn shard_hash(&self) -> u64 {
+        // Trace ids are random by spec (W3C level 2), but some SDKs fill the high half
+        // with zeros or a timestamp, so mix both halves.
+        let hi = u64::from_le_bytes(self.0[..8].try_into().unwrap_or_default());
+        let lo = u64::from_le_bytes(self.0[8..].try_into().unwrap_or_default());
+        (hi ^ lo.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// OTLP span status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StatusCode {
+    /// The default: the instrumentation did not set a status.
+    #[default]
+    Unset,
+    /// Explicitly marked successful.
+    Ok,
+    /// The operation failed.
+    Error,
+}
+
+/// The value of an attribute a policy reads. Strings stay zero-copy slices of the input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    /// `string_value`.
+    Str(Bytes),
+    /// `int_value`.
+    Int(i64),
+    /// `double_value`.
+    Double(f64),
+    /// `bool_value`.
+    Bool(bool),
+}
+
+/// One attribute a policy reads: the index of its key in [`AttrKeys`] and its value.
+pub type Attr = (u16, AttrValue);
+
+/// The resource and instrumentation scope framing shared by the spans of one
+/// `ScopeSpans` block, kept encoded so kept spans are re-emitted under it unchanged.
+#[derive(Debug, Default, PartialEq)]
+pub struct ScopeFrame {
+    /// Encoded `Resource` message body, `None` when the field was absent.
+    pub resource: Option<Bytes>,
+    /// `ResourceSpans.schema_url`.
+    pub resource_schema_url: Bytes,
+    /// Encoded `InstrumentationScope` body, `None` when absent.
+    pub scope: Option<Bytes>,
+    /// `ScopeSpans.schema_url`.
+    pub scope_schema_url: Bytes,
+    /// Resource attributes some policy reads (OTel looks at resource and span attributes).
+    pub resource_attrs: Vec<Attr>,
+}
+
+impl ScopeFrame {
+    /// Whether two frames encode the same resource (so their spans can share one
+    /// `ResourceSpans` in the output).
+    pub fn same_resource(&self, other: &ScopeFrame) -> bool {
+        self.resource == other.resource && self.resource_schema_url == other.resource_schema_url
+    }
+
+    /// Whether two frames encode the same resource and scope.
+    pub fn same_scope(&self, other: &ScopeFrame) -> bool {
+        self.same_resource(other)
+            && self.scope == other.scope
+            && self.scope_schema_url == other.scope_schema_url
+    }
+}
+
+/// What the scan extracts from one span.
+#[derive(Debug, Clone)]
+pub struct Span {
+    /// The trace this span belongs to.
+    pub trace_id: TraceId,
+    /// True when the span has no parent: the trace's root.
+    pub is_root: bool,
+    /// `start_time_unix_nano`.
+    pub start_ns: u64,
+    /// `end_time_unix_nano`.
+    pub end_ns: u64,
+    /// `status.code`.
+    pub status: StatusCode,
+    /// Span attributes some policy reads.
+    pub attrs: Vec<Attr>,
+    /// The encoded span, what the buffer keeps.
+    pub raw: RawSpan,
+}
+
+/// A span as the buffer keeps it: its encoded bytes and the framing to re-emit it under.
+#[derive(Debug, Clone)]
+pub struct RawSpan {
+    /// The span's encoded `Span` message body, a slice of the input payload.
+    pub bytes: Bytes,
+    /// The resource and scope this span was sent under.
+    pub frame: Arc<ScopeFrame>,
+}
+
+/// Why a payload could not be read. Carried to the dead-letter topic as its reason.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// The payload ends inside a field: a cut-off message.
+    #[error("truncated protobuf at byte {0}")]
+    Truncated(usize),
+    /// The bytes are not valid protobuf for the expected message.
+    #[error("invalid protobuf at byte {at}: {what}")]
+    Invalid {
+        /// Byte offset in the payload.
+        at: usize,
+        /// What was wrong.
+        what: &'static str,
+    },
+    /// A span's trace id is not 16 bytes or is all zero.
+    #[error("span has an invalid trace id ({len} bytes)")]
+    BadTraceId {
+        /// Length of the trace id field.
+        len: usize,
+    },
+}
+
+impl CodecError {
+    /// A short, bounded label for metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CodecError::Truncated(_) => "truncated",
+            CodecError::Invalid { .. } => "invalid_protobuf",
+            CodecError::BadTraceId { .. } => "bad_trace_id",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

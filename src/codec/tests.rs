@@ -1,0 +1,205 @@
+//! Scan and encode checked against prost's full decode of the same bytes.
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span as PbSpan, Status};
+use prost::Message;
+
+use super::*;
+
+fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+fn pb_span(trace: u8, span: u8, parent: u8, code: status::StatusCode) -> PbSpan {
+    PbSpan {
+        trace_id: vec![trace; 16],
+        span_id: vec![span; 8],
+        parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+        name: format!("span-{span}"),
+        start_time_unix_nano: 1_000 + u64::from(span),
+        end_time_unix_nano: 5_000 + u64::from(span),
+        attributes: vec![
+            kv("http.route", any_value::Value::StringValue("/checkout".into())),
+            kv("http.status_code", any_value::Value::IntValue(503)),
+            kv("ignored", any_value::Value::BoolValue(true)),
+        ],
+        status: Some(Status {
+            message: String::new(),
+            code: code as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+fn request() -> ExportTraceServiceRequest {
+    let resource = |svc: &str| Resource {
+        attributes: vec![kv("service.name", any_value::Value::StringValue(svc.into()))],
+        ..Default::default()
+    };
+    let scope = InstrumentationScope {
+        name: "lib".into(),
+        version: "1.0".into(),
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![
+            ResourceSpans {
+                resource: Some(resource("frontend")),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope.clone()),
+                    spans: vec![
+                        pb_span(1, 1, 0, status::StatusCode::Unset),
+                        pb_span(2, 2, 0, status::StatusCode::Ok),
+                    ],
+                    schema_url: "https://opentelemetry.io/schemas/1.21.0".into(),
+                }],
+                schema_url: "res-schema".into(),
+            },
+            ResourceSpans {
+                resource: Some(resource("backend")),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope),
+                    spans: vec![pb_span(1, 3, 1, status::StatusCode::Error)],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            },
+        ],
+    }
+}
+
+fn keys() -> AttrKeys {
+    AttrKeys::new(["http.route", "http.status_code", "service.name"])
+}
+
+#[test]
+fn scan_extracts_what_policies_need() {
+    let payload = Bytes::from(request().encode_to_vec());
+    let mut spans = Vec::new();
+    scan(&payload, &keys(), &mut spans).expect("valid payload");
+    assert_eq!(spans.len(), 3);
+    assert_eq!(spans[0].trace_id, TraceId([1; 16]));
+    assert!(spans[0].is_root);
+    assert!(!spans[2].is_root);
+    assert_eq!(spans[2].status, StatusCode::Error);
+    assert_eq!(spans[1].status, StatusCode::Ok);
+    assert_eq!((spans[0].start_ns, spans[0].end_ns), (1_001, 5_001));
+    let route = keys().index("http.route").unwrap_or(u16::MAX);
+    let code = keys().index("http.status_code").unwrap_or(u16::MAX);
+    assert!(spans[0]
+        .attrs
+        .contains(&(route, AttrValue::Str(Bytes::from_static(b"/checkout")))));
+    assert!(spans[0].attrs.contains(&(code, AttrValue::Int(503))));
+    assert_eq!(spans[0].attrs.len(), 2, "unread keys are not extracted");
+    let svc = keys().index("service.name").unwrap_or(u16::MAX);
+    assert_eq!(
+        spans[2].raw.frame.resource_attrs,
+        vec![(svc, AttrValue::Str(Bytes::from_static(b"backend")))]
+    );
+}
+
+#[test]
+fn encode_round_trips_through_prost() {
+    let req = request();
+    let payload = Bytes::from(req.encode_to_vec());
+    let mut spans = Vec::new();
+    scan(&payload, &AttrKeys::default(), &mut spans).expect("valid payload");
+    let trace1: Vec<RawSpan> = spans
+        .iter()
+        .filter(|s| s.trace_id == TraceId([1; 16]))
+        .map(|s| s.raw.clone())
+        .collect();
+    let out = encode_trace(&trace1, 1 << 20).expect("fits");
+    assert_eq!(out.len(), 1);
+    let decoded = ExportTraceServiceRequest::decode(&out[0][..]).expect("valid OTLP");
+    assert_eq!(decoded.resource_spans.len(), 2, "both resources preserved");
+    let rs0 = &decoded.resource_spans[0];
+    assert_eq!(rs0.resource, req.resource_spans[0].resource);
+    assert_eq!(rs0.schema_url, "res-schema");
+    assert_eq!(rs0.scope_spans[0].scope, req.resource_spans[0].scope_spans[0].scope);
+    assert_eq!(rs0.scope_spans[0].schema_url, req.resource_spans[0].scope_spans[0].schema_url);
+    assert_eq!(rs0.scope_spans[0].spans, vec![req.resource_spans[0].scope_spans[0].spans[0].clone()]);
+    assert_eq!(decoded.resource_spans[1].scope_spans[0].spans, req.resource_spans[1].scope_spans[0].spans);
+}
+
+#[test]
+fn spans_from_separate_messages_share_framing() {
+    let req = request();
+    let mut spans = Vec::new();
+    for _ in 0..2 {
+        let payload = Bytes::from(req.encode_to_vec());
+        scan(&payload, &AttrKeys::default(), &mut spans).expect("valid payload");
+    }
+    let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
+    let out = encode_trace(&raw, 1 << 20).expect("fits");
+    let decoded = ExportTraceServiceRequest::decode(&out[0][..]).expect("valid OTLP");
+    assert_eq!(decoded.resource_spans.len(), 2);
+    assert_eq!(decoded.resource_spans[0].scope_spans.len(), 1);
+    assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 4);
+}
+
+#[test]
+fn oversized_trace_splits_into_valid_messages() {
+    let req = request();
+    let mut spans = Vec::new();
+    for _ in 0..50 {
+        let payload = Bytes::from(req.encode_to_vec());
+        scan(&payload, &AttrKeys::default(), &mut spans).expect("valid payload");
+    }
+    let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
+    let out = encode_trace(&raw, 2_000).expect("splittable");
+    assert!(out.len() > 1);
+    let mut n = 0;
+    for p in &out {
+        assert!(p.len() <= 2_000, "payload of {} bytes", p.len());
+        let d = ExportTraceServiceRequest::decode(&p[..]).expect("valid OTLP");
+        n += d
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum::<usize>();
+    }
+    assert_eq!(n, 150);
+    assert!(matches!(encode_trace(&raw, 100), Err(EncodeError::SpanTooLarge { .. })));
+}
+
+#[test]
+fn malformed_input_is_an_error_and_adds_nothing() {
+    let good = request().encode_to_vec();
+    let mut spans = Vec::new();
+    for cut in 1..good.len() {
+        let payload = Bytes::copy_from_slice(&good[..cut]);
+        // Some prefixes are valid shorter messages; none may panic or half-fill.
+        let before = spans.len();
+        if scan(&payload, &keys(), &mut spans).is_err() {
+            assert_eq!(spans.len(), before);
+        }
+        spans.clear();
+    }
+    let garbage = Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff");
+    assert!(scan(&garbage, &keys(), &mut spans).is_err());
+    let mut no_trace_id = request();
+    no_trace_id.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![0; 16];
+    let payload = Bytes::from(no_trace_id.encode_to_vec());
+    assert_eq!(
+        scan(&payload, &keys(), &mut spans),
+        Err(CodecError::BadTraceId { len: 16 })
+    );
+    assert!(spans.is_empty());
+}
+
+#[test]
+fn trace_id_hex_round_trips() {
+    let id = TraceId([0xab; 16]);
+    assert_eq!(id.to_hex(), "ab".repeat(16));
+    assert_eq!(TraceId::from_hex(&id.to_hex()), Some(id));
+    assert_eq!(TraceId::from_hex("xyz"), None);
+}

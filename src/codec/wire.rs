@@ -1,0 +1,181 @@
+//! Minimal protobuf wire-format reader and writer helpers for the scanner and encoder.
+
+use super::CodecError;
+
+pub const VARINT: u8 = 0;
+pub const FIXED64: u8 = 1;
+pub const LEN: u8 = 2;
+pub const FIXED32: u8 = 5;
+
+/// A forward-only cursor over a protobuf message body.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// Offset of `buf[0]` in the whole payload, for error positions.
+    base: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], base: usize) -> Self {
+        Reader { buf, pos: 0, base }
+    }
+
+    pub fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    /// Absolute offset in the payload of the cursor.
+    pub fn offset(&self) -> usize {
+        self.base + self.pos
+    }
+
+    pub fn varint(&mut self) -> Result<u64, CodecError> {
+        let mut value: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(CodecError::Truncated(self.offset()));
+            };
+            self.pos += 1;
+            if shift == 63 && b > 1 {
+                return Err(self.invalid("varint overflows 64 bits"));
+            }
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(self.invalid("varint longer than 10 bytes"));
+            }
+        }
+    }
+
+    /// Reads a field key: `(field number, wire type)`.
+    pub fn key(&mut self) -> Result<(u32, u8), CodecError> {
+        let k = self.varint()?;
+        let field = k >> 3;
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return Err(self.invalid("field number out of range"));
+        }
+        Ok((field as u32, (k & 7) as u8))
+    }
+
+    pub fn fixed64(&mut self) -> Result<u64, CodecError> {
+        let end = self.pos + 8;
+        let Some(b) = self.buf.get(self.pos..end) else {
+            return Err(CodecError::Truncated(self.offset()));
+        };
+        self.pos = end;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// Reads a length-delimited field and returns `(start offset within buf, bytes)`.
+    pub fn len_delimited(&mut self) -> Result<(usize, &'a [u8]), CodecError> {
+        let len = self.varint()?;
+        let start = self.pos;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| start.checked_add(l))
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(CodecError::Truncated(self.offset()))?;
+        self.pos = end;
+        Ok((start, &self.buf[start..end]))
+    }
+
+    /// Skips a field of the given wire type.
+    pub fn skip(&mut self, wire_type: u8) -> Result<(), CodecError> {
+        match wire_type {
+            VARINT => self.varint().map(drop),
+            FIXED64 => self.fixed64().map(drop),
+            LEN => self.len_delimited().map(drop),
+            FIXED32 => {
+                let end = self.pos + 4;
+                if end > self.buf.len() {
+                    return Err(CodecError::Truncated(self.offset()));
+                }
+                self.pos = end;
+                Ok(())
+            }
+            _ => Err(self.invalid("unsupported wire type")),
+        }
+    }
+
+    pub fn invalid(&self, what: &'static str) -> CodecError {
+        CodecError::Invalid {
+            at: self.offset(),
+            what,
+        }
+    }
+
+    /// Fails unless the field has the expected wire type.
+    pub fn expect(&self, got: u8, want: u8) -> Result<(), CodecError> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(self.invalid("unexpected wire type for field"))
+        }
+    }
+}
+
+/// Encoded size of a varint.
+pub fn varint_len(v: u64) -> usize {
+    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+}
+
+/// Size of a length-delimited field with a one-byte key and `len` bytes of body.
+pub fn len_field_size(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Writes the key and length of a length-delimited field (field numbers < 16).
+pub fn put_len_header(out: &mut Vec<u8>, field: u8, len: usize) {
+    out.push((field << 3) | LEN);
+    put_varint(out, len as u64);
+}
+
+/// Writes a whole length-delimited field.
+pub fn put_len_field(out: &mut Vec<u8>, field: u8, body: &[u8]) {
+    put_len_header(out, field, body.len());
+    out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_len_matches_encoding() {
+        for v in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "value {v}");
+            assert_eq!(Reader::new(&out, 0).varint(), Ok(v));
+        }
+    }
+
+    #[test]
+    fn truncated_varint_is_an_error() {
+        assert_eq!(Reader::new(&[0x80, 0x80], 0).varint(), Err(CodecError::Truncated(2)));
+    }
+
+    #[test]
+    fn overlong_length_is_truncated_not_panic() {
+        let mut out = Vec::new();
+        put_varint(&mut out, u64::MAX);
+        assert!(matches!(
+            Reader::new(&out, 0).len_delimited(),
+            Err(CodecError::Truncated(_))
+        ));
+    }
+}

@@ -1,0 +1,2 @@
+//! tailsift: a tail-sampling stream processor for distributed traces on Kafka.
+pub mod codec;
