@@ -1,2 +1,3 @@
 //! tailsift: a tail-sampling stream processor for distributed traces on Kafka.
 pub mod codec;
+pub mod config;

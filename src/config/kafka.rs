@@ -1,0 +1,158 @@
+//! The `kafka:` section.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{ConfigDuration, ConfigError};
+
+/// Compression of produced records. Input in any codec is read regardless: the
+/// consumer decompresses whatever the producer used.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy.
+    Snappy,
+    /// lz4: cheap on CPU, a good default for span data.
+    #[default]
+    Lz4,
+    /// zstd: the best ratio.
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka `compression.codec` value.
+    pub fn to_librdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Brokers, topics and client settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`. Overridden by `--brokers` or
+    /// `TAILSIFT_BROKERS`.
+    pub brokers: String,
+    /// Consumer group id. Every instance with the same id shares the input partitions.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Topics carrying OTLP `ExportTraceServiceRequest` protobuf (the OTel Collector
+    /// kafka exporter's `otlp_proto`), keyed by trace id so a trace stays on one
+    /// partition (`partition_traces_by_id: true`).
+    pub input_topics: Vec<String>,
+    /// Topic that receives kept traces, one record per trace keyed by its hex trace id.
+    pub output_topic: String,
+    /// Topic that receives input messages that cannot be decoded, unchanged, with
+    /// headers saying why and where they came from.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// Largest record tailsift produces; a bigger kept trace is split into several
+    /// records (each a valid OTLP request). Keep it at or below the broker's
+    /// `message.max.bytes`.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Compression of produced records.
+    #[serde(default)]
+    pub compression: Compression,
+    /// How often safe offsets are committed.
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: ConfigDuration,
+    /// Extra librdkafka consumer properties (e.g. `security.protocol`, `sasl.*`,
+    /// `ssl.*`), applied after tailsift's own and overriding them.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka producer properties, applied after tailsift's own.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "tailsift".into()
+}
+
+fn default_dead_letter_topic() -> String {
+    "tailsift-dead-letter".into()
+}
+
+fn default_max_message_bytes() -> usize {
+    1_000_000
+}
+
+fn default_commit_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(1_000)
+}
+
+/// Properties tailsift sets itself for its guarantees; overriding them is refused.
+const RESERVED_CONSUMER_KEYS: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
+
+impl KafkaConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.brokers", "\"\"", "host:port[,host:port...]"));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.group_id", "\"\"", "a non-empty consumer group id"));
+        }
+        if self.input_topics.is_empty() {
+            return Err(ConfigError::invalid("kafka.input_topics", "[]", "at least one topic"));
+        }
+        for (i, t) in self.input_topics.iter().enumerate() {
+            check_topic(&format!("kafka.input_topics[{i}]"), t)?;
+        }
+        check_topic("kafka.output_topic", &self.output_topic)?;
+        check_topic("kafka.dead_letter_topic", &self.dead_letter_topic)?;
+        if self.input_topics.contains(&self.output_topic) {
+            return Err(ConfigError::invalid(
+                "kafka.output_topic",
+                &self.output_topic,
+                "a topic that is not also an input topic",
+            ));
+        }
+        if !(1024..=1_000_000_000).contains(&self.max_message_bytes) {
+            return Err(ConfigError::invalid(
+                "kafka.max_message_bytes",
+                self.max_message_bytes,
+                "1024 to 1000000000 bytes",
+            ));
+        }
+        if self.commit_interval.0.is_zero() {
+            return Err(ConfigError::invalid("kafka.commit_interval", self.commit_interval, "at least 1ms"));
+        }
+        for k in self.consumer.keys() {
+            if RESERVED_CONSUMER_KEYS.contains(&k.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("kafka.consumer.{k}"),
+                    &self.consumer[k],
+                    "no value: tailsift manages this property for at-least-once delivery (use kafka.group_id for the group)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_topic(field: &str, t: &str) -> Result<(), ConfigError> {
+    let ok = !t.is_empty()
+        && t.len() <= 249
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            format!("{t:?}"),
+            "a Kafka topic name: 1-249 characters of [a-zA-Z0-9._-]",
+        ))
+    }
+}

@@ -1,0 +1,295 @@
+//! The `policies:` list, in the OpenTelemetry Collector `tail_sampling` processor's
+//! shape: `name`, `type`, and a block named after the type.
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The policy types tailsift implements.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyType {
+    /// Keep every trace.
+    AlwaysSample,
+    /// Keep traces slower than a threshold.
+    Latency,
+    /// Keep traces with a span of the given status codes.
+    StatusCode,
+    /// Keep a fixed share of traces, chosen by a hash of the trace id.
+    Probabilistic,
+    /// Keep traces with a string attribute matching values or regexes.
+    StringAttribute,
+    /// Keep traces with an integer attribute inside a range.
+    NumericAttribute,
+}
+
+impl PolicyType {
+    /// The `type:` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyType::AlwaysSample => "always_sample",
+            PolicyType::Latency => "latency",
+            PolicyType::StatusCode => "status_code",
+            PolicyType::Probabilistic => "probabilistic",
+            PolicyType::StringAttribute => "string_attribute",
+            PolicyType::NumericAttribute => "numeric_attribute",
+        }
+    }
+}
+
+/// One entry of `policies:`. Exactly the block named by `type` must be present
+/// (none for `always_sample`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Unique name; reported in metrics and in the `tailsift.policy` header of kept
+    /// traces.
+    pub name: String,
+    /// Which policy this is.
+    #[serde(rename = "type")]
+    pub kind: PolicyType,
+    /// Block for `type: latency`.
+    #[serde(default)]
+    pub latency: Option<LatencyConfig>,
+    /// Block for `type: status_code`.
+    #[serde(default)]
+    pub status_code: Option<StatusCodeConfig>,
+    /// Block for `type: probabilistic`.
+    #[serde(default)]
+    pub probabilistic: Option<ProbabilisticConfig>,
+    /// Block for `type: string_attribute`.
+    #[serde(default)]
+    pub string_attribute: Option<StringAttributeConfig>,
+    /// Block for `type: numeric_attribute`.
+    #[serde(default)]
+    pub numeric_attribute: Option<NumericAttributeConfig>,
+}
+
+/// `latency`: keep traces whose duration is at least `threshold_ms` (and at most
+/// `upper_threshold_ms` when that is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyConfig {
+    /// Lower bound, milliseconds, inclusive.
+    pub threshold_ms: i64,
+    /// Upper bound, milliseconds, inclusive; `0` or absent: none.
+    #[serde(default)]
+    pub upper_threshold_ms: i64,
+}
+
+/// `status_code`: keep traces with at least one span whose status is listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusCodeConfig {
+    /// Any of `OK`, `ERROR`, `UNSET`.
+    pub status_codes: Vec<String>,
+}
+
+/// `probabilistic`: keep `sampling_percentage` percent of traces, chosen by a hash
+/// of the trace id, so every instance (and the OTel processor, with the same salt)
+/// makes the same choice.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbabilisticConfig {
+    /// 0 to 100.
+    pub sampling_percentage: f64,
+    /// Salt mixed into the hash; defaults to the OTel processor's default.
+    #[serde(default)]
+    pub hash_salt: Option<String>,
+}
+
+/// `string_attribute`: keep traces where a span or its resource has attribute `key`
+/// with one of `values`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringAttributeConfig {
+    /// Attribute key, looked up on spans and on their resource.
+    pub key: String,
+    /// Exact values, or regular expressions when `enabled_regex_matching` is true.
+    pub values: Vec<String>,
+    /// Treat `values` as regular expressions (unanchored, as in OTel).
+    #[serde(default)]
+    pub enabled_regex_matching: bool,
+    /// Accepted for OTel compatibility; tailsift's regexes need no result cache.
+    #[serde(default)]
+    pub cache_max_size: Option<usize>,
+    /// Keep traces where no span or resource matches instead.
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+/// `numeric_attribute`: keep traces where a span or its resource has integer
+/// attribute `key` within `[min_value, max_value]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumericAttributeConfig {
+    /// Attribute key, looked up on spans and on their resource.
+    pub key: String,
+    /// Inclusive lower bound; absent: none.
+    #[serde(default)]
+    pub min_value: Option<i64>,
+    /// Inclusive upper bound; absent: none.
+    #[serde(default)]
+    pub max_value: Option<i64>,
+    /// Keep traces where no span or resource has a value in range instead.
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+/// Validates every policy and the rules between them.
+pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError> {
+    if policies.is_empty() {
+        return Err(ConfigError::invalid(
+            "policies",
+            "[]",
+            "at least one policy (e.g. `- {name: everything, type: always_sample}`)",
+        ));
+    }
+    for (i, p) in policies.iter().enumerate() {
+        let at = format!("policies[{i}]");
+        if p.name.trim().is_empty() {
+            return Err(ConfigError::invalid(format!("{at}.name"), "\"\"", "a non-empty, unique name"));
+        }
+        if let Some(j) = policies[..i].iter().position(|q| q.name == p.name) {
+            return Err(ConfigError::invalid(
+                format!("{at}.name"),
+                &p.name,
+                format!("a unique name (policies[{j}] has it too)"),
+            ));
+        }
+        p.validate(&at)?;
+    }
+    Ok(())
+}
+
+impl PolicyConfig {
+    fn blocks(&self) -> [(&'static str, bool); 5] {
+        [
+            ("latency", self.latency.is_some()),
+            ("status_code", self.status_code.is_some()),
+            ("probabilistic", self.probabilistic.is_some()),
+            ("string_attribute", self.string_attribute.is_some()),
+            ("numeric_attribute", self.numeric_attribute.is_some()),
+        ]
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let ty = self.kind.as_str();
+        for (block, present) in self.blocks() {
+            if present && block != ty {
+                return Err(ConfigError::invalid(
+                    format!("{at}.{block}"),
+                    "a block",
+                    format!("no `{block}` block on a policy of type `{ty}`"),
+                ));
+            }
+        }
+        let missing = || {
+            ConfigError::invalid(
+                format!("{at}.{ty}"),
+                "nothing",
+                format!("a `{ty}:` block for a policy of type `{ty}`"),
+            )
+        };
+        match self.kind {
+            PolicyType::AlwaysSample => Ok(()),
+            PolicyType::Latency => {
+                let c = self.latency.as_ref().ok_or_else(missing)?;
+                if c.threshold_ms < 0 {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.latency.threshold_ms"),
+                        c.threshold_ms,
+                        "a number of milliseconds >= 0",
+                    ));
+                }
+                if c.upper_threshold_ms != 0 && c.upper_threshold_ms < c.threshold_ms {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.latency.upper_threshold_ms"),
+                        c.upper_threshold_ms,
+                        format!("0 (no upper bound) or at least threshold_ms ({})", c.threshold_ms),
+                    ));
+                }
+                Ok(())
+            }
+            PolicyType::StatusCode => {
+                let c = self.status_code.as_ref().ok_or_else(missing)?;
+                if c.status_codes.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.status_code.status_codes"),
+                        "[]",
+                        "one or more of OK, ERROR, UNSET",
+                    ));
+                }
+                for (j, s) in c.status_codes.iter().enumerate() {
+                    if !matches!(s.as_str(), "OK" | "ERROR" | "UNSET") {
+                        return Err(ConfigError::invalid(
+                            format!("{at}.status_code.status_codes[{j}]"),
+                            s,
+                            "one of OK, ERROR, UNSET",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            PolicyType::Probabilistic => {
+                let c = self.probabilistic.as_ref().ok_or_else(missing)?;
+                if !(0.0..=100.0).contains(&c.sampling_percentage) {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.probabilistic.sampling_percentage"),
+                        c.sampling_percentage,
+                        "a percentage from 0 to 100",
+                    ));
+                }
+                Ok(())
+            }
+            PolicyType::StringAttribute => {
+                let c = self.string_attribute.as_ref().ok_or_else(missing)?;
+                check_key(&format!("{at}.string_attribute.key"), &c.key)?;
+                if c.values.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.string_attribute.values"),
+                        "[]",
+                        "at least one value",
+                    ));
+                }
+                if c.enabled_regex_matching {
+                    for (j, v) in c.values.iter().enumerate() {
+                        if let Err(e) = regex::Regex::new(v) {
+                            return Err(ConfigError::invalid(
+                                format!("{at}.string_attribute.values[{j}]"),
+                                format!("{v:?}"),
+                                format!("a valid regular expression ({e})"),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            PolicyType::NumericAttribute => {
+                let c = self.numeric_attribute.as_ref().ok_or_else(missing)?;
+                check_key(&format!("{at}.numeric_attribute.key"), &c.key)?;
+                match (c.min_value, c.max_value) {
+                    (None, None) => Err(ConfigError::invalid(
+                        format!("{at}.numeric_attribute"),
+                        "no bounds",
+                        "min_value, max_value or both",
+                    )),
+                    (Some(lo), Some(hi)) if lo > hi => Err(ConfigError::invalid(
+                        format!("{at}.numeric_attribute.max_value"),
+                        hi,
+                        format!("at least min_value ({lo})"),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn check_key(field: &str, key: &str) -> Result<(), ConfigError> {
+    if key.is_empty() {
+        Err(ConfigError::invalid(field, "\"\"", "a non-empty attribute key"))
+    } else {
+        Ok(())
+    }
+}

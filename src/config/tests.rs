@@ -1,0 +1,119 @@
+//! Config parsing and validation: what a user sees when they get it wrong.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+kafka:
+  brokers: localhost:9092
+  input_topics: [spans]
+  output_topic: sampled
+policies:
+  - {name: all, type: always_sample}
+"#;
+
+fn err(yaml: &str) -> String {
+    match Config::from_yaml(yaml) {
+        Ok(_) => panic!("config was accepted:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn example_config_is_valid_and_complete() {
+    let text = include_str!("../../tailsift.example.yaml");
+    let cfg = Config::from_yaml(text).expect("example config is valid");
+    assert_eq!(cfg.policies.len(), 5);
+    assert_eq!(cfg.buffer.decision_wait.0, std::time::Duration::from_secs(30));
+    // Every BufferConfig / KafkaConfig field is shown in the example.
+    for key in [
+        "decision_wait:",
+        "decision_wait_after_root_received:",
+        "shards:",
+        "decision_cache_traces:",
+        "brokers:",
+        "group_id:",
+        "input_topics:",
+        "output_topic:",
+        "dead_letter_topic:",
+        "max_message_bytes:",
+        "compression:",
+        "commit_interval:",
+        "consumer:",
+        "producer:",
+        "listen:",
+    ] {
+        assert!(text.contains(key), "example config lacks `{key}`");
+    }
+}
+
+#[test]
+fn defaults_apply() {
+    let cfg = Config::from_yaml(MINIMAL).expect("valid");
+    assert_eq!(cfg.kafka.group_id, "tailsift");
+    assert_eq!(cfg.kafka.dead_letter_topic, "tailsift-dead-letter");
+    assert_eq!(cfg.buffer.decision_wait.0.as_secs(), 30);
+    assert!(cfg.buffer.decision_wait_after_root_received.is_none());
+    assert!(cfg.shard_count() >= 1);
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_name() {
+    let e = err(&MINIMAL.replace("brokers:", "brokerz: x\n  brokers:"));
+    assert!(e.contains("unknown field `brokerz`"), "{e}");
+    let e = err(&MINIMAL.replace("type: always_sample}", "type: always_sample, sampling: 3}"));
+    assert!(e.contains("unknown field `sampling`"), "{e}");
+}
+
+#[test]
+fn bad_values_name_field_value_and_expectation() {
+    let cases = [
+        (
+            "{name: p, type: probabilistic, probabilistic: {sampling_percentage: 150}}",
+            "config field `policies[0].probabilistic.sampling_percentage` = 150: expected a percentage from 0 to 100",
+        ),
+        (
+            "{name: s, type: status_code, status_code: {status_codes: [BROKEN]}}",
+            "config field `policies[0].status_code.status_codes[0]` = BROKEN: expected one of OK, ERROR, UNSET",
+        ),
+        (
+            "{name: l, type: latency}",
+            "config field `policies[0].latency` = nothing: expected a `latency:` block for a policy of type `latency`",
+        ),
+        (
+            "{name: l, type: latency, latency: {threshold_ms: 500, upper_threshold_ms: 100}}",
+            "config field `policies[0].latency.upper_threshold_ms` = 100: expected 0 (no upper bound) or at least threshold_ms (500)",
+        ),
+        (
+            "{name: r, type: string_attribute, string_attribute: {key: k, values: ['('], enabled_regex_matching: true}}",
+            "config field `policies[0].string_attribute.values[0]` = \"(\"",
+        ),
+        (
+            "{name: a, type: always_sample, latency: {threshold_ms: 1}}",
+            "config field `policies[0].latency` = a block: expected no `latency` block on a policy of type `always_sample`",
+        ),
+    ];
+    for (policy, want) in cases {
+        let yaml = MINIMAL.replace("{name: all, type: always_sample}", policy);
+        let e = err(&yaml);
+        assert!(e.contains(want), "got: {e}\nwant: {want}");
+    }
+    let e = err(&MINIMAL.replace("policies:\n  - {name: all, type: always_sample}", "policies: []"));
+    assert!(e.contains("`policies` = []"), "{e}");
+    let e = err(&format!("{MINIMAL}  - {{name: all, type: always_sample}}\n"));
+    assert!(e.contains("`policies[1].name` = all: expected a unique name"), "{e}");
+    let e = err(&MINIMAL.replace("output_topic: sampled", "output_topic: spans"));
+    assert!(e.contains("`kafka.output_topic` = spans"), "{e}");
+    let e = err(&format!("{MINIMAL}buffer: {{decision_wait: 10parsecs}}\n"));
+    assert!(e.contains("expected a duration such as `30s`"), "{e}");
+    let e = err(&MINIMAL.replace("brokers: localhost:9092", "brokers: localhost:9092\n  consumer: {enable.auto.commit: 'true'}"));
+    assert!(e.contains("`kafka.consumer.enable.auto.commit`"), "{e}");
+    let e = err(&format!("{MINIMAL}policies_typo: 1\n"));
+    assert!(e.contains("unknown field `policies_typo`"), "{e}");
+}
+
+#[test]
+fn unsupported_policy_type_lists_the_supported_ones() {
+    let e = err(&MINIMAL.replace("type: always_sample", "type: rate_limiting"));
+    assert!(e.contains("unknown variant `rate_limiting`"), "{e}");
+    assert!(e.contains("always_sample"), "{e}");
+}
