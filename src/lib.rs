@@ -1,3 +1,4 @@
 //! tailsift: a tail-sampling stream processor for distributed traces on Kafka.
 pub mod codec;
 pub mod config;
+pub mod policy;

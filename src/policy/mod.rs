@@ -1,0 +1,135 @@
+//! Sampling policies: one type per file behind the [`Policy`] trait, built from the
+//! OTel-shaped `policies:` config.
+//!
+//! A policy sees a [`TraceSummary`] (what the buffer accumulated from the trace's
+//! spans), never the spans themselves, so evaluation is cheap and independent of trace
+//! size. The rules that combine votes live in `decide`.
+
+mod always_sample;
+mod latency;
+mod numeric_attribute;
+mod probabilistic;
+mod status_code;
+mod string_attribute;
+mod summary;
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::codec::AttrKeys;
+use crate::config::{PolicyConfig, PolicyType};
+
+pub use always_sample::AlwaysSample;
+pub use latency::Latency;
+pub use numeric_attribute::NumericAttribute;
+pub use probabilistic::Probabilistic;
+pub use status_code::StatusCodeFilter;
+pub use string_attribute::StringAttribute;
+pub use summary::TraceSummary;
+
+/// A policy's vote on one trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Keep the trace.
+    Sampled,
+    /// This policy does not ask for the trace.
+    NotSampled,
+}
+
+/// One sampling rule.
+pub trait Policy: Send + Sync + fmt::Debug {
+    /// Votes on a trace. Must be cheap and must not panic on any summary.
+    fn evaluate(&self, trace: &TraceSummary) -> Decision;
+}
+
+/// Why a policy set could not be built from a config that passed validation.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A policy's block is missing (validation normally catches this first).
+    #[error("policy `{0}` has no configuration block for its type")]
+    MissingBlock(String),
+    /// A regular expression does not compile.
+    #[error("policy `{name}`: invalid regular expression: {source}")]
+    Regex {
+        /// Policy name.
+        name: String,
+        /// Compile error.
+        source: regex::Error,
+    },
+    /// More distinct attribute keys than the codec can index.
+    #[error("too many distinct attribute keys in policies (at most 65535)")]
+    TooManyKeys,
+}
+
+/// A configured policy with its name.
+#[derive(Debug)]
+pub struct NamedPolicy {
+    /// The `name:` from the config.
+    pub name: Arc<str>,
+    /// The evaluator.
+    pub policy: Box<dyn Policy>,
+}
+
+/// The configured policies in order, and the attribute keys they read (which the codec
+/// extracts from spans).
+#[derive(Debug)]
+pub struct PolicySet {
+    /// Policies in config order.
+    pub policies: Vec<NamedPolicy>,
+    /// Attribute keys read by any policy.
+    pub keys: AttrKeys,
+}
+
+impl PolicySet {
+    /// Builds evaluators from validated config.
+    ///
+    /// # Errors
+    /// [`PolicyError`] if a block is missing or a regex does not compile.
+    pub fn build(configs: &[PolicyConfig]) -> Result<PolicySet, PolicyError> {
+        let key_names: Vec<&str> = configs
+            .iter()
+            .filter_map(|c| match c.kind {
+                PolicyType::StringAttribute => c.string_attribute.as_ref().map(|s| s.key.as_str()),
+                PolicyType::NumericAttribute => c.numeric_attribute.as_ref().map(|s| s.key.as_str()),
+                _ => None,
+            })
+            .collect();
+        if key_names.len() > usize::from(u16::MAX) {
+            return Err(PolicyError::TooManyKeys);
+        }
+        let keys = AttrKeys::new(&key_names);
+        let mut policies = Vec::with_capacity(configs.len());
+        for c in configs {
+            let missing = || PolicyError::MissingBlock(c.name.clone());
+            let key = |k: &str| keys.index(k).ok_or_else(missing);
+            let policy: Box<dyn Policy> = match c.kind {
+                PolicyType::AlwaysSample => Box::new(AlwaysSample),
+                PolicyType::Latency => Box::new(Latency::new(c.latency.as_ref().ok_or_else(missing)?)),
+                PolicyType::StatusCode => {
+                    Box::new(StatusCodeFilter::new(c.status_code.as_ref().ok_or_else(missing)?))
+                }
+                PolicyType::Probabilistic => {
+                    Box::new(Probabilistic::new(c.probabilistic.as_ref().ok_or_else(missing)?))
+                }
+                PolicyType::StringAttribute => {
+                    let s = c.string_attribute.as_ref().ok_or_else(missing)?;
+                    Box::new(
+                        StringAttribute::new(key(&s.key)?, s).map_err(|source| PolicyError::Regex {
+                            name: c.name.clone(),
+                            source,
+                        })?,
+                    )
+                }
+                PolicyType::NumericAttribute => {
+                    let s = c.numeric_attribute.as_ref().ok_or_else(missing)?;
+                    Box::new(NumericAttribute::new(key(&s.key)?, s))
+                }
+            };
+            policies.push(NamedPolicy {
+                name: c.name.as_str().into(),
+                policy,
+            });
+        }
+        Ok(PolicySet { policies, keys })
+    }
+}

@@ -1,0 +1,103 @@
+//! `probabilistic`: keeps a fixed share of traces, the same share on every instance.
+
+use super::{Decision, Policy, TraceSummary};
+use crate::codec::TraceId;
+use crate::config::ProbabilisticConfig;
+
+/// The OTel processor's default salt, so tailsift and the Collector pick the same
+/// traces for the same percentage.
+const DEFAULT_HASH_SALT: &str = "default-hash-seed";
+
+/// Votes to keep a trace when FNV-1a(salt ‖ trace id) falls under a threshold
+/// proportional to `sampling_percentage`: deterministic per trace id, so every
+/// instance and every re-read decides the same.
+#[derive(Debug)]
+pub struct Probabilistic {
+    salt: Vec<u8>,
+    threshold: u64,
+}
+
+impl Probabilistic {
+    /// From a validated config block.
+    pub fn new(c: &ProbabilisticConfig) -> Self {
+        let ratio = c.sampling_percentage / 100.0;
+        let threshold = if ratio >= 1.0 {
+            u64::MAX
+        } else if ratio <= 0.0 {
+            0
+        } else {
+            (ratio * u64::MAX as f64) as u64
+        };
+        let salt = match &c.hash_salt {
+            Some(s) if !s.is_empty() => s.as_bytes().to_vec(),
+            _ => DEFAULT_HASH_SALT.as_bytes().to_vec(),
+        };
+        Probabilistic { salt, threshold }
+    }
+
+    fn hash(&self, id: &TraceId) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in self.salt.iter().chain(id.0.iter()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+}
+
+impl Policy for Probabilistic {
+    fn evaluate(&self, t: &TraceSummary) -> Decision {
+        // As in OTel, 0% samples nothing (hash <= 0 is astronomically rare but possible).
+        if self.threshold > 0 && self.hash(&t.trace_id) <= self.threshold {
+            Decision::Sampled
+        } else {
+            Decision::NotSampled
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(pct: f64) -> Probabilistic {
+        Probabilistic::new(&ProbabilisticConfig {
+            sampling_percentage: pct,
+            hash_salt: None,
+        })
+    }
+
+    fn id(i: u64) -> TraceSummary {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        b[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+        TraceSummary::new(TraceId(b))
+    }
+
+    #[test]
+    fn rate_is_close_to_the_percentage() {
+        for pct in [1.0, 10.0, 50.0] {
+            let p = policy(pct);
+            let n = 100_000;
+            let kept = (0..n).filter(|&i| p.evaluate(&id(i)) == Decision::Sampled).count();
+            let rate = kept as f64 * 100.0 / n as f64;
+            assert!((rate - pct).abs() < pct * 0.1 + 0.1, "{pct}%: kept {rate}%");
+        }
+        assert!((0..1000).all(|i| policy(100.0).evaluate(&id(i)) == Decision::Sampled));
+        assert!((0..1000).all(|i| policy(0.0).evaluate(&id(i)) == Decision::NotSampled));
+    }
+
+    #[test]
+    fn matches_otel_fnv1a_with_default_salt() {
+        // FNV-1a 64 of b"default-hash-seed" ++ [1; 16], computed outside this code
+        // (Python: h=0xcbf29ce484222325; h=((h^b)*0x100000001b3)%2**64 per byte), as
+        // Go's fnv.New64a in the OTel processor computes it.
+        let p = policy(50.0);
+        assert_eq!(p.hash(&TraceId([1; 16])), 0x3852_e520_beb1_c84d);
+        let q = Probabilistic::new(&ProbabilisticConfig {
+            sampling_percentage: 50.0,
+            hash_salt: Some("other".into()),
+        });
+        assert_ne!(q.hash(&TraceId([1; 16])), 0x3852_e520_beb1_c84d, "the salt changes the hash");
+    }
+}

@@ -1,0 +1,61 @@
+//! `status_code`: keeps traces with a span of a given status.
+
+use super::{Decision, Policy, TraceSummary};
+use crate::config::StatusCodeConfig;
+
+/// Votes to keep traces with at least one span whose status is listed.
+#[derive(Debug)]
+pub struct StatusCodeFilter {
+    ok: bool,
+    error: bool,
+    unset: bool,
+}
+
+impl StatusCodeFilter {
+    /// From a validated config block (codes already checked to be OK/ERROR/UNSET).
+    pub fn new(c: &StatusCodeConfig) -> Self {
+        let has = |s: &str| c.status_codes.iter().any(|x| x == s);
+        StatusCodeFilter {
+            ok: has("OK"),
+            error: has("ERROR"),
+            unset: has("UNSET"),
+        }
+    }
+}
+
+impl Policy for StatusCodeFilter {
+    fn evaluate(&self, t: &TraceSummary) -> Decision {
+        let hit = (self.error && t.error_spans > 0)
+            || (self.ok && t.ok_spans > 0)
+            || (self.unset && t.unset_spans > 0);
+        if hit {
+            Decision::Sampled
+        } else {
+            Decision::NotSampled
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::TraceId;
+
+    #[test]
+    fn any_listed_status_keeps_the_trace() {
+        let p = StatusCodeFilter::new(&StatusCodeConfig {
+            status_codes: vec!["ERROR".into()],
+        });
+        let mut t = TraceSummary::new(TraceId([1; 16]));
+        t.ok_spans = 10;
+        t.unset_spans = 3;
+        assert_eq!(p.evaluate(&t), Decision::NotSampled);
+        t.error_spans = 1;
+        assert_eq!(p.evaluate(&t), Decision::Sampled);
+        let unset = StatusCodeFilter::new(&StatusCodeConfig {
+            status_codes: vec!["UNSET".into(), "OK".into()],
+        });
+        assert_eq!(unset.evaluate(&TraceSummary::new(TraceId([1; 16]))), Decision::NotSampled);
+        assert_eq!(unset.evaluate(&t), Decision::Sampled);
+    }
+}

@@ -1,0 +1,86 @@
+//! What the buffer knows about a trace and policies read.
+
+use crate::codec::{Attr, AttrValue, Span, StatusCode, TraceId};
+
+/// Distinct attribute values are de-duplicated up to this many per trace; beyond it
+/// they are appended as seen, so one huge trace costs linear, not quadratic, time.
+const ATTR_DEDUP_LIMIT: usize = 64;
+
+/// The running summary of a trace's spans: everything the policies evaluate.
+#[derive(Debug, Clone)]
+pub struct TraceSummary {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// Spans received.
+    pub span_count: u32,
+    /// Encoded bytes of the spans received.
+    pub span_bytes: u64,
+    /// Earliest span start (ns since epoch).
+    pub min_start_ns: u64,
+    /// Latest span end (ns since epoch).
+    pub max_end_ns: u64,
+    /// The root span's own duration, once the root span has arrived.
+    pub root_duration_ns: Option<u64>,
+    /// Spans with status ERROR.
+    pub error_spans: u32,
+    /// Spans with status OK.
+    pub ok_spans: u32,
+    /// Spans with status UNSET.
+    pub unset_spans: u32,
+    /// Attribute values (span and resource) of the keys some policy reads.
+    pub attrs: Vec<Attr>,
+}
+
+impl TraceSummary {
+    /// An empty summary for `trace_id`.
+    pub fn new(trace_id: TraceId) -> Self {
+        TraceSummary {
+            trace_id,
+            span_count: 0,
+            span_bytes: 0,
+            min_start_ns: u64::MAX,
+            max_end_ns: 0,
+            root_duration_ns: None,
+            error_spans: 0,
+            ok_spans: 0,
+            unset_spans: 0,
+            attrs: Vec::new(),
+        }
+    }
+
+    /// Folds one span in.
+    pub fn add(&mut self, span: &Span) {
+        self.span_count = self.span_count.saturating_add(1);
+        self.span_bytes += span.raw.bytes.len() as u64;
+        self.min_start_ns = self.min_start_ns.min(span.start_ns);
+        self.max_end_ns = self.max_end_ns.max(span.end_ns);
+        if span.is_root {
+            self.root_duration_ns = Some(span.end_ns.saturating_sub(span.start_ns));
+        }
+        match span.status {
+            StatusCode::Error => self.error_spans += 1,
+            StatusCode::Ok => self.ok_spans += 1,
+            StatusCode::Unset => self.unset_spans += 1,
+        }
+        for a in span.attrs.iter().chain(&span.raw.frame.resource_attrs) {
+            if self.attrs.len() >= ATTR_DEDUP_LIMIT || !self.attrs.contains(a) {
+                self.attrs.push(a.clone());
+            }
+        }
+    }
+
+    /// The trace's duration as latency policies see it: the root span's own duration
+    /// when the root has arrived (one host's clock, immune to skew between hosts),
+    /// otherwise the span window `max(end) - min(start)` as the OTel processor uses.
+    pub fn duration_ns(&self) -> u64 {
+        match self.root_duration_ns {
+            Some(d) => d,
+            None => self.max_end_ns.saturating_sub(self.min_start_ns),
+        }
+    }
+
+    /// Values of the attribute with key index `key`, from spans and resources.
+    pub fn attr_values(&self, key: u16) -> impl Iterator<Item = &AttrValue> {
+        self.attrs.iter().filter(move |(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
