@@ -1,0 +1,202 @@
+//! The trace buffer: spans grouped by trace id until their trace is due for a decision.
+//!
+//! Each [`Shard`] is owned by exactly one decide worker; traces are assigned to shards
+//! by a hash of their id, so no lock is shared on the hot path. A trace is due
+//! `decision_wait` after its first span, or `decision_wait_after_root_received` after
+//! its root span when that is earlier. Both deadlines grow in arrival order, so two
+//! FIFO queues give the due traces in O(1) each.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::mem::size_of;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::codec::{RawSpan, Span, TraceId};
+use crate::policy::TraceSummary;
+use crate::source::Pin;
+
+/// Book-keeping bytes charged per buffered trace on top of its spans.
+pub const TRACE_OVERHEAD_BYTES: usize = size_of::<TraceEntry>() + size_of::<TraceId>() + 2 * size_of::<(Instant, TraceId)>();
+/// Book-keeping bytes charged per buffered span on top of its encoded size.
+pub const SPAN_OVERHEAD_BYTES: usize = size_of::<RawSpan>();
+
+/// A trace waiting for its decision.
+#[derive(Debug)]
+pub struct TraceEntry {
+    /// What the policies will read.
+    pub summary: TraceSummary,
+    /// The encoded spans, re-emitted if the trace is kept.
+    pub spans: Vec<RawSpan>,
+    /// Input messages this trace pins (one pin per message it got spans from).
+    pub pins: Vec<Pin>,
+    /// When its first span arrived.
+    pub first_seen: Instant,
+    root_deadline: Option<Instant>,
+}
+
+impl TraceEntry {
+    /// Bytes this entry is charged for.
+    pub fn charged_bytes(&self) -> usize {
+        TRACE_OVERHEAD_BYTES + self.summary.span_bytes as usize + self.spans.len() * SPAN_OVERHEAD_BYTES
+    }
+}
+
+/// One shard of the buffer.
+#[derive(Debug)]
+pub struct Shard {
+    traces: HashMap<TraceId, TraceEntry, BuildHasherDefault<TraceIdHasher>>,
+    by_first_span: VecDeque<(Instant, TraceId)>,
+    by_root_span: VecDeque<(Instant, TraceId)>,
+    decision_wait: Duration,
+    after_root: Option<Duration>,
+    spans: usize,
+    bytes: usize,
+}
+
+impl Shard {
+    /// An empty shard with the configured waits.
+    pub fn new(decision_wait: Duration, after_root: Option<Duration>) -> Self {
+        Shard {
+            traces: HashMap::default(),
+            by_first_span: VecDeque::new(),
+            by_root_span: VecDeque::new(),
+            decision_wait,
+            after_root: after_root.filter(|d| *d < decision_wait),
+            spans: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Adds the spans of one trace from one input message, with that message's pin.
+    pub fn insert(&mut self, trace_id: TraceId, spans: impl Iterator<Item = Span>, pin: Pin, now: Instant) {
+        let mut is_new = false;
+        let entry = self.traces.entry(trace_id).or_insert_with(|| {
+            is_new = true;
+            self.by_first_span.push_back((now, trace_id));
+            TraceEntry {
+                summary: TraceSummary::new(trace_id),
+                spans: Vec::new(),
+                pins: Vec::new(),
+                first_seen: now,
+                root_deadline: None,
+            }
+        });
+        let before = if is_new { 0 } else { entry.charged_bytes() };
+        let n_before = entry.spans.len();
+        let mut root = false;
+        for span in spans {
+            entry.summary.add(&span);
+            root |= span.is_root;
+            entry.spans.push(span.raw);
+        }
+        entry.pins.push(pin);
+        if root && entry.root_deadline.is_none() {
+            if let Some(after) = self.after_root {
+                let deadline = now + after;
+                if deadline < entry.first_seen + self.decision_wait {
+                    entry.root_deadline = Some(deadline);
+                    self.by_root_span.push_back((deadline, trace_id));
+                }
+            }
+        }
+        self.spans += entry.spans.len() - n_before;
+        self.bytes += entry.charged_bytes() - before;
+    }
+
+    /// Whether the trace is buffered here.
+    pub fn contains(&self, trace_id: &TraceId) -> bool {
+        self.traces.contains_key(trace_id)
+    }
+
+    /// Moves every trace due at `now` into `out`, oldest first.
+    pub fn take_due(&mut self, now: Instant, out: &mut Vec<TraceEntry>) {
+        while let Some(&(deadline, id)) = self.by_root_span.front() {
+            if deadline > now {
+                break;
+            }
+            self.by_root_span.pop_front();
+            if self.traces.get(&id).is_some_and(|e| e.root_deadline == Some(deadline)) {
+                out.extend(self.remove(&id));
+            }
+        }
+        while let Some(&(seen, id)) = self.by_first_span.front() {
+            if seen + self.decision_wait > now {
+                break;
+            }
+            self.by_first_span.pop_front();
+            if self.traces.get(&id).is_some_and(|e| e.first_seen == seen) {
+                out.extend(self.remove(&id));
+            }
+        }
+    }
+
+    /// Removes and returns every trace, e.g. at shutdown.
+    pub fn drain(&mut self) -> Vec<TraceEntry> {
+        self.by_first_span.clear();
+        self.by_root_span.clear();
+        self.spans = 0;
+        self.bytes = 0;
+        self.traces.drain().map(|(_, e)| e).collect()
+    }
+
+    /// Forgets traces whose every pin is on a revoked partition assignment: the new
+    /// owner of the partition re-reads them from the committed offset. Returns how
+    /// many traces were released.
+    pub fn release_partition(&mut self, slot: u32, epoch: u32) -> usize {
+        let ids: Vec<TraceId> = self
+            .traces
+            .iter()
+            .filter(|(_, e)| e.pins.iter().all(|p| p.slot == slot && p.epoch == epoch))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.remove(id);
+        }
+        ids.len()
+    }
+
+    fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
+        let e = self.traces.remove(id)?;
+        self.spans -= e.spans.len();
+        self.bytes -= e.charged_bytes();
+        Some(e)
+    }
+
+    /// Traces buffered.
+    pub fn traces(&self) -> usize {
+        self.traces.len()
+    }
+
+    /// Spans buffered.
+    pub fn spans(&self) -> usize {
+        self.spans
+    }
+
+    /// Bytes charged for what is buffered (encoded spans plus book-keeping).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Hashes a [`TraceId`] by its own bits: trace ids are random, so SipHash buys nothing.
+#[derive(Default)]
+pub struct TraceIdHasher(u64);
+
+impl Hasher for TraceIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

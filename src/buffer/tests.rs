@@ -1,0 +1,90 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::codec::{ScopeFrame, StatusCode};
+
+fn span(trace: u8, root: bool) -> Span {
+    Span {
+        trace_id: TraceId([trace; 16]),
+        is_root: root,
+        start_ns: 0,
+        end_ns: 10,
+        status: StatusCode::Unset,
+        attrs: vec![],
+        raw: RawSpan {
+            bytes: Bytes::from_static(&[0u8; 100]),
+            frame: Arc::new(ScopeFrame::default()),
+        },
+    }
+}
+
+fn pin(offset: i64) -> Pin {
+    Pin {
+        slot: 0,
+        epoch: 1,
+        offset,
+    }
+}
+
+#[test]
+fn traces_are_due_after_decision_wait_in_order() {
+    let t0 = Instant::now();
+    let mut s = Shard::new(Duration::from_secs(10), None);
+    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
+    s.insert(TraceId([2; 16]), [span(2, false)].into_iter(), pin(1), t0 + Duration::from_secs(1));
+    s.insert(TraceId([1; 16]), [span(1, true)].into_iter(), pin(2), t0 + Duration::from_secs(5));
+    assert_eq!((s.traces(), s.spans()), (2, 3));
+    let mut out = Vec::new();
+    s.take_due(t0 + Duration::from_millis(9_999), &mut out);
+    assert!(out.is_empty());
+    s.take_due(t0 + Duration::from_secs(10), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].summary.trace_id, TraceId([1; 16]));
+    assert_eq!(out[0].spans.len(), 2);
+    assert_eq!(out[0].pins, vec![pin(0), pin(2)]);
+    s.take_due(t0 + Duration::from_secs(11), &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!((s.traces(), s.spans(), s.bytes()), (0, 0, 0));
+}
+
+#[test]
+fn root_span_shortens_the_wait() {
+    let t0 = Instant::now();
+    let mut s = Shard::new(Duration::from_secs(30), Some(Duration::from_secs(2)));
+    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
+    s.insert(TraceId([2; 16]), [span(2, true)].into_iter(), pin(1), t0 + Duration::from_secs(1));
+    let mut out = Vec::new();
+    s.take_due(t0 + Duration::from_secs(3), &mut out);
+    assert_eq!(out.len(), 1, "only the trace with a root is due");
+    assert_eq!(out[0].summary.trace_id, TraceId([2; 16]));
+    s.take_due(t0 + Duration::from_secs(30), &mut out);
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn a_new_entry_for_a_decided_id_gets_its_own_deadline() {
+    let t0 = Instant::now();
+    let mut s = Shard::new(Duration::from_secs(10), None);
+    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
+    let mut out = Vec::new();
+    s.take_due(t0 + Duration::from_secs(10), &mut out);
+    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(1), t0 + Duration::from_secs(12));
+    s.take_due(t0 + Duration::from_secs(13), &mut out);
+    assert_eq!(out.len(), 1, "the second entry is not due yet");
+    s.take_due(t0 + Duration::from_secs(22), &mut out);
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn releasing_a_partition_forgets_only_its_traces() {
+    let t0 = Instant::now();
+    let mut s = Shard::new(Duration::from_secs(10), None);
+    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
+    let other = Pin { slot: 1, epoch: 1, offset: 0 };
+    s.insert(TraceId([2; 16]), [span(2, false)].into_iter(), other, t0);
+    assert_eq!(s.release_partition(0, 1), 1);
+    assert!(s.contains(&TraceId([2; 16])));
+    assert!(!s.contains(&TraceId([1; 16])));
+}

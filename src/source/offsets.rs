@@ -1,0 +1,220 @@
+//! Which input offsets are safe to commit.
+//!
+//! Every input message is *pinned* once per trace it contributed spans to (and once
+//! if it goes to the dead-letter topic). A pin is released when that trace is dropped,
+//! or when its output (or the dead letter) is acknowledged by the broker. The offset
+//! committed for a partition is the lowest offset still pinned, or one past the last
+//! message read when none is: a crash at any moment re-reads every message whose
+//! spans are not yet safely decided, and nothing else.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A reference to one pin on an input message, carried with the spans it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// Index of the partition in the tracker.
+    pub slot: u32,
+    /// Assignment generation of the partition; pins from before a revoke are stale.
+    pub epoch: u32,
+    /// The message offset.
+    pub offset: i64,
+}
+
+#[derive(Debug)]
+struct Partition {
+    topic: Arc<str>,
+    partition: i32,
+    epoch: u32,
+    assigned: bool,
+    /// Offset -> pins outstanding.
+    pending: BTreeMap<i64, u32>,
+    /// One past the last message read.
+    next: Option<i64>,
+    /// Last offset committed (or handed to the commit call).
+    committed: Option<i64>,
+}
+
+impl Partition {
+    fn safe_offset(&self) -> Option<i64> {
+        self.pending.keys().next().copied().or(self.next)
+    }
+}
+
+/// Per-partition pin counts; owned by the source (behind a mutex only so the
+/// rebalance callback, which runs inside the consumer's poll, can commit).
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    parts: Vec<Partition>,
+    revoked: Vec<(u32, u32)>,
+}
+
+impl OffsetTracker {
+    /// Starts (or restarts) tracking a partition after an assignment.
+    pub fn assign(&mut self, topic: &str, partition: i32) {
+        let slot = self.slot(topic, partition);
+        let p = &mut self.parts[slot as usize];
+        p.epoch += 1;
+        p.assigned = true;
+        p.pending.clear();
+        p.next = None;
+        p.committed = None;
+    }
+
+    /// Stops tracking a partition; its outstanding pins become stale. The
+    /// `(slot, epoch)` is queued for [`OffsetTracker::take_revoked`].
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        if let Some(slot) = self.find(topic, partition) {
+            let p = &mut self.parts[slot as usize];
+            if p.assigned {
+                self.revoked.push((slot, p.epoch));
+            }
+            p.assigned = false;
+            p.pending.clear();
+            p.next = None;
+        }
+    }
+
+    /// Partitions revoked since the last call, as `(slot, epoch)`.
+    pub fn take_revoked(&mut self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.revoked)
+    }
+
+    /// Records a message read at `offset` carrying `pins` pins, and returns the pin
+    /// template for it. `None` when the partition is not assigned (a message from a
+    /// revoked partition still in flight): the caller must skip it.
+    pub fn track(&mut self, topic: &str, partition: i32, offset: i64, pins: u32) -> Option<Pin> {
+        let slot = self.find(topic, partition)?;
+        let p = &mut self.parts[slot as usize];
+        if !p.assigned {
+            return None;
+        }
+        if pins > 0 {
+            *p.pending.entry(offset).or_insert(0) += pins;
+        }
+        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        Some(Pin {
+            slot,
+            epoch: p.epoch,
+            offset,
+        })
+    }
+
+    /// Releases one pin. Stale pins (from before a revoke) are ignored.
+    pub fn release(&mut self, pin: Pin) {
+        let Some(p) = self.parts.get_mut(pin.slot as usize) else {
+            return;
+        };
+        if !p.assigned || p.epoch != pin.epoch {
+            return;
+        }
+        if let Some(n) = p.pending.get_mut(&pin.offset) {
+            *n -= 1;
+            if *n == 0 {
+                p.pending.remove(&pin.offset);
+            }
+        }
+    }
+
+    /// Offsets to commit now: for each assigned partition whose safe offset moved,
+    /// `(topic, partition, offset)`. Marks them as committed.
+    pub fn to_commit(&mut self) -> Vec<(Arc<str>, i32, i64)> {
+        let mut out = Vec::new();
+        for p in self.parts.iter_mut().filter(|p| p.assigned) {
+            if let Some(safe) = p.safe_offset() {
+                if p.committed != Some(safe) {
+                    p.committed = Some(safe);
+                    out.push((Arc::clone(&p.topic), p.partition, safe));
+                }
+            }
+        }
+        out
+    }
+
+    /// Safe offsets of the given partitions, for a final commit before they are
+    /// revoked.
+    pub fn safe_offsets(&self, parts: &[(String, i32)]) -> Vec<(Arc<str>, i32, i64)> {
+        parts
+            .iter()
+            .filter_map(|(t, part)| {
+                let slot = self.find(t, *part)?;
+                let p = &self.parts[slot as usize];
+                let safe = p.safe_offset()?;
+                (p.assigned && p.committed != Some(safe)).then(|| (Arc::clone(&p.topic), p.partition, safe))
+            })
+            .collect()
+    }
+
+    /// Messages (offsets) still pinned, over all partitions.
+    pub fn pending_messages(&self) -> usize {
+        self.parts.iter().map(|p| p.pending.len()).sum()
+    }
+
+    /// The topic and partition of a slot.
+    pub fn partition_of(&self, slot: u32) -> Option<(&str, i32)> {
+        self.parts.get(slot as usize).map(|p| (&*p.topic, p.partition))
+    }
+
+    /// Slot of a partition; a linear scan, as an instance owns tens of partitions and
+    /// this avoids hashing a topic string per message.
+    fn find(&self, topic: &str, partition: i32) -> Option<u32> {
+        self.parts
+            .iter()
+            .position(|p| p.partition == partition && &*p.topic == topic)
+            .map(|i| i as u32)
+    }
+
+    fn slot(&mut self, topic: &str, partition: i32) -> u32 {
+        if let Some(s) = self.find(topic, partition) {
+            return s;
+        }
+        let slot = self.parts.len() as u32;
+        self.parts.push(Partition {
+            topic: Arc::from(topic),
+            partition,
+            epoch: 0,
+            assigned: false,
+            pending: BTreeMap::new(),
+            next: None,
+            committed: None,
+        });
+        slot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_lowest_pinned_then_high_water_mark() {
+        let mut t = OffsetTracker::default();
+        t.assign("in", 0);
+        let a = t.track("in", 0, 10, 2).expect("assigned");
+        let b = t.track("in", 0, 11, 1).expect("assigned");
+        let _empty = t.track("in", 0, 12, 0).expect("assigned");
+        assert_eq!(t.to_commit(), vec![(Arc::from("in"), 0, 10)]);
+        t.release(b);
+        assert_eq!(t.to_commit(), vec![], "10 is still pinned");
+        t.release(a);
+        assert_eq!(t.to_commit(), vec![], "10 has one more pin");
+        t.release(a);
+        assert_eq!(t.to_commit(), vec![(Arc::from("in"), 0, 13)]);
+    }
+
+    #[test]
+    fn stale_pins_after_revoke_are_ignored() {
+        let mut t = OffsetTracker::default();
+        t.assign("in", 3);
+        let old = t.track("in", 3, 5, 1).expect("assigned");
+        t.revoke("in", 3);
+        assert_eq!(t.take_revoked().len(), 1);
+        assert!(t.track("in", 3, 6, 1).is_none(), "not assigned any more");
+        t.assign("in", 3);
+        let new = t.track("in", 3, 5, 1).expect("assigned");
+        t.release(old);
+        assert_eq!(t.to_commit(), vec![(Arc::from("in"), 3, 5)], "old pin did not release the new one");
+        t.release(new);
+        assert_eq!(t.to_commit(), vec![(Arc::from("in"), 3, 6)]);
+    }
+}
