@@ -1,6 +1,26 @@
 //! tailsift: a tail-sampling stream processor for distributed traces on Kafka.
+//!
+//! # Layout
+//!
+//! The modules follow a span through the process:
+//!
+//! * [`source`]: Kafka consumer group; reads messages, tracks and commits offsets.
+//! * [`codec`]: scans OTLP protobuf without building objects; re-encodes kept traces.
+//! * [`buffer`]: sharded store of spans grouped by trace id, with due queues.
+//! * [`decide`]: the worker owning each shard; runs the [`policy`] set on due traces.
+//! * [`sink`]: Kafka producer for kept traces and dead letters; acknowledges pins.
+//!
+//! [`app`] wires them with bounded channels; [`config`] is the YAML schema;
+//! [`telemetry`] the metrics and health endpoints; [`gen`] and [`demo`] the synthetic
+//! traffic and the zero-setup demo on the embedded broker.
+
+pub mod app;
+pub mod buffer;
 pub mod codec;
 pub mod config;
+pub mod decide;
 pub mod policy;
-pub mod buffer;
+pub mod shutdown;
+pub mod sink;
 pub mod source;
+pub mod telemetry;

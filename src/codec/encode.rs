@@ -3,19 +3,6 @@
 use super::wire::{len_field_size, put_len_field, put_len_header};
 use super::{RawSpan, ScopeFrame};
 
-/// Why a kept trace could not be encoded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EncodeError {
-    /// One span alone is larger than the maximum message size, so no split helps.
-    #[error("a span of {span_bytes} bytes exceeds the maximum message size of {max_bytes} bytes")]
-    SpanTooLarge {
-        /// Encoded size of the offending span.
-        span_bytes: usize,
-        /// The configured limit.
-        max_bytes: usize,
-    },
-}
-
 /// Encodes `spans` as OTLP `ExportTraceServiceRequest` payloads of at most
 /// `max_bytes` each: one payload unless the trace is larger than that.
 ///
@@ -23,12 +10,13 @@ pub enum EncodeError {
 /// across input messages) share one `ResourceSpans` / `ScopeSpans` block, so the output
 /// is as compact as the input and every resource and scope is preserved as sent.
 ///
-/// # Errors
-/// [`EncodeError::SpanTooLarge`] when a single span cannot fit in `max_bytes`.
-pub fn encode_trace(spans: &[RawSpan], max_bytes: usize) -> Result<Vec<Vec<u8>>, EncodeError> {
+/// A span too large to fit in `max_bytes` with its framing goes alone in a payload of
+/// its own (larger than `max_bytes`): the broker's own limit is usually higher, and
+/// the sink dead-letters it if the broker refuses it. Nothing is silently dropped here.
+pub fn encode_trace(spans: &[RawSpan], max_bytes: usize) -> Vec<Vec<u8>> {
     let layout = Layout::new(spans);
     if layout.len() <= max_bytes {
-        return Ok(vec![layout.write()]);
+        return vec![layout.write()];
     }
     // Split: every chunk repeats at most all of the trace's framing, so budget for it.
     let framing: usize = distinct_frames(spans)
@@ -42,12 +30,6 @@ pub fn encode_trace(spans: &[RawSpan], max_bytes: usize) -> Result<Vec<Vec<u8>>,
     let mut acc = 0;
     for (i, s) in spans.iter().enumerate() {
         let size = len_field_size(s.bytes.len());
-        if size + framing > max_bytes {
-            return Err(EncodeError::SpanTooLarge {
-                span_bytes: s.bytes.len(),
-                max_bytes,
-            });
-        }
         if acc + size > budget && i > start {
             payloads.push(encode_chunk(&spans[start..i]));
             start = i;
@@ -56,7 +38,7 @@ pub fn encode_trace(spans: &[RawSpan], max_bytes: usize) -> Result<Vec<Vec<u8>>,
         acc += size;
     }
     payloads.push(encode_chunk(&spans[start..]));
-    Ok(payloads)
+    payloads
 }
 
 fn encode_chunk(spans: &[RawSpan]) -> Vec<u8> {

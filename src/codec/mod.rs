@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use encode::{encode_trace, EncodeError};
+pub use encode::encode_trace;
 pub use scan::{scan, AttrKeys};
 
 /// A W3C / OTLP trace id: 16 bytes, never all zero.

@@ -116,7 +116,7 @@ fn encode_round_trips_through_prost() {
         .filter(|s| s.trace_id == TraceId([1; 16]))
         .map(|s| s.raw.clone())
         .collect();
-    let out = encode_trace(&trace1, 1 << 20).expect("fits");
+    let out = encode_trace(&trace1, 1 << 20);
     assert_eq!(out.len(), 1);
     let decoded = ExportTraceServiceRequest::decode(&out[0][..]).expect("valid OTLP");
     assert_eq!(decoded.resource_spans.len(), 2, "both resources preserved");
@@ -138,7 +138,7 @@ fn spans_from_separate_messages_share_framing() {
         scan(&payload, &AttrKeys::default(), &mut spans).expect("valid payload");
     }
     let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
-    let out = encode_trace(&raw, 1 << 20).expect("fits");
+    let out = encode_trace(&raw, 1 << 20);
     let decoded = ExportTraceServiceRequest::decode(&out[0][..]).expect("valid OTLP");
     assert_eq!(decoded.resource_spans.len(), 2);
     assert_eq!(decoded.resource_spans[0].scope_spans.len(), 1);
@@ -154,7 +154,7 @@ fn oversized_trace_splits_into_valid_messages() {
         scan(&payload, &AttrKeys::default(), &mut spans).expect("valid payload");
     }
     let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
-    let out = encode_trace(&raw, 2_000).expect("splittable");
+    let out = encode_trace(&raw, 2_000);
     assert!(out.len() > 1);
     let mut n = 0;
     for p in &out {
@@ -168,7 +168,9 @@ fn oversized_trace_splits_into_valid_messages() {
             .sum::<usize>();
     }
     assert_eq!(n, 150);
-    assert!(matches!(encode_trace(&raw, 100), Err(EncodeError::SpanTooLarge { .. })));
+    // Spans larger than the limit each go alone rather than being lost.
+    let alone = encode_trace(&raw, 100);
+    assert_eq!(alone.len(), 150);
 }
 
 #[test]

@@ -1,3 +1,278 @@
-//! Source: the Kafka consumer group that feeds the buffer.
+//! Source: the Kafka consumer group that feeds the buffer, and the owner of input
+//! offsets.
+//!
+//! The source reads messages, scans them (codec), splits their spans by shard and
+//! sends them on; undecodable messages go to the sink as dead letters. It tracks one
+//! pin per (message, trace) and commits, per partition, only below the lowest pinned
+//! offset ([`OffsetTracker`]); workers and the sink send releases back through
+//! [`Releases`], the one path that flows upstream.
+
+mod context;
 mod offsets;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::{counter, gauge};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::codec::{scan, AttrKeys, Span};
+use crate::config::KafkaConfig;
+use crate::decide::ShardMsg;
+use crate::shutdown::Shutdown;
+use crate::sink::{DeadLetter, SinkMsg};
+use crate::telemetry::{names, Health};
+
+pub use context::SourceContext;
 pub use offsets::{OffsetTracker, Pin};
+
+/// How long a shutdown waits for workers and the sink to hand back their pins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// The sending side of the release path: decided or delivered pins go back to the
+/// source. Unbounded on purpose: its length is bounded by the pins outstanding, and a
+/// bounded channel here could deadlock the pipeline (source waits on workers, workers
+/// on the sink, the sink on the source).
+#[derive(Clone, Debug)]
+pub struct Releases(mpsc::UnboundedSender<Vec<Pin>>);
+
+impl Releases {
+    /// A release path and its receiving end (for the source).
+    pub fn channel() -> (Releases, mpsc::UnboundedReceiver<Vec<Pin>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Releases(tx), rx)
+    }
+
+    /// Releases pins; after shutdown (no receiver) this is a no-op.
+    pub fn release(&self, pins: Vec<Pin>) {
+        if !pins.is_empty() {
+            let _ = self.0.send(pins);
+        }
+    }
+}
+
+/// The consumer could not be created or subscribed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// librdkafka refused the configuration or subscription.
+    #[error("cannot create Kafka consumer: {0}")]
+    Create(#[from] KafkaError),
+}
+
+/// The source task.
+pub struct Source {
+    consumer: StreamConsumer<SourceContext>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    keys: AttrKeys,
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    sink: Option<mpsc::Sender<SinkMsg>>,
+    releases: mpsc::UnboundedReceiver<Vec<Pin>>,
+    commit_interval: Duration,
+}
+
+/// Where the source sends what it reads.
+pub struct Outputs {
+    /// One channel per buffer shard.
+    pub shards: Vec<mpsc::Sender<ShardMsg>>,
+    /// The sink, for dead letters.
+    pub sink: mpsc::Sender<SinkMsg>,
+    /// Pins coming back from workers and the sink.
+    pub releases: mpsc::UnboundedReceiver<Vec<Pin>>,
+}
+
+impl Source {
+    /// Creates the consumer and subscribes to the input topics.
+    ///
+    /// # Errors
+    /// [`SourceError::Create`] when librdkafka rejects the properties.
+    pub fn new(cfg: &KafkaConfig, health: Arc<Health>, keys: AttrKeys, out: Outputs) -> Result<Self, SourceError> {
+        let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Offsets are committed by tailsift only, and only below undecided spans.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000");
+        for (k, v) in &cfg.consumer {
+            c.set(k, v);
+        }
+        let ctx = SourceContext::new(Arc::clone(&tracker), health);
+        let consumer: StreamConsumer<SourceContext> = c.create_with_context(ctx)?;
+        let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(Source {
+            consumer,
+            tracker,
+            keys,
+            shards: out.shards,
+            sink: Some(out.sink),
+            releases: out.releases,
+            commit_interval: cfg.commit_interval.0,
+        })
+    }
+
+    /// Consumes until `shutdown`; then stops reading, lets workers and the sink
+    /// finish, commits what is safe and leaves the group.
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let mut commit_tick = tokio::time::interval(self.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.recv() => break,
+                Some(pins) = self.releases.recv() => self.release(pins),
+                _ = commit_tick.tick() => {
+                    self.forward_revocations().await;
+                    self.commit(CommitMode::Async);
+                }
+                m = self.consumer.recv() => match m {
+                    Ok(m) => {
+                        self.forward_revocations().await;
+                        if self.handle(&m).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(message = "Kafka consumer error.", error = %e);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        info!(message = "Source stopping: draining workers and sink.");
+        // Closing the channels stops the workers; they drop their sink senders, the
+        // sink drains, and the release channel closes when the last one is gone.
+        self.shards.clear();
+        self.sink = None;
+        let releases = &mut self.releases;
+        let tracker = &self.tracker;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(pins) = releases.recv().await {
+                let mut t = lock(tracker);
+                for p in pins {
+                    t.release(p);
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(message = "Workers did not finish in time; committing what is safe.");
+        }
+        self.commit(CommitMode::Sync);
+        self.consumer.unsubscribe();
+        info!(message = "Source stopped.");
+    }
+
+    fn release(&mut self, pins: Vec<Pin>) {
+        let mut t = lock(&self.tracker);
+        for p in pins {
+            t.release(p);
+        }
+        // Take whatever else is already queued under the same lock.
+        while let Ok(more) = self.releases.try_recv() {
+            for p in more {
+                t.release(p);
+            }
+        }
+    }
+
+    async fn forward_revocations(&self) {
+        let revoked = lock(&self.tracker).take_revoked();
+        for (slot, epoch) in revoked {
+            for s in &self.shards {
+                let _ = s.send(ShardMsg::Revoked { slot, epoch }).await;
+            }
+        }
+    }
+
+    /// Reads one message. `Err` only when the pipeline is shutting down.
+    async fn handle(&self, m: &BorrowedMessage<'_>) -> Result<(), ()> {
+        let payload = m.payload().map(Bytes::copy_from_slice).unwrap_or_default();
+        counter!(names::MESSAGES_RECEIVED).increment(1);
+        counter!(names::BYTES_RECEIVED).increment(payload.len() as u64);
+        let mut spans: Vec<Span> = Vec::new();
+        match scan(&payload, &self.keys, &mut spans) {
+            Ok(()) => {
+                counter!(names::SPANS_RECEIVED).increment(spans.len() as u64);
+                let n = self.shards.len();
+                spans.sort_unstable_by_key(|s| (shard_of(s, n), s.trace_id));
+                let traces = 1 + spans.windows(2).filter(|w| w[0].trace_id != w[1].trace_id).count();
+                let traces = if spans.is_empty() { 0 } else { traces };
+                let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), traces as u32) else {
+                    return Ok(()); // from a partition revoked meanwhile
+                };
+                while let Some(last) = spans.last() {
+                    let shard = shard_of(last, n);
+                    let start = spans.partition_point(|s| shard_of(s, n) < shard);
+                    let chunk = spans.split_off(start);
+                    self.shards[shard].send(ShardMsg::Spans { pin, spans: chunk }).await.map_err(drop)?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), 1) else {
+                    return Ok(());
+                };
+                warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e);
+                let dl = DeadLetter {
+                    payload,
+                    key: m.key().map(Bytes::copy_from_slice),
+                    reason: format!("{}: {e}", e.code()),
+                    topic: m.topic().into(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    pin,
+                };
+                match &self.sink {
+                    Some(s) => s.send(SinkMsg::DeadLetter(dl)).await.map_err(drop),
+                    None => Err(()),
+                }
+            }
+        }
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        let (offsets, pinned) = {
+            let mut t = lock(&self.tracker);
+            (t.to_commit(), t.pending_messages())
+        };
+        gauge!(names::PINNED_MESSAGES).set(pinned as f64);
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in &offsets {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                warn!(message = "Cannot build commit list.", error = %e);
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
+            counter!(names::COMMITS, "result" => "error").increment(1);
+            warn!(message = "Offset commit failed; will retry.", error = %e);
+            lock(&self.tracker).forget_committed(&offsets);
+        }
+    }
+}
+
+/// The shard of a span: high bits of the trace id hash, so the shard's own hash map,
+/// which uses the low bits, still spreads its keys.
+fn shard_of(s: &Span, shards: usize) -> usize {
+    ((s.trace_id.shard_hash() >> 40) as usize) % shards.max(1)
+}
+
+/// Locks the tracker. A poisoned lock means a panic elsewhere already failed the
+/// process; the data is still a consistent set of counters, so keep using it.
+fn lock(t: &Mutex<OffsetTracker>) -> MutexGuard<'_, OffsetTracker> {
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -145,6 +145,32 @@ impl OffsetTracker {
             .collect()
     }
 
+    /// Forgets that these offsets were committed (the commit failed), so the next
+    /// round tries again.
+    pub fn forget_committed(&mut self, offsets: &[(Arc<str>, i32, i64)]) {
+        for (topic, partition, offset) in offsets {
+            if let Some(slot) = self.find(topic, *partition) {
+                let p = &mut self.parts[slot as usize];
+                if p.committed == Some(*offset) {
+                    p.committed = None;
+                }
+            }
+        }
+    }
+
+    /// Forgets every commit marker (an asynchronous commit failed), so the next round
+    /// commits every partition's safe offset again.
+    pub fn reset_committed(&mut self) {
+        for p in &mut self.parts {
+            p.committed = None;
+        }
+    }
+
+    /// Partitions currently assigned.
+    pub fn assigned(&self) -> usize {
+        self.parts.iter().filter(|p| p.assigned).count()
+    }
+
     /// Messages (offsets) still pinned, over all partitions.
     pub fn pending_messages(&self) -> usize {
         self.parts.iter().map(|p| p.pending.len()).sum()

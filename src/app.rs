@@ -1,0 +1,146 @@
+//! Wires the stages together and owns startup and shutdown order.
+//!
+//! ```text
+//! source --ShardMsg--> decide::ShardWorker (one per shard) --SinkMsg--> sink
+//!    ^                        |  dropped traces                          | acknowledged
+//!    +-------- Releases ------+------------------------------------------+
+//! ```
+//!
+//! Shutdown runs front to back: the source stops reading and closes the shard
+//! channels; workers exit (buffered traces stay uncommitted, to be re-read); the sink
+//! drains what it was given; the source commits what is safe and leaves the group.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::config::Config;
+use crate::decide::{Decider, ShardWorker, WorkerConfig};
+use crate::policy::{PolicyError, PolicySet};
+use crate::shutdown::Shutdown;
+use crate::sink::{Sink, SinkError};
+use crate::source::{Outputs, Releases, Source, SourceError};
+use crate::telemetry::{self, Health, ServerError};
+
+/// Capacity of each shard's input channel, in messages.
+const SHARD_CHANNEL: usize = 64;
+/// Capacity of the sink's input channel, in kept traces.
+const SINK_CHANNEL: usize = 4096;
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The policies could not be built.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The consumer could not be created.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The producer could not be created.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The telemetry server could not start.
+    #[error(transparent)]
+    Telemetry(#[from] ServerError),
+}
+
+/// A started pipeline.
+pub struct Running {
+    /// Where `/metrics` is served, if enabled.
+    pub telemetry_addr: Option<SocketAddr>,
+    /// Health flags, as the endpoints report them.
+    pub health: Arc<Health>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the pipeline has shut down and drained.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the pipeline; it runs until `shutdown` fires.
+///
+/// # Errors
+/// [`AppError`] if a component cannot be created.
+pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError> {
+    let set = PolicySet::build(&cfg.policies)?;
+    let keys = set.keys.clone();
+    let decider = Arc::new(Decider::new(set));
+    let health = Health::new();
+    let prometheus = telemetry::install();
+    let mut telemetry_addr = None;
+    let mut server = None;
+    if !cfg.telemetry.listen.is_empty() {
+        let (addr, task) = telemetry::serve(&cfg.telemetry.listen, prometheus, Arc::clone(&health), shutdown.clone()).await?;
+        info!(message = "Serving /metrics, /healthz and /readyz.", address = %addr);
+        telemetry_addr = Some(addr);
+        server = Some(task);
+    }
+
+    let (releases, release_rx) = Releases::channel();
+    let (sink_tx, sink_rx) = mpsc::channel(SINK_CHANNEL);
+    let sink = Sink::new(&cfg.kafka, Arc::clone(&health), sink_rx, releases.clone())?;
+    let worker_cfg = WorkerConfig {
+        decision_wait: cfg.buffer.decision_wait.0,
+        after_root: cfg.buffer.decision_wait_after_root_received.map(|d| d.0),
+        cache_capacity: cfg.buffer.decision_cache_traces,
+        max_message_bytes: cfg.kafka.max_message_bytes,
+    };
+    let mut shard_txs = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..cfg.shard_count() {
+        let (tx, rx) = mpsc::channel(SHARD_CHANNEL);
+        shard_txs.push(tx);
+        workers.push(ShardWorker::new(&worker_cfg, Arc::clone(&decider), rx, sink_tx.clone(), releases.clone()));
+    }
+    let source = Source::new(
+        &cfg.kafka,
+        Arc::clone(&health),
+        keys,
+        Outputs {
+            shards: shard_txs,
+            sink: sink_tx,
+            releases: release_rx,
+        },
+    )?;
+    // The source must not hold a release sender, or its drain would never end.
+    drop(releases);
+    info!(
+        message = "tailsift started.",
+        input = ?cfg.kafka.input_topics,
+        output = %cfg.kafka.output_topic,
+        shards = workers.len(),
+        policies = cfg.policies.len()
+    );
+    let task = tokio::spawn(async move {
+        let sink = tokio::spawn(sink.run());
+        let workers: Vec<_> = workers.into_iter().map(|w| tokio::spawn(w.run())).collect();
+        source.run(shutdown).await;
+        for w in workers {
+            let _ = w.await;
+        }
+        let _ = sink.await;
+        if let Some(s) = server {
+            let _ = s.await;
+        }
+        info!(message = "tailsift stopped.");
+    });
+    Ok(Running {
+        telemetry_addr,
+        health,
+        task,
+    })
+}
+
+/// Starts the pipeline and runs it until `shutdown` fires and everything drained.
+///
+/// # Errors
+/// [`AppError`] if a component cannot be created.
+pub async fn run(cfg: &Config, shutdown: Shutdown) -> Result<(), AppError> {
+    start(cfg, shutdown).await?.wait().await;
+    Ok(())
+}

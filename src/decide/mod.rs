@@ -1,0 +1,106 @@
+//! Decide: runs the policies on due traces and routes the outcome.
+//!
+//! [`Decider`] combines the policies' votes (any `Sampled` keeps the trace; the first
+//! policy that sampled is recorded as the deciding policy). [`ShardWorker`] is the task
+//! that owns one buffer shard: it inserts incoming spans, decides due traces, sends
+//! kept ones to the sink and releases the input pins of dropped ones. Its
+//! [`DecisionCache`] makes spans that arrive after their trace was decided follow
+//! that decision.
+
+mod cache;
+mod worker;
+
+use std::sync::Arc;
+
+use metrics::Counter;
+
+use crate::policy::{Decision, PolicySet, TraceSummary};
+use crate::telemetry::names;
+
+pub use cache::DecisionCache;
+pub use worker::{ShardMsg, ShardWorker, WorkerConfig};
+
+/// The outcome for one trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the trace is kept.
+    pub keep: bool,
+    /// The first policy that voted to keep it.
+    pub policy: Option<Arc<str>>,
+}
+
+/// Combines the configured policies' votes into a [`Verdict`].
+#[derive(Debug)]
+pub struct Decider {
+    set: PolicySet,
+    /// Per policy: (sampled, not_sampled) vote counters, registered once.
+    votes: Vec<(Counter, Counter)>,
+    /// Per policy: traces decided as kept by it; plus one for "dropped".
+    decided: Vec<Counter>,
+    dropped: Counter,
+}
+
+impl Decider {
+    /// Wraps a policy set and registers its metrics.
+    pub fn new(set: PolicySet) -> Self {
+        let votes = set
+            .policies
+            .iter()
+            .map(|p| {
+                let name = p.name.to_string();
+                (
+                    metrics::counter!(names::POLICY_EVALUATIONS, "policy" => name.clone(), "decision" => "sampled"),
+                    metrics::counter!(names::POLICY_EVALUATIONS, "policy" => name, "decision" => "not_sampled"),
+                )
+            })
+            .collect();
+        let decided = set
+            .policies
+            .iter()
+            .map(|p| metrics::counter!(names::TRACES_DECIDED, "policy" => p.name.to_string(), "decision" => "sampled"))
+            .collect();
+        let dropped = metrics::counter!(names::TRACES_DECIDED, "policy" => "none", "decision" => "not_sampled");
+        Decider {
+            set,
+            votes,
+            decided,
+            dropped,
+        }
+    }
+
+    /// The policies, for the attribute keys they read.
+    pub fn policies(&self) -> &PolicySet {
+        &self.set
+    }
+
+    /// Runs every policy on the trace. Every policy votes (so per-policy metrics show
+    /// what each would keep); any `Sampled` vote keeps the trace.
+    pub fn decide(&self, trace: &TraceSummary) -> Verdict {
+        let mut first: Option<usize> = None;
+        for (i, p) in self.set.policies.iter().enumerate() {
+            match p.policy.evaluate(trace) {
+                Decision::Sampled => {
+                    self.votes[i].0.increment(1);
+                    first.get_or_insert(i);
+                }
+                Decision::NotSampled => self.votes[i].1.increment(1),
+            }
+        }
+        match first {
+            Some(i) => {
+                self.decided[i].increment(1);
+                Verdict {
+                    keep: true,
+                    policy: Some(Arc::clone(&self.set.policies[i].name)),
+                }
+            }
+            None => {
+                self.dropped.increment(1);
+                Verdict {
+                    keep: false,
+                    policy: None,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Sink: produces kept traces to the output topic and undecodable input to the
+//! dead-letter topic, and releases the input pins once the broker has acknowledged.
+//!
+//! Retriable produce errors (broker down, timeouts, leader changes) are retried with
+//! backoff, forever: a kept trace is never given up while the broker may come back,
+//! and its input stays uncommitted meanwhile. Records the broker refuses for good
+//! (too large, not authorised) are sent to the dead-letter topic with the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use metrics::counter;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use crate::codec::TraceId;
+use crate::config::KafkaConfig;
+use crate::source::{Pin, Releases};
+use crate::telemetry::{names, Health};
+
+/// Header on kept-trace records naming the policy that kept the trace.
+pub const HEADER_POLICY: &str = "tailsift.policy";
+/// Header on dead letters: why the message was refused.
+pub const HEADER_ERROR: &str = "tailsift.error";
+/// Header on dead letters: the input topic.
+pub const HEADER_SOURCE_TOPIC: &str = "tailsift.source.topic";
+/// Header on dead letters: the input partition.
+pub const HEADER_SOURCE_PARTITION: &str = "tailsift.source.partition";
+/// Header on dead letters: the input offset.
+pub const HEADER_SOURCE_OFFSET: &str = "tailsift.source.offset";
+
+/// Most deliveries (kept traces or dead letters) awaiting acknowledgement at once.
+const MAX_IN_FLIGHT: usize = 20_000;
+/// How long a shutdown waits for outstanding deliveries.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the sink is asked to deliver.
+#[derive(Debug)]
+pub enum SinkMsg {
+    /// A kept trace.
+    Kept(KeptTrace),
+    /// An input message that could not be decoded.
+    DeadLetter(DeadLetter),
+}
+
+/// A kept trace, encoded.
+#[derive(Debug)]
+pub struct KeptTrace {
+    /// The trace; its hex form is the record key.
+    pub trace_id: TraceId,
+    /// OTLP payloads, one unless the trace exceeded the maximum record size.
+    pub payloads: Vec<Vec<u8>>,
+    /// Input pins released once every payload is acknowledged.
+    pub pins: Vec<Pin>,
+    /// The policy that kept it.
+    pub policy: Arc<str>,
+    /// Spans in the payloads.
+    pub spans: usize,
+}
+
+/// An input message that could not be decoded.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// The original bytes.
+    pub payload: Bytes,
+    /// The original key.
+    pub key: Option<Bytes>,
+    /// Why it was refused.
+    pub reason: String,
+    /// Where it came from.
+    pub topic: Arc<str>,
+    /// Where it came from.
+    pub partition: i32,
+    /// Where it came from.
+    pub offset: i64,
+    /// Released once the dead letter is acknowledged.
+    pub pin: Pin,
+}
+
+/// The producer could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// librdkafka refused the configuration.
+    #[error("cannot create Kafka producer: {0}")]
+    Create(#[from] KafkaError),
+}
+
+/// Logs producer errors and feeds the health flag.
+pub struct ProducerContext {
+    health: Arc<Health>,
+}
+
+impl ClientContext for ProducerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_kafka_up(false, Some(format!("producer: {reason}")));
+        }
+        warn!(message = "Kafka producer error.", error = %error, reason);
+    }
+}
+
+/// The sink task.
+pub struct Sink {
+    producer: FutureProducer<ProducerContext>,
+    output_topic: Arc<str>,
+    dead_letter_topic: Arc<str>,
+    rx: mpsc::Receiver<SinkMsg>,
+    releases: Releases,
+}
+
+impl Sink {
+    /// Creates the producer (idempotent, so retries never duplicate or reorder).
+    ///
+    /// # Errors
+    /// [`SinkError::Create`] when librdkafka rejects the properties.
+    pub fn new(cfg: &KafkaConfig, health: Arc<Health>, rx: mpsc::Receiver<SinkMsg>, releases: Releases) -> Result<Self, SinkError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &cfg.brokers)
+            .set("enable.idempotence", "true")
+            .set("compression.codec", cfg.compression.to_librdkafka())
+            .set("linger.ms", "5")
+            .set("message.max.bytes", (cfg.max_message_bytes + 64 * 1024).to_string())
+            // librdkafka gives up on a message after this; the sink then retries it
+            // itself, so a long outage never loses a kept trace.
+            .set("message.timeout.ms", "60000");
+        for (k, v) in &cfg.producer {
+            c.set(k, v);
+        }
+        let producer = c.create_with_context(ProducerContext { health })?;
+        Ok(Sink {
+            producer,
+            output_topic: cfg.output_topic.as_str().into(),
+            dead_letter_topic: cfg.dead_letter_topic.as_str().into(),
+            rx,
+            releases,
+        })
+    }
+
+    /// Delivers until the channel closes, then waits (bounded) for outstanding
+    /// deliveries and flushes the producer.
+    pub async fn run(mut self) {
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                biased;
+                Some(pins) = in_flight.next(), if !in_flight.is_empty() => self.releases.release(pins),
+                msg = self.rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match msg {
+                    Some(m) => in_flight.push(deliver(self.producer.clone(), Arc::clone(&self.output_topic), Arc::clone(&self.dead_letter_topic), m)),
+                    None => break,
+                },
+            }
+        }
+        let drain = async {
+            while let Some(pins) = in_flight.next().await {
+                self.releases.release(pins);
+            }
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+            warn!(message = "Shutdown before all kept traces were acknowledged; their input is not committed and will be re-read.");
+        }
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+    }
+}
+
+/// Delivers one message and returns the pins to release.
+async fn deliver(producer: FutureProducer<ProducerContext>, output: Arc<str>, dlq: Arc<str>, msg: SinkMsg) -> Vec<Pin> {
+    match msg {
+        SinkMsg::Kept(kept) => {
+            let key = kept.trace_id.to_hex();
+            let headers = OwnedHeaders::new().insert(Header {
+                key: HEADER_POLICY,
+                value: Some(kept.policy.as_bytes()),
+            });
+            let results = futures_util::future::join_all(
+                kept.payloads
+                    .iter()
+                    .map(|p| produce(&producer, &output, Some(key.as_bytes()), p, &headers)),
+            )
+            .await;
+            let bytes: usize = kept.payloads.iter().map(Vec::len).sum();
+            let mut failed = false;
+            for (payload, result) in kept.payloads.iter().zip(results) {
+                if let Err(e) = result {
+                    failed = true;
+                    error!(message = "Kept trace refused by the broker; sending it to the dead-letter topic.", trace_id = %kept.trace_id, error = %e);
+                    let headers = OwnedHeaders::new()
+                        .insert(Header { key: HEADER_ERROR, value: Some(format!("produce to {output} failed: {e}").as_bytes()) })
+                        .insert(Header { key: HEADER_POLICY, value: Some(kept.policy.as_bytes()) });
+                    dead_letter(&producer, &dlq, Some(key.as_bytes()), payload, &headers, "produce_refused").await;
+                }
+            }
+            if !failed {
+                counter!(names::RECORDS_PRODUCED).increment(kept.payloads.len() as u64);
+                counter!(names::SPANS_PRODUCED).increment(kept.spans as u64);
+                counter!(names::BYTES_PRODUCED).increment(bytes as u64);
+            }
+            kept.pins
+        }
+        SinkMsg::DeadLetter(d) => {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: HEADER_ERROR, value: Some(d.reason.as_bytes()) })
+                .insert(Header { key: HEADER_SOURCE_TOPIC, value: Some(d.topic.as_bytes()) })
+                .insert(Header { key: HEADER_SOURCE_PARTITION, value: Some(d.partition.to_string().as_bytes()) })
+                .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some(d.offset.to_string().as_bytes()) });
+            dead_letter(&producer, &dlq, d.key.as_deref(), &d.payload, &headers, "undecodable").await;
+            vec![d.pin]
+        }
+    }
+}
+
+async fn dead_letter(producer: &FutureProducer<ProducerContext>, dlq: &str, key: Option<&[u8]>, payload: &[u8], headers: &OwnedHeaders, reason: &'static str) {
+    match produce(producer, dlq, key, payload, headers).await {
+        Ok(()) => counter!(names::MESSAGES_DEAD_LETTERED, "reason" => reason).increment(1),
+        Err(e) => {
+            // Nothing more can be done with it; say so loudly.
+            counter!(names::MESSAGES_DEAD_LETTERED, "reason" => "dead_letter_refused").increment(1);
+            error!(message = "The dead-letter topic refused a message; it is lost.", topic = dlq, error = %e);
+        }
+    }
+}
+
+/// Produces one record, retrying retriable errors with backoff until the broker
+/// acknowledges it.
+///
+/// # Errors
+/// Errors that no retry can fix (record too large, not authorised).
+async fn produce(producer: &FutureProducer<ProducerContext>, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: &OwnedHeaders) -> Result<(), KafkaError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let error = match producer.send_result(record) {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err((e, _))) => e,
+                Err(_canceled) => return Err(KafkaError::Canceled),
+            },
+            Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                // The producer's own queue is the backpressure; wait for it to drain.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            Err((e, _)) => e,
+        };
+        counter!(names::PRODUCE_ERRORS, "error" => error_label(&error)).increment(1);
+        if is_fatal(&error) {
+            return Err(error);
+        }
+        warn!(message = "Produce failed; retrying.", topic, error = %error, backoff_ms = backoff.as_millis() as u64);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic
+        )
+    )
+}
+
+fn error_label(e: &KafkaError) -> &'static str {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => "timed_out",
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
+        Some(RDKafkaErrorCode::AllBrokersDown) | Some(RDKafkaErrorCode::BrokerTransportFailure) => "broker_down",
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) | Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => "not_authorized",
+        _ => "other",
+    }
+}

@@ -1,0 +1,102 @@
+//! The consumer's librdkafka callbacks: rebalances, commits, statistics, errors.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use metrics::{counter, gauge};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::{lock, OffsetTracker};
+use crate::telemetry::{names, Health};
+
+/// Callbacks of the input consumer. Shares the offset tracker with the source task
+/// so a revoke can commit what is safe before the partition moves.
+pub struct SourceContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+    health: Arc<Health>,
+}
+
+impl SourceContext {
+    pub(super) fn new(tracker: Arc<Mutex<OffsetTracker>>, health: Arc<Health>) -> Self {
+        SourceContext { tracker, health }
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        self.health.set_kafka_up(up, (!up).then(|| "no broker connection is up".to_string()));
+        let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
+        for (name, topic) in &stats.topics {
+            let l: i64 = topic.partitions.values().map(|p| p.consumer_lag.max(0)).sum();
+            *lag.entry(name).or_default() += l;
+        }
+        for (topic, l) in lag {
+            gauge!(names::CONSUMER_LAG, "topic" => topic.to_string()).set(l as f64);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_kafka_up(false, Some(reason.to_string()));
+        }
+        warn!(message = "Kafka consumer error.", error = %error, reason);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let parts: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let safe = lock(&self.tracker).safe_offsets(&parts);
+        if !safe.is_empty() {
+            let mut commit = TopicPartitionList::new();
+            for (t, p, o) in &safe {
+                let _ = commit.add_partition_offset(t, *p, Offset::Offset(*o));
+            }
+            // Synchronous on purpose: the partition must not move before its safe
+            // offset is stored, or the next owner re-reads more than needed.
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                warn!(message = "Commit on revoke failed; the next owner re-reads from the previous commit.", error = %e);
+            }
+        }
+        let mut t = lock(&self.tracker);
+        for (topic, partition) in &parts {
+            t.revoke(topic, *partition);
+        }
+        self.health.set_assigned(t.assigned());
+        info!(message = "Partitions revoked.", count = parts.len());
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut t = lock(&self.tracker);
+                for e in tpl.elements() {
+                    t.assign(e.topic(), e.partition());
+                }
+                self.health.set_assigned(t.assigned());
+                info!(message = "Partitions assigned.", count = tpl.count(), total = t.assigned());
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(message = "Rebalance error.", error = %e),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => counter!(names::COMMITS, "result" => "ok").increment(1),
+            Err(e) => {
+                counter!(names::COMMITS, "result" => "error").increment(1);
+                warn!(message = "Offset commit failed; retrying on the next round.", error = %e);
+                lock(&self.tracker).reset_committed();
+            }
+        }
+    }
+}

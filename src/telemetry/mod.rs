@@ -1,0 +1,95 @@
+//! Telemetry: metric names, Prometheus exporter, health endpoints and logging setup.
+//!
+//! Metrics are recorded through the `metrics` facade at the call sites named in
+//! [`names`]; [`install`] registers the Prometheus recorder. The HTTP server answers
+//! `/metrics`, `/healthz` (process alive and a broker reachable) and `/readyz`
+//! (assigned partitions and a broker reachable).
+
+pub mod names;
+mod server;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub use server::{serve, ServerError};
+
+/// Shared health flags, written by the Kafka clients' callbacks and read by the
+/// health endpoints.
+#[derive(Debug, Default)]
+pub struct Health {
+    kafka_up: AtomicBool,
+    assigned: AtomicUsize,
+    last_error: std::sync::Mutex<String>,
+}
+
+impl Health {
+    /// New, with Kafka considered down until a broker answers.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Health::default())
+    }
+
+    /// Records whether a broker connection is up, with the last error when not.
+    pub fn set_kafka_up(&self, up: bool, error: Option<String>) {
+        self.kafka_up.store(up, Ordering::Relaxed);
+        metrics::gauge!(names::KAFKA_UP).set(if up { 1.0 } else { 0.0 });
+        if let Some(e) = error {
+            if let Ok(mut l) = self.last_error.lock() {
+                *l = e;
+            }
+        }
+    }
+
+    /// Records the number of assigned input partitions.
+    pub fn set_assigned(&self, n: usize) {
+        self.assigned.store(n, Ordering::Relaxed);
+        metrics::gauge!(names::ASSIGNED_PARTITIONS).set(n as f64);
+    }
+
+    /// Whether a broker connection is up.
+    pub fn kafka_up(&self) -> bool {
+        self.kafka_up.load(Ordering::Relaxed)
+    }
+
+    /// Partitions assigned.
+    pub fn assigned(&self) -> usize {
+        self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// The last Kafka error seen.
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::DECISION_LATENCY.into()),
+                    &[0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed (tests embedding tailsift);
+            // metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Sets up `tracing` logging to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

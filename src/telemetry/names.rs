@@ -1,0 +1,43 @@
+//! Every metric name tailsift exports, in one place. Units are in the names.
+
+/// Input messages read (counter).
+pub const MESSAGES_RECEIVED: &str = "tailsift_messages_received_total";
+/// Input bytes read (counter).
+pub const BYTES_RECEIVED: &str = "tailsift_received_bytes_total";
+/// Spans read from valid input messages (counter).
+pub const SPANS_RECEIVED: &str = "tailsift_spans_received_total";
+/// Input messages sent to the dead-letter topic, label `reason` (counter).
+pub const MESSAGES_DEAD_LETTERED: &str = "tailsift_messages_dead_lettered_total";
+/// Traces decided, labels `policy` (first policy that sampled, or `none`) and
+/// `decision` (`sampled` / `not_sampled`) (counter).
+pub const TRACES_DECIDED: &str = "tailsift_traces_decided_total";
+/// Policy votes, labels `policy` and `decision` (counter).
+pub const POLICY_EVALUATIONS: &str = "tailsift_policy_evaluations_total";
+/// Spans that arrived after their trace was decided, label `decision` (counter).
+pub const LATE_SPANS: &str = "tailsift_late_spans_total";
+/// Time from a trace's first span to its decision (histogram, seconds).
+pub const DECISION_LATENCY: &str = "tailsift_decision_latency_seconds";
+/// Traces in the buffer (gauge).
+pub const BUFFER_TRACES: &str = "tailsift_buffer_traces";
+/// Spans in the buffer (gauge).
+pub const BUFFER_SPANS: &str = "tailsift_buffer_spans";
+/// Bytes charged for the buffer: encoded spans plus book-keeping (gauge).
+pub const BUFFER_BYTES: &str = "tailsift_buffer_bytes";
+/// Kept-trace records produced and acknowledged (counter).
+pub const RECORDS_PRODUCED: &str = "tailsift_records_produced_total";
+/// Spans produced and acknowledged (counter).
+pub const SPANS_PRODUCED: &str = "tailsift_spans_produced_total";
+/// Bytes produced and acknowledged (counter).
+pub const BYTES_PRODUCED: &str = "tailsift_produced_bytes_total";
+/// Failed produce attempts (retried), label `error` (counter).
+pub const PRODUCE_ERRORS: &str = "tailsift_produce_errors_total";
+/// Offset commits, label `result` (`ok` / `error`) (counter).
+pub const COMMITS: &str = "tailsift_offset_commits_total";
+/// Input messages still pinned by undecided or unacknowledged traces (gauge).
+pub const PINNED_MESSAGES: &str = "tailsift_pinned_messages";
+/// Consumer lag summed over assigned partitions, label `topic` (gauge, messages).
+pub const CONSUMER_LAG: &str = "tailsift_consumer_lag_messages";
+/// 1 when at least one broker connection is up, else 0 (gauge).
+pub const KAFKA_UP: &str = "tailsift_kafka_up";
+/// Partitions assigned to this instance (gauge).
+pub const ASSIGNED_PARTITIONS: &str = "tailsift_assigned_partitions";

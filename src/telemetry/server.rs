@@ -1,0 +1,104 @@
+//! A minimal HTTP/1.1 server for `/metrics`, `/healthz` and `/readyz`: three GET
+//! routes do not justify a web framework in the dependency tree.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use crate::shutdown::Shutdown;
+
+use super::Health;
+
+/// The telemetry server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding the listen address failed.
+    #[error("cannot listen on {addr} for /metrics: {source}")]
+    Bind {
+        /// The configured address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Binds `addr` and serves until `shutdown` resolves. Returns the bound address (useful
+/// with port 0) and the serving task.
+///
+/// # Errors
+/// [`ServerError::Bind`] when the address cannot be bound.
+pub async fn serve(
+    addr: &str,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let local = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let task = tokio::spawn(async move {
+        let mut shutdown = shutdown;
+        loop {
+            tokio::select! {
+                _ = shutdown.recv() => break,
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        let handle = handle.clone();
+                        let health = Arc::clone(&health);
+                        tokio::spawn(respond(stream, handle, health));
+                    }
+                }
+            }
+        }
+    });
+    Ok((local, task))
+}
+
+async fn respond(mut stream: TcpStream, handle: PrometheusHandle, health: Arc<Health>) {
+    let mut buf = [0u8; 1024];
+    let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await else {
+        return;
+    };
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let path = req.split_whitespace().nth(1).unwrap_or("/");
+    let (status, content_type, body) = match path {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        "/healthz" => {
+            if health.kafka_up() {
+                ("200 OK", "text/plain", "ok\n".to_string())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("kafka: no broker reachable ({})\n", health.last_error()),
+                )
+            }
+        }
+        "/readyz" => {
+            if health.kafka_up() && health.assigned() > 0 {
+                ("200 OK", "text/plain", format!("ready: {} partitions\n", health.assigned()))
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("not ready: kafka up={}, partitions={}\n", health.kafka_up(), health.assigned()),
+                )
+            }
+        }
+        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
