@@ -25,3 +25,4 @@ pub mod sink;
 pub mod source;
 pub mod telemetry;
 pub mod gen;
+pub mod demo;

@@ -1,1 +1,202 @@
-fn main() {}
+//! tailsift command line. Everything here is argument handling; the work is in the
+//! library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tailsift::config::Config;
+use tailsift::demo::{self, DemoOptions, EmbeddedBroker};
+use tailsift::gen::{self, FeedOptions, GenConfig, Generator};
+use tailsift::policy::PolicySet;
+use tailsift::shutdown::ShutdownTrigger;
+use tailsift::{app, telemetry};
+
+/// Tail-sampling stream processor for distributed traces on Kafka.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sampler: join the consumer group and sample until SIGINT/SIGTERM.
+    Run {
+        /// Config file (see tailsift.example.yaml).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Override kafka.brokers.
+        #[arg(long, env = "TAILSIFT_BROKERS")]
+        brokers: Option<String>,
+    },
+    /// Validate a config file and print the effective policy set.
+    Check {
+        /// Config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Zero-setup demo: embedded broker, synthetic traffic, live progress, checked summary.
+    Demo {
+        /// Traces to generate.
+        #[arg(long, default_value_t = 20_000)]
+        traces: usize,
+        /// Traces per second.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Generate synthetic OTLP traces into a topic (keyed by trace id).
+    Gen {
+        /// Bootstrap servers.
+        #[arg(long, env = "TAILSIFT_BROKERS")]
+        brokers: String,
+        /// Topic to write.
+        #[arg(long)]
+        topic: String,
+        /// Traces to send.
+        #[arg(long, default_value_t = 10_000)]
+        traces: usize,
+        /// Traces per second (0: as fast as possible).
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        /// Input compression: none, gzip, snappy, lz4, zstd.
+        #[arg(long, default_value = "lz4")]
+        compression: String,
+        /// Generator seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Run a standalone embedded Kafka-protocol broker and print its address.
+    Broker {
+        /// Number of brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        /// Topics to create, as NAME:PARTITIONS.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init_logging();
+    match dispatch(Cli::parse().command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Run { config, brokers } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(b) = brokers {
+                cfg.kafka.brokers = b;
+            }
+            let trigger = ShutdownTrigger::new();
+            let running = app::start(&cfg, trigger.subscribe()).await?;
+            wait_for_signal().await;
+            tracing::info!(message = "Shutdown requested.");
+            trigger.trigger();
+            running.wait().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let cfg = Config::load(&config)?;
+            let set = PolicySet::build(&cfg.policies)?;
+            println!("config {} is valid", config.display());
+            println!(
+                "input {:?} -> output {} (dead letters: {}), group {}",
+                cfg.kafka.input_topics, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic, cfg.kafka.group_id
+            );
+            println!(
+                "decision_wait {}, after root {}, {} shards",
+                cfg.buffer.decision_wait,
+                cfg.buffer.decision_wait_after_root_received.map_or("off".to_string(), |d| d.to_string()),
+                cfg.shard_count()
+            );
+            println!("policies (a trace is kept when any votes to sample; the first such names it):");
+            for (c, p) in cfg.policies.iter().zip(&set.policies) {
+                println!("  - {} [{}]: {:?}", c.name, c.kind.as_str(), p.policy);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { traces, rate, seed } => {
+            let report = demo::run(&DemoOptions { traces, rate, seed }, |line| println!("{line}")).await?;
+            for l in &report.lines {
+                println!("{l}");
+            }
+            if report.passed {
+                println!("demo passed: every check against the ground truth holds.");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("demo FAILED: see the checks above.");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Gen { brokers, topic, traces, rate, compression, seed } => {
+            let mut g = Generator::new(GenConfig { seed, ..GenConfig::default() });
+            let opts = FeedOptions { traces, rate, compression };
+            let (truths, stats) = gen::feed(&brokers, &topic, &mut g, &opts, |s| {
+                eprintln!("sent {} traces, {} spans, {} messages", s.traces, s.spans, s.messages);
+            })
+            .await
+            .context("producing generated traces")?;
+            let errors = truths.iter().filter(|t| t.error).count();
+            let slow = truths.iter().filter(|t| t.slow).count();
+            println!(
+                "sent {} traces ({} error, {} slow), {} spans, {} bytes to {topic}",
+                stats.traces, errors, slow, stats.spans, stats.bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Broker { brokers, topics } => {
+            let broker = EmbeddedBroker::start(brokers)?;
+            for t in &topics {
+                let Some((name, parts)) = t.rsplit_once(':') else {
+                    bail!("--topic {t:?}: expected NAME:PARTITIONS, e.g. otlp_spans:16");
+                };
+                let parts: i32 = parts
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .with_context(|| format!("--topic {t:?}: expected a partition count >= 1 after ':'"))?;
+                broker.create_topic(name, parts)?;
+            }
+            println!("{}", broker.bootstrap_servers());
+            eprintln!("embedded broker running; Ctrl-C to stop");
+            wait_for_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

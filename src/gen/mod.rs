@@ -8,6 +8,10 @@
 //! by trace id, as the OTel Collector's kafka exporter does with
 //! `partition_traces_by_id`.
 
+mod feed;
+
+pub use feed::{feed, now_ns, producer, send, FeedOptions, FeedStats};
+
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
