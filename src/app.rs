@@ -67,11 +67,12 @@ impl Running {
 /// # Errors
 /// [`AppError`] if a component cannot be created.
 pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError> {
+    // The recorder first: metric handles registered before it would go nowhere.
+    let prometheus = telemetry::install();
     let set = PolicySet::build(&cfg.policies)?;
     let keys = set.keys.clone();
     let decider = Arc::new(Decider::new(set));
     let health = Health::new();
-    let prometheus = telemetry::install();
     let mut telemetry_addr = None;
     let mut server = None;
     if !cfg.telemetry.listen.is_empty() {

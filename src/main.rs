@@ -84,8 +84,17 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init_logging();
-    match dispatch(Cli::parse().command).await {
+    let cli = Cli::parse();
+    // The demo and generator talk to the terminal; keep logs to problems there.
+    // (The demo also silences the embedded broker's own client, which reports the
+    // broker's shutdown at exit as an error.)
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn,rdkafka::client=off",
+        Command::Gen { .. } | Command::Broker { .. } => "warn",
+        _ => "info",
+    };
+    telemetry::init_logging(default_level);
+    match dispatch(cli.command).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

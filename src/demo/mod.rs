@@ -100,7 +100,7 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// Runs the demo, printing progress through `out`.
@@ -155,6 +155,8 @@ pub async fn run(opts: &DemoOptions, mut out: impl FnMut(&str)) -> Result<DemoRe
     trigger.trigger();
     running.wait().await;
     let report = report(&truths, &fed, &collector.records(), elapsed);
+    // Clients before the broker, so they do not log its disappearance.
+    drop(collector);
     drop(broker);
     Ok(report)
 }
@@ -175,7 +177,7 @@ fn progress_line(p: &PrometheusHandle, started: tokio::time::Instant, last: &mut
         .lines()
         .filter(|l| l.starts_with(names::TRACES_DECIDED) && l.contains("decision=\"sampled\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let decided = metric(&text, names::TRACES_DECIDED);
     format!(
         "[{:>5.1}s] in {:>9.0} spans/s | buffer {:>6.0} traces {:>6.1} MiB | decided {:>7.0} traces, kept {:>5.1}% | out {:>8.0} spans",

@@ -84,10 +84,11 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Sets up `tracing` logging to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
+/// Sets up `tracing` logging to stderr, filtered by `RUST_LOG`, else by `default`
+/// (e.g. `info`). librdkafka's own chatter is kept at warnings unless asked for.
+pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},librdkafka=warn,rdkafka=warn")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
