@@ -1,0 +1,169 @@
+//! Shared harness: an embedded broker per test, tailsift instances in-process, and
+//! readers of the output topic. Everything goes through TCP to the broker.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use tailsift::app::{self, Running};
+use tailsift::codec::TraceId;
+use tailsift::config::Config;
+use tailsift::demo::{Collector, EmbeddedBroker};
+use tailsift::gen::{self, Truth};
+use tailsift::shutdown::ShutdownTrigger;
+
+pub const INPUT: &str = "spans";
+pub const OUTPUT: &str = "sampled";
+pub const DLQ: &str = "dead-letters";
+
+pub struct Harness {
+    pub broker: EmbeddedBroker,
+    pub bootstrap: String,
+    pub input_partitions: i32,
+    pub output_partitions: i32,
+}
+
+impl Harness {
+    pub fn new(input_partitions: i32, output_partitions: i32) -> Harness {
+        let broker = EmbeddedBroker::start(1).expect("embedded broker starts");
+        broker.create_topic(INPUT, input_partitions).expect("input topic");
+        broker.create_topic(OUTPUT, output_partitions).expect("output topic");
+        broker.create_topic(DLQ, 1).expect("dead-letter topic");
+        let bootstrap = broker.bootstrap_servers();
+        Harness {
+            broker,
+            bootstrap,
+            input_partitions,
+            output_partitions,
+        }
+    }
+
+    /// A config for this broker with the given `policies:` YAML block and waits.
+    pub fn config(&self, policies: &str, decision_wait: &str, after_root: Option<&str>) -> Config {
+        let after_root = after_root.map_or(String::new(), |d| format!("  decision_wait_after_root_received: {d}\n"));
+        let yaml = format!(
+            "kafka:\n  brokers: \"{}\"\n  group_id: test-group\n  input_topics: [{INPUT}]\n  output_topic: {OUTPUT}\n  dead_letter_topic: {DLQ}\n  commit_interval: 200ms\n  consumer: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}}\nbuffer:\n  decision_wait: {decision_wait}\n{after_root}  shards: 2\ntelemetry:\n  listen: \"127.0.0.1:0\"\npolicies:\n{policies}",
+            self.bootstrap
+        );
+        Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
+    }
+
+    pub fn collector(&self) -> Collector {
+        Collector::start(&self.bootstrap, OUTPUT, self.output_partitions).expect("collector")
+    }
+
+    pub fn dead_letters(&self) -> Collector {
+        Collector::start(&self.bootstrap, DLQ, 1).expect("collector")
+    }
+
+    pub fn producer(&self, compression: &str) -> FutureProducer {
+        gen::producer(&self.bootstrap, compression).expect("producer")
+    }
+
+    /// Fails the test if the broker deleted input (its per-partition retention), which
+    /// would look like a loss of ours.
+    pub fn assert_no_broker_truncation(&self) {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("consumer");
+        for p in 0..self.input_partitions {
+            let (low, _high) = c.fetch_watermarks(INPUT, p, Duration::from_secs(5)).expect("watermarks");
+            assert_eq!(low, 0, "the broker truncated partition {p}: test too large for its retention");
+        }
+    }
+}
+
+/// A running tailsift instance.
+pub struct Instance {
+    pub trigger: ShutdownTrigger,
+    pub running: Running,
+}
+
+impl Instance {
+    pub async fn start(cfg: &Config) -> Instance {
+        let trigger = ShutdownTrigger::new();
+        let running = app::start(cfg, trigger.subscribe()).await.expect("tailsift starts");
+        Instance { trigger, running }
+    }
+
+    pub async fn wait_assigned(&self) {
+        let ok = wait_until(Duration::from_secs(30), || self.running.health.assigned() > 0).await;
+        assert!(ok, "no partitions assigned within 30 s");
+    }
+
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(60), self.running.wait())
+            .await
+            .expect("tailsift stops within 60 s");
+    }
+}
+
+pub async fn wait_until(max: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = tokio::time::Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= max {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends generated traces, as fast as possible or at `rate` traces/s.
+pub async fn feed(h: &Harness, traces: usize, rate: u64, seed: u64, compression: &str) -> Vec<Truth> {
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed,
+        ..gen::GenConfig::default()
+    });
+    let opts = gen::FeedOptions {
+        traces,
+        rate,
+        compression: compression.into(),
+    };
+    gen::feed(&h.bootstrap, INPUT, &mut g, &opts, |_| {}).await.expect("feed").0
+}
+
+/// Reads a length-prefixed record file from shared/testdata.
+pub fn testdata(name: &str) -> Vec<Vec<u8>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata").join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 4 <= bytes.len() {
+        let len = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
+        out.push(bytes[i + 4..i + 4 + len].to_vec());
+        i += 4 + len;
+    }
+    out
+}
+
+/// The OTel SDK ground truth: trace id -> (spans, error, root_ms).
+pub fn testdata_truth() -> HashMap<TraceId, (usize, bool, u64)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/otel-sdk-truth.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).expect("truth is JSON");
+    v.as_object()
+        .expect("truth is an object")
+        .iter()
+        .map(|(id, t)| {
+            (
+                TraceId::from_hex(id).expect("hex trace id"),
+                (
+                    t["spans"].as_u64().expect("spans") as usize,
+                    t["error"].as_bool().expect("error"),
+                    t["root_ms"].as_u64().expect("root_ms"),
+                ),
+            )
+        })
+        .collect()
+}
+
+pub const ERRORS_SLOW_AND: &str = "  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n  - {name: slow, type: latency, latency: {threshold_ms: 1000}}\n";
