@@ -76,7 +76,13 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
     let mut telemetry_addr = None;
     let mut server = None;
     if !cfg.telemetry.listen.is_empty() {
-        let (addr, task) = telemetry::serve(&cfg.telemetry.listen, prometheus, Arc::clone(&health), shutdown.clone()).await?;
+        let (addr, task) = telemetry::serve(
+            &cfg.telemetry.listen,
+            prometheus,
+            Arc::clone(&health),
+            shutdown.clone(),
+        )
+        .await?;
         info!(message = "Serving /metrics, /healthz and /readyz.", address = %addr);
         telemetry_addr = Some(addr);
         server = Some(task);
@@ -96,7 +102,13 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
     for _ in 0..cfg.shard_count() {
         let (tx, rx) = mpsc::channel(SHARD_CHANNEL);
         shard_txs.push(tx);
-        workers.push(ShardWorker::new(&worker_cfg, Arc::clone(&decider), rx, sink_tx.clone(), releases.clone()));
+        workers.push(ShardWorker::new(
+            &worker_cfg,
+            Arc::clone(&decider),
+            rx,
+            sink_tx.clone(),
+            releases.clone(),
+        ));
     }
     let source = Source::new(
         &cfg.kafka,

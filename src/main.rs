@@ -124,22 +124,32 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             println!("config {} is valid", config.display());
             println!(
                 "input {:?} -> output {} (dead letters: {}), group {}",
-                cfg.kafka.input_topics, cfg.kafka.output_topic, cfg.kafka.dead_letter_topic, cfg.kafka.group_id
+                cfg.kafka.input_topics,
+                cfg.kafka.output_topic,
+                cfg.kafka.dead_letter_topic,
+                cfg.kafka.group_id
             );
             println!(
                 "decision_wait {}, after root {}, {} shards",
                 cfg.buffer.decision_wait,
-                cfg.buffer.decision_wait_after_root_received.map_or("off".to_string(), |d| d.to_string()),
+                cfg.buffer
+                    .decision_wait_after_root_received
+                    .map_or("off".to_string(), |d| d.to_string()),
                 cfg.shard_count()
             );
-            println!("policies (a trace is kept when any votes to sample; the first such names it):");
+            println!(
+                "policies (a trace is kept when any votes to sample; the first such names it):"
+            );
             for (c, p) in cfg.policies.iter().zip(&set.policies) {
                 println!("  - {} [{}]: {:?}", c.name, c.kind.as_str(), p.policy);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { traces, rate, seed } => {
-            let report = demo::run(&DemoOptions { traces, rate, seed }, |line| println!("{line}")).await?;
+            let report = demo::run(&DemoOptions { traces, rate, seed }, |line| {
+                println!("{line}")
+            })
+            .await?;
             for l in &report.lines {
                 println!("{l}");
             }
@@ -151,11 +161,28 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::Gen { brokers, topic, traces, rate, compression, seed } => {
-            let mut g = Generator::new(GenConfig { seed, ..GenConfig::default() });
-            let opts = FeedOptions { traces, rate, compression };
+        Command::Gen {
+            brokers,
+            topic,
+            traces,
+            rate,
+            compression,
+            seed,
+        } => {
+            let mut g = Generator::new(GenConfig {
+                seed,
+                ..GenConfig::default()
+            });
+            let opts = FeedOptions {
+                traces,
+                rate,
+                compression,
+            };
             let (truths, stats) = gen::feed(&brokers, &topic, &mut g, &opts, |s| {
-                eprintln!("sent {} traces, {} spans, {} messages", s.traces, s.spans, s.messages);
+                eprintln!(
+                    "sent {} traces, {} spans, {} messages",
+                    s.traces, s.spans, s.messages
+                );
             })
             .await
             .context("producing generated traces")?;
@@ -173,11 +200,9 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 let Some((name, parts)) = t.rsplit_once(':') else {
                     bail!("--topic {t:?}: expected NAME:PARTITIONS, e.g. otlp_spans:16");
                 };
-                let parts: i32 = parts
-                    .parse()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .with_context(|| format!("--topic {t:?}: expected a partition count >= 1 after ':'"))?;
+                let parts: i32 = parts.parse().ok().filter(|p| *p > 0).with_context(|| {
+                    format!("--topic {t:?}: expected a partition count >= 1 after ':'")
+                })?;
                 broker.create_topic(name, parts)?;
             }
             println!("{}", broker.bootstrap_servers());

@@ -30,14 +30,22 @@ async fn two_instances_share_partitions_without_splitting_or_duplicating() {
     let truths = feed(&h, 2000, 0, 11, "lz4").await;
     let want: Vec<&Truth> = truths.iter().filter(|t| t.error || t.slow).collect();
     let ok = wait_until(Duration::from_secs(60), || out.traces().len() >= want.len()).await;
-    out.settle(Duration::from_secs(3), Duration::from_secs(30)).await;
+    out.settle(Duration::from_secs(3), Duration::from_secs(30))
+        .await;
     a.stop().await;
     b.stop().await;
     let got = out.traces();
     assert!(ok, "{} of {} traces came out", got.len(), want.len());
     for t in &want {
-        let o = got.get(&t.trace_id).unwrap_or_else(|| panic!("trace {} not kept", t.trace_id));
-        assert_eq!((o.records, o.spans, o.distinct_spans), (1, t.spans, t.spans), "trace {} split or duplicated", t.trace_id);
+        let o = got
+            .get(&t.trace_id)
+            .unwrap_or_else(|| panic!("trace {} not kept", t.trace_id));
+        assert_eq!(
+            (o.records, o.spans, o.distinct_spans),
+            (1, t.spans, t.spans),
+            "trace {} split or duplicated",
+            t.trace_id
+        );
     }
     assert_eq!(got.len(), want.len());
 }
@@ -77,31 +85,50 @@ async fn an_instance_stopped_mid_stream_loses_no_kept_trace() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let a_had = a.running.health.assigned();
     a.stop().await;
-    let took_over = wait_until(Duration::from_secs(40), || b.running.health.assigned() == 16).await;
+    let took_over = wait_until(Duration::from_secs(40), || {
+        b.running.health.assigned() == 16
+    })
+    .await;
     assert!(took_over, "B did not take over A's {a_had} partitions");
     let truths = traffic.await.expect("traffic task");
     let want: Vec<&Truth> = truths.iter().filter(|t| t.error || t.slow).collect();
     let ok = wait_until(Duration::from_secs(60), || {
         let got = out.traces();
-        want.iter().all(|t| got.get(&t.trace_id).is_some_and(|o| o.distinct_spans == t.spans))
+        want.iter().all(|t| {
+            got.get(&t.trace_id)
+                .is_some_and(|o| o.distinct_spans == t.spans)
+        })
     })
     .await;
-    out.settle(Duration::from_secs(3), Duration::from_secs(30)).await;
+    out.settle(Duration::from_secs(3), Duration::from_secs(30))
+        .await;
     b.stop().await;
     h.assert_no_broker_truncation();
     let got = out.traces();
     let by_id: HashMap<TraceId, &Truth> = truths.iter().map(|t| (t.trace_id, t)).collect();
     let missing: Vec<_> = want
         .iter()
-        .filter(|t| got.get(&t.trace_id).is_none_or(|o| o.distinct_spans != t.spans))
+        .filter(|t| {
+            got.get(&t.trace_id)
+                .is_none_or(|o| o.distinct_spans != t.spans)
+        })
         .map(|t| t.trace_id)
         .collect();
-    assert!(ok && missing.is_empty(), "kept traces lost or incomplete after takeover: {missing:?}");
+    assert!(
+        ok && missing.is_empty(),
+        "kept traces lost or incomplete after takeover: {missing:?}"
+    );
     // At-least-once: a trace may come out twice across the handover, but every record
     // is the whole trace, never a fragment.
     for (id, o) in &got {
-        let t = by_id.get(id).unwrap_or_else(|| panic!("unknown trace {id}"));
+        let t = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("unknown trace {id}"));
         assert!(t.error || t.slow, "trace {id} kept without a policy asking");
-        assert_eq!(o.spans, o.records * t.spans, "trace {id}: a record holds a fragment");
+        assert_eq!(
+            o.spans,
+            o.records * t.spans,
+            "trace {id}: a record holds a fragment"
+        );
     }
 }

@@ -28,7 +28,9 @@ async fn run(records: Vec<Vec<u8>>, keyed: bool, decision_wait: &str, after_root
             let req = ExportTraceServiceRequest::decode(&r[..]).expect("testdata is OTLP");
             let id = &req.resource_spans[0].scope_spans[0].spans[0].trace_id;
             let id = TraceId(id[..].try_into().expect("16-byte trace id"));
-            gen::send(&p, INPUT, id.to_hex().as_bytes(), r).await.expect("send");
+            gen::send(&p, INPUT, id.to_hex().as_bytes(), r)
+                .await
+                .expect("send");
         } else {
             // Unkeyed batches, spread round-robin: one instance owns every partition,
             // so the buffer still joins each trace's spans.
@@ -36,16 +38,24 @@ async fn run(records: Vec<Vec<u8>>, keyed: bool, decision_wait: &str, after_root
             gen::send(&p, INPUT, key.as_bytes(), r).await.expect("send");
         }
     }
-    let want: Vec<(&TraceId, &(usize, bool, u64))> = truth.iter().filter(|(_, t)| t.1 || t.2 >= 1000).collect();
+    let want: Vec<(&TraceId, &(usize, bool, u64))> =
+        truth.iter().filter(|(_, t)| t.1 || t.2 >= 1000).collect();
     let ok = wait_until(Duration::from_secs(90), || out.traces().len() >= want.len()).await;
-    out.settle(Duration::from_secs(3), Duration::from_secs(30)).await;
+    out.settle(Duration::from_secs(3), Duration::from_secs(30))
+        .await;
     sampler.stop().await;
     h.assert_no_broker_truncation();
     let got = out.traces();
     assert!(ok, "{} of {} traces came out", got.len(), want.len());
     for (id, (spans, error, root_ms)) in &want {
-        let o = got.get(id).unwrap_or_else(|| panic!("trace {id} (error={error}, root {root_ms} ms) not kept"));
-        assert_eq!((o.spans, o.distinct_spans, o.records, o.misplaced), (*spans, *spans, 1, 0), "trace {id}");
+        let o = got
+            .get(id)
+            .unwrap_or_else(|| panic!("trace {id} (error={error}, root {root_ms} ms) not kept"));
+        assert_eq!(
+            (o.spans, o.distinct_spans, o.records, o.misplaced),
+            (*spans, *spans, 1, 0),
+            "trace {id}"
+        );
     }
     assert_eq!(got.len(), want.len(), "traces kept that no policy asks for");
 }

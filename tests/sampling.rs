@@ -28,30 +28,62 @@ async fn keeps_error_and_slow_traces_and_thins_the_rest() {
     let must_keep = truths.iter().filter(|t| t.error || t.slow).count();
     let ok = wait_until(Duration::from_secs(60), || out.traces().len() >= must_keep).await;
     assert!(ok, "only {} traces came out", out.traces().len());
-    out.settle(Duration::from_secs(3), Duration::from_secs(30)).await;
+    out.settle(Duration::from_secs(3), Duration::from_secs(30))
+        .await;
     sampler.stop().await;
     h.assert_no_broker_truncation();
 
     let got = out.traces();
     let by_id: HashMap<TraceId, &gen::Truth> = truths.iter().map(|t| (t.trace_id, t)).collect();
     for t in truths.iter().filter(|t| t.error || t.slow) {
-        let o = got.get(&t.trace_id).unwrap_or_else(|| panic!("trace {} (error={}, slow={}) was not kept", t.trace_id, t.error, t.slow));
+        let o = got.get(&t.trace_id).unwrap_or_else(|| {
+            panic!(
+                "trace {} (error={}, slow={}) was not kept",
+                t.trace_id, t.error, t.slow
+            )
+        });
         let want = if t.error { "errors" } else { "slow" };
-        assert_eq!(o.policy, want, "trace {} kept by the wrong policy", t.trace_id);
+        assert_eq!(
+            o.policy, want,
+            "trace {} kept by the wrong policy",
+            t.trace_id
+        );
     }
     for (id, o) in &got {
-        let t = by_id.get(id).unwrap_or_else(|| panic!("trace {id} came out but was never sent"));
-        assert_eq!((o.spans, o.distinct_spans, o.records, o.misplaced), (t.spans, t.spans, 1, 0), "trace {id} incomplete or split");
+        let t = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("trace {id} came out but was never sent"));
+        assert_eq!(
+            (o.spans, o.distinct_spans, o.records, o.misplaced),
+            (t.spans, t.spans, 1, 0),
+            "trace {id} incomplete or split"
+        );
     }
     let ordinary: Vec<_> = truths.iter().filter(|t| !t.error && !t.slow).collect();
-    let kept = ordinary.iter().filter(|t| got.contains_key(&t.trace_id)).count();
+    let kept = ordinary
+        .iter()
+        .filter(|t| got.contains_key(&t.trace_id))
+        .count();
     let rate = kept as f64 / ordinary.len() as f64;
     let sigma = (0.1 * 0.9 / ordinary.len() as f64).sqrt();
-    assert!((rate - 0.1).abs() < 4.0 * sigma, "ordinary traces kept at {rate:.4}, policy says 0.10 (sigma {sigma:.4})");
-    assert!(errors > 0 && slow > 0, "the generator made {errors} error and {slow} slow traces");
+    assert!(
+        (rate - 0.1).abs() < 4.0 * sigma,
+        "ordinary traces kept at {rate:.4}, policy says 0.10 (sigma {sigma:.4})"
+    );
+    assert!(
+        errors > 0 && slow > 0,
+        "the generator made {errors} error and {slow} slow traces"
+    );
 }
 
-fn span(trace: TraceId, id: u8, parent: Option<u8>, error: bool, start_ms: u64, end_ms: u64) -> Span {
+fn span(
+    trace: TraceId,
+    id: u8,
+    parent: Option<u8>,
+    error: bool,
+    start_ms: u64,
+    end_ms: u64,
+) -> Span {
     Span {
         trace_id: trace.0.to_vec(),
         span_id: vec![id; 8],
@@ -61,7 +93,11 @@ fn span(trace: TraceId, id: u8, parent: Option<u8>, error: bool, start_ms: u64, 
         end_time_unix_nano: 1_700_000_000_000_000_000 + end_ms * 1_000_000,
         status: Some(Status {
             message: String::new(),
-            code: if error { status::StatusCode::Error as i32 } else { status::StatusCode::Ok as i32 },
+            code: if error {
+                status::StatusCode::Error as i32
+            } else {
+                status::StatusCode::Ok as i32
+            },
         }),
         ..Default::default()
     }
@@ -101,7 +137,9 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     let send = |trace: TraceId, spans: Vec<Span>| {
         let p = p.clone();
         async move {
-            gen::send(&p, INPUT, trace.to_hex().as_bytes(), &request("svc", spans)).await.expect("send");
+            gen::send(&p, INPUT, trace.to_hex().as_bytes(), &request("svc", spans))
+                .await
+                .expect("send");
         }
     };
     // Both traces arrive in five messages spread over the decision wait; the error is
@@ -116,37 +154,68 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     // was made; it is not taken twice).
     let first = wait_until(Duration::from_secs(20), || out.traces().contains_key(&kept)).await;
     assert!(first, "the error trace was not kept");
-    send(kept, vec![span(kept, 1, None, false, 0, 20), span(kept, 20, Some(1), false, 1, 2)]).await;
+    send(
+        kept,
+        vec![
+            span(kept, 1, None, false, 0, 20),
+            span(kept, 20, Some(1), false, 1, 2),
+        ],
+    )
+    .await;
     send(dropped, vec![span(dropped, 1, None, true, 0, 20)]).await;
-    let late = wait_until(Duration::from_secs(20), || out.traces().get(&kept).is_some_and(|t| t.spans == 7)).await;
-    out.settle(Duration::from_secs(3), Duration::from_secs(20)).await;
+    let late = wait_until(Duration::from_secs(20), || {
+        out.traces().get(&kept).is_some_and(|t| t.spans == 7)
+    })
+    .await;
+    out.settle(Duration::from_secs(3), Duration::from_secs(20))
+        .await;
     sampler.stop().await;
     let got = out.traces();
-    assert!(late, "late spans of the kept trace were not forwarded: {:?}", got.get(&kept));
+    assert!(
+        late,
+        "late spans of the kept trace were not forwarded: {:?}",
+        got.get(&kept)
+    );
     let k = &got[&kept];
     assert_eq!((k.spans, k.distinct_spans), (7, 7), "kept trace: {k:?}");
     assert_eq!(k.records, 2, "decided once, then one late record");
     assert_eq!(k.policy, "errors");
-    assert!(!got.contains_key(&dropped), "late spans of a dropped trace came out: {:?}", got.get(&dropped));
+    assert!(
+        !got.contains_key(&dropped),
+        "late spans of a dropped trace came out: {:?}",
+        got.get(&dropped)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_input_in_every_compression_codec() {
     let h = Harness::new(8, 2);
-    let cfg = h.config("  - {name: all, type: always_sample}\n", "1s", Some("200ms"));
+    let cfg = h.config(
+        "  - {name: all, type: always_sample}\n",
+        "1s",
+        Some("200ms"),
+    );
     let out = h.collector();
     let sampler = Instance::start(&cfg).await;
     sampler.wait_assigned().await;
     let mut truths = Vec::new();
-    for (i, codec) in ["none", "gzip", "snappy", "lz4", "zstd"].into_iter().enumerate() {
+    for (i, codec) in ["none", "gzip", "snappy", "lz4", "zstd"]
+        .into_iter()
+        .enumerate()
+    {
         truths.extend(feed(&h, 40, 0, 100 + i as u64, codec).await);
     }
-    let ok = wait_until(Duration::from_secs(60), || out.traces().len() >= truths.len()).await;
+    let ok = wait_until(Duration::from_secs(60), || {
+        out.traces().len() >= truths.len()
+    })
+    .await;
     sampler.stop().await;
     let got = out.traces();
     assert!(ok, "{} of {} traces came out", got.len(), truths.len());
     for t in &truths {
-        let o = got.get(&t.trace_id).unwrap_or_else(|| panic!("trace {} missing", t.trace_id));
+        let o = got
+            .get(&t.trace_id)
+            .unwrap_or_else(|| panic!("trace {} missing", t.trace_id));
         assert_eq!(o.distinct_spans, t.spans, "trace {} incomplete", t.trace_id);
     }
 }

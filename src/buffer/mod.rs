@@ -18,7 +18,8 @@ use crate::policy::TraceSummary;
 use crate::source::Pin;
 
 /// Book-keeping bytes charged per buffered trace on top of its spans.
-pub const TRACE_OVERHEAD_BYTES: usize = size_of::<TraceEntry>() + size_of::<TraceId>() + 2 * size_of::<(Instant, TraceId)>();
+pub const TRACE_OVERHEAD_BYTES: usize =
+    size_of::<TraceEntry>() + size_of::<TraceId>() + 2 * size_of::<(Instant, TraceId)>();
 /// Book-keeping bytes charged per buffered span on top of its encoded size.
 pub const SPAN_OVERHEAD_BYTES: usize = size_of::<RawSpan>();
 
@@ -39,7 +40,9 @@ pub struct TraceEntry {
 impl TraceEntry {
     /// Bytes this entry is charged for.
     pub fn charged_bytes(&self) -> usize {
-        TRACE_OVERHEAD_BYTES + self.summary.span_bytes as usize + self.spans.len() * SPAN_OVERHEAD_BYTES
+        TRACE_OVERHEAD_BYTES
+            + self.summary.span_bytes as usize
+            + self.spans.len() * SPAN_OVERHEAD_BYTES
     }
 }
 
@@ -70,7 +73,13 @@ impl Shard {
     }
 
     /// Adds the spans of one trace from one input message, with that message's pin.
-    pub fn insert(&mut self, trace_id: TraceId, spans: impl Iterator<Item = Span>, pin: Pin, now: Instant) {
+    pub fn insert(
+        &mut self,
+        trace_id: TraceId,
+        spans: impl Iterator<Item = Span>,
+        pin: Pin,
+        now: Instant,
+    ) {
         let mut is_new = false;
         let entry = self.traces.entry(trace_id).or_insert_with(|| {
             is_new = true;
@@ -117,7 +126,11 @@ impl Shard {
                 break;
             }
             self.by_root_span.pop_front();
-            if self.traces.get(&id).is_some_and(|e| e.root_deadline == Some(deadline)) {
+            if self
+                .traces
+                .get(&id)
+                .is_some_and(|e| e.root_deadline == Some(deadline))
+            {
                 out.extend(self.remove(&id));
             }
         }
@@ -193,7 +206,8 @@ impl Hasher for TraceIdHasher {
         for chunk in bytes.chunks(8) {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(b))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
 }

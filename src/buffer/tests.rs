@@ -33,8 +33,18 @@ fn traces_are_due_after_decision_wait_in_order() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None);
     s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
-    s.insert(TraceId([2; 16]), [span(2, false)].into_iter(), pin(1), t0 + Duration::from_secs(1));
-    s.insert(TraceId([1; 16]), [span(1, true)].into_iter(), pin(2), t0 + Duration::from_secs(5));
+    s.insert(
+        TraceId([2; 16]),
+        [span(2, false)].into_iter(),
+        pin(1),
+        t0 + Duration::from_secs(1),
+    );
+    s.insert(
+        TraceId([1; 16]),
+        [span(1, true)].into_iter(),
+        pin(2),
+        t0 + Duration::from_secs(5),
+    );
     assert_eq!((s.traces(), s.spans()), (2, 3));
     let mut out = Vec::new();
     s.take_due(t0 + Duration::from_millis(9_999), &mut out);
@@ -54,7 +64,12 @@ fn root_span_shortens_the_wait() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(30), Some(Duration::from_secs(2)));
     s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
-    s.insert(TraceId([2; 16]), [span(2, true)].into_iter(), pin(1), t0 + Duration::from_secs(1));
+    s.insert(
+        TraceId([2; 16]),
+        [span(2, true)].into_iter(),
+        pin(1),
+        t0 + Duration::from_secs(1),
+    );
     let mut out = Vec::new();
     s.take_due(t0 + Duration::from_secs(3), &mut out);
     assert_eq!(out.len(), 1, "only the trace with a root is due");
@@ -70,7 +85,12 @@ fn a_new_entry_for_a_decided_id_gets_its_own_deadline() {
     s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
     let mut out = Vec::new();
     s.take_due(t0 + Duration::from_secs(10), &mut out);
-    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(1), t0 + Duration::from_secs(12));
+    s.insert(
+        TraceId([1; 16]),
+        [span(1, false)].into_iter(),
+        pin(1),
+        t0 + Duration::from_secs(12),
+    );
     s.take_due(t0 + Duration::from_secs(13), &mut out);
     assert_eq!(out.len(), 1, "the second entry is not due yet");
     s.take_due(t0 + Duration::from_secs(22), &mut out);
@@ -82,7 +102,11 @@ fn releasing_a_partition_forgets_only_its_traces() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None);
     s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
-    let other = Pin { slot: 1, epoch: 1, offset: 0 };
+    let other = Pin {
+        slot: 1,
+        epoch: 1,
+        offset: 0,
+    };
     s.insert(TraceId([2; 16]), [span(2, false)].into_iter(), other, t0);
     assert_eq!(s.release_partition(0, 1), 1);
     assert!(s.contains(&TraceId([2; 16])));

@@ -118,19 +118,36 @@ impl<'a> Layout<'a> {
         }
         for r in &mut resources {
             for g in &mut r.scopes {
-                g.body_len = g.frame.scope.as_ref().map_or(0, |s| len_field_size(s.len()))
-                    + g.spans.iter().map(|s| len_field_size(s.len())).sum::<usize>()
+                g.body_len = g
+                    .frame
+                    .scope
+                    .as_ref()
+                    .map_or(0, |s| len_field_size(s.len()))
+                    + g.spans
+                        .iter()
+                        .map(|s| len_field_size(s.len()))
+                        .sum::<usize>()
                     + opt_len(&g.frame.scope_schema_url);
             }
-            r.body_len = r.frame.resource.as_ref().map_or(0, |x| len_field_size(x.len()))
-                + r.scopes.iter().map(|g| len_field_size(g.body_len)).sum::<usize>()
+            r.body_len = r
+                .frame
+                .resource
+                .as_ref()
+                .map_or(0, |x| len_field_size(x.len()))
+                + r.scopes
+                    .iter()
+                    .map(|g| len_field_size(g.body_len))
+                    .sum::<usize>()
                 + opt_len(&r.frame.resource_schema_url);
         }
         Layout { resources }
     }
 
     fn len(&self) -> usize {
-        self.resources.iter().map(|r| len_field_size(r.body_len)).sum()
+        self.resources
+            .iter()
+            .map(|r| len_field_size(r.body_len))
+            .sum()
     }
 }
 
@@ -143,26 +160,26 @@ impl Layout<'_> {
 
     fn write_into(&self, out: &mut Vec<u8>) {
         for r in &self.resources {
-        // ExportTraceServiceRequest.resource_spans = 1
-        put_len_header(out, 1, r.body_len);
-        if let Some(res) = &r.frame.resource {
-            put_len_field(out, 1, res); // ResourceSpans.resource = 1
-        }
-        for g in &r.scopes {
-            put_len_header(out, 2, g.body_len); // ResourceSpans.scope_spans = 2
-            if let Some(scope) = &g.frame.scope {
-                put_len_field(out, 1, scope); // ScopeSpans.scope = 1
+            // ExportTraceServiceRequest.resource_spans = 1
+            put_len_header(out, 1, r.body_len);
+            if let Some(res) = &r.frame.resource {
+                put_len_field(out, 1, res); // ResourceSpans.resource = 1
             }
-            for span in &g.spans {
-                put_len_field(out, 2, span); // ScopeSpans.spans = 2
+            for g in &r.scopes {
+                put_len_header(out, 2, g.body_len); // ResourceSpans.scope_spans = 2
+                if let Some(scope) = &g.frame.scope {
+                    put_len_field(out, 1, scope); // ScopeSpans.scope = 1
+                }
+                for span in &g.spans {
+                    put_len_field(out, 2, span); // ScopeSpans.spans = 2
+                }
+                if !g.frame.scope_schema_url.is_empty() {
+                    put_len_field(out, 3, &g.frame.scope_schema_url); // ScopeSpans.schema_url = 3
+                }
             }
-            if !g.frame.scope_schema_url.is_empty() {
-                put_len_field(out, 3, &g.frame.scope_schema_url); // ScopeSpans.schema_url = 3
+            if !r.frame.resource_schema_url.is_empty() {
+                put_len_field(out, 3, &r.frame.resource_schema_url); // ResourceSpans.schema_url = 3
             }
-        }
-        if !r.frame.resource_schema_url.is_empty() {
-            put_len_field(out, 3, &r.frame.resource_schema_url); // ResourceSpans.schema_url = 3
         }
     }
-}
 }

@@ -314,7 +314,11 @@ fn scan_key_value(
     Ok(())
 }
 
-fn scan_any_value(payload: &Bytes, base: usize, body: &[u8]) -> Result<Option<AttrValue>, CodecError> {
+fn scan_any_value(
+    payload: &Bytes,
+    base: usize,
+    body: &[u8],
+) -> Result<Option<AttrValue>, CodecError> {
     let mut out = None;
     let mut r = Reader::new(body, base);
     while !r.at_end() {

@@ -4,7 +4,9 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span as PbSpan, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    status, ResourceSpans, ScopeSpans, Span as PbSpan, Status,
+};
 use prost::Message;
 
 use super::*;
@@ -26,7 +28,10 @@ fn pb_span(trace: u8, span: u8, parent: u8, code: status::StatusCode) -> PbSpan 
         start_time_unix_nano: 1_000 + u64::from(span),
         end_time_unix_nano: 5_000 + u64::from(span),
         attributes: vec![
-            kv("http.route", any_value::Value::StringValue("/checkout".into())),
+            kv(
+                "http.route",
+                any_value::Value::StringValue("/checkout".into()),
+            ),
             kv("http.status_code", any_value::Value::IntValue(503)),
             kv("ignored", any_value::Value::BoolValue(true)),
         ],
@@ -40,7 +45,10 @@ fn pb_span(trace: u8, span: u8, parent: u8, code: status::StatusCode) -> PbSpan 
 
 fn request() -> ExportTraceServiceRequest {
     let resource = |svc: &str| Resource {
-        attributes: vec![kv("service.name", any_value::Value::StringValue(svc.into()))],
+        attributes: vec![kv(
+            "service.name",
+            any_value::Value::StringValue(svc.into()),
+        )],
         ..Default::default()
     };
     let scope = InstrumentationScope {
@@ -123,10 +131,22 @@ fn encode_round_trips_through_prost() {
     let rs0 = &decoded.resource_spans[0];
     assert_eq!(rs0.resource, req.resource_spans[0].resource);
     assert_eq!(rs0.schema_url, "res-schema");
-    assert_eq!(rs0.scope_spans[0].scope, req.resource_spans[0].scope_spans[0].scope);
-    assert_eq!(rs0.scope_spans[0].schema_url, req.resource_spans[0].scope_spans[0].schema_url);
-    assert_eq!(rs0.scope_spans[0].spans, vec![req.resource_spans[0].scope_spans[0].spans[0].clone()]);
-    assert_eq!(decoded.resource_spans[1].scope_spans[0].spans, req.resource_spans[1].scope_spans[0].spans);
+    assert_eq!(
+        rs0.scope_spans[0].scope,
+        req.resource_spans[0].scope_spans[0].scope
+    );
+    assert_eq!(
+        rs0.scope_spans[0].schema_url,
+        req.resource_spans[0].scope_spans[0].schema_url
+    );
+    assert_eq!(
+        rs0.scope_spans[0].spans,
+        vec![req.resource_spans[0].scope_spans[0].spans[0].clone()]
+    );
+    assert_eq!(
+        decoded.resource_spans[1].scope_spans[0].spans,
+        req.resource_spans[1].scope_spans[0].spans
+    );
 }
 
 #[test]

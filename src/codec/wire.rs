@@ -166,7 +166,10 @@ mod tests {
 
     #[test]
     fn truncated_varint_is_an_error() {
-        assert_eq!(Reader::new(&[0x80, 0x80], 0).varint(), Err(CodecError::Truncated(2)));
+        assert_eq!(
+            Reader::new(&[0x80, 0x80], 0).varint(),
+            Err(CodecError::Truncated(2))
+        );
     }
 
     #[test]

@@ -94,18 +94,31 @@ fn default_commit_interval() -> ConfigDuration {
 }
 
 /// Properties tailsift sets itself for its guarantees; overriding them is refused.
-const RESERVED_CONSUMER_KEYS: &[&str] = &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
+const RESERVED_CONSUMER_KEYS: &[&str] =
+    &["enable.auto.commit", "enable.auto.offset.store", "group.id"];
 
 impl KafkaConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.brokers.trim().is_empty() {
-            return Err(ConfigError::invalid("kafka.brokers", "\"\"", "host:port[,host:port...]"));
+            return Err(ConfigError::invalid(
+                "kafka.brokers",
+                "\"\"",
+                "host:port[,host:port...]",
+            ));
         }
         if self.group_id.trim().is_empty() {
-            return Err(ConfigError::invalid("kafka.group_id", "\"\"", "a non-empty consumer group id"));
+            return Err(ConfigError::invalid(
+                "kafka.group_id",
+                "\"\"",
+                "a non-empty consumer group id",
+            ));
         }
         if self.input_topics.is_empty() {
-            return Err(ConfigError::invalid("kafka.input_topics", "[]", "at least one topic"));
+            return Err(ConfigError::invalid(
+                "kafka.input_topics",
+                "[]",
+                "at least one topic",
+            ));
         }
         for (i, t) in self.input_topics.iter().enumerate() {
             check_topic(&format!("kafka.input_topics[{i}]"), t)?;
@@ -127,7 +140,11 @@ impl KafkaConfig {
             ));
         }
         if self.commit_interval.0.is_zero() {
-            return Err(ConfigError::invalid("kafka.commit_interval", self.commit_interval, "at least 1ms"));
+            return Err(ConfigError::invalid(
+                "kafka.commit_interval",
+                self.commit_interval,
+                "at least 1ms",
+            ));
         }
         for k in self.consumer.keys() {
             if RESERVED_CONSUMER_KEYS.contains(&k.as_str()) {
@@ -145,7 +162,8 @@ impl KafkaConfig {
 fn check_topic(field: &str, t: &str) -> Result<(), ConfigError> {
     let ok = !t.is_empty()
         && t.len() <= 249
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {

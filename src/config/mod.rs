@@ -54,7 +54,11 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// Shorthand for [`ConfigError::Invalid`].
-    pub fn invalid(field: impl Into<String>, value: impl ToString, expected: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl ToString,
+        expected: impl Into<String>,
+    ) -> Self {
         ConfigError::Invalid {
             field: field.into(),
             value: value.to_string(),
@@ -200,10 +204,18 @@ impl Config {
             }
         }
         if b.shards > 1024 {
-            return Err(ConfigError::invalid("buffer.shards", b.shards, "0 (one per core) to 1024"));
+            return Err(ConfigError::invalid(
+                "buffer.shards",
+                b.shards,
+                "0 (one per core) to 1024",
+            ));
         }
         if !self.telemetry.listen.is_empty()
-            && self.telemetry.listen.parse::<std::net::SocketAddr>().is_err()
+            && self
+                .telemetry
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
         {
             return Err(ConfigError::invalid(
                 "telemetry.listen",

@@ -148,7 +148,11 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
     for (i, p) in policies.iter().enumerate() {
         let at = format!("policies[{i}]");
         if p.name.trim().is_empty() {
-            return Err(ConfigError::invalid(format!("{at}.name"), "\"\"", "a non-empty, unique name"));
+            return Err(ConfigError::invalid(
+                format!("{at}.name"),
+                "\"\"",
+                "a non-empty, unique name",
+            ));
         }
         if let Some(j) = policies[..i].iter().position(|q| q.name == p.name) {
             return Err(ConfigError::invalid(
@@ -206,7 +210,10 @@ impl PolicyConfig {
                     return Err(ConfigError::invalid(
                         format!("{at}.latency.upper_threshold_ms"),
                         c.upper_threshold_ms,
-                        format!("0 (no upper bound) or at least threshold_ms ({})", c.threshold_ms),
+                        format!(
+                            "0 (no upper bound) or at least threshold_ms ({})",
+                            c.threshold_ms
+                        ),
                     ));
                 }
                 Ok(())
@@ -288,7 +295,11 @@ impl PolicyConfig {
 
 fn check_key(field: &str, key: &str) -> Result<(), ConfigError> {
     if key.is_empty() {
-        Err(ConfigError::invalid(field, "\"\"", "a non-empty attribute key"))
+        Err(ConfigError::invalid(
+            field,
+            "\"\"",
+            "a non-empty attribute key",
+        ))
     } else {
         Ok(())
     }

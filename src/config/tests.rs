@@ -23,7 +23,10 @@ fn example_config_is_valid_and_complete() {
     let text = include_str!("../../tailsift.example.yaml");
     let cfg = Config::from_yaml(text).expect("example config is valid");
     assert_eq!(cfg.policies.len(), 5);
-    assert_eq!(cfg.buffer.decision_wait.0, std::time::Duration::from_secs(30));
+    assert_eq!(
+        cfg.buffer.decision_wait.0,
+        std::time::Duration::from_secs(30)
+    );
     // Every BufferConfig / KafkaConfig field is shown in the example.
     for key in [
         "decision_wait:",
@@ -97,15 +100,26 @@ fn bad_values_name_field_value_and_expectation() {
         let e = err(&yaml);
         assert!(e.contains(want), "got: {e}\nwant: {want}");
     }
-    let e = err(&MINIMAL.replace("policies:\n  - {name: all, type: always_sample}", "policies: []"));
+    let e = err(&MINIMAL.replace(
+        "policies:\n  - {name: all, type: always_sample}",
+        "policies: []",
+    ));
     assert!(e.contains("`policies` = []"), "{e}");
-    let e = err(&format!("{MINIMAL}  - {{name: all, type: always_sample}}\n"));
-    assert!(e.contains("`policies[1].name` = all: expected a unique name"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}  - {{name: all, type: always_sample}}\n"
+    ));
+    assert!(
+        e.contains("`policies[1].name` = all: expected a unique name"),
+        "{e}"
+    );
     let e = err(&MINIMAL.replace("output_topic: sampled", "output_topic: spans"));
     assert!(e.contains("`kafka.output_topic` = spans"), "{e}");
     let e = err(&format!("{MINIMAL}buffer: {{decision_wait: 10parsecs}}\n"));
     assert!(e.contains("expected a duration such as `30s`"), "{e}");
-    let e = err(&MINIMAL.replace("brokers: localhost:9092", "brokers: localhost:9092\n  consumer: {enable.auto.commit: 'true'}"));
+    let e = err(&MINIMAL.replace(
+        "brokers: localhost:9092",
+        "brokers: localhost:9092\n  consumer: {enable.auto.commit: 'true'}",
+    ));
     assert!(e.contains("`kafka.consumer.enable.auto.commit`"), "{e}");
     let e = err(&format!("{MINIMAL}policies_typo: 1\n"));
     assert!(e.contains("unknown field `policies_typo`"), "{e}");

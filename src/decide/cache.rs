@@ -64,7 +64,10 @@ mod tests {
     #[test]
     fn forgets_oldest_beyond_capacity() {
         let mut c = DecisionCache::new(2);
-        let v = Verdict { keep: true, policy: None };
+        let v = Verdict {
+            keep: true,
+            policy: None,
+        };
         for i in 1..=3u8 {
             c.insert(TraceId([i; 16]), v.clone());
         }

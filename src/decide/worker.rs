@@ -72,7 +72,10 @@ impl ShardWorker {
         sink: mpsc::Sender<SinkMsg>,
         releases: Releases,
     ) -> Self {
-        let shortest = cfg.after_root.unwrap_or(cfg.decision_wait).min(cfg.decision_wait);
+        let shortest = cfg
+            .after_root
+            .unwrap_or(cfg.decision_wait)
+            .min(cfg.decision_wait);
         ShardWorker {
             shard: Shard::new(cfg.decision_wait, cfg.after_root),
             cache: DecisionCache::new(cfg.cache_capacity),
@@ -128,7 +131,8 @@ impl ShardWorker {
         let mut spans = spans.into_iter().peekable();
         while let Some(first) = spans.next() {
             let id = first.trace_id;
-            let group = std::iter::once(first).chain(std::iter::from_fn(|| spans.next_if(|s| s.trace_id == id)));
+            let group = std::iter::once(first)
+                .chain(std::iter::from_fn(|| spans.next_if(|s| s.trace_id == id)));
             match self.cache.get(&id).cloned() {
                 None => self.shard.insert(id, group, pin, now),
                 Some(verdict) => self.late(id, verdict, group.collect(), pin).await?,
@@ -138,8 +142,18 @@ impl ShardWorker {
     }
 
     /// Spans of a trace already decided: kept ones are forwarded, dropped ones dropped.
-    async fn late(&mut self, id: TraceId, verdict: Verdict, group: Vec<Span>, pin: Pin) -> Result<(), Closed> {
-        let decision = if verdict.keep { "sampled" } else { "not_sampled" };
+    async fn late(
+        &mut self,
+        id: TraceId,
+        verdict: Verdict,
+        group: Vec<Span>,
+        pin: Pin,
+    ) -> Result<(), Closed> {
+        let decision = if verdict.keep {
+            "sampled"
+        } else {
+            "not_sampled"
+        };
         counter!(names::LATE_SPANS, "decision" => decision).increment(group.len() as u64);
         if verdict.keep {
             let raw: Vec<RawSpan> = group.into_iter().map(|s| s.raw).collect();
@@ -156,7 +170,8 @@ impl ShardWorker {
         let id = entry.summary.trace_id;
         self.cache.insert(id, verdict.clone());
         if verdict.keep {
-            self.send_kept(id, &entry.spans, entry.pins, verdict.policy).await
+            self.send_kept(id, &entry.spans, entry.pins, verdict.policy)
+                .await
         } else {
             self.releases.release(entry.pins);
             Ok(())
@@ -178,7 +193,10 @@ impl ShardWorker {
             policy: policy.unwrap_or_else(|| Arc::from("")),
             spans: spans.len(),
         };
-        self.sink.send(SinkMsg::Kept(kept)).await.map_err(|_| Closed)
+        self.sink
+            .send(SinkMsg::Kept(kept))
+            .await
+            .map_err(|_| Closed)
     }
 
     fn publish_gauges(&mut self) {

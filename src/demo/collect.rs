@@ -86,7 +86,12 @@ impl Collector {
                             .headers()
                             .map(|h| {
                                 h.iter()
-                                    .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                                    .map(|x| {
+                                        (
+                                            x.key.to_string(),
+                                            x.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                        )
+                                    })
                                     .collect()
                             })
                             .unwrap_or_default();
@@ -161,9 +166,18 @@ pub fn traces_of(records: &[Record]) -> HashMap<TraceId, OutputTrace> {
             out.entry(TraceId([0; 16])).or_default().misplaced += 1;
             continue;
         };
-        let key = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).and_then(TraceId::from_hex);
+        let key = r
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(TraceId::from_hex);
         let mut seen_here: Vec<TraceId> = Vec::new();
-        for span in req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).flat_map(|ss| &ss.spans) {
+        for span in req
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+        {
             let mut id = [0u8; 16];
             if span.trace_id.len() == 16 {
                 id.copy_from_slice(&span.trace_id);

@@ -98,7 +98,10 @@ pub struct DemoReport {
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .fold(0.0, |a, b| a + b)
 }
@@ -124,7 +127,10 @@ pub async fn run(opts: &DemoOptions, mut out: impl FnMut(&str)) -> Result<DemoRe
     let prometheus = telemetry::install();
     // Let the consumer group form (the broker delays the first join by 3 s).
     wait_for(Duration::from_secs(30), || running.health.assigned() > 0).await;
-    out(&format!("generating {} traces at {} traces/s ...", opts.traces, opts.rate));
+    out(&format!(
+        "generating {} traces at {} traces/s ...",
+        opts.traces, opts.rate
+    ));
     let started = tokio::time::Instant::now();
     let mut generator = Generator::new(GenConfig {
         seed: opts.seed,
@@ -149,7 +155,9 @@ pub async fn run(opts: &DemoOptions, mut out: impl FnMut(&str)) -> Result<DemoRe
             && metric(&text, names::PINNED_MESSAGES) == 0.0
     })
     .await;
-    collector.settle(Duration::from_secs(2), Duration::from_secs(30)).await;
+    collector
+        .settle(Duration::from_secs(2), Duration::from_secs(30))
+        .await;
     out(&progress_line(&prometheus, started, &mut last));
     let elapsed = started.elapsed();
     trigger.trigger();
@@ -168,7 +176,11 @@ async fn wait_for(max: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn progress_line(p: &PrometheusHandle, started: tokio::time::Instant, last: &mut (f64, tokio::time::Instant)) -> String {
+fn progress_line(
+    p: &PrometheusHandle,
+    started: tokio::time::Instant,
+    last: &mut (f64, tokio::time::Instant),
+) -> String {
     let text = p.render();
     let spans_in = metric(&text, names::SPANS_RECEIVED);
     let rate = (spans_in - last.0) / last.1.elapsed().as_secs_f64().max(0.001);
@@ -191,7 +203,12 @@ fn progress_line(p: &PrometheusHandle, started: tokio::time::Instant, last: &mut
     )
 }
 
-fn report(truths: &[Truth], fed: &crate::gen::FeedStats, records: &[Record], elapsed: Duration) -> DemoReport {
+fn report(
+    truths: &[Truth],
+    fed: &crate::gen::FeedStats,
+    records: &[Record],
+    elapsed: Duration,
+) -> DemoReport {
     let out = traces_of(records);
     let truth: HashMap<TraceId, &Truth> = truths.iter().map(|t| (t.trace_id, t)).collect();
     let out_bytes: usize = records.iter().map(|r| r.payload.len()).sum();
@@ -202,15 +219,31 @@ fn report(truths: &[Truth], fed: &crate::gen::FeedStats, records: &[Record], ela
     }
     let errors: Vec<&Truth> = truths.iter().filter(|t| t.error).collect();
     let slow: Vec<&Truth> = truths.iter().filter(|t| t.slow).collect();
-    let kept_errors = errors.iter().filter(|t| out.contains_key(&t.trace_id)).count();
-    let kept_slow = slow.iter().filter(|t| out.contains_key(&t.trace_id)).count();
+    let kept_errors = errors
+        .iter()
+        .filter(|t| out.contains_key(&t.trace_id))
+        .count();
+    let kept_slow = slow
+        .iter()
+        .filter(|t| out.contains_key(&t.trace_id))
+        .count();
     let complete = out
         .iter()
-        .filter(|(id, o)| truth.get(id).is_some_and(|t| o.spans == t.spans && o.distinct_spans == t.spans && o.records == 1 && o.misplaced == 0))
+        .filter(|(id, o)| {
+            truth.get(id).is_some_and(|t| {
+                o.spans == t.spans
+                    && o.distinct_spans == t.spans
+                    && o.records == 1
+                    && o.misplaced == 0
+            })
+        })
         .count();
     let unknown = out.keys().filter(|id| !truth.contains_key(id)).count();
     let ordinary = truths.iter().filter(|t| !t.error && !t.slow).count();
-    let ordinary_kept = truths.iter().filter(|t| !t.error && !t.slow && out.contains_key(&t.trace_id)).count();
+    let ordinary_kept = truths
+        .iter()
+        .filter(|t| !t.error && !t.slow && out.contains_key(&t.trace_id))
+        .count();
     let baseline = ordinary_kept as f64 * 100.0 / ordinary.max(1) as f64;
     // Binomial standard deviation of the baseline share; allow 4 sigma.
     let p = BASELINE_PERCENT / 100.0;

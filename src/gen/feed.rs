@@ -34,7 +34,9 @@ pub struct FeedStats {
 
 /// Now, in ns since the epoch.
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A producer suitable for feeding input.
@@ -97,7 +99,12 @@ pub async fn feed(
 
 /// Enqueues one record, waiting while the producer queue is full. Delivery is
 /// confirmed by the final flush.
-pub async fn send(producer: &FutureProducer, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), KafkaError> {
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<(), KafkaError> {
     loop {
         match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
             Ok(_delivery) => return Ok(()),

@@ -15,12 +15,23 @@ pub use feed::{feed, now_ns, producer, send, FeedOptions, FeedStats};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use prost::Message;
 
 use crate::codec::TraceId;
 
-const SERVICES: &[&str] = &["frontend", "checkout", "cart", "payment", "inventory", "shipping", "auth", "search"];
+const SERVICES: &[&str] = &[
+    "frontend",
+    "checkout",
+    "cart",
+    "payment",
+    "inventory",
+    "shipping",
+    "auth",
+    "search",
+];
 const ROUTES: &[&str] = &[
     "/api/checkout",
     "/api/cart",
@@ -30,7 +41,9 @@ const ROUTES: &[&str] = &[
     "/api/orders/{id}",
     "/api/recommendations",
 ];
-const OPERATIONS: &[&str] = &["GET", "POST", "SELECT", "UPDATE", "publish", "process", "rpc"];
+const OPERATIONS: &[&str] = &[
+    "GET", "POST", "SELECT", "UPDATE", "publish", "process", "rpc",
+];
 
 /// Shape of the generated traffic.
 #[derive(Debug, Clone)]
@@ -177,7 +190,11 @@ impl Generator {
             let len = (pe - ps).max(2);
             let s = ps + r.next_u64() % (len / 2);
             let e = s + 1 + r.next_u64() % (pe - s).max(1);
-            let service = if r.unit() < 0.6 { r.pick(SERVICES) } else { psvc };
+            let service = if r.unit() < 0.6 {
+                r.pick(SERVICES)
+            } else {
+                psvc
+            };
             nodes.push(Node {
                 span_id: r.next_u64().max(1).to_le_bytes(),
                 parent: Some(pid),
@@ -187,7 +204,11 @@ impl Generator {
                 depth: pd + 1,
             });
         }
-        let error_at = if error { Some(1 + (r.next_u64() % (n_spans as u64 - 1)) as usize) } else { None };
+        let error_at = if error {
+            Some(1 + (r.next_u64() % (n_spans as u64 - 1)) as usize)
+        } else {
+            None
+        };
         // Group spans by service, one request per service.
         let mut by_service: Vec<(&'static str, Vec<Span>)> = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
@@ -227,25 +248,57 @@ fn s(v: &str) -> any_value::Value {
     any_value::Value::StringValue(v.into())
 }
 
-fn make_span(r: &mut Rng, trace_id: &TraceId, n: &Node, route: &str, root: bool, is_error: bool, trace_error: bool) -> Span {
+fn make_span(
+    r: &mut Rng,
+    trace_id: &TraceId,
+    n: &Node,
+    route: &str,
+    root: bool,
+    is_error: bool,
+    trace_error: bool,
+) -> Span {
     let op = r.pick(OPERATIONS);
-    let code: i64 = if is_error || (root && trace_error) { 500 } else { 200 };
+    let code: i64 = if is_error || (root && trace_error) {
+        500
+    } else {
+        200
+    };
     let mut attributes = vec![
         kv("http.method", s(if op == "POST" { "POST" } else { "GET" })),
         kv("http.route", s(route)),
         kv("http.status_code", any_value::Value::IntValue(code)),
-        kv("net.peer.name", s(&format!("{}.prod.svc.cluster.local", n.service))),
-        kv("thread.id", any_value::Value::IntValue(r.range(1, 64) as i64)),
+        kv(
+            "net.peer.name",
+            s(&format!("{}.prod.svc.cluster.local", n.service)),
+        ),
+        kv(
+            "thread.id",
+            any_value::Value::IntValue(r.range(1, 64) as i64),
+        ),
     ];
     if op == "SELECT" || op == "UPDATE" {
         attributes.push(kv("db.system", s("postgresql")));
         attributes.push(kv(
             "db.statement",
-            s(&format!("{op} id, name, price, stock FROM products WHERE id = $1 AND tenant = $2 LIMIT {}", r.range(1, 100))),
+            s(&format!(
+                "{op} id, name, price, stock FROM products WHERE id = $1 AND tenant = $2 LIMIT {}",
+                r.range(1, 100)
+            )),
         ));
     } else {
-        attributes.push(kv("http.url", s(&format!("https://{}.example.com{}?session={:016x}", n.service, route, r.next_u64()))));
-        attributes.push(kv("user_agent.original", s("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)")));
+        attributes.push(kv(
+            "http.url",
+            s(&format!(
+                "https://{}.example.com{}?session={:016x}",
+                n.service,
+                route,
+                r.next_u64()
+            )),
+        ));
+        attributes.push(kv(
+            "user_agent.original",
+            s("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"),
+        ));
     }
     let status = if is_error {
         Status {
@@ -259,8 +312,16 @@ fn make_span(r: &mut Rng, trace_id: &TraceId, n: &Node, route: &str, root: bool,
         trace_id: trace_id.0.to_vec(),
         span_id: n.span_id.to_vec(),
         parent_span_id: n.parent.map(|p| p.to_vec()).unwrap_or_default(),
-        name: if root { format!("{} {}", "GET", route) } else { format!("{} {}", op, n.service) },
-        kind: if root { span::SpanKind::Server as i32 } else { span::SpanKind::Client as i32 },
+        name: if root {
+            format!("{} {}", "GET", route)
+        } else {
+            format!("{} {}", op, n.service)
+        },
+        kind: if root {
+            span::SpanKind::Server as i32
+        } else {
+            span::SpanKind::Client as i32
+        },
         start_time_unix_nano: n.start_ns,
         end_time_unix_nano: n.end_ns,
         attributes,

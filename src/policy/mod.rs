@@ -90,7 +90,9 @@ impl PolicySet {
             .iter()
             .filter_map(|c| match c.kind {
                 PolicyType::StringAttribute => c.string_attribute.as_ref().map(|s| s.key.as_str()),
-                PolicyType::NumericAttribute => c.numeric_attribute.as_ref().map(|s| s.key.as_str()),
+                PolicyType::NumericAttribute => {
+                    c.numeric_attribute.as_ref().map(|s| s.key.as_str())
+                }
                 _ => None,
             })
             .collect();
@@ -104,21 +106,23 @@ impl PolicySet {
             let key = |k: &str| keys.index(k).ok_or_else(missing);
             let policy: Box<dyn Policy> = match c.kind {
                 PolicyType::AlwaysSample => Box::new(AlwaysSample),
-                PolicyType::Latency => Box::new(Latency::new(c.latency.as_ref().ok_or_else(missing)?)),
-                PolicyType::StatusCode => {
-                    Box::new(StatusCodeFilter::new(c.status_code.as_ref().ok_or_else(missing)?))
+                PolicyType::Latency => {
+                    Box::new(Latency::new(c.latency.as_ref().ok_or_else(missing)?))
                 }
-                PolicyType::Probabilistic => {
-                    Box::new(Probabilistic::new(c.probabilistic.as_ref().ok_or_else(missing)?))
-                }
+                PolicyType::StatusCode => Box::new(StatusCodeFilter::new(
+                    c.status_code.as_ref().ok_or_else(missing)?,
+                )),
+                PolicyType::Probabilistic => Box::new(Probabilistic::new(
+                    c.probabilistic.as_ref().ok_or_else(missing)?,
+                )),
                 PolicyType::StringAttribute => {
                     let s = c.string_attribute.as_ref().ok_or_else(missing)?;
-                    Box::new(
-                        StringAttribute::new(key(&s.key)?, s).map_err(|source| PolicyError::Regex {
+                    Box::new(StringAttribute::new(key(&s.key)?, s).map_err(|source| {
+                        PolicyError::Regex {
                             name: c.name.clone(),
                             source,
-                        })?,
-                    )
+                        }
+                    })?)
                 }
                 PolicyType::NumericAttribute => {
                     let s = c.numeric_attribute.as_ref().ok_or_else(missing)?;

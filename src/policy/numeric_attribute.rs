@@ -66,18 +66,39 @@ mod tests {
     #[test]
     fn inclusive_range_on_int_values_only() {
         let p = policy(Some(500), Some(599), false);
-        assert_eq!(p.evaluate(&trace(&[AttrValue::Int(200), AttrValue::Int(500)])), Decision::Sampled);
-        assert_eq!(p.evaluate(&trace(&[AttrValue::Int(599)])), Decision::Sampled);
-        assert_eq!(p.evaluate(&trace(&[AttrValue::Int(600)])), Decision::NotSampled);
-        assert_eq!(p.evaluate(&trace(&[AttrValue::Double(550.0)])), Decision::NotSampled);
+        assert_eq!(
+            p.evaluate(&trace(&[AttrValue::Int(200), AttrValue::Int(500)])),
+            Decision::Sampled
+        );
+        assert_eq!(
+            p.evaluate(&trace(&[AttrValue::Int(599)])),
+            Decision::Sampled
+        );
+        assert_eq!(
+            p.evaluate(&trace(&[AttrValue::Int(600)])),
+            Decision::NotSampled
+        );
+        assert_eq!(
+            p.evaluate(&trace(&[AttrValue::Double(550.0)])),
+            Decision::NotSampled
+        );
         assert_eq!(p.evaluate(&trace(&[])), Decision::NotSampled);
     }
 
     #[test]
     fn open_bounds_and_invert() {
-        assert_eq!(policy(Some(400), None, false).evaluate(&trace(&[AttrValue::Int(i64::MAX)])), Decision::Sampled);
+        assert_eq!(
+            policy(Some(400), None, false).evaluate(&trace(&[AttrValue::Int(i64::MAX)])),
+            Decision::Sampled
+        );
         let inv = policy(Some(500), Some(599), true);
-        assert_eq!(inv.evaluate(&trace(&[AttrValue::Int(503)])), Decision::NotSampled);
-        assert_eq!(inv.evaluate(&trace(&[AttrValue::Int(200)])), Decision::Sampled);
+        assert_eq!(
+            inv.evaluate(&trace(&[AttrValue::Int(503)])),
+            Decision::NotSampled
+        );
+        assert_eq!(
+            inv.evaluate(&trace(&[AttrValue::Int(200)])),
+            Decision::Sampled
+        );
     }
 }

@@ -79,7 +79,9 @@ mod tests {
         for pct in [1.0, 10.0, 50.0] {
             let p = policy(pct);
             let n = 100_000;
-            let kept = (0..n).filter(|&i| p.evaluate(&id(i)) == Decision::Sampled).count();
+            let kept = (0..n)
+                .filter(|&i| p.evaluate(&id(i)) == Decision::Sampled)
+                .count();
             let rate = kept as f64 * 100.0 / n as f64;
             assert!((rate - pct).abs() < pct * 0.1 + 0.1, "{pct}%: kept {rate}%");
         }
@@ -98,6 +100,10 @@ mod tests {
             sampling_percentage: 50.0,
             hash_salt: Some("other".into()),
         });
-        assert_ne!(q.hash(&TraceId([1; 16])), 0x3852_e520_beb1_c84d, "the salt changes the hash");
+        assert_ne!(
+            q.hash(&TraceId([1; 16])),
+            0x3852_e520_beb1_c84d,
+            "the salt changes the hash"
+        );
     }
 }

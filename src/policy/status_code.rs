@@ -55,7 +55,10 @@ mod tests {
         let unset = StatusCodeFilter::new(&StatusCodeConfig {
             status_codes: vec!["UNSET".into(), "OK".into()],
         });
-        assert_eq!(unset.evaluate(&TraceSummary::new(TraceId([1; 16]))), Decision::NotSampled);
+        assert_eq!(
+            unset.evaluate(&TraceSummary::new(TraceId([1; 16]))),
+            Decision::NotSampled
+        );
         assert_eq!(unset.evaluate(&t), Decision::Sampled);
     }
 }

@@ -72,9 +72,11 @@ mod tests {
     fn trace(values: &[&'static str]) -> TraceSummary {
         let mut t = TraceSummary::new(TraceId([1; 16]));
         for v in values {
-            t.attrs.push((0, AttrValue::Str(Bytes::from_static(v.as_bytes()))));
+            t.attrs
+                .push((0, AttrValue::Str(Bytes::from_static(v.as_bytes()))));
         }
-        t.attrs.push((1, AttrValue::Str(Bytes::from_static(b"/api/checkout"))));
+        t.attrs
+            .push((1, AttrValue::Str(Bytes::from_static(b"/api/checkout"))));
         t
     }
 
@@ -103,8 +105,14 @@ mod tests {
 
     #[test]
     fn regex_is_unanchored_unless_anchored() {
-        assert_eq!(policy(&["pay"], true, false).evaluate(&trace(&["/api/payment"])), Decision::Sampled);
-        assert_eq!(policy(&["^pay"], true, false).evaluate(&trace(&["/api/payment"])), Decision::NotSampled);
+        assert_eq!(
+            policy(&["pay"], true, false).evaluate(&trace(&["/api/payment"])),
+            Decision::Sampled
+        );
+        assert_eq!(
+            policy(&["^pay"], true, false).evaluate(&trace(&["/api/payment"])),
+            Decision::NotSampled
+        );
     }
 
     #[test]

@@ -81,6 +81,9 @@ impl TraceSummary {
 
     /// Values of the attribute with key index `key`, from spans and resources.
     pub fn attr_values(&self, key: u16) -> impl Iterator<Item = &AttrValue> {
-        self.attrs.iter().filter(move |(k, _)| *k == key).map(|(_, v)| v)
+        self.attrs
+            .iter()
+            .filter(move |(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
 }

@@ -100,7 +100,8 @@ pub struct ProducerContext {
 impl ClientContext for ProducerContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.health.set_kafka_up(false, Some(format!("producer: {reason}")));
+            self.health
+                .set_kafka_up(false, Some(format!("producer: {reason}")));
         }
         warn!(message = "Kafka producer error.", error = %error, reason);
     }
@@ -120,13 +121,21 @@ impl Sink {
     ///
     /// # Errors
     /// [`SinkError::Create`] when librdkafka rejects the properties.
-    pub fn new(cfg: &KafkaConfig, health: Arc<Health>, rx: mpsc::Receiver<SinkMsg>, releases: Releases) -> Result<Self, SinkError> {
+    pub fn new(
+        cfg: &KafkaConfig,
+        health: Arc<Health>,
+        rx: mpsc::Receiver<SinkMsg>,
+        releases: Releases,
+    ) -> Result<Self, SinkError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &cfg.brokers)
             .set("enable.idempotence", "true")
             .set("compression.codec", cfg.compression.to_librdkafka())
             .set("linger.ms", "5")
-            .set("message.max.bytes", (cfg.max_message_bytes + 64 * 1024).to_string())
+            .set(
+                "message.max.bytes",
+                (cfg.max_message_bytes + 64 * 1024).to_string(),
+            )
             // librdkafka gives up on a message after this; the sink then retries it
             // itself, so a long outage never loses a kept trace.
             .set("message.timeout.ms", "60000");
@@ -171,7 +180,12 @@ impl Sink {
 }
 
 /// Delivers one message and returns the pins to release.
-async fn deliver(producer: FutureProducer<ProducerContext>, output: Arc<str>, dlq: Arc<str>, msg: SinkMsg) -> Vec<Pin> {
+async fn deliver(
+    producer: FutureProducer<ProducerContext>,
+    output: Arc<str>,
+    dlq: Arc<str>,
+    msg: SinkMsg,
+) -> Vec<Pin> {
     match msg {
         SinkMsg::Kept(kept) => {
             let key = kept.trace_id.to_hex();
@@ -192,9 +206,23 @@ async fn deliver(producer: FutureProducer<ProducerContext>, output: Arc<str>, dl
                     failed = true;
                     error!(message = "Kept trace refused by the broker; sending it to the dead-letter topic.", trace_id = %kept.trace_id, error = %e);
                     let headers = OwnedHeaders::new()
-                        .insert(Header { key: HEADER_ERROR, value: Some(format!("produce to {output} failed: {e}").as_bytes()) })
-                        .insert(Header { key: HEADER_POLICY, value: Some(kept.policy.as_bytes()) });
-                    dead_letter(&producer, &dlq, Some(key.as_bytes()), payload, &headers, "produce_refused").await;
+                        .insert(Header {
+                            key: HEADER_ERROR,
+                            value: Some(format!("produce to {output} failed: {e}").as_bytes()),
+                        })
+                        .insert(Header {
+                            key: HEADER_POLICY,
+                            value: Some(kept.policy.as_bytes()),
+                        });
+                    dead_letter(
+                        &producer,
+                        &dlq,
+                        Some(key.as_bytes()),
+                        payload,
+                        &headers,
+                        "produce_refused",
+                    )
+                    .await;
                 }
             }
             if !failed {
@@ -206,17 +234,44 @@ async fn deliver(producer: FutureProducer<ProducerContext>, output: Arc<str>, dl
         }
         SinkMsg::DeadLetter(d) => {
             let headers = OwnedHeaders::new()
-                .insert(Header { key: HEADER_ERROR, value: Some(d.reason.as_bytes()) })
-                .insert(Header { key: HEADER_SOURCE_TOPIC, value: Some(d.topic.as_bytes()) })
-                .insert(Header { key: HEADER_SOURCE_PARTITION, value: Some(d.partition.to_string().as_bytes()) })
-                .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some(d.offset.to_string().as_bytes()) });
-            dead_letter(&producer, &dlq, d.key.as_deref(), &d.payload, &headers, "undecodable").await;
+                .insert(Header {
+                    key: HEADER_ERROR,
+                    value: Some(d.reason.as_bytes()),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_TOPIC,
+                    value: Some(d.topic.as_bytes()),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_PARTITION,
+                    value: Some(d.partition.to_string().as_bytes()),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_OFFSET,
+                    value: Some(d.offset.to_string().as_bytes()),
+                });
+            dead_letter(
+                &producer,
+                &dlq,
+                d.key.as_deref(),
+                &d.payload,
+                &headers,
+                "undecodable",
+            )
+            .await;
             vec![d.pin]
         }
     }
 }
 
-async fn dead_letter(producer: &FutureProducer<ProducerContext>, dlq: &str, key: Option<&[u8]>, payload: &[u8], headers: &OwnedHeaders, reason: &'static str) {
+async fn dead_letter(
+    producer: &FutureProducer<ProducerContext>,
+    dlq: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: &OwnedHeaders,
+    reason: &'static str,
+) {
     match produce(producer, dlq, key, payload, headers).await {
         Ok(()) => counter!(names::MESSAGES_DEAD_LETTERED, "reason" => reason).increment(1),
         Err(e) => {
@@ -232,10 +287,18 @@ async fn dead_letter(producer: &FutureProducer<ProducerContext>, dlq: &str, key:
 ///
 /// # Errors
 /// Errors that no retry can fix (record too large, not authorised).
-async fn produce(producer: &FutureProducer<ProducerContext>, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: &OwnedHeaders) -> Result<(), KafkaError> {
+async fn produce(
+    producer: &FutureProducer<ProducerContext>,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: &OwnedHeaders,
+) -> Result<(), KafkaError> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(payload)
+            .headers(headers.clone());
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -280,8 +343,11 @@ fn error_label(e: &KafkaError) -> &'static str {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageTimedOut) => "timed_out",
         Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
-        Some(RDKafkaErrorCode::AllBrokersDown) | Some(RDKafkaErrorCode::BrokerTransportFailure) => "broker_down",
-        Some(RDKafkaErrorCode::TopicAuthorizationFailed) | Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => "not_authorized",
+        Some(RDKafkaErrorCode::AllBrokersDown) | Some(RDKafkaErrorCode::BrokerTransportFailure) => {
+            "broker_down"
+        }
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+        | Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => "not_authorized",
         _ => "other",
     }
 }

@@ -29,10 +29,15 @@ impl SourceContext {
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
         let up = stats.brokers.values().any(|b| b.state == "UP");
-        self.health.set_kafka_up(up, (!up).then(|| "no broker connection is up".to_string()));
+        self.health
+            .set_kafka_up(up, (!up).then(|| "no broker connection is up".to_string()));
         let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
         for (name, topic) in &stats.topics {
-            let l: i64 = topic.partitions.values().map(|p| p.consumer_lag.max(0)).sum();
+            let l: i64 = topic
+                .partitions
+                .values()
+                .map(|p| p.consumer_lag.max(0))
+                .sum();
             *lag.entry(name).or_default() += l;
         }
         for (topic, l) in lag {
@@ -53,7 +58,11 @@ impl ConsumerContext for SourceContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        let parts: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
         let safe = lock(&self.tracker).safe_offsets(&parts);
         if !safe.is_empty() {
             let mut commit = TopicPartitionList::new();
@@ -82,7 +91,11 @@ impl ConsumerContext for SourceContext {
                     t.assign(e.topic(), e.partition());
                 }
                 self.health.set_assigned(t.assigned());
-                info!(message = "Partitions assigned.", count = tpl.count(), total = t.assigned());
+                info!(
+                    message = "Partitions assigned.",
+                    count = tpl.count(),
+                    total = t.assigned()
+                );
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(message = "Rebalance error.", error = %e),

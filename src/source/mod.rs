@@ -92,7 +92,12 @@ impl Source {
     ///
     /// # Errors
     /// [`SourceError::Create`] when librdkafka rejects the properties.
-    pub fn new(cfg: &KafkaConfig, health: Arc<Health>, keys: AttrKeys, out: Outputs) -> Result<Self, SourceError> {
+    pub fn new(
+        cfg: &KafkaConfig,
+        health: Arc<Health>,
+        keys: AttrKeys,
+        out: Outputs,
+    ) -> Result<Self, SourceError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &cfg.brokers)
@@ -102,7 +107,7 @@ impl Source {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &cfg.consumer {
             c.set(k, v);
         }
@@ -206,21 +211,30 @@ impl Source {
                 counter!(names::SPANS_RECEIVED).increment(spans.len() as u64);
                 let n = self.shards.len();
                 spans.sort_unstable_by_key(|s| (shard_of(s, n), s.trace_id));
-                let traces = 1 + spans.windows(2).filter(|w| w[0].trace_id != w[1].trace_id).count();
+                let traces = 1 + spans
+                    .windows(2)
+                    .filter(|w| w[0].trace_id != w[1].trace_id)
+                    .count();
                 let traces = if spans.is_empty() { 0 } else { traces };
-                let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), traces as u32) else {
+                let Some(pin) =
+                    lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), traces as u32)
+                else {
                     return Ok(()); // from a partition revoked meanwhile
                 };
                 while let Some(last) = spans.last() {
                     let shard = shard_of(last, n);
                     let start = spans.partition_point(|s| shard_of(s, n) < shard);
                     let chunk = spans.split_off(start);
-                    self.shards[shard].send(ShardMsg::Spans { pin, spans: chunk }).await.map_err(drop)?;
+                    self.shards[shard]
+                        .send(ShardMsg::Spans { pin, spans: chunk })
+                        .await
+                        .map_err(drop)?;
                 }
                 Ok(())
             }
             Err(e) => {
-                let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), 1) else {
+                let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), 1)
+                else {
                     return Ok(());
                 };
                 warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e);

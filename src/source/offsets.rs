@@ -140,7 +140,8 @@ impl OffsetTracker {
                 let slot = self.find(t, *part)?;
                 let p = &self.parts[slot as usize];
                 let safe = p.safe_offset()?;
-                (p.assigned && p.committed != Some(safe)).then(|| (Arc::clone(&p.topic), p.partition, safe))
+                (p.assigned && p.committed != Some(safe))
+                    .then(|| (Arc::clone(&p.topic), p.partition, safe))
             })
             .collect()
     }
@@ -178,7 +179,9 @@ impl OffsetTracker {
 
     /// The topic and partition of a slot.
     pub fn partition_of(&self, slot: u32) -> Option<(&str, i32)> {
-        self.parts.get(slot as usize).map(|p| (&*p.topic, p.partition))
+        self.parts
+            .get(slot as usize)
+            .map(|p| (&*p.topic, p.partition))
     }
 
     /// Slot of a partition; a linear scan, as an instance owns tens of partitions and
@@ -239,7 +242,11 @@ mod tests {
         t.assign("in", 3);
         let new = t.track("in", 3, 5, 1).expect("assigned");
         t.release(old);
-        assert_eq!(t.to_commit(), vec![(Arc::from("in"), 3, 5)], "old pin did not release the new one");
+        assert_eq!(
+            t.to_commit(),
+            vec![(Arc::from("in"), 3, 5)],
+            "old pin did not release the new one"
+        );
         t.release(new);
         assert_eq!(t.to_commit(), vec![(Arc::from("in"), 3, 6)]);
     }

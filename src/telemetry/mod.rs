@@ -59,7 +59,10 @@ impl Health {
 
     /// The last Kafka error seen.
     pub fn last_error(&self) -> String {
-        self.last_error.lock().map(|l| l.clone()).unwrap_or_default()
+        self.last_error
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -87,8 +90,9 @@ pub fn install() -> PrometheusHandle {
 /// Sets up `tracing` logging to stderr, filtered by `RUST_LOG`, else by `default`
 /// (e.g. `info`). librdkafka's own chatter is kept at warnings unless asked for.
 pub fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},librdkafka=warn,rdkafka=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},librdkafka=warn,rdkafka=warn"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

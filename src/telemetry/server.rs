@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::shutdown::Shutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use crate::shutdown::Shutdown;
 
 use super::Health;
 
@@ -35,10 +35,12 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: Shutdown,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
     let local = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: addr.to_string(),
         source,
@@ -62,11 +64,24 @@ pub async fn serve(
 }
 
 async fn respond(mut stream: TcpStream, handle: PrometheusHandle, health: Arc<Health>) {
-    let mut buf = [0u8; 1024];
-    let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await else {
-        return;
+    // Read the request head (up to 8 KiB; the body of a GET is ignored).
+    let mut buf = Vec::with_capacity(1024);
+    let read_head = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
     };
-    let req = String::from_utf8_lossy(&buf[..n]);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), read_head)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let req = String::from_utf8_lossy(&buf);
     let path = req.split_whitespace().nth(1).unwrap_or("/");
     let (status, content_type, body) = match path {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
@@ -83,12 +98,20 @@ async fn respond(mut stream: TcpStream, handle: PrometheusHandle, health: Arc<He
         }
         "/readyz" => {
             if health.kafka_up() && health.assigned() > 0 {
-                ("200 OK", "text/plain", format!("ready: {} partitions\n", health.assigned()))
+                (
+                    "200 OK",
+                    "text/plain",
+                    format!("ready: {} partitions\n", health.assigned()),
+                )
             } else {
                 (
                     "503 Service Unavailable",
                     "text/plain",
-                    format!("not ready: kafka up={}, partitions={}\n", health.kafka_up(), health.assigned()),
+                    format!(
+                        "not ready: kafka up={}, partitions={}\n",
+                        health.kafka_up(),
+                        health.assigned()
+                    ),
                 )
             }
         }

@@ -30,8 +30,12 @@ pub struct Harness {
 impl Harness {
     pub fn new(input_partitions: i32, output_partitions: i32) -> Harness {
         let broker = EmbeddedBroker::start(1).expect("embedded broker starts");
-        broker.create_topic(INPUT, input_partitions).expect("input topic");
-        broker.create_topic(OUTPUT, output_partitions).expect("output topic");
+        broker
+            .create_topic(INPUT, input_partitions)
+            .expect("input topic");
+        broker
+            .create_topic(OUTPUT, output_partitions)
+            .expect("output topic");
         broker.create_topic(DLQ, 1).expect("dead-letter topic");
         let bootstrap = broker.bootstrap_servers();
         Harness {
@@ -44,7 +48,9 @@ impl Harness {
 
     /// A config for this broker with the given `policies:` YAML block and waits.
     pub fn config(&self, policies: &str, decision_wait: &str, after_root: Option<&str>) -> Config {
-        let after_root = after_root.map_or(String::new(), |d| format!("  decision_wait_after_root_received: {d}\n"));
+        let after_root = after_root.map_or(String::new(), |d| {
+            format!("  decision_wait_after_root_received: {d}\n")
+        });
         let yaml = format!(
             "kafka:\n  brokers: \"{}\"\n  group_id: test-group\n  input_topics: [{INPUT}]\n  output_topic: {OUTPUT}\n  dead_letter_topic: {DLQ}\n  commit_interval: 200ms\n  consumer: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}}\nbuffer:\n  decision_wait: {decision_wait}\n{after_root}  shards: 2\ntelemetry:\n  listen: \"127.0.0.1:0\"\npolicies:\n{policies}",
             self.bootstrap
@@ -72,8 +78,13 @@ impl Harness {
             .create()
             .expect("consumer");
         for p in 0..self.input_partitions {
-            let (low, _high) = c.fetch_watermarks(INPUT, p, Duration::from_secs(5)).expect("watermarks");
-            assert_eq!(low, 0, "the broker truncated partition {p}: test too large for its retention");
+            let (low, _high) = c
+                .fetch_watermarks(INPUT, p, Duration::from_secs(5))
+                .expect("watermarks");
+            assert_eq!(
+                low, 0,
+                "the broker truncated partition {p}: test too large for its retention"
+            );
         }
     }
 }
@@ -87,12 +98,17 @@ pub struct Instance {
 impl Instance {
     pub async fn start(cfg: &Config) -> Instance {
         let trigger = ShutdownTrigger::new();
-        let running = app::start(cfg, trigger.subscribe()).await.expect("tailsift starts");
+        let running = app::start(cfg, trigger.subscribe())
+            .await
+            .expect("tailsift starts");
         Instance { trigger, running }
     }
 
     pub async fn wait_assigned(&self) {
-        let ok = wait_until(Duration::from_secs(30), || self.running.health.assigned() > 0).await;
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.running.health.assigned() > 0
+        })
+        .await;
         assert!(ok, "no partitions assigned within 30 s");
     }
 
@@ -118,7 +134,13 @@ pub async fn wait_until(max: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Sends generated traces, as fast as possible or at `rate` traces/s.
-pub async fn feed(h: &Harness, traces: usize, rate: u64, seed: u64, compression: &str) -> Vec<Truth> {
+pub async fn feed(
+    h: &Harness,
+    traces: usize,
+    rate: u64,
+    seed: u64,
+    compression: &str,
+) -> Vec<Truth> {
     let mut g = gen::Generator::new(gen::GenConfig {
         seed,
         ..gen::GenConfig::default()
@@ -128,13 +150,19 @@ pub async fn feed(h: &Harness, traces: usize, rate: u64, seed: u64, compression:
         rate,
         compression: compression.into(),
     };
-    gen::feed(&h.bootstrap, INPUT, &mut g, &opts, |_| {}).await.expect("feed").0
+    gen::feed(&h.bootstrap, INPUT, &mut g, &opts, |_| {})
+        .await
+        .expect("feed")
+        .0
 }
 
 /// Reads a length-prefixed record file from shared/testdata.
 pub fn testdata(name: &str) -> Vec<Vec<u8>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata").join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/testdata")
+        .join(name);
+    let bytes =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut out = Vec::new();
     let mut i = 0;
     while i + 4 <= bytes.len() {
@@ -147,8 +175,10 @@ pub fn testdata(name: &str) -> Vec<Vec<u8>> {
 
 /// The OTel SDK ground truth: trace id -> (spans, error, root_ms).
 pub fn testdata_truth() -> HashMap<TraceId, (usize, bool, u64)> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/otel-sdk-truth.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/otel-sdk-truth.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let v: serde_json::Value = serde_json::from_str(&text).expect("truth is JSON");
     v.as_object()
         .expect("truth is an object")

@@ -1,0 +1,125 @@
+//! What an operator sees: metrics, health, and config errors from the CLI.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use tailsift::config::Config;
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to telemetry server");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints() {
+    let h = Harness::new(4, 2);
+    let cfg = h.config(ERRORS_SLOW_AND, "500ms", None);
+    let sampler = Instance::start(&cfg).await;
+    let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
+    sampler.wait_assigned().await;
+    let truths = feed(&h, 200, 0, 3, "lz4").await;
+    let spans: usize = truths.iter().map(|t| t.spans).sum();
+    let healthy = wait_until(Duration::from_secs(15), || {
+        sampler.running.health.kafka_up()
+    })
+    .await;
+    assert!(healthy, "kafka never reported up");
+    assert_eq!(get(addr, "/healthz").0, 200);
+    let (code, body) = get(addr, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    let names = [
+        "tailsift_messages_received_total",
+        "tailsift_traces_decided_total{",
+        "tailsift_policy_evaluations_total{",
+        "tailsift_buffer_bytes",
+        "tailsift_decision_latency_seconds_bucket",
+        "tailsift_spans_produced_total",
+        "tailsift_consumer_lag_messages{",
+        "tailsift_kafka_up",
+    ];
+    // Lag comes from librdkafka statistics, published every second.
+    let seen = wait_until(Duration::from_secs(20), || {
+        let (_, m) = get(addr, "/metrics");
+        tailsift::demo::metric(&m, "tailsift_spans_received_total") >= spans as f64
+            && tailsift::demo::metric(&m, "tailsift_buffer_traces") == 0.0
+            && names.iter().all(|n| m.contains(n))
+    })
+    .await;
+    let (_, m) = get(addr, "/metrics");
+    assert!(
+        seen,
+        "metrics never showed {spans} spans received and every metric:\n{m}"
+    );
+    assert_eq!(get(addr, "/nope").0, 404);
+    sampler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_is_reported_not_fatal() {
+    // Nothing listens on port 1: the consumer retries, the process stays up, and the
+    // health endpoints say why it is not working.
+    let yaml = "kafka:\n  brokers: \"127.0.0.1:1\"\n  input_topics: [in]\n  output_topic: out\ntelemetry:\n  listen: \"127.0.0.1:0\"\npolicies:\n  - {name: all, type: always_sample}\n";
+    let cfg = Config::from_yaml(yaml).expect("valid");
+    let sampler = Instance::start(&cfg).await;
+    let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, body) = get(addr, "/healthz");
+    assert_eq!(code, 503);
+    assert!(body.contains("kafka"), "{body}");
+    assert_eq!(get(addr, "/readyz").0, 503);
+    sampler.stop().await;
+}
+
+#[test]
+fn check_rejects_a_bad_config_naming_field_value_and_expectation() {
+    let dir = std::env::temp_dir().join(format!("tailsift-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kafka: {brokers: b:9092, input_topics: [in], output_topic: out}\npolicies:\n  - {name: p, type: probabilistic, probabilistic: {sampling_percentage: 250}}\n",
+    )
+    .expect("write");
+    let run = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .expect("run tailsift");
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("`policies[0].probabilistic.sampling_percentage` = 250: expected a percentage from 0 to 100"),
+        "{err}"
+    );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/tailsift.example.yaml");
+    let ok = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(["check", "-c", example])
+        .output()
+        .expect("run tailsift");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        text.contains("errors [status_code]") && text.contains("baseline [probabilistic]"),
+        "{text}"
+    );
+}
