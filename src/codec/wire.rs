@@ -122,7 +122,7 @@ impl<'a> Reader<'a> {
 
 /// Encoded size of a varint.
 pub fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Size of a length-delimited field with a one-byte key and `len` bytes of body.
