@@ -1,0 +1,209 @@
+//! End-to-end throughput on the embedded broker, in one run:
+//!
+//! (a) a plain copier: consumes the input topic and produces the same number of bytes
+//!     tailsift produced, without decoding anything: the Kafka floor;
+//! (b) tailsift with a realistic policy set, on the same pre-produced input.
+//!
+//! Prints spans/s for both, the ratio, process CPU per span and peak RSS during each
+//! run. The input is sized within the embedded broker's per-partition retention
+//! (~5 MiB/partition), so nothing is truncated: the bench checks the low watermarks.
+//!
+//! `cargo bench --bench e2e` (env `E2E_SPANS` to change the input size).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, Producer};
+use tailsift::app;
+use tailsift::config::Config;
+use tailsift::demo::{metric, EmbeddedBroker};
+use tailsift::gen::{self, GenConfig, Generator};
+use tailsift::shutdown::ShutdownTrigger;
+use tailsift::telemetry::{self, names};
+
+const INPUT: &str = "bench-in";
+const PARTITIONS: i32 = 64;
+
+/// CPU seconds (user + system) of this process so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident set size now, bytes.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+struct RunResult {
+    name: &'static str,
+    seconds: f64,
+    cpu: f64,
+    peak_rss: u64,
+    out_bytes: u64,
+}
+
+/// Runs `fut`, sampling RSS every 20 ms, and measures time and CPU.
+async fn measured<F: std::future::Future<Output = u64>>(name: &'static str, fut: F) -> RunResult {
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let peak = Arc::new(AtomicU64::new(rss_bytes()));
+    let probe = {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let out_bytes = fut.await;
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    probe.abort();
+    RunResult {
+        name,
+        seconds,
+        cpu,
+        peak_rss: peak.load(Ordering::Relaxed).max(rss_bytes()),
+        out_bytes,
+    }
+}
+
+async fn copier(bootstrap: &str, total_msgs: usize, ratio: f64) -> u64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-copier")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[INPUT]).expect("subscribe");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("compression.codec", "lz4")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let (mut seen, mut in_bytes, mut out_bytes) = (0usize, 0u64, 0u64);
+    while seen < total_msgs {
+        let Ok(m) = consumer.recv().await else { continue };
+        seen += 1;
+        let payload = m.payload().unwrap_or(&[]);
+        in_bytes += payload.len() as u64;
+        // Forward whole messages until the output matches tailsift's byte ratio.
+        if (out_bytes as f64) < ratio * in_bytes as f64 {
+            gen::send(&producer, "bench-copy-out", m.key().unwrap_or(&[]), payload).await.expect("send");
+            out_bytes += payload.len() as u64;
+        }
+    }
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(30))).await.ok();
+    out_bytes
+}
+
+#[tokio::main]
+async fn main() {
+    let target_spans: usize = std::env::var("E2E_SPANS").ok().and_then(|v| v.parse().ok()).unwrap_or(600_000);
+    let broker = EmbeddedBroker::start(1).expect("broker");
+    broker.create_topic(INPUT, PARTITIONS).expect("topic");
+    broker.create_topic("bench-out", 16).expect("topic");
+    broker.create_topic("bench-copy-out", 16).expect("topic");
+    let bootstrap = broker.bootstrap_servers();
+
+    // Pre-produce the input: generated traces, ~20 spans each, one message per
+    // service, keyed by trace id.
+    let mut g = Generator::new(GenConfig::default());
+    let opts = gen::FeedOptions {
+        traces: target_spans / 20,
+        rate: 0,
+        compression: "lz4".into(),
+    };
+    let t = Instant::now();
+    let (_truths, fed) = gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {}).await.expect("feed");
+    eprintln!(
+        "input: {} traces, {} spans, {} messages, {:.1} MiB ({} B/span), produced in {:.1}s",
+        fed.traces,
+        fed.spans,
+        fed.messages,
+        fed.bytes as f64 / 1048576.0,
+        fed.bytes / fed.spans.max(1),
+        t.elapsed().as_secs_f64()
+    );
+
+    // (b) tailsift.
+    let cfg = Config::from_yaml(&format!(
+        r#"
+kafka: {{brokers: "{bootstrap}", group_id: bench, input_topics: [{INPUT}], output_topic: bench-out}}
+buffer: {{decision_wait: 1s, decision_wait_after_root_received: 200ms}}
+telemetry: {{listen: ""}}
+policies:
+  - {{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}
+  - {{name: slow, type: latency, latency: {{threshold_ms: 1000}}}}
+  - {{name: server-errors, type: numeric_attribute, numeric_attribute: {{key: http.status_code, min_value: 500, max_value: 599}}}}
+  - {{name: baseline, type: probabilistic, probabilistic: {{sampling_percentage: 5}}}}
+"#
+    ))
+    .expect("bench config");
+    let prometheus = telemetry::install();
+    let trigger = ShutdownTrigger::new();
+    let running = app::start(&cfg, trigger.subscribe()).await.expect("start");
+    while running.health.assigned() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = fed.spans as f64;
+    let sampled = measured("tailsift", async {
+        loop {
+            let text = prometheus.render();
+            if metric(&text, names::SPANS_RECEIVED) >= total
+                && metric(&text, names::BUFFER_TRACES) == 0.0
+                && metric(&text, names::PINNED_MESSAGES) == 0.0
+            {
+                return metric(&text, names::BYTES_PRODUCED) as u64;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    trigger.trigger();
+    running.wait().await;
+
+    // (a) the copier, producing as many bytes as tailsift did.
+    let ratio = sampled.out_bytes as f64 / fed.bytes as f64;
+    let copy = measured("copier", copier(&bootstrap, fed.messages, ratio)).await;
+
+    let check: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("consumer");
+    for p in 0..PARTITIONS {
+        let (low, _) = check.fetch_watermarks(INPUT, p, Duration::from_secs(5)).expect("watermarks");
+        assert_eq!(low, 0, "broker truncated input partition {p}: lower E2E_SPANS");
+    }
+
+    println!("\nend-to-end on the embedded broker, {} spans ({:.1} MiB) of input:", fed.spans, fed.bytes as f64 / 1048576.0);
+    println!("{:<10} {:>12} {:>10} {:>14} {:>12} {:>12}", "run", "spans/s", "seconds", "CPU us/span", "peak RSS", "out MiB");
+    for r in [&copy, &sampled] {
+        println!(
+            "{:<10} {:>12.0} {:>10.2} {:>14.2} {:>9.0} MiB {:>12.1}",
+            r.name,
+            total / r.seconds,
+            r.seconds,
+            r.cpu * 1e6 / total,
+            r.peak_rss as f64 / 1048576.0,
+            r.out_bytes as f64 / 1048576.0
+        );
+    }
+    println!(
+        "ratio tailsift/copier: {:.2}x (tailsift's time includes its final decision wait, 200 ms after the last root span)",
+        copy.seconds / sampled.seconds
+    );
+    println!("CPU and RSS are the whole process, embedded broker included, for both runs.");
+}
