@@ -41,7 +41,12 @@ fn cpu_seconds() -> f64 {
 /// Resident set size now, bytes.
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 4096
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
 }
 
 struct RunResult {
@@ -97,24 +102,33 @@ async fn copier(bootstrap: &str, total_msgs: usize, ratio: f64) -> u64 {
         .expect("producer");
     let (mut seen, mut in_bytes, mut out_bytes) = (0usize, 0u64, 0u64);
     while seen < total_msgs {
-        let Ok(m) = consumer.recv().await else { continue };
+        let Ok(m) = consumer.recv().await else {
+            continue;
+        };
         seen += 1;
         let payload = m.payload().unwrap_or(&[]);
         in_bytes += payload.len() as u64;
         // Forward whole messages until the output matches tailsift's byte ratio.
         if (out_bytes as f64) < ratio * in_bytes as f64 {
-            gen::send(&producer, "bench-copy-out", m.key().unwrap_or(&[]), payload).await.expect("send");
+            gen::send(&producer, "bench-copy-out", m.key().unwrap_or(&[]), payload)
+                .await
+                .expect("send");
             out_bytes += payload.len() as u64;
         }
     }
     let p = producer.clone();
-    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(30))).await.ok();
+    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(30)))
+        .await
+        .ok();
     out_bytes
 }
 
 #[tokio::main]
 async fn main() {
-    let target_spans: usize = std::env::var("E2E_SPANS").ok().and_then(|v| v.parse().ok()).unwrap_or(600_000);
+    let target_spans: usize = std::env::var("E2E_SPANS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600_000);
     let broker = EmbeddedBroker::start(1).expect("broker");
     broker.create_topic(INPUT, PARTITIONS).expect("topic");
     broker.create_topic("bench-out", 16).expect("topic");
@@ -130,7 +144,9 @@ async fn main() {
         compression: "lz4".into(),
     };
     let t = Instant::now();
-    let (_truths, fed) = gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {}).await.expect("feed");
+    let (_truths, fed) = gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {})
+        .await
+        .expect("feed");
     eprintln!(
         "input: {} traces, {} spans, {} messages, {:.1} MiB ({} B/span), produced in {:.1}s",
         fed.traces,
@@ -182,14 +198,29 @@ policies:
     let ratio = sampled.out_bytes as f64 / fed.bytes as f64;
     let copy = measured("copier", copier(&bootstrap, fed.messages, ratio)).await;
 
-    let check: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("consumer");
+    let check: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("consumer");
     for p in 0..PARTITIONS {
-        let (low, _) = check.fetch_watermarks(INPUT, p, Duration::from_secs(5)).expect("watermarks");
-        assert_eq!(low, 0, "broker truncated input partition {p}: lower E2E_SPANS");
+        let (low, _) = check
+            .fetch_watermarks(INPUT, p, Duration::from_secs(5))
+            .expect("watermarks");
+        assert_eq!(
+            low, 0,
+            "broker truncated input partition {p}: lower E2E_SPANS"
+        );
     }
 
-    println!("\nend-to-end on the embedded broker, {} spans ({:.1} MiB) of input:", fed.spans, fed.bytes as f64 / 1048576.0);
-    println!("{:<10} {:>12} {:>10} {:>14} {:>12} {:>12}", "run", "spans/s", "seconds", "CPU us/span", "peak RSS", "out MiB");
+    println!(
+        "\nend-to-end on the embedded broker, {} spans ({:.1} MiB) of input:",
+        fed.spans,
+        fed.bytes as f64 / 1048576.0
+    );
+    println!(
+        "{:<10} {:>12} {:>10} {:>14} {:>12} {:>12}",
+        "run", "spans/s", "seconds", "CPU us/span", "peak RSS", "out MiB"
+    );
     for r in [&copy, &sampled] {
         println!(
             "{:<10} {:>12.0} {:>10.2} {:>14.2} {:>9.0} MiB {:>12.1}",

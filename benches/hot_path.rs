@@ -84,14 +84,24 @@ fn codec(c: &mut Criterion) {
         })
     });
     g.finish();
-    eprintln!("codec input: {} batches, {bytes} bytes, {n_spans} spans ({} B/span)", input.len(), bytes / n_spans);
+    eprintln!(
+        "codec input: {} batches, {bytes} bytes, {n_spans} spans ({} B/span)",
+        input.len(),
+        bytes / n_spans
+    );
 
     // Re-encode one trace of ~20 spans.
     let id = spans[0].trace_id;
-    let trace: Vec<RawSpan> = spans.iter().filter(|s| s.trace_id == id).map(|s| s.raw.clone()).collect();
+    let trace: Vec<RawSpan> = spans
+        .iter()
+        .filter(|s| s.trace_id == id)
+        .map(|s| s.raw.clone())
+        .collect();
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Elements(trace.len() as u64));
-    g.bench_function("trace", |b| b.iter(|| black_box(encode_trace(&trace, 1_000_000))));
+    g.bench_function("trace", |b| {
+        b.iter(|| black_box(encode_trace(&trace, 1_000_000)))
+    });
     g.finish();
 }
 
@@ -106,7 +116,11 @@ fn buffer_and_decide(c: &mut Criterion) {
     }
     spans.sort_by_key(|s| s.trace_id);
     let n = spans.len();
-    let pin = Pin { slot: 0, epoch: 1, offset: 0 };
+    let pin = Pin {
+        slot: 0,
+        epoch: 1,
+        offset: 0,
+    };
     let mut g = c.benchmark_group("buffer");
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("insert_and_decide", |b| {
@@ -118,12 +132,16 @@ fn buffer_and_decide(c: &mut Criterion) {
                 let mut it = spans.into_iter().peekable();
                 while let Some(first) = it.next() {
                     let id = first.trace_id;
-                    let group = std::iter::once(first).chain(std::iter::from_fn(|| it.next_if(|s| s.trace_id == id)));
+                    let group = std::iter::once(first)
+                        .chain(std::iter::from_fn(|| it.next_if(|s| s.trace_id == id)));
                     shard.insert(id, group, pin, t0);
                 }
                 let mut due = Vec::new();
                 shard.take_due(t0 + Duration::from_secs(2), &mut due);
-                let kept = due.iter().filter(|e| decider.decide(&e.summary).keep).count();
+                let kept = due
+                    .iter()
+                    .filter(|e| decider.decide(&e.summary).keep)
+                    .count();
                 black_box(kept)
             },
             BatchSize::LargeInput,

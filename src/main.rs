@@ -89,9 +89,9 @@ async fn main() -> ExitCode {
     // (The demo also silences the embedded broker's own client, which reports the
     // broker's shutdown at exit as an error.)
     let default_level = match cli.command {
-        Command::Demo { .. } => "warn,rdkafka::client=off",
-        Command::Gen { .. } | Command::Broker { .. } => "warn",
-        _ => "info",
+        Command::Demo { .. } => "warn,librdkafka=off,rdkafka::client=off",
+        Command::Gen { .. } | Command::Broker { .. } => "warn,librdkafka=warn,rdkafka=warn",
+        _ => "info,librdkafka=warn,rdkafka=warn",
     };
     telemetry::init_logging(default_level);
     match dispatch(cli.command).await {
