@@ -58,161 +58,131 @@ pub fn scan(payload: &Bytes, keys: &AttrKeys, out: &mut Vec<Span>) -> Result<(),
     result
 }
 
-fn scan_request(payload: &Bytes, keys: &AttrKeys, out: &mut Vec<Span>) -> Result<(), CodecError> {
-    let mut r = Reader::new(payload, 0);
-    while !r.at_end() {
-        let (field, wt) = r.key()?;
-        if field == 1 {
-            r.expect(wt, LEN)?;
-            let (start, body) = r.len_delimited()?;
-            scan_resource_spans(payload, start, body, keys, out)?;
-        } else {
-            r.skip(wt)?;
-        }
+/// A length-delimited sub-message: its bytes and where they start in the payload, so
+/// fields inside can be sliced out of the payload without copying.
+#[derive(Clone, Copy)]
+struct Msg<'a> {
+    payload: &'a Bytes,
+    base: usize,
+    body: &'a [u8],
+}
+
+impl<'a> Msg<'a> {
+    /// The message's bytes as a zero-copy slice of the payload.
+    fn bytes(&self) -> Bytes {
+        self.payload.slice(self.base..self.base + self.body.len())
     }
-    Ok(())
+
+    /// Calls `f(field, sub)` for every length-delimited field numbered in `wanted`;
+    /// skips other fields. A wanted field with another wire type is invalid.
+    fn each(
+        &self,
+        wanted: &[u32],
+        mut f: impl FnMut(u32, Msg<'a>) -> Result<(), CodecError>,
+    ) -> Result<(), CodecError> {
+        let mut r = Reader::new(self.body, self.base);
+        while !r.at_end() {
+            let (field, wt) = r.key()?;
+            if wanted.contains(&field) {
+                f(field, self.len_field(&mut r, wt)?)?;
+            } else {
+                r.skip(wt)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a length-delimited field at the cursor as a sub-message.
+    fn len_field(&self, r: &mut Reader<'a>, wt: u8) -> Result<Msg<'a>, CodecError> {
+        r.expect(wt, LEN)?;
+        let (start, body) = r.len_delimited()?;
+        Ok(Msg {
+            payload: self.payload,
+            base: self.base + start,
+            body,
+        })
+    }
+}
+
+fn scan_request(payload: &Bytes, keys: &AttrKeys, out: &mut Vec<Span>) -> Result<(), CodecError> {
+    let request = Msg {
+        payload,
+        base: 0,
+        body: payload,
+    };
+    // ExportTraceServiceRequest.resource_spans = 1
+    request.each(&[1], |_, rs| scan_resource_spans(rs, keys, out))
 }
 
 fn scan_resource_spans(
-    payload: &Bytes,
-    base: usize,
-    body: &[u8],
+    rs: Msg<'_>,
     keys: &AttrKeys,
     out: &mut Vec<Span>,
 ) -> Result<(), CodecError> {
-    // Pass 1: the resource and schema url may come after the scope spans on the wire.
+    // Pass 1: the resource (1) and schema url (3) may come after the scope spans.
     let mut resource = None;
     let mut schema_url = Bytes::new();
     let mut resource_attrs = Vec::new();
-    let mut r = Reader::new(body, base);
-    while !r.at_end() {
-        let (field, wt) = r.key()?;
-        match field {
-            1 => {
-                r.expect(wt, LEN)?;
-                let (s, b) = r.len_delimited()?;
-                resource = Some(payload.slice(base + s..base + s + b.len()));
-                if !keys.is_empty() {
-                    scan_resource_attrs(payload, base + s, b, keys, &mut resource_attrs)?;
-                }
-            }
-            3 => {
-                r.expect(wt, LEN)?;
-                let (s, b) = r.len_delimited()?;
-                schema_url = payload.slice(base + s..base + s + b.len());
-            }
-            _ => r.skip(wt)?,
-        }
-    }
-    // Pass 2: the scope spans.
-    let mut r = Reader::new(body, base);
-    while !r.at_end() {
-        let (field, wt) = r.key()?;
-        if field == 2 {
-            r.expect(wt, LEN)?;
-            let (s, b) = r.len_delimited()?;
-            let frame = ScopeFrame {
-                resource: resource.clone(),
-                resource_schema_url: schema_url.clone(),
-                scope: None,
-                scope_schema_url: Bytes::new(),
-                resource_attrs: resource_attrs.clone(),
-            };
-            scan_scope_spans(payload, base + s, b, frame, keys, out)?;
-        } else {
-            r.skip(wt)?;
-        }
-    }
-    Ok(())
-}
-
-fn scan_resource_attrs(
-    payload: &Bytes,
-    base: usize,
-    body: &[u8],
-    keys: &AttrKeys,
-    attrs: &mut Vec<Attr>,
-) -> Result<(), CodecError> {
-    let mut r = Reader::new(body, base);
-    while !r.at_end() {
-        let (field, wt) = r.key()?;
+    rs.each(&[1, 3], |field, m| {
         if field == 1 {
-            r.expect(wt, LEN)?;
-            let (s, b) = r.len_delimited()?;
-            scan_key_value(payload, base + s, b, keys, attrs)?;
+            resource = Some(m.bytes());
+            if !keys.is_empty() {
+                // Resource.attributes = 1
+                m.each(&[1], |_, kv| scan_key_value(kv, keys, &mut resource_attrs))?;
+            }
         } else {
-            r.skip(wt)?;
+            schema_url = m.bytes();
         }
-    }
-    Ok(())
+        Ok(())
+    })?;
+    // Pass 2: the scope spans (2).
+    rs.each(&[2], |_, ss| {
+        let frame = ScopeFrame {
+            resource: resource.clone(),
+            resource_schema_url: schema_url.clone(),
+            scope: None,
+            scope_schema_url: Bytes::new(),
+            resource_attrs: resource_attrs.clone(),
+        };
+        scan_scope_spans(ss, frame, keys, out)
+    })
 }
 
 fn scan_scope_spans(
-    payload: &Bytes,
-    base: usize,
-    body: &[u8],
+    ss: Msg<'_>,
     mut frame: ScopeFrame,
     keys: &AttrKeys,
     out: &mut Vec<Span>,
 ) -> Result<(), CodecError> {
-    let mut r = Reader::new(body, base);
-    while !r.at_end() {
-        let (field, wt) = r.key()?;
-        match field {
-            1 => {
-                r.expect(wt, LEN)?;
-                let (s, b) = r.len_delimited()?;
-                frame.scope = Some(payload.slice(base + s..base + s + b.len()));
-            }
-            3 => {
-                r.expect(wt, LEN)?;
-                let (s, b) = r.len_delimited()?;
-                frame.scope_schema_url = payload.slice(base + s..base + s + b.len());
-            }
-            _ => r.skip(wt)?,
-        }
-    }
-    let frame = Arc::new(frame);
-    let mut r = Reader::new(body, base);
-    while !r.at_end() {
-        let (field, wt) = r.key()?;
-        if field == 2 {
-            r.expect(wt, LEN)?;
-            let (s, b) = r.len_delimited()?;
-            out.push(scan_span(payload, base + s, b, &frame, keys)?);
+    // ScopeSpans: scope = 1, spans = 2, schema_url = 3.
+    ss.each(&[1, 3], |field, m| {
+        if field == 1 {
+            frame.scope = Some(m.bytes());
         } else {
-            r.skip(wt)?;
+            frame.scope_schema_url = m.bytes();
         }
-    }
-    Ok(())
+        Ok(())
+    })?;
+    let frame = Arc::new(frame);
+    ss.each(&[2], |_, span| {
+        out.push(scan_span(span, &frame, keys)?);
+        Ok(())
+    })
 }
 
-fn scan_span(
-    payload: &Bytes,
-    base: usize,
-    body: &[u8],
-    frame: &Arc<ScopeFrame>,
-    keys: &AttrKeys,
-) -> Result<Span, CodecError> {
+fn scan_span(span: Msg<'_>, frame: &Arc<ScopeFrame>, keys: &AttrKeys) -> Result<Span, CodecError> {
     let mut trace_id: Option<&[u8]> = None;
     let mut is_root = true;
     let mut start_ns = 0;
     let mut end_ns = 0;
     let mut status = StatusCode::Unset;
     let mut attrs = Vec::new();
-    let mut r = Reader::new(body, base);
+    let mut r = Reader::new(span.body, span.base);
     while !r.at_end() {
         let (field, wt) = r.key()?;
         match field {
-            1 => {
-                r.expect(wt, LEN)?;
-                trace_id = Some(r.len_delimited()?.1);
-            }
-            4 => {
-                r.expect(wt, LEN)?;
-                let parent = r.len_delimited()?.1;
-                is_root = parent.iter().all(|&b| b == 0);
-            }
+            1 => trace_id = Some(span.len_field(&mut r, wt)?.body),
+            4 => is_root = span.len_field(&mut r, wt)?.body.iter().all(|&b| b == 0),
             7 => {
                 r.expect(wt, FIXED64)?;
                 start_ns = r.fixed64()?;
@@ -221,16 +191,8 @@ fn scan_span(
                 r.expect(wt, FIXED64)?;
                 end_ns = r.fixed64()?;
             }
-            9 if !keys.is_empty() => {
-                r.expect(wt, LEN)?;
-                let (s, b) = r.len_delimited()?;
-                scan_key_value(payload, base + s, b, keys, &mut attrs)?;
-            }
-            15 => {
-                r.expect(wt, LEN)?;
-                let (s, b) = r.len_delimited()?;
-                status = scan_status(b, base + s)?;
-            }
+            9 if !keys.is_empty() => scan_key_value(span.len_field(&mut r, wt)?, keys, &mut attrs)?,
+            15 => status = scan_status(span.len_field(&mut r, wt)?)?,
             _ => r.skip(wt)?,
         }
     }
@@ -254,15 +216,15 @@ fn scan_span(
         status,
         attrs,
         raw: RawSpan {
-            bytes: payload.slice(base..base + body.len()),
+            bytes: span.bytes(),
             frame: Arc::clone(frame),
         },
     })
 }
 
-fn scan_status(body: &[u8], base: usize) -> Result<StatusCode, CodecError> {
+fn scan_status(status: Msg<'_>) -> Result<StatusCode, CodecError> {
     let mut code = StatusCode::Unset;
-    let mut r = Reader::new(body, base);
+    let mut r = Reader::new(status.body, status.base);
     while !r.at_end() {
         let (field, wt) = r.key()?;
         if field == 3 && wt == VARINT {
@@ -278,56 +240,38 @@ fn scan_status(body: &[u8], base: usize) -> Result<StatusCode, CodecError> {
     Ok(code)
 }
 
-fn scan_key_value(
-    payload: &Bytes,
-    base: usize,
-    body: &[u8],
-    keys: &AttrKeys,
-    attrs: &mut Vec<Attr>,
-) -> Result<(), CodecError> {
+fn scan_key_value(kv: Msg<'_>, keys: &AttrKeys, attrs: &mut Vec<Attr>) -> Result<(), CodecError> {
+    // KeyValue: key = 1, value = 2.
     let mut key: Option<&[u8]> = None;
-    let mut value: Option<(usize, &[u8])> = None;
-    let mut r = Reader::new(body, base);
-    while !r.at_end() {
-        let (field, wt) = r.key()?;
-        match field {
-            1 => {
-                r.expect(wt, LEN)?;
-                key = Some(r.len_delimited()?.1);
-            }
-            2 => {
-                r.expect(wt, LEN)?;
-                value = Some(r.len_delimited()?);
-            }
-            _ => r.skip(wt)?,
+    let mut value: Option<Msg<'_>> = None;
+    kv.each(&[1, 2], |field, m| {
+        if field == 1 {
+            key = Some(m.body);
+        } else {
+            value = Some(m);
         }
-    }
-    let (Some(key), Some((vs, vb))) = (key, value) else {
+        Ok(())
+    })?;
+    let (Some(key), Some(value)) = (key, value) else {
         return Ok(());
     };
     let Some(idx) = keys.find(key) else {
         return Ok(());
     };
-    if let Some(v) = scan_any_value(payload, base + vs, vb)? {
+    if let Some(v) = scan_any_value(value)? {
         attrs.push((idx, v));
     }
     Ok(())
 }
 
-fn scan_any_value(
-    payload: &Bytes,
-    base: usize,
-    body: &[u8],
-) -> Result<Option<AttrValue>, CodecError> {
+fn scan_any_value(v: Msg<'_>) -> Result<Option<AttrValue>, CodecError> {
+    // AnyValue: string = 1, bool = 2, int = 3, double = 4; others are not compared.
     let mut out = None;
-    let mut r = Reader::new(body, base);
+    let mut r = Reader::new(v.body, v.base);
     while !r.at_end() {
         let (field, wt) = r.key()?;
         match (field, wt) {
-            (1, LEN) => {
-                let (s, b) = r.len_delimited()?;
-                out = Some(AttrValue::Str(payload.slice(base + s..base + s + b.len())));
-            }
+            (1, LEN) => out = Some(AttrValue::Str(v.len_field(&mut r, wt)?.bytes())),
             (2, VARINT) => out = Some(AttrValue::Bool(r.varint()? != 0)),
             (3, VARINT) => out = Some(AttrValue::Int(r.varint()? as i64)),
             (4, FIXED64) => out = Some(AttrValue::Double(f64::from_bits(r.fixed64()?))),

@@ -25,12 +25,7 @@ impl Latency {
 impl Policy for Latency {
     fn evaluate(&self, trace: &TraceSummary) -> Decision {
         let d = trace.duration_ns();
-        let in_range = d >= self.threshold_ns && self.upper_ns.is_none_or(|u| d <= u);
-        if in_range {
-            Decision::Sampled
-        } else {
-            Decision::NotSampled
-        }
+        Decision::sampled_if(d >= self.threshold_ns && self.upper_ns.is_none_or(|u| d <= u))
     }
 }
 

@@ -36,6 +36,17 @@ pub enum Decision {
     NotSampled,
 }
 
+impl Decision {
+    /// `Sampled` when `hit`, else `NotSampled`.
+    pub fn sampled_if(hit: bool) -> Decision {
+        if hit {
+            Decision::Sampled
+        } else {
+            Decision::NotSampled
+        }
+    }
+}
+
 /// One sampling rule.
 pub trait Policy: Send + Sync + fmt::Debug {
     /// Votes on a trace. Must be cheap and must not panic on any summary.

@@ -32,11 +32,7 @@ impl Policy for NumericAttribute {
         let hit = t
             .attr_values(self.key)
             .any(|v| matches!(v, AttrValue::Int(i) if (self.min..=self.max).contains(i)));
-        if hit != self.invert {
-            Decision::Sampled
-        } else {
-            Decision::NotSampled
-        }
+        Decision::sampled_if(hit != self.invert)
     }
 }
 

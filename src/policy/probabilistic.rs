@@ -48,11 +48,7 @@ impl Probabilistic {
 impl Policy for Probabilistic {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
         // As in OTel, 0% samples nothing (hash <= 0 is astronomically rare but possible).
-        if self.threshold > 0 && self.hash(&t.trace_id) <= self.threshold {
-            Decision::Sampled
-        } else {
-            Decision::NotSampled
-        }
+        Decision::sampled_if(self.threshold > 0 && self.hash(&t.trace_id) <= self.threshold)
     }
 }
 

@@ -28,11 +28,7 @@ impl Policy for StatusCodeFilter {
         let hit = (self.error && t.error_spans > 0)
             || (self.ok && t.ok_spans > 0)
             || (self.unset && t.unset_spans > 0);
-        if hit {
-            Decision::Sampled
-        } else {
-            Decision::NotSampled
-        }
+        Decision::sampled_if(hit)
     }
 }
 

@@ -54,11 +54,7 @@ impl Policy for StringAttribute {
             AttrValue::Str(s) => self.matches(s),
             _ => false,
         });
-        if hit != self.invert {
-            Decision::Sampled
-        } else {
-            Decision::NotSampled
-        }
+        Decision::sampled_if(hit != self.invert)
     }
 }
 
