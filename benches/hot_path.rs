@@ -9,7 +9,7 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tailsift::buffer::Shard;
+use tailsift::buffer::{Shard, TraceLimits};
 use tailsift::codec::{encode_trace, scan, RawSpan, Span};
 use tailsift::config::Config;
 use tailsift::decide::Decider;
@@ -128,7 +128,7 @@ fn buffer_and_decide(c: &mut Criterion) {
             || spans.clone(),
             |spans| {
                 let t0 = Instant::now();
-                let mut shard = Shard::new(Duration::from_secs(1), None);
+                let mut shard = Shard::new(Duration::from_secs(1), None, TraceLimits::default());
                 let mut it = spans.into_iter().peekable();
                 while let Some(first) = it.next() {
                     let id = first.trace_id;
@@ -140,7 +140,7 @@ fn buffer_and_decide(c: &mut Criterion) {
                 shard.take_due(t0 + Duration::from_secs(2), &mut due);
                 let kept = due
                     .iter()
-                    .filter(|e| decider.decide(&e.summary).keep)
+                    .filter(|e| decider.decide(&e.summary).keep())
                     .count();
                 black_box(kept)
             },
@@ -162,7 +162,14 @@ fn buffer_and_decide(c: &mut Criterion) {
     let mut g = c.benchmark_group("policy");
     g.throughput(Throughput::Elements(summaries.len() as u64));
     g.bench_function("five_policies_per_trace", |b| {
-        b.iter(|| black_box(summaries.iter().filter(|t| decider.decide(t).keep).count()))
+        b.iter(|| {
+            black_box(
+                summaries
+                    .iter()
+                    .filter(|t| decider.decide(t).keep())
+                    .count(),
+            )
+        })
     });
     g.finish();
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::buffer::{MemoryBudget, TraceLimits};
 use crate::config::Config;
 use crate::decide::{Decider, ShardWorker, WorkerConfig};
 use crate::policy::{PolicyError, PolicySet};
@@ -52,6 +53,8 @@ pub struct Running {
     pub telemetry_addr: Option<SocketAddr>,
     /// Health flags, as the endpoints report them.
     pub health: Arc<Health>,
+    /// The memory budget, as the buffer charges it.
+    pub budget: MemoryBudget,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -88,12 +91,29 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         server = Some(task);
     }
 
+    let split = cfg.memory.split();
+    let budget = MemoryBudget::new(
+        split.buffer,
+        cfg.memory.high_watermark,
+        cfg.memory.low_watermark,
+    );
+    let observed_budget = budget.clone();
     let (releases, release_rx) = Releases::channel();
     let (sink_tx, sink_rx) = mpsc::channel(SINK_CHANNEL);
-    let sink = Sink::new(&cfg.kafka, Arc::clone(&health), sink_rx, releases.clone())?;
+    let sink = Sink::new(
+        &cfg.kafka,
+        &split,
+        Arc::clone(&health),
+        sink_rx,
+        releases.clone(),
+    )?;
     let worker_cfg = WorkerConfig {
         decision_wait: cfg.buffer.decision_wait.0,
         after_root: cfg.buffer.decision_wait_after_root_received.map(|d| d.0),
+        limits: TraceLimits {
+            max_spans: cfg.trace.max_spans,
+            max_bytes: cfg.trace.max_bytes(&cfg.memory),
+        },
         cache_capacity: cfg.buffer.decision_cache_traces,
         max_message_bytes: cfg.kafka.max_message_bytes,
     };
@@ -105,6 +125,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         workers.push(ShardWorker::new(
             &worker_cfg,
             Arc::clone(&decider),
+            budget.clone(),
             rx,
             sink_tx.clone(),
             releases.clone(),
@@ -112,6 +133,8 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
     }
     let source = Source::new(
         &cfg.kafka,
+        &split,
+        budget,
         Arc::clone(&health),
         keys,
         Outputs {
@@ -145,6 +168,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
     Ok(Running {
         telemetry_addr,
         health,
+        budget: observed_budget,
         task,
     })
 }

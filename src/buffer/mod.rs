@@ -4,7 +4,12 @@
 //! by a hash of their id, so no lock is shared on the hot path. A trace is due
 //! `decision_wait` after its first span, or `decision_wait_after_root_received` after
 //! its root span when that is earlier. Both deadlines grow in arrival order, so two
-//! FIFO queues give the due traces in O(1) each.
+//! FIFO queues give the due traces in O(1) each. A trace reaching the per-trace limits
+//! is due at once; under memory pressure the oldest traces are taken early.
+//!
+//! [`MemoryBudget`] counts what all of this holds; see [`memory`].
+
+pub mod memory;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -13,15 +18,38 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::codec::Attr;
 use crate::codec::{RawSpan, Span, TraceId};
 use crate::policy::TraceSummary;
 use crate::source::Pin;
 
-/// Book-keeping bytes charged per buffered trace on top of its spans.
+pub use memory::{Charge, MemoryBudget};
+
+/// Book-keeping bytes of one buffered trace besides its vectors: the entry, its hash
+/// map slot (with the control byte and the map's 7/8 load factor) and its places in
+/// the due queues.
 pub const TRACE_OVERHEAD_BYTES: usize =
-    size_of::<TraceEntry>() + size_of::<TraceId>() + 2 * size_of::<(Instant, TraceId)>();
-/// Book-keeping bytes charged per buffered span on top of its encoded size.
+    (size_of::<(TraceId, TraceEntry)>() + 1) * 8 / 7 + 2 * size_of::<(Instant, TraceId)>();
+/// Book-keeping bytes of one buffered span besides its encoded bytes.
 pub const SPAN_OVERHEAD_BYTES: usize = size_of::<RawSpan>();
+
+/// When a single trace is decided regardless of its wait.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceLimits {
+    /// Spans.
+    pub max_spans: u32,
+    /// Encoded bytes of its spans.
+    pub max_bytes: u64,
+}
+
+impl Default for TraceLimits {
+    fn default() -> Self {
+        TraceLimits {
+            max_spans: u32::MAX,
+            max_bytes: u64::MAX,
+        }
+    }
+}
 
 /// A trace waiting for its decision.
 #[derive(Debug)]
@@ -38,11 +66,12 @@ pub struct TraceEntry {
 }
 
 impl TraceEntry {
-    /// Bytes this entry is charged for.
-    pub fn charged_bytes(&self) -> usize {
+    /// Book-keeping bytes, counted from the vectors' capacities (what is allocated).
+    pub fn overhead_bytes(&self) -> usize {
         TRACE_OVERHEAD_BYTES
-            + self.summary.span_bytes as usize
-            + self.spans.len() * SPAN_OVERHEAD_BYTES
+            + self.spans.capacity() * SPAN_OVERHEAD_BYTES
+            + self.pins.capacity() * size_of::<Pin>()
+            + self.summary.attrs.capacity() * size_of::<Attr>()
     }
 }
 
@@ -54,21 +83,28 @@ pub struct Shard {
     by_root_span: VecDeque<(Instant, TraceId)>,
     decision_wait: Duration,
     after_root: Option<Duration>,
+    limits: TraceLimits,
+    /// Traces that reached a limit, to be decided now.
+    over_limit: Vec<TraceId>,
     spans: usize,
-    bytes: usize,
+    overhead: usize,
+    span_bytes: usize,
 }
 
 impl Shard {
-    /// An empty shard with the configured waits.
-    pub fn new(decision_wait: Duration, after_root: Option<Duration>) -> Self {
+    /// An empty shard with the configured waits and per-trace limits.
+    pub fn new(decision_wait: Duration, after_root: Option<Duration>, limits: TraceLimits) -> Self {
         Shard {
             traces: HashMap::default(),
             by_first_span: VecDeque::new(),
             by_root_span: VecDeque::new(),
             decision_wait,
             after_root: after_root.filter(|d| *d < decision_wait),
+            limits,
+            over_limit: Vec::new(),
             spans: 0,
-            bytes: 0,
+            overhead: 0,
+            span_bytes: 0,
         }
     }
 
@@ -92,8 +128,13 @@ impl Shard {
                 root_deadline: None,
             }
         });
-        let before = if is_new { 0 } else { entry.charged_bytes() };
+        let (overhead_before, bytes_before) = if is_new {
+            (0, 0)
+        } else {
+            (entry.overhead_bytes(), entry.summary.span_bytes as usize)
+        };
         let n_before = entry.spans.len();
+        let was_over = self.limits.reached(&entry.summary);
         let mut root = false;
         for span in spans {
             entry.summary.add(&span);
@@ -111,7 +152,33 @@ impl Shard {
             }
         }
         self.spans += entry.spans.len() - n_before;
-        self.bytes += entry.charged_bytes() - before;
+        self.overhead += entry.overhead_bytes();
+        self.overhead -= overhead_before;
+        self.span_bytes += entry.summary.span_bytes as usize - bytes_before;
+        if !was_over && self.limits.reached(&entry.summary) {
+            self.over_limit.push(trace_id);
+        }
+    }
+
+    /// Moves traces that reached a per-trace limit into `out`.
+    pub fn take_over_limit(&mut self, out: &mut Vec<TraceEntry>) {
+        for id in std::mem::take(&mut self.over_limit) {
+            out.extend(self.remove(&id));
+        }
+    }
+
+    /// Moves up to `n` of the oldest traces into `out`, due or not (memory pressure).
+    pub fn take_oldest(&mut self, n: usize, out: &mut Vec<TraceEntry>) {
+        let mut taken = 0;
+        while taken < n {
+            let Some((seen, id)) = self.by_first_span.pop_front() else {
+                break;
+            };
+            if self.traces.get(&id).is_some_and(|e| e.first_seen == seen) {
+                out.extend(self.remove(&id));
+                taken += 1;
+            }
+        }
     }
 
     /// Whether the trace is buffered here.
@@ -149,8 +216,10 @@ impl Shard {
     pub fn drain(&mut self) -> Vec<TraceEntry> {
         self.by_first_span.clear();
         self.by_root_span.clear();
+        self.over_limit.clear();
         self.spans = 0;
-        self.bytes = 0;
+        self.overhead = 0;
+        self.span_bytes = 0;
         self.traces.drain().map(|(_, e)| e).collect()
     }
 
@@ -173,7 +242,8 @@ impl Shard {
     fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
         let e = self.traces.remove(id)?;
         self.spans -= e.spans.len();
-        self.bytes -= e.charged_bytes();
+        self.overhead -= e.overhead_bytes();
+        self.span_bytes -= e.summary.span_bytes as usize;
         Some(e)
     }
 
@@ -187,9 +257,20 @@ impl Shard {
         self.spans
     }
 
-    /// Bytes charged for what is buffered (encoded spans plus book-keeping).
+    /// Bytes held: encoded spans plus book-keeping.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.overhead + self.span_bytes
+    }
+
+    /// Book-keeping bytes alone (the encoded spans are charged with their input).
+    pub fn overhead_bytes(&self) -> usize {
+        self.overhead
+    }
+}
+
+impl TraceLimits {
+    fn reached(&self, t: &TraceSummary) -> bool {
+        t.span_count >= self.max_spans || t.span_bytes >= self.max_bytes
     }
 }
 

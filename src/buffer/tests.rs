@@ -31,7 +31,7 @@ fn pin(offset: i64) -> Pin {
 #[test]
 fn traces_are_due_after_decision_wait_in_order() {
     let t0 = Instant::now();
-    let mut s = Shard::new(Duration::from_secs(10), None);
+    let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
     s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
     s.insert(
         TraceId([2; 16]),
@@ -62,7 +62,11 @@ fn traces_are_due_after_decision_wait_in_order() {
 #[test]
 fn root_span_shortens_the_wait() {
     let t0 = Instant::now();
-    let mut s = Shard::new(Duration::from_secs(30), Some(Duration::from_secs(2)));
+    let mut s = Shard::new(
+        Duration::from_secs(30),
+        Some(Duration::from_secs(2)),
+        TraceLimits::default(),
+    );
     s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
     s.insert(
         TraceId([2; 16]),
@@ -81,7 +85,7 @@ fn root_span_shortens_the_wait() {
 #[test]
 fn a_new_entry_for_a_decided_id_gets_its_own_deadline() {
     let t0 = Instant::now();
-    let mut s = Shard::new(Duration::from_secs(10), None);
+    let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
     s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
     let mut out = Vec::new();
     s.take_due(t0 + Duration::from_secs(10), &mut out);
@@ -100,7 +104,7 @@ fn a_new_entry_for_a_decided_id_gets_its_own_deadline() {
 #[test]
 fn releasing_a_partition_forgets_only_its_traces() {
     let t0 = Instant::now();
-    let mut s = Shard::new(Duration::from_secs(10), None);
+    let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
     s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
     let other = Pin {
         slot: 1,
@@ -111,4 +115,48 @@ fn releasing_a_partition_forgets_only_its_traces() {
     assert_eq!(s.release_partition(0, 1), 1);
     assert!(s.contains(&TraceId([2; 16])));
     assert!(!s.contains(&TraceId([1; 16])));
+}
+
+#[test]
+fn a_trace_reaching_a_limit_is_taken_at_once() {
+    let t0 = Instant::now();
+    let limits = TraceLimits {
+        max_spans: 3,
+        max_bytes: u64::MAX,
+    };
+    let mut s = Shard::new(Duration::from_secs(10), None, limits);
+    s.insert(
+        TraceId([1; 16]),
+        [span(1, false), span(1, false)].into_iter(),
+        pin(0),
+        t0,
+    );
+    let mut out = Vec::new();
+    s.take_over_limit(&mut out);
+    assert!(out.is_empty());
+    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(1), t0);
+    s.take_over_limit(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].spans.len(), 3);
+    assert_eq!((s.traces(), s.bytes()), (0, 0));
+}
+
+#[test]
+fn oldest_traces_can_be_taken_early() {
+    let t0 = Instant::now();
+    let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
+    for i in 1..=5u8 {
+        s.insert(
+            TraceId([i; 16]),
+            [span(i, false)].into_iter(),
+            pin(i.into()),
+            t0 + Duration::from_millis(i.into()),
+        );
+    }
+    let mut out = Vec::new();
+    s.take_oldest(2, &mut out);
+    let ids: Vec<_> = out.iter().map(|e| e.summary.trace_id).collect();
+    assert_eq!(ids, vec![TraceId([1; 16]), TraceId([2; 16])]);
+    assert_eq!(s.traces(), 3);
+    assert!(s.overhead_bytes() > 0 && s.bytes() > s.overhead_bytes());
 }

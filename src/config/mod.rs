@@ -8,6 +8,7 @@
 
 mod duration;
 mod kafka;
+mod memory;
 mod policy;
 
 use std::path::Path;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 pub use duration::{parse_duration, ConfigDuration};
 pub use kafka::{Compression, KafkaConfig};
+pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use policy::{
     LatencyConfig, NumericAttributeConfig, PolicyConfig, PolicyType, ProbabilisticConfig,
     StatusCodeConfig, StringAttributeConfig,
@@ -76,6 +78,12 @@ pub struct Config {
     /// How long traces are held before they are decided, and how the buffer is split.
     #[serde(default)]
     pub buffer: BufferConfig,
+    /// The memory budget and its watermarks.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// Limits on a single trace.
+    #[serde(default)]
+    pub trace: TraceConfig,
     /// Metrics and health endpoints.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -223,6 +231,8 @@ impl Config {
                 "an address such as `0.0.0.0:9464`, or \"\" to disable",
             ));
         }
+        self.memory.validate()?;
+        self.trace.validate(&self.memory)?;
         policy::validate_all(&self.policies)
     }
 

@@ -44,6 +44,11 @@ fn example_config_is_valid_and_complete() {
         "consumer:",
         "producer:",
         "listen:",
+        "limit:",
+        "high_watermark:",
+        "low_watermark:",
+        "max_spans:",
+        "max_bytes:",
     ] {
         assert!(text.contains(key), "example config lacks `{key}`");
     }
@@ -121,6 +126,31 @@ fn bad_values_name_field_value_and_expectation() {
         "brokers: localhost:9092\n  consumer: {enable.auto.commit: 'true'}",
     ));
     assert!(e.contains("`kafka.consumer.enable.auto.commit`"), "{e}");
+    let e = err(&format!("{MINIMAL}memory: {{limit: 8MiB}}\n"));
+    assert!(
+        e.contains("`memory.limit` = 8MiB: expected at least 16MiB"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}memory: {{limit: lots}}\n"));
+    assert!(e.contains("expected a size such as `512MiB`"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}memory: {{high_watermark: 0.5, low_watermark: 0.6}}\n"
+    ));
+    assert!(
+        e.contains(
+            "`memory.low_watermark` = 0.6: expected a share above 0 and below high_watermark (0.5)"
+        ),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}memory: {{limit: 64MiB}}\ntrace: {{max_bytes: 40MiB}}\n"
+    ));
+    assert!(
+        e.contains(
+            "`trace.max_bytes` = 40MiB: expected between 1 byte and half the buffer budget (28MiB)"
+        ),
+        "{e}"
+    );
     let e = err(&format!("{MINIMAL}policies_typo: 1\n"));
     assert!(e.contains("unknown field `policies_typo`"), "{e}");
 }

@@ -1,19 +1,31 @@
 //! Remembers recent decisions so late spans follow their trace's decision.
+//!
+//! Keys are 64-bit fingerprints of the trace id, not the id: 8 bytes instead of 16,
+//! and a collision needs ~2^32 decisions remembered at once to become likely (with
+//! 10^6 entries the chance that a new trace is mistaken for a decided one is ~10^-13).
+//! The cache charges its allocation to the memory budget through its owner.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
+use std::mem::size_of;
 
 use crate::buffer::TraceIdHasher;
 use crate::codec::TraceId;
 
 use super::Verdict;
 
+const DROPPED: u16 = u16::MAX;
+
 /// A bounded map of trace id to verdict; the oldest decision is forgotten first.
 #[derive(Debug)]
 pub struct DecisionCache {
-    map: HashMap<TraceId, Verdict, BuildHasherDefault<TraceIdHasher>>,
-    order: VecDeque<TraceId>,
+    map: HashMap<u64, u16, BuildHasherDefault<TraceIdHasher>>,
+    order: VecDeque<u64>,
     capacity: usize,
+}
+
+fn fingerprint(id: &TraceId) -> u64 {
+    id.shard_hash()
 }
 
 impl DecisionCache {
@@ -27,12 +39,17 @@ impl DecisionCache {
     }
 
     /// Records a decision.
-    pub fn insert(&mut self, id: TraceId, verdict: Verdict) {
+    pub fn insert(&mut self, id: &TraceId, verdict: Verdict) {
         if self.capacity == 0 {
             return;
         }
-        if self.map.insert(id, verdict).is_none() {
-            self.order.push_back(id);
+        let fp = fingerprint(id);
+        if self
+            .map
+            .insert(fp, verdict.policy().unwrap_or(DROPPED))
+            .is_none()
+        {
+            self.order.push_back(fp);
             if self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
                     self.map.remove(&old);
@@ -42,8 +59,10 @@ impl DecisionCache {
     }
 
     /// The decision for a trace, if still remembered.
-    pub fn get(&self, id: &TraceId) -> Option<&Verdict> {
-        self.map.get(id)
+    pub fn get(&self, id: &TraceId) -> Option<Verdict> {
+        self.map
+            .get(&fingerprint(id))
+            .map(|&p| Verdict::new((p != DROPPED).then_some(p)))
     }
 
     /// Decisions remembered.
@@ -55,6 +74,13 @@ impl DecisionCache {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+
+    /// Bytes allocated: the map's slots and control bytes (at its 7/8 load factor)
+    /// and the eviction queue.
+    pub fn allocated_bytes(&self) -> usize {
+        self.map.capacity() * (size_of::<(u64, u16)>() + 1) * 8 / 7
+            + self.order.capacity() * size_of::<u64>()
+    }
 }
 
 #[cfg(test)]
@@ -64,15 +90,14 @@ mod tests {
     #[test]
     fn forgets_oldest_beyond_capacity() {
         let mut c = DecisionCache::new(2);
-        let v = Verdict {
-            keep: true,
-            policy: None,
-        };
         for i in 1..=3u8 {
-            c.insert(TraceId([i; 16]), v.clone());
+            c.insert(&TraceId([i; 16]), Verdict::new(Some(0)));
         }
         assert_eq!(c.len(), 2);
         assert!(c.get(&TraceId([1; 16])).is_none());
-        assert!(c.get(&TraceId([3; 16])).is_some());
+        assert_eq!(c.get(&TraceId([3; 16])), Some(Verdict::new(Some(0))));
+        c.insert(&TraceId([4; 16]), Verdict::new(None));
+        assert_eq!(c.get(&TraceId([4; 16])).map(|v| v.keep()), Some(false));
+        assert!(c.allocated_bytes() > 0);
     }
 }

@@ -18,15 +18,29 @@ use crate::policy::{Decision, PolicySet, TraceSummary};
 use crate::telemetry::names;
 
 pub use cache::DecisionCache;
-pub use worker::{ShardMsg, ShardWorker, WorkerConfig};
+pub use worker::{Forced, ShardMsg, ShardWorker, WorkerConfig};
 
-/// The outcome for one trace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The outcome for one trace: kept by a policy (its index in the set), or dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
+    policy: Option<u16>,
+}
+
+impl Verdict {
+    /// Kept by policy `policy` (index in the set), or dropped (`None`).
+    pub fn new(policy: Option<u16>) -> Self {
+        Verdict { policy }
+    }
+
     /// Whether the trace is kept.
-    pub keep: bool,
-    /// The first policy that voted to keep it.
-    pub policy: Option<Arc<str>>,
+    pub fn keep(&self) -> bool {
+        self.policy.is_some()
+    }
+
+    /// Index of the first policy that voted to keep it.
+    pub fn policy(&self) -> Option<u16> {
+        self.policy
+    }
 }
 
 /// Combines the configured policies' votes into a [`Verdict`].
@@ -73,6 +87,14 @@ impl Decider {
         &self.set
     }
 
+    /// The name of the policy with index `i` in the set.
+    pub fn policy_name(&self, i: u16) -> Arc<str> {
+        self.set
+            .policies
+            .get(usize::from(i))
+            .map_or_else(|| Arc::from(""), |p| Arc::clone(&p.name))
+    }
+
     /// Runs every policy on the trace. Every policy votes (so per-policy metrics show
     /// what each would keep); any `Sampled` vote keeps the trace.
     pub fn decide(&self, trace: &TraceSummary) -> Verdict {
@@ -87,20 +109,10 @@ impl Decider {
             }
         }
         match first {
-            Some(i) => {
-                self.decided[i].increment(1);
-                Verdict {
-                    keep: true,
-                    policy: Some(Arc::clone(&self.set.policies[i].name)),
-                }
-            }
-            None => {
-                self.dropped.increment(1);
-                Verdict {
-                    keep: false,
-                    policy: None,
-                }
-            }
+            Some(i) => self.decided[i].increment(1),
+            None => self.dropped.increment(1),
         }
+        // The set holds at most u16::MAX - 1 policies (checked when built).
+        Verdict::new(first.and_then(|i| u16::try_from(i).ok()))
     }
 }

@@ -7,13 +7,35 @@ use metrics::{counter, gauge, histogram};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::buffer::{Shard, TraceEntry};
+use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
 use crate::codec::{encode_trace, RawSpan, Span, TraceId};
 use crate::sink::{KeptTrace, SinkMsg};
 use crate::source::{Pin, Releases};
 use crate::telemetry::names;
 
 use super::{Decider, DecisionCache, Verdict};
+
+/// Traces decided early per round under memory pressure, between yields.
+const EVICTION_BATCH: usize = 64;
+
+/// Why a trace was decided before its wait was over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forced {
+    /// Memory pressure: it was among the oldest traces buffered.
+    Memory,
+    /// It reached `trace.max_spans` or `trace.max_bytes`.
+    TraceLimit,
+}
+
+impl Forced {
+    /// Label for metrics and the `tailsift.forced` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forced::Memory => "memory",
+            Forced::TraceLimit => "trace_limit",
+        }
+    }
+}
 
 /// What the source sends a shard worker.
 #[derive(Debug)]
@@ -42,6 +64,8 @@ pub struct WorkerConfig {
     pub decision_wait: Duration,
     /// Time from root span to decision, if earlier.
     pub after_root: Option<Duration>,
+    /// Per-trace limits.
+    pub limits: TraceLimits,
     /// Decisions remembered for late spans.
     pub cache_capacity: usize,
     /// Largest output record.
@@ -53,13 +77,17 @@ pub struct ShardWorker {
     shard: Shard,
     cache: DecisionCache,
     decider: Arc<Decider>,
+    budget: MemoryBudget,
     rx: mpsc::Receiver<ShardMsg>,
     sink: mpsc::Sender<SinkMsg>,
     releases: Releases,
     max_message_bytes: usize,
     tick: Duration,
     /// Last values published to the buffer gauges, to publish deltas.
-    published: (usize, usize, usize),
+    published: (usize, usize, usize, usize),
+    /// Bytes of book-keeping and cache charged to the budget.
+    charged: u64,
+    due: Vec<TraceEntry>,
 }
 
 impl ShardWorker {
@@ -68,6 +96,7 @@ impl ShardWorker {
     pub fn new(
         cfg: &WorkerConfig,
         decider: Arc<Decider>,
+        budget: MemoryBudget,
         rx: mpsc::Receiver<ShardMsg>,
         sink: mpsc::Sender<SinkMsg>,
         releases: Releases,
@@ -77,16 +106,19 @@ impl ShardWorker {
             .unwrap_or(cfg.decision_wait)
             .min(cfg.decision_wait);
         ShardWorker {
-            shard: Shard::new(cfg.decision_wait, cfg.after_root),
+            shard: Shard::new(cfg.decision_wait, cfg.after_root, cfg.limits),
             cache: DecisionCache::new(cfg.cache_capacity),
             decider,
+            budget,
             rx,
             sink,
             releases,
             max_message_bytes: cfg.max_message_bytes,
             // Decide within ~10% of the wait, but never spin.
             tick: (shortest / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
-            published: (0, 0, 0),
+            published: (0, 0, 0, 0),
+            charged: 0,
+            due: Vec::new(),
         }
     }
 
@@ -96,34 +128,50 @@ impl ShardWorker {
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut due = Vec::new();
         loop {
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
-                _ = tick.tick() => {
-                    self.shard.take_due(Instant::now(), &mut due);
-                    for entry in due.drain(..) {
-                        if self.decide(entry).await.is_err() {
-                            return;
-                        }
-                    }
-                    self.publish_gauges();
-                }
+                _ = tick.tick() => self.on_tick().await,
                 msg = self.rx.recv() => match msg {
-                    Some(ShardMsg::Spans { pin, spans }) => {
-                        if self.insert(pin, spans).await.is_err() {
-                            return;
-                        }
-                    }
+                    Some(ShardMsg::Spans { pin, spans }) => self.insert(pin, spans).await,
                     Some(ShardMsg::Revoked { slot, epoch }) => {
                         self.shard.release_partition(slot, epoch);
+                        Ok(())
                     }
                     None => break,
                 },
+            };
+            self.publish();
+            if step.is_err() {
+                break;
             }
         }
         self.shard.drain();
-        self.publish_gauges();
+        self.cache = DecisionCache::new(0);
+        self.publish();
+    }
+
+    async fn on_tick(&mut self) -> Result<(), Closed> {
+        let mut due = std::mem::take(&mut self.due);
+        self.shard.take_due(Instant::now(), &mut due);
+        for entry in due.drain(..) {
+            self.decide(entry, None).await?;
+        }
+        // Under memory pressure, decide the oldest traces early until usage is back
+        // under the low watermark (every worker does this for its own shard).
+        while self.budget.pressure() && !self.budget.below_low() {
+            self.shard.take_oldest(EVICTION_BATCH, &mut due);
+            if due.is_empty() {
+                break;
+            }
+            for entry in due.drain(..) {
+                self.decide(entry, Some(Forced::Memory)).await?;
+            }
+            self.publish();
+            tokio::task::yield_now().await;
+        }
+        self.due = due;
+        Ok(())
     }
 
     async fn insert(&mut self, pin: Pin, spans: Vec<Span>) -> Result<(), Closed> {
@@ -133,11 +181,17 @@ impl ShardWorker {
             let id = first.trace_id;
             let group = std::iter::once(first)
                 .chain(std::iter::from_fn(|| spans.next_if(|s| s.trace_id == id)));
-            match self.cache.get(&id).cloned() {
+            match self.cache.get(&id) {
                 None => self.shard.insert(id, group, pin, now),
                 Some(verdict) => self.late(id, verdict, group.collect(), pin).await?,
             }
         }
+        let mut over = std::mem::take(&mut self.due);
+        self.shard.take_over_limit(&mut over);
+        for entry in over.drain(..) {
+            self.decide(entry, Some(Forced::TraceLimit)).await?;
+        }
+        self.due = over;
         Ok(())
     }
 
@@ -149,28 +203,32 @@ impl ShardWorker {
         group: Vec<Span>,
         pin: Pin,
     ) -> Result<(), Closed> {
-        let decision = if verdict.keep {
+        let decision = if verdict.keep() {
             "sampled"
         } else {
             "not_sampled"
         };
         counter!(names::LATE_SPANS, "decision" => decision).increment(group.len() as u64);
-        if verdict.keep {
+        if verdict.keep() {
             let raw: Vec<RawSpan> = group.into_iter().map(|s| s.raw).collect();
-            self.send_kept(id, &raw, vec![pin], verdict.policy).await
+            self.send_kept(id, &raw, vec![pin], verdict, None).await
         } else {
             self.releases.release(vec![pin]);
             Ok(())
         }
     }
 
-    async fn decide(&mut self, entry: TraceEntry) -> Result<(), Closed> {
+    async fn decide(&mut self, entry: TraceEntry, forced: Option<Forced>) -> Result<(), Closed> {
         histogram!(names::DECISION_LATENCY).record(entry.first_seen.elapsed().as_secs_f64());
+        if let Some(f) = forced {
+            counter!(names::FORCED_DECISIONS, "reason" => f.as_str()).increment(1);
+        }
+        // A forced decision still runs every policy on what has arrived.
         let verdict = self.decider.decide(&entry.summary);
         let id = entry.summary.trace_id;
-        self.cache.insert(id, verdict.clone());
-        if verdict.keep {
-            self.send_kept(id, &entry.spans, entry.pins, verdict.policy)
+        self.cache.insert(&id, verdict);
+        if verdict.keep() {
+            self.send_kept(id, &entry.spans, entry.pins, verdict, forced)
                 .await
         } else {
             self.releases.release(entry.pins);
@@ -183,15 +241,21 @@ impl ShardWorker {
         trace_id: TraceId,
         spans: &[RawSpan],
         pins: Vec<Pin>,
-        policy: Option<Arc<str>>,
+        verdict: Verdict,
+        forced: Option<Forced>,
     ) -> Result<(), Closed> {
         let payloads = encode_trace(spans, self.max_message_bytes);
+        let bytes = payloads.iter().map(|p| p.capacity() as u64).sum();
         let kept = KeptTrace {
             trace_id,
             payloads,
             pins,
-            policy: policy.unwrap_or_else(|| Arc::from("")),
+            policy: verdict
+                .policy()
+                .map_or_else(|| Arc::from(""), |i| self.decider.policy_name(i)),
+            forced: forced.map(Forced::as_str),
             spans: spans.len(),
+            charge: Charge::new(&self.budget, bytes),
         };
         self.sink
             .send(SinkMsg::Kept(kept))
@@ -199,13 +263,24 @@ impl ShardWorker {
             .map_err(|_| Closed)
     }
 
-    fn publish_gauges(&mut self) {
-        let now = (self.shard.traces(), self.shard.spans(), self.shard.bytes());
+    /// Publishes gauge deltas and moves this worker's budget charge to what its
+    /// book-keeping and cache hold now.
+    fn publish(&mut self) {
+        let now = (
+            self.shard.traces(),
+            self.shard.spans(),
+            self.shard.bytes(),
+            self.cache.len(),
+        );
         let delta = |new: usize, old: usize| new as f64 - old as f64;
         gauge!(names::BUFFER_TRACES).increment(delta(now.0, self.published.0));
         gauge!(names::BUFFER_SPANS).increment(delta(now.1, self.published.1));
         gauge!(names::BUFFER_BYTES).increment(delta(now.2, self.published.2));
+        gauge!(names::DECISION_CACHE_ENTRIES).increment(delta(now.3, self.published.3));
         self.published = now;
+        let charged = (self.shard.overhead_bytes() + self.cache.allocated_bytes()) as u64;
+        self.budget.adjust(self.charged, charged);
+        self.charged = charged;
     }
 }
 

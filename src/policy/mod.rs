@@ -67,9 +67,9 @@ pub enum PolicyError {
         /// Compile error.
         source: regex::Error,
     },
-    /// More distinct attribute keys than the codec can index.
-    #[error("too many distinct attribute keys in policies (at most 65535)")]
-    TooManyKeys,
+    /// More policies or distinct attribute keys than can be indexed.
+    #[error("too many policies or distinct attribute keys (at most 65534)")]
+    TooMany,
 }
 
 /// A configured policy with its name.
@@ -107,8 +107,8 @@ impl PolicySet {
                 _ => None,
             })
             .collect();
-        if key_names.len() > usize::from(u16::MAX) {
-            return Err(PolicyError::TooManyKeys);
+        if key_names.len() > usize::from(u16::MAX) || configs.len() >= usize::from(u16::MAX) {
+            return Err(PolicyError::TooMany);
         }
         let keys = AttrKeys::new(&key_names);
         let mut policies = Vec::with_capacity(configs.len());

@@ -21,12 +21,15 @@ use tokio::sync::mpsc;
 use tracing::{error, warn};
 
 use crate::codec::TraceId;
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, MemorySplit};
 use crate::source::{Pin, Releases};
 use crate::telemetry::{names, Health};
 
 /// Header on kept-trace records naming the policy that kept the trace.
 pub const HEADER_POLICY: &str = "tailsift.policy";
+/// Header on kept-trace records decided early, with the reason (`memory`,
+/// `trace_limit`); absent when the trace got its full wait.
+pub const HEADER_FORCED: &str = "tailsift.forced";
 /// Header on dead letters: why the message was refused.
 pub const HEADER_ERROR: &str = "tailsift.error";
 /// Header on dead letters: the input topic.
@@ -61,8 +64,12 @@ pub struct KeptTrace {
     pub pins: Vec<Pin>,
     /// The policy that kept it.
     pub policy: Arc<str>,
+    /// Why it was decided early, if it was.
+    pub forced: Option<&'static str>,
     /// Spans in the payloads.
     pub spans: usize,
+    /// The payloads' memory charge, released when the trace is delivered.
+    pub charge: crate::buffer::Charge,
 }
 
 /// An input message that could not be decoded.
@@ -123,6 +130,7 @@ impl Sink {
     /// [`SinkError::Create`] when librdkafka rejects the properties.
     pub fn new(
         cfg: &KafkaConfig,
+        memory: &MemorySplit,
         health: Arc<Health>,
         rx: mpsc::Receiver<SinkMsg>,
         releases: Releases,
@@ -138,7 +146,12 @@ impl Sink {
             )
             // librdkafka gives up on a message after this; the sink then retries it
             // itself, so a long outage never loses a kept trace.
-            .set("message.timeout.ms", "60000");
+            .set("message.timeout.ms", "60000")
+            // The producer queue is part of the memory limit.
+            .set(
+                "queue.buffering.max.kbytes",
+                (memory.producer_queue / 1024).max(1).to_string(),
+            );
         for (k, v) in &cfg.producer {
             c.set(k, v);
         }
@@ -189,10 +202,16 @@ async fn deliver(
     match msg {
         SinkMsg::Kept(kept) => {
             let key = kept.trace_id.to_hex();
-            let headers = OwnedHeaders::new().insert(Header {
+            let mut headers = OwnedHeaders::new().insert(Header {
                 key: HEADER_POLICY,
                 value: Some(kept.policy.as_bytes()),
             });
+            if let Some(reason) = kept.forced {
+                headers = headers.insert(Header {
+                    key: HEADER_FORCED,
+                    value: Some(reason.as_bytes()),
+                });
+            }
             let results = futures_util::future::join_all(
                 kept.payloads
                     .iter()

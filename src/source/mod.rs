@@ -23,8 +23,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::buffer::MemoryBudget;
 use crate::codec::{scan, AttrKeys, Span};
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, MemorySplit};
 use crate::decide::ShardMsg;
 use crate::shutdown::Shutdown;
 use crate::sink::{DeadLetter, SinkMsg};
@@ -35,6 +36,8 @@ pub use offsets::{OffsetTracker, Pin};
 
 /// How long a shutdown waits for workers and the sink to hand back their pins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(35);
+/// How often memory pressure is re-checked while input is paused.
+const PRESSURE_CHECK: Duration = Duration::from_millis(50);
 
 /// The sending side of the release path: decided or delivered pins go back to the
 /// source. Unbounded on purpose: its length is bounded by the pins outstanding, and a
@@ -75,6 +78,8 @@ pub struct Source {
     sink: Option<mpsc::Sender<SinkMsg>>,
     releases: mpsc::UnboundedReceiver<Vec<Pin>>,
     commit_interval: Duration,
+    budget: MemoryBudget,
+    paused: bool,
 }
 
 /// Where the source sends what it reads.
@@ -94,6 +99,8 @@ impl Source {
     /// [`SourceError::Create`] when librdkafka rejects the properties.
     pub fn new(
         cfg: &KafkaConfig,
+        memory: &MemorySplit,
+        budget: MemoryBudget,
         health: Arc<Health>,
         keys: AttrKeys,
         out: Outputs,
@@ -107,7 +114,17 @@ impl Source {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "1000");
+            .set("statistics.interval.ms", "1000")
+            // librdkafka's prefetch queue and fetch responses are part of the memory
+            // limit (fetch.max.bytes must also cover one maximum-size message).
+            .set(
+                "queued.max.messages.kbytes",
+                (memory.consumer_queue / 1024).max(1).to_string(),
+            )
+            .set(
+                "fetch.max.bytes",
+                memory.consumer_queue.max(1_000_000).to_string(),
+            );
         for (k, v) in &cfg.consumer {
             c.set(k, v);
         }
@@ -123,6 +140,8 @@ impl Source {
             sink: Some(out.sink),
             releases: out.releases,
             commit_interval: cfg.commit_interval.0,
+            budget,
+            paused: false,
         })
     }
 
@@ -131,6 +150,9 @@ impl Source {
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pressure_tick = tokio::time::interval(PRESSURE_CHECK);
+        pressure_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        gauge!(names::MEMORY_BUDGET).set(self.budget.capacity() as f64);
         loop {
             tokio::select! {
                 biased;
@@ -140,11 +162,16 @@ impl Source {
                     self.forward_revocations().await;
                     self.commit(CommitMode::Async);
                 }
+                _ = pressure_tick.tick() => self.apply_backpressure(),
+                // Polled even while paused: rebalances and statistics arrive here.
                 m = self.consumer.recv() => match m {
                     Ok(m) => {
                         self.forward_revocations().await;
                         if self.handle(&m).await.is_err() {
                             break;
+                        }
+                        if !self.paused && self.budget.pressure() {
+                            self.apply_backpressure();
                         }
                     }
                     Err(e) => {
@@ -178,6 +205,52 @@ impl Source {
         info!(message = "Source stopped.");
     }
 
+    /// Pauses every assigned partition while memory pressure is on (again after each
+    /// rebalance, as new partitions arrive unpaused) and resumes them once usage is
+    /// back under the low watermark. Data waits in Kafka, not in memory.
+    fn apply_backpressure(&mut self) {
+        let pressure = self.budget.pressure();
+        gauge!(names::MEMORY_USED).set(self.budget.used() as f64);
+        gauge!(names::MEMORY_PRESSURE).set(if pressure { 1.0 } else { 0.0 });
+        if !pressure && !self.paused {
+            return;
+        }
+        let assignment = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(message = "Cannot read the assignment for backpressure.", error = %e);
+                return;
+            }
+        };
+        let result = if pressure {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                if pressure != self.paused {
+                    info!(
+                        message = if pressure {
+                            "Memory pressure: input paused."
+                        } else {
+                            "Memory pressure over: input resumed."
+                        },
+                        used_bytes = self.budget.used(),
+                        budget_bytes = self.budget.capacity()
+                    );
+                }
+                self.paused = pressure;
+                gauge!(names::PAUSED_PARTITIONS).set(if pressure {
+                    assignment.count() as f64
+                } else {
+                    0.0
+                });
+            }
+            Err(e) => warn!(message = "Cannot pause or resume input partitions.", error = %e),
+        }
+    }
+
     fn release(&mut self, pins: Vec<Pin>) {
         let mut t = lock(&self.tracker);
         for p in pins {
@@ -202,7 +275,11 @@ impl Source {
 
     /// Reads one message. `Err` only when the pipeline is shutting down.
     async fn handle(&self, m: &BorrowedMessage<'_>) -> Result<(), ()> {
-        let payload = m.payload().map(Bytes::copy_from_slice).unwrap_or_default();
+        // One copy out of librdkafka's buffer, charged to the budget until the last
+        // span slicing it is decided.
+        let payload = self
+            .budget
+            .charged_bytes(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
         counter!(names::MESSAGES_RECEIVED).increment(1);
         counter!(names::BYTES_RECEIVED).increment(payload.len() as u64);
         let mut spans: Vec<Span> = Vec::new();

@@ -41,3 +41,17 @@ pub const CONSUMER_LAG: &str = "tailsift_consumer_lag_messages";
 pub const KAFKA_UP: &str = "tailsift_kafka_up";
 /// Partitions assigned to this instance (gauge).
 pub const ASSIGNED_PARTITIONS: &str = "tailsift_assigned_partitions";
+/// Decisions made before the trace's wait was over, label `reason` (`memory`,
+/// `trace_limit`) (counter).
+pub const FORCED_DECISIONS: &str = "tailsift_forced_decisions_total";
+/// Decisions remembered for late spans (gauge).
+pub const DECISION_CACHE_ENTRIES: &str = "tailsift_decision_cache_entries";
+/// Bytes charged to the memory budget: input held, book-keeping, kept traces awaiting
+/// acknowledgement, decision cache (gauge).
+pub const MEMORY_USED: &str = "tailsift_memory_used_bytes";
+/// The buffer's share of `memory.limit` (gauge).
+pub const MEMORY_BUDGET: &str = "tailsift_memory_budget_bytes";
+/// 1 while memory pressure is on (input paused, oldest traces decided early) (gauge).
+pub const MEMORY_PRESSURE: &str = "tailsift_memory_pressure";
+/// Input partitions paused by memory pressure (gauge).
+pub const PAUSED_PARTITIONS: &str = "tailsift_paused_partitions";
