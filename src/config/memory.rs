@@ -43,7 +43,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         _ => return None,
     };
     let v = num * scale as f64;
-    (v.is_finite() && v >= 0.0 && v < 1e18).then_some(v as u64)
+    (0.0..1e18).contains(&v).then_some(v as u64)
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
