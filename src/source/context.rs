@@ -33,10 +33,14 @@ impl ClientContext for SourceContext {
             .set_kafka_up(up, (!up).then(|| "no broker connection is up".to_string()));
         let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
         for (name, topic) in &stats.topics {
+            // Messages not yet read: high watermark minus the position handed to
+            // tailsift (librdkafka's own consumer_lag counts from the committed
+            // offset, which also includes messages read but still pinned).
             let l: i64 = topic
                 .partitions
                 .values()
-                .map(|p| p.consumer_lag.max(0))
+                .filter(|p| p.app_offset >= 0 && p.hi_offset >= 0)
+                .map(|p| (p.hi_offset - p.app_offset).max(0))
                 .sum();
             *lag.entry(name).or_default() += l;
         }

@@ -35,7 +35,8 @@ pub const PRODUCE_ERRORS: &str = "tailsift_produce_errors_total";
 pub const COMMITS: &str = "tailsift_offset_commits_total";
 /// Input messages still pinned by undecided or unacknowledged traces (gauge).
 pub const PINNED_MESSAGES: &str = "tailsift_pinned_messages";
-/// Consumer lag summed over assigned partitions, label `topic` (gauge, messages).
+/// Messages not yet read, summed over assigned partitions, label `topic` (gauge).
+/// Messages read but not yet committed are `tailsift_pinned_messages`.
 pub const CONSUMER_LAG: &str = "tailsift_consumer_lag_messages";
 /// 1 when at least one broker connection is up, else 0 (gauge).
 pub const KAFKA_UP: &str = "tailsift_kafka_up";
