@@ -88,6 +88,14 @@ impl MemoryBudget {
         }
     }
 
+    /// Whether workers should decide their oldest traces early: under pressure, or
+    /// already halfway from the low to the high watermark. Starting before the high
+    /// watermark lets eviction keep pace with the input, so the source rarely has to
+    /// pause (each pause drops librdkafka's prefetched data, which is re-fetched).
+    pub fn should_evict(&self) -> bool {
+        self.pressure() || self.used() > self.0.low / 2 + self.0.high / 2
+    }
+
     /// Whether usage is at or below the low watermark.
     pub fn below_low(&self) -> bool {
         self.used() <= self.0.low

@@ -157,9 +157,18 @@ impl ShardWorker {
         for entry in due.drain(..) {
             self.decide(entry, None).await?;
         }
-        // Under memory pressure, decide the oldest traces early until usage is back
-        // under the low watermark (every worker does this for its own shard).
-        while self.budget.pressure() && !self.budget.below_low() {
+        self.due = due;
+        self.evict().await
+    }
+
+    /// Under memory pressure, decides the oldest traces early until usage is back
+    /// under the low watermark (every worker does this for its own shard).
+    async fn evict(&mut self) -> Result<(), Closed> {
+        if !self.budget.should_evict() {
+            return Ok(());
+        }
+        let mut due = std::mem::take(&mut self.due);
+        while !self.budget.below_low() {
             self.shard.take_oldest(EVICTION_BATCH, &mut due);
             if due.is_empty() {
                 break;
@@ -192,7 +201,8 @@ impl ShardWorker {
             self.decide(entry, Some(Forced::TraceLimit)).await?;
         }
         self.due = over;
-        Ok(())
+        self.publish();
+        self.evict().await
     }
 
     /// Spans of a trace already decided: kept ones are forwarded, dropped ones dropped.
@@ -226,7 +236,12 @@ impl ShardWorker {
         // A forced decision still runs every policy on what has arrived.
         let verdict = self.decider.decide(&entry.summary);
         let id = entry.summary.trace_id;
-        self.cache.insert(&id, verdict);
+        // A trace dropped early for memory was judged on what had arrived; its later
+        // spans (an error, say) are judged afresh rather than dropped unseen. Every
+        // other decision binds the trace's late spans.
+        if verdict.keep() || forced != Some(Forced::Memory) {
+            self.cache.insert(&id, verdict);
+        }
         if verdict.keep() {
             self.send_kept(id, &entry.spans, entry.pins, verdict, forced)
                 .await
