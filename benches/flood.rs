@@ -63,7 +63,9 @@ fn sampler(config: &str, bootstrap: &str) -> Child {
 
 fn stop(mut child: Child) {
     // SIGTERM for a graceful stop.
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
 }
 
@@ -84,12 +86,20 @@ struct Outcome {
 async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
     let limit = parse_bytes(limit_text).expect("limit");
     let mut broker = Command::new(BIN)
-        .args(["broker", "--topic", &format!("{INPUT}:64"), "--topic", &format!("{OUTPUT}:16")])
+        .args([
+            "broker",
+            "--topic",
+            &format!("{INPUT}:64"),
+            "--topic",
+            &format!("{OUTPUT}:16"),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start tailsift broker");
     let mut line = String::new();
-    BufReader::new(broker.stdout.take().expect("stdout")).read_line(&mut line).expect("bootstrap line");
+    BufReader::new(broker.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("bootstrap line");
     let bootstrap = line.trim().to_string();
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("tailsift-flood-{}", std::process::id()));
@@ -116,7 +126,9 @@ async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
     let pid = child.id();
     // Wait until it has its partitions.
     let t = Instant::now();
-    while metric(&scrape(port), "tailsift_assigned_partitions") < 64.0 && t.elapsed() < Duration::from_secs(30) {
+    while metric(&scrape(port), "tailsift_assigned_partitions") < 64.0
+        && t.elapsed() < Duration::from_secs(30)
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Sample RSS and lag while the flood runs and drains.
@@ -151,7 +163,9 @@ async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
     // Lag drains once the flood stops.
     loop {
         let m = scrape(port);
-        if metric(&m, "tailsift_spans_received_total") >= fed.spans as f64 || flood_end.elapsed() > Duration::from_secs(120) {
+        if metric(&m, "tailsift_spans_received_total") >= fed.spans as f64
+            || flood_end.elapsed() > Duration::from_secs(120)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -168,16 +182,22 @@ async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
     let t = Instant::now();
     loop {
         let got = out.traces();
-        if errors.iter().all(|e| got.contains_key(&e.trace_id)) || t.elapsed() > Duration::from_secs(90) {
+        if errors.iter().all(|e| got.contains_key(&e.trace_id))
+            || t.elapsed() > Duration::from_secs(90)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    out.settle(Duration::from_secs(2), Duration::from_secs(30)).await;
+    out.settle(Duration::from_secs(2), Duration::from_secs(30))
+        .await;
     stop(finisher);
     let got = out.traces();
     let truth: HashMap<TraceId, &Truth> = truths.iter().map(|t| (t.trace_id, t)).collect();
-    let errors_kept = errors.iter().filter(|e| got.contains_key(&e.trace_id)).count();
+    let errors_kept = errors
+        .iter()
+        .filter(|e| got.contains_key(&e.trace_id))
+        .count();
     let incomplete = got
         .iter()
         .filter(|(id, o)| truth.get(id).is_none_or(|t| o.distinct_spans != t.spans))
@@ -202,18 +222,35 @@ async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
 
 #[tokio::main]
 async fn main() {
-    let secs: u64 = std::env::var("FLOOD_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    let rate: u64 = std::env::var("FLOOD_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let secs: u64 = std::env::var("FLOOD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let rate: u64 = std::env::var("FLOOD_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let limits = std::env::var("FLOOD_LIMITS").unwrap_or_else(|_| "64MiB,256MiB".into());
     let mut results = Vec::new();
     for l in limits.split(',') {
         eprintln!("flood: memory.limit {l}, {secs} s at {rate} traces/s, decision_wait 10m");
         results.push(run(l, secs, rate).await);
     }
-    println!("\nflood: {secs} s at {rate} traces/s, decision_wait 10m (every decision forced by memory)");
+    println!(
+        "\nflood: {secs} s at {rate} traces/s, decision_wait 10m (every decision forced by memory)"
+    );
     println!(
         "{:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>9} {:>11} {:>11} {:>10}",
-        "limit", "input MiB", "peak RSS", "VmHWM", "RSS-limit", "max lag", "drain s", "forced", "errors kept", "incomplete"
+        "limit",
+        "input MiB",
+        "peak RSS",
+        "VmHWM",
+        "RSS-limit",
+        "max lag",
+        "drain s",
+        "forced",
+        "errors kept",
+        "incomplete"
     );
     for r in &results {
         let mib = |b: u64| b as f64 / 1048576.0;

@@ -66,7 +66,11 @@ fn buffer(messages: &[Vec<u8>], keys: &AttrKeys, one_span_traces: bool) -> Held 
         let mut spans: Vec<Span> = Vec::new();
         scan(&payload, keys, &mut spans).expect("valid");
         spans.sort_unstable_by_key(|s| s.trace_id);
-        let pin = Pin { slot: 0, epoch: 1, offset: offset as i64 };
+        let pin = Pin {
+            slot: 0,
+            epoch: 1,
+            offset: offset as i64,
+        };
         spans_n += spans.len();
         encoded += spans.iter().map(|s| s.raw.bytes.len()).sum::<usize>();
         if one_span_traces {
@@ -81,7 +85,8 @@ fn buffer(messages: &[Vec<u8>], keys: &AttrKeys, one_span_traces: bool) -> Held 
             let mut it = spans.into_iter().peekable();
             while let Some(first) = it.next() {
                 let id = first.trace_id;
-                let group = std::iter::once(first).chain(std::iter::from_fn(|| it.next_if(|s| s.trace_id == id)));
+                let group = std::iter::once(first)
+                    .chain(std::iter::from_fn(|| it.next_if(|s| s.trace_id == id)));
                 shard.insert(id, group, pin, now);
             }
         }
@@ -99,16 +104,25 @@ fn buffer(messages: &[Vec<u8>], keys: &AttrKeys, one_span_traces: bool) -> Held 
 
 fn main() {
     let mut g = Generator::new(GenConfig::default());
-    let messages: Vec<Vec<u8>> = (0..5000).flat_map(|_| g.next_trace(1_700_000_000_000_000_000).messages).collect();
+    let messages: Vec<Vec<u8>> = (0..5000)
+        .flat_map(|_| g.next_trace(1_700_000_000_000_000_000).messages)
+        .collect();
     let input: usize = messages.iter().map(Vec::len).sum();
     let keys = AttrKeys::new(["http.status_code", "http.route"]);
     let a = buffer(&messages, &keys, false);
     let b = buffer(&messages, &keys, true);
     // held - encoded = spans * per_span + traces * per_trace, for both runs.
-    let (ya, yb) = ((a.bytes - a.encoded as isize) as f64, (b.bytes - b.encoded as isize) as f64);
+    let (ya, yb) = (
+        (a.bytes - a.encoded as isize) as f64,
+        (b.bytes - b.encoded as isize) as f64,
+    );
     let per_trace = (yb - ya) / (b.traces as f64 - a.traces as f64);
     let per_span = (ya - a.traces as f64 * per_trace) / a.spans as f64;
-    println!("memory per buffered span and trace ({} messages, {:.1} MiB of input):", messages.len(), input as f64 / 1048576.0);
+    println!(
+        "memory per buffered span and trace ({} messages, {:.1} MiB of input):",
+        messages.len(),
+        input as f64 / 1048576.0
+    );
     println!(
         "  traces of 10-30 spans: {} spans in {} traces, encoded {:.0} B/span, held {:.0} B/span",
         a.spans,

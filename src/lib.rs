@@ -14,6 +14,8 @@
 //! [`telemetry`] the metrics and health endpoints; [`gen`] and [`demo`] the synthetic
 //! traffic and the zero-setup demo on the embedded broker.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod buffer;
 pub mod codec;

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,23 +16,17 @@ use tailsift::codec::TraceId;
 use tailsift::gen::{self, Truth};
 use tailsift::sink::HEADER_FORCED;
 
-/// Samples the budget every 10 ms: the highest usage seen and whether pressure was on.
-fn watch(
-    budget: tailsift::buffer::MemoryBudget,
-) -> (Arc<AtomicU64>, Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+/// Samples the budget every 10 ms and keeps the highest usage seen.
+fn watch(budget: tailsift::buffer::MemoryBudget) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let peak = Arc::new(AtomicU64::new(0));
-    let pressured = Arc::new(AtomicBool::new(false));
-    let (p, q) = (Arc::clone(&peak), Arc::clone(&pressured));
+    let p = Arc::clone(&peak);
     let task = tokio::spawn(async move {
         loop {
             p.fetch_max(budget.used(), Ordering::Relaxed);
-            if budget.pressure() {
-                q.store(true, Ordering::Relaxed);
-            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    (peak, pressured, task)
+    (peak, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +40,7 @@ async fn memory_pressure_decides_oldest_traces_early_and_keeps_every_error_trace
     let sampler = Instance::start(&cfg).await;
     sampler.wait_assigned().await;
     let budget = sampler.running.budget.clone();
-    let (peak, pressured, watcher) = watch(budget.clone());
+    let (peak, watcher) = watch(budget.clone());
     let truths = feed(&h, 3000, 0, 5, "lz4").await;
     let want: Vec<&Truth> = truths.iter().filter(|t| t.error || t.slow).collect();
     // The input is ~1.8x the budget, so roughly half of it must be decided early
@@ -63,7 +57,13 @@ async fn memory_pressure_decides_oldest_traces_early_and_keeps_every_error_trace
     })
     .await;
     assert!(early, "memory pressure did not decide traces early");
-    assert!(pressured.load(Ordering::Relaxed), "pressure never came on");
+    // Eviction starts between the watermarks, so the budget filled past the low one
+    // (pressure proper, at the high one, is only needed when eviction cannot keep up).
+    let filled = peak.load(Ordering::Relaxed) as f64 / budget.capacity() as f64;
+    assert!(
+        filled > 0.75,
+        "the budget never filled past the low watermark: {filled:.2}"
+    );
     // Stop: the traces still buffered are re-read and decided by the next instance.
     sampler.stop().await;
     watcher.abort();
