@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tailsift::buffer::{MemoryBudget, Shard, TraceLimits};
-use tailsift::codec::{scan, AttrKeys, Span, TraceId};
+use tailsift::codec::{scan, AttrMatchers, Matcher, Span, TraceId};
 use tailsift::gen::{GenConfig, Generator};
 use tailsift::source::Pin;
 use tokio::time::Instant;
@@ -54,7 +54,7 @@ struct Held {
 
 /// Buffers every message the way the source and a worker do, and returns what is
 /// held once everything is in the shard.
-fn buffer(messages: &[Vec<u8>], keys: &AttrKeys, one_span_traces: bool) -> Held {
+fn buffer(messages: &[Vec<u8>], keys: &AttrMatchers, one_span_traces: bool) -> Held {
     let budget = MemoryBudget::new(u64::MAX / 2, 0.9, 0.8);
     let now = Instant::now();
     let before = allocated();
@@ -108,7 +108,12 @@ fn main() {
         .flat_map(|_| g.next_trace(1_700_000_000_000_000_000).messages)
         .collect();
     let input: usize = messages.iter().map(Vec::len).sum();
-    let keys = AttrKeys::new(["http.status_code", "http.route"]);
+    let mut keys = AttrMatchers::default();
+    keys.add("http.status_code", Matcher::IntRange(500, 599));
+    keys.add(
+        "http.route",
+        Matcher::Exact(vec![b"/api/checkout"[..].into()]),
+    );
     let a = buffer(&messages, &keys, false);
     let b = buffer(&messages, &keys, true);
     // held - encoded = spans * per_span + traces * per_trace, for both runs.

@@ -222,3 +222,37 @@ async fn reads_input_in_every_compression_codec() {
         assert_eq!(o.distinct_spans, t.spans, "trace {} incomplete", t.trace_id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_policies_keep_exactly_the_matching_traces() {
+    let h = Harness::new(8, 2);
+    let policies = "  - {name: server-errors, type: numeric_attribute, numeric_attribute: {key: http.status_code, min_value: 500, max_value: 599}}\n  - {name: checkout, type: string_attribute, string_attribute: {key: http.route, values: ['^/api/check'], enabled_regex_matching: true}}\n";
+    let cfg = h.config(policies, "1s", Some("200ms"));
+    let out = h.collector();
+    let sampler = Instance::start(&cfg).await;
+    sampler.wait_assigned().await;
+    let truths = feed(&h, 600, 0, 31, "lz4").await;
+    // The generator marks error traces with http.status_code 500.
+    let want = |t: &gen::Truth| t.error || t.route == "/api/checkout";
+    let n = truths.iter().filter(|t| want(t)).count();
+    let ok = wait_until(Duration::from_secs(30), || out.traces().len() >= n).await;
+    out.settle(Duration::from_secs(2), Duration::from_secs(20))
+        .await;
+    sampler.stop().await;
+    let got = out.traces();
+    assert!(ok, "{} of {n} traces came out", got.len());
+    for t in &truths {
+        assert_eq!(
+            got.contains_key(&t.trace_id),
+            want(t),
+            "trace {} (error={}, route={})",
+            t.trace_id,
+            t.error,
+            t.route
+        );
+        if let Some(o) = got.get(&t.trace_id) {
+            let policy = if t.error { "server-errors" } else { "checkout" };
+            assert_eq!((o.policy.as_str(), o.distinct_spans), (policy, t.spans));
+        }
+    }
+}

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::codec::Attr;
 use crate::codec::{RawSpan, Span, TraceId};
 use crate::policy::TraceSummary;
 use crate::source::Pin;
@@ -71,7 +70,6 @@ impl TraceEntry {
         TRACE_OVERHEAD_BYTES
             + self.spans.capacity() * SPAN_OVERHEAD_BYTES
             + self.pins.capacity() * size_of::<Pin>()
-            + self.summary.attrs.capacity() * size_of::<Attr>()
     }
 }
 

@@ -12,7 +12,7 @@ fn span(trace: u8, root: bool) -> Span {
         start_ns: 0,
         end_ns: 10,
         status: StatusCode::Unset,
-        attrs: vec![],
+        hits: 0,
         raw: RawSpan {
             bytes: Bytes::from_static(&[0u8; 100]),
             frame: Arc::new(ScopeFrame::default()),

@@ -8,6 +8,7 @@
 //! those slices back into one `ExportTraceServiceRequest` per trace, with the original
 //! resource and scope framing.
 
+mod attrs;
 mod encode;
 mod scan;
 mod wire;
@@ -17,8 +18,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use attrs::{AttrMatchers, Matcher, MAX_MATCHERS};
 pub use encode::encode_trace;
-pub use scan::{scan, AttrKeys};
+pub use scan::scan;
 
 /// A W3C / OTLP trace id: 16 bytes, never all zero.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,11 +88,12 @@ pub enum StatusCode {
     Error,
 }
 
-/// The value of an attribute a policy reads. Strings stay zero-copy slices of the input.
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttrValue {
+/// The value of an attribute, as the scan hands it to a [`Matcher`]: borrowed from the
+/// input, never stored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AttrValue<'a> {
     /// `string_value`.
-    Str(Bytes),
+    Str(&'a [u8]),
     /// `int_value`.
     Int(i64),
     /// `double_value`.
@@ -98,9 +101,6 @@ pub enum AttrValue {
     /// `bool_value`.
     Bool(bool),
 }
-
-/// One attribute a policy reads: the index of its key in [`AttrKeys`] and its value.
-pub type Attr = (u16, AttrValue);
 
 /// The resource and instrumentation scope framing shared by the spans of one
 /// `ScopeSpans` block, kept encoded so kept spans are re-emitted under it unchanged.
@@ -114,8 +114,9 @@ pub struct ScopeFrame {
     pub scope: Option<Bytes>,
     /// `ScopeSpans.schema_url`.
     pub scope_schema_url: Bytes,
-    /// Resource attributes some policy reads (OTel looks at resource and span attributes).
-    pub resource_attrs: Vec<Attr>,
+    /// Bits of the attribute predicates the resource's attributes satisfy (OTel looks
+    /// at resource and span attributes).
+    pub resource_hits: u64,
 }
 
 impl ScopeFrame {
@@ -146,8 +147,8 @@ pub struct Span {
     pub end_ns: u64,
     /// `status.code`.
     pub status: StatusCode,
-    /// Span attributes some policy reads.
-    pub attrs: Vec<Attr>,
+    /// Bits of the attribute predicates the span's attributes satisfy.
+    pub hits: u64,
     /// The encoded span, what the buffer keeps.
     pub raw: RawSpan,
 }

@@ -5,51 +5,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::wire::{Reader, FIXED64, LEN, VARINT};
-use super::{Attr, AttrValue, CodecError, RawSpan, ScopeFrame, Span, StatusCode, TraceId};
-
-/// The attribute keys some configured policy reads. The scan extracts only these, so a
-/// policy set that reads no attributes pays nothing for them.
-#[derive(Debug, Default, Clone)]
-pub struct AttrKeys {
-    keys: Vec<Box<[u8]>>,
-}
-
-impl AttrKeys {
-    /// Builds the key set; duplicates are merged.
-    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(keys: I) -> Self {
-        let mut out: Vec<Box<[u8]>> = Vec::new();
-        for k in keys {
-            let k = k.as_ref().as_bytes();
-            if !out.iter().any(|e| &e[..] == k) {
-                out.push(k.into());
-            }
-        }
-        AttrKeys { keys: out }
-    }
-
-    /// The index of `key`, as stored in [`Attr`].
-    pub fn index(&self, key: &str) -> Option<u16> {
-        self.find(key.as_bytes())
-    }
-
-    fn find(&self, key: &[u8]) -> Option<u16> {
-        self.keys
-            .iter()
-            .position(|k| &k[..] == key)
-            .and_then(|i| u16::try_from(i).ok())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-}
+use super::{AttrMatchers, AttrValue, CodecError, RawSpan, ScopeFrame, Span, StatusCode, TraceId};
 
 /// Scans one OTLP `ExportTraceServiceRequest` and appends its spans to `out`.
 ///
 /// # Errors
 /// Any malformed field fails the whole payload and leaves `out` as it was: a message
 /// is either read completely or sent to the dead-letter topic, never half-read.
-pub fn scan(payload: &Bytes, keys: &AttrKeys, out: &mut Vec<Span>) -> Result<(), CodecError> {
+pub fn scan(payload: &Bytes, keys: &AttrMatchers, out: &mut Vec<Span>) -> Result<(), CodecError> {
     let before = out.len();
     let result = scan_request(payload, keys, out);
     if result.is_err() {
@@ -104,7 +67,11 @@ impl<'a> Msg<'a> {
     }
 }
 
-fn scan_request(payload: &Bytes, keys: &AttrKeys, out: &mut Vec<Span>) -> Result<(), CodecError> {
+fn scan_request(
+    payload: &Bytes,
+    keys: &AttrMatchers,
+    out: &mut Vec<Span>,
+) -> Result<(), CodecError> {
     let request = Msg {
         payload,
         base: 0,
@@ -116,19 +83,22 @@ fn scan_request(payload: &Bytes, keys: &AttrKeys, out: &mut Vec<Span>) -> Result
 
 fn scan_resource_spans(
     rs: Msg<'_>,
-    keys: &AttrKeys,
+    keys: &AttrMatchers,
     out: &mut Vec<Span>,
 ) -> Result<(), CodecError> {
     // Pass 1: the resource (1) and schema url (3) may come after the scope spans.
     let mut resource = None;
     let mut schema_url = Bytes::new();
-    let mut resource_attrs = Vec::new();
+    let mut resource_hits = 0u64;
     rs.each(&[1, 3], |field, m| {
         if field == 1 {
             resource = Some(m.bytes());
             if !keys.is_empty() {
                 // Resource.attributes = 1
-                m.each(&[1], |_, kv| scan_key_value(kv, keys, &mut resource_attrs))?;
+                m.each(&[1], |_, kv| {
+                    resource_hits |= scan_key_value(kv, keys)?;
+                    Ok(())
+                })?;
             }
         } else {
             schema_url = m.bytes();
@@ -142,7 +112,7 @@ fn scan_resource_spans(
             resource_schema_url: schema_url.clone(),
             scope: None,
             scope_schema_url: Bytes::new(),
-            resource_attrs: resource_attrs.clone(),
+            resource_hits,
         };
         scan_scope_spans(ss, frame, keys, out)
     })
@@ -151,7 +121,7 @@ fn scan_resource_spans(
 fn scan_scope_spans(
     ss: Msg<'_>,
     mut frame: ScopeFrame,
-    keys: &AttrKeys,
+    keys: &AttrMatchers,
     out: &mut Vec<Span>,
 ) -> Result<(), CodecError> {
     // ScopeSpans: scope = 1, spans = 2, schema_url = 3.
@@ -170,13 +140,17 @@ fn scan_scope_spans(
     })
 }
 
-fn scan_span(span: Msg<'_>, frame: &Arc<ScopeFrame>, keys: &AttrKeys) -> Result<Span, CodecError> {
+fn scan_span(
+    span: Msg<'_>,
+    frame: &Arc<ScopeFrame>,
+    keys: &AttrMatchers,
+) -> Result<Span, CodecError> {
     let mut trace_id: Option<&[u8]> = None;
     let mut is_root = true;
     let mut start_ns = 0;
     let mut end_ns = 0;
     let mut status = StatusCode::Unset;
-    let mut attrs = Vec::new();
+    let mut hits = 0u64;
     let mut r = Reader::new(span.body, span.base);
     while !r.at_end() {
         let (field, wt) = r.key()?;
@@ -191,7 +165,7 @@ fn scan_span(span: Msg<'_>, frame: &Arc<ScopeFrame>, keys: &AttrKeys) -> Result<
                 r.expect(wt, FIXED64)?;
                 end_ns = r.fixed64()?;
             }
-            9 if !keys.is_empty() => scan_key_value(span.len_field(&mut r, wt)?, keys, &mut attrs)?,
+            9 if !keys.is_empty() => hits |= scan_key_value(span.len_field(&mut r, wt)?, keys)?,
             15 => status = scan_status(span.len_field(&mut r, wt)?)?,
             _ => r.skip(wt)?,
         }
@@ -214,7 +188,7 @@ fn scan_span(span: Msg<'_>, frame: &Arc<ScopeFrame>, keys: &AttrKeys) -> Result<
         start_ns,
         end_ns,
         status,
-        attrs,
+        hits,
         raw: RawSpan {
             bytes: span.bytes(),
             frame: Arc::clone(frame),
@@ -240,7 +214,8 @@ fn scan_status(status: Msg<'_>) -> Result<StatusCode, CodecError> {
     Ok(code)
 }
 
-fn scan_key_value(kv: Msg<'_>, keys: &AttrKeys, attrs: &mut Vec<Attr>) -> Result<(), CodecError> {
+/// Tests one `KeyValue` against the predicates on its key; returns the bits it hits.
+fn scan_key_value(kv: Msg<'_>, keys: &AttrMatchers) -> Result<u64, CodecError> {
     // KeyValue: key = 1, value = 2.
     let mut key: Option<&[u8]> = None;
     let mut value: Option<Msg<'_>> = None;
@@ -253,25 +228,28 @@ fn scan_key_value(kv: Msg<'_>, keys: &AttrKeys, attrs: &mut Vec<Attr>) -> Result
         Ok(())
     })?;
     let (Some(key), Some(value)) = (key, value) else {
-        return Ok(());
+        return Ok(0);
     };
-    let Some(idx) = keys.find(key) else {
-        return Ok(());
+    let Some(matchers) = keys.for_key(key) else {
+        return Ok(0);
     };
-    if let Some(v) = scan_any_value(value)? {
-        attrs.push((idx, v));
-    }
-    Ok(())
+    let Some(v) = scan_any_value(&value)? else {
+        return Ok(0);
+    };
+    Ok(matchers
+        .iter()
+        .filter(|(_, m)| m.matches(&v))
+        .fold(0, |hits, (bit, _)| hits | 1 << bit))
 }
 
-fn scan_any_value(v: Msg<'_>) -> Result<Option<AttrValue>, CodecError> {
+fn scan_any_value<'a>(v: &Msg<'a>) -> Result<Option<AttrValue<'a>>, CodecError> {
     // AnyValue: string = 1, bool = 2, int = 3, double = 4; others are not compared.
     let mut out = None;
     let mut r = Reader::new(v.body, v.base);
     while !r.at_end() {
         let (field, wt) = r.key()?;
         match (field, wt) {
-            (1, LEN) => out = Some(AttrValue::Str(v.len_field(&mut r, wt)?.bytes())),
+            (1, LEN) => out = Some(AttrValue::Str(v.len_field(&mut r, wt)?.body)),
             (2, VARINT) => out = Some(AttrValue::Bool(r.varint()? != 0)),
             (3, VARINT) => out = Some(AttrValue::Int(r.varint()? as i64)),
             (4, FIXED64) => out = Some(AttrValue::Double(f64::from_bits(r.fixed64()?))),

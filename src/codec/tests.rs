@@ -83,8 +83,13 @@ fn request() -> ExportTraceServiceRequest {
     }
 }
 
-fn keys() -> AttrKeys {
-    AttrKeys::new(["http.route", "http.status_code", "service.name"])
+/// Predicates: bit 0 route is /checkout, bit 1 status code 5xx, bit 2 service backend.
+fn keys() -> AttrMatchers {
+    let mut m = AttrMatchers::default();
+    m.add("http.route", Matcher::Exact(vec![b"/checkout"[..].into()]));
+    m.add("http.status_code", Matcher::IntRange(500, 599));
+    m.add("service.name", Matcher::Exact(vec![b"backend"[..].into()]));
+    m
 }
 
 #[test]
@@ -99,18 +104,18 @@ fn scan_extracts_what_policies_need() {
     assert_eq!(spans[2].status, StatusCode::Error);
     assert_eq!(spans[1].status, StatusCode::Ok);
     assert_eq!((spans[0].start_ns, spans[0].end_ns), (1_001, 5_001));
-    let route = keys().index("http.route").unwrap_or(u16::MAX);
-    let code = keys().index("http.status_code").unwrap_or(u16::MAX);
-    assert!(spans[0]
-        .attrs
-        .contains(&(route, AttrValue::Str(Bytes::from_static(b"/checkout")))));
-    assert!(spans[0].attrs.contains(&(code, AttrValue::Int(503))));
-    assert_eq!(spans[0].attrs.len(), 2, "unread keys are not extracted");
-    let svc = keys().index("service.name").unwrap_or(u16::MAX);
+    assert_eq!(spans[0].hits, 0b011, "route and status code predicates hit");
     assert_eq!(
-        spans[2].raw.frame.resource_attrs,
-        vec![(svc, AttrValue::Str(Bytes::from_static(b"backend")))]
+        spans[0].raw.frame.resource_hits, 0,
+        "frontend is not backend"
     );
+    assert_eq!(
+        spans[2].raw.frame.resource_hits, 0b100,
+        "resource attributes are tested too"
+    );
+    let mut none = Vec::new();
+    scan(&payload, &AttrMatchers::default(), &mut none).expect("valid payload");
+    assert!(none.iter().all(|s| s.hits == 0));
 }
 
 #[test]
@@ -118,7 +123,7 @@ fn encode_round_trips_through_prost() {
     let req = request();
     let payload = Bytes::from(req.encode_to_vec());
     let mut spans = Vec::new();
-    scan(&payload, &AttrKeys::default(), &mut spans).expect("valid payload");
+    scan(&payload, &AttrMatchers::default(), &mut spans).expect("valid payload");
     let trace1: Vec<RawSpan> = spans
         .iter()
         .filter(|s| s.trace_id == TraceId([1; 16]))
@@ -155,7 +160,7 @@ fn spans_from_separate_messages_share_framing() {
     let mut spans = Vec::new();
     for _ in 0..2 {
         let payload = Bytes::from(req.encode_to_vec());
-        scan(&payload, &AttrKeys::default(), &mut spans).expect("valid payload");
+        scan(&payload, &AttrMatchers::default(), &mut spans).expect("valid payload");
     }
     let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
     let out = encode_trace(&raw, 1 << 20);
@@ -171,7 +176,7 @@ fn oversized_trace_splits_into_valid_messages() {
     let mut spans = Vec::new();
     for _ in 0..50 {
         let payload = Bytes::from(req.encode_to_vec());
-        scan(&payload, &AttrKeys::default(), &mut spans).expect("valid payload");
+        scan(&payload, &AttrMatchers::default(), &mut spans).expect("valid payload");
     }
     let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
     let out = encode_trace(&raw, 2_000);

@@ -145,6 +145,22 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
             "at least one policy (e.g. `- {name: everything, type: always_sample}`)",
         ));
     }
+    let attribute_policies = policies
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.kind,
+                PolicyType::StringAttribute | PolicyType::NumericAttribute
+            )
+        })
+        .count();
+    if attribute_policies > crate::codec::MAX_MATCHERS {
+        return Err(ConfigError::invalid(
+            "policies",
+            format!("{attribute_policies} string_attribute/numeric_attribute policies"),
+            format!("at most {}", crate::codec::MAX_MATCHERS),
+        ));
+    }
     for (i, p) in policies.iter().enumerate() {
         let at = format!("policies[{i}]");
         if p.name.trim().is_empty() {

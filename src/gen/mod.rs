@@ -82,6 +82,8 @@ pub struct Truth {
     pub slow: bool,
     /// Root span duration.
     pub root_ms: u64,
+    /// The `http.route` attribute of its spans.
+    pub route: &'static str,
 }
 
 /// One generated trace: its truth and its messages (one per service).
@@ -230,6 +232,7 @@ impl Generator {
                 error,
                 slow,
                 root_ms,
+                route,
             },
             messages,
         }

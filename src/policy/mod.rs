@@ -16,7 +16,7 @@ mod summary;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::codec::AttrKeys;
+use crate::codec::AttrMatchers;
 use crate::config::{PolicyConfig, PolicyType};
 
 pub use always_sample::AlwaysSample;
@@ -67,8 +67,8 @@ pub enum PolicyError {
         /// Compile error.
         source: regex::Error,
     },
-    /// More policies or distinct attribute keys than can be indexed.
-    #[error("too many policies or distinct attribute keys (at most 65534)")]
+    /// More policies, or attribute policies, than can be indexed.
+    #[error("too many policies (at most 65534, of which at most 64 attribute policies)")]
     TooMany,
 }
 
@@ -87,8 +87,8 @@ pub struct NamedPolicy {
 pub struct PolicySet {
     /// Policies in config order.
     pub policies: Vec<NamedPolicy>,
-    /// Attribute keys read by any policy.
-    pub keys: AttrKeys,
+    /// The attribute predicates of the attribute policies, tested by the codec.
+    pub keys: AttrMatchers,
 }
 
 impl PolicySet {
@@ -97,24 +97,13 @@ impl PolicySet {
     /// # Errors
     /// [`PolicyError`] if a block is missing or a regex does not compile.
     pub fn build(configs: &[PolicyConfig]) -> Result<PolicySet, PolicyError> {
-        let key_names: Vec<&str> = configs
-            .iter()
-            .filter_map(|c| match c.kind {
-                PolicyType::StringAttribute => c.string_attribute.as_ref().map(|s| s.key.as_str()),
-                PolicyType::NumericAttribute => {
-                    c.numeric_attribute.as_ref().map(|s| s.key.as_str())
-                }
-                _ => None,
-            })
-            .collect();
-        if key_names.len() > usize::from(u16::MAX) || configs.len() >= usize::from(u16::MAX) {
+        if configs.len() >= usize::from(u16::MAX) {
             return Err(PolicyError::TooMany);
         }
-        let keys = AttrKeys::new(&key_names);
+        let mut keys = AttrMatchers::default();
         let mut policies = Vec::with_capacity(configs.len());
         for c in configs {
             let missing = || PolicyError::MissingBlock(c.name.clone());
-            let key = |k: &str| keys.index(k).ok_or_else(missing);
             let policy: Box<dyn Policy> = match c.kind {
                 PolicyType::AlwaysSample => Box::new(AlwaysSample),
                 PolicyType::Latency => {
@@ -128,16 +117,20 @@ impl PolicySet {
                 )),
                 PolicyType::StringAttribute => {
                     let s = c.string_attribute.as_ref().ok_or_else(missing)?;
-                    Box::new(StringAttribute::new(key(&s.key)?, s).map_err(|source| {
-                        PolicyError::Regex {
+                    let matcher =
+                        StringAttribute::matcher(s).map_err(|source| PolicyError::Regex {
                             name: c.name.clone(),
                             source,
-                        }
-                    })?)
+                        })?;
+                    let bit = keys.add(&s.key, matcher).ok_or(PolicyError::TooMany)?;
+                    Box::new(StringAttribute::new(bit, s))
                 }
                 PolicyType::NumericAttribute => {
                     let s = c.numeric_attribute.as_ref().ok_or_else(missing)?;
-                    Box::new(NumericAttribute::new(key(&s.key)?, s))
+                    let bit = keys
+                        .add(&s.key, NumericAttribute::matcher(s))
+                        .ok_or(PolicyError::TooMany)?;
+                    Box::new(NumericAttribute::new(bit, s))
                 }
             };
             policies.push(NamedPolicy {

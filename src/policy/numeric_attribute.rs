@@ -1,27 +1,32 @@
 //! `numeric_attribute`: keeps traces with an integer attribute inside a range.
 
 use super::{Decision, Policy, TraceSummary};
-use crate::codec::AttrValue;
+use crate::codec::Matcher;
 use crate::config::NumericAttributeConfig;
 
 /// Votes to keep traces where a span or its resource has the integer attribute within
 /// `[min, max]`; inverted: where none does. As in OTel, only `int_value` attributes
-/// are compared (a double or string value never matches).
+/// are compared (a double or string value never matches). The values are tested while
+/// scanning (see [`NumericAttribute::matcher`]); the policy reads the resulting bit.
 #[derive(Debug)]
 pub struct NumericAttribute {
-    key: u16,
-    min: i64,
-    max: i64,
+    bit: u8,
     invert: bool,
 }
 
 impl NumericAttribute {
-    /// From a validated config block; `key` is the codec index of `c.key`.
-    pub fn new(key: u16, c: &NumericAttributeConfig) -> Self {
+    /// The predicate the codec tests on the attribute's values.
+    pub fn matcher(c: &NumericAttributeConfig) -> Matcher {
+        Matcher::IntRange(
+            c.min_value.unwrap_or(i64::MIN),
+            c.max_value.unwrap_or(i64::MAX),
+        )
+    }
+
+    /// The policy reading predicate `bit`.
+    pub fn new(bit: u8, c: &NumericAttributeConfig) -> Self {
         NumericAttribute {
-            key,
-            min: c.min_value.unwrap_or(i64::MIN),
-            max: c.max_value.unwrap_or(i64::MAX),
+            bit,
             invert: c.invert_match,
         }
     }
@@ -29,72 +34,55 @@ impl NumericAttribute {
 
 impl Policy for NumericAttribute {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
-        let hit = t
-            .attr_values(self.key)
-            .any(|v| matches!(v, AttrValue::Int(i) if (self.min..=self.max).contains(i)));
-        Decision::sampled_if(hit != self.invert)
+        Decision::sampled_if(t.attr_hit(self.bit) != self.invert)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::TraceId;
+    use crate::codec::{AttrValue, TraceId};
 
-    fn trace(values: &[AttrValue]) -> TraceSummary {
-        let mut t = TraceSummary::new(TraceId([1; 16]));
-        t.attrs = values.iter().map(|v| (0, v.clone())).collect();
-        t
+    fn config(min: Option<i64>, max: Option<i64>, invert: bool) -> NumericAttributeConfig {
+        NumericAttributeConfig {
+            key: "http.status_code".into(),
+            min_value: min,
+            max_value: max,
+            invert_match: invert,
+        }
     }
 
-    fn policy(min: Option<i64>, max: Option<i64>, invert: bool) -> NumericAttribute {
-        NumericAttribute::new(
-            0,
-            &NumericAttributeConfig {
-                key: "http.status_code".into(),
-                min_value: min,
-                max_value: max,
-                invert_match: invert,
-            },
-        )
+    /// The vote on a trace whose values of the key are `values`.
+    fn vote(c: &NumericAttributeConfig, values: &[AttrValue<'_>]) -> Decision {
+        let matcher = NumericAttribute::matcher(c);
+        let mut t = TraceSummary::new(TraceId([1; 16]));
+        if values.iter().any(|v| matcher.matches(v)) {
+            t.attr_hits |= 1;
+        }
+        NumericAttribute::new(0, c).evaluate(&t)
     }
 
     #[test]
     fn inclusive_range_on_int_values_only() {
-        let p = policy(Some(500), Some(599), false);
+        let c = config(Some(500), Some(599), false);
         assert_eq!(
-            p.evaluate(&trace(&[AttrValue::Int(200), AttrValue::Int(500)])),
+            vote(&c, &[AttrValue::Int(200), AttrValue::Int(500)]),
             Decision::Sampled
         );
-        assert_eq!(
-            p.evaluate(&trace(&[AttrValue::Int(599)])),
-            Decision::Sampled
-        );
-        assert_eq!(
-            p.evaluate(&trace(&[AttrValue::Int(600)])),
-            Decision::NotSampled
-        );
-        assert_eq!(
-            p.evaluate(&trace(&[AttrValue::Double(550.0)])),
-            Decision::NotSampled
-        );
-        assert_eq!(p.evaluate(&trace(&[])), Decision::NotSampled);
+        assert_eq!(vote(&c, &[AttrValue::Int(599)]), Decision::Sampled);
+        assert_eq!(vote(&c, &[AttrValue::Int(600)]), Decision::NotSampled);
+        assert_eq!(vote(&c, &[AttrValue::Double(550.0)]), Decision::NotSampled);
+        assert_eq!(vote(&c, &[]), Decision::NotSampled);
     }
 
     #[test]
     fn open_bounds_and_invert() {
         assert_eq!(
-            policy(Some(400), None, false).evaluate(&trace(&[AttrValue::Int(i64::MAX)])),
+            vote(&config(Some(400), None, false), &[AttrValue::Int(i64::MAX)]),
             Decision::Sampled
         );
-        let inv = policy(Some(500), Some(599), true);
-        assert_eq!(
-            inv.evaluate(&trace(&[AttrValue::Int(503)])),
-            Decision::NotSampled
-        );
-        assert_eq!(
-            inv.evaluate(&trace(&[AttrValue::Int(200)])),
-            Decision::Sampled
-        );
+        let inv = config(Some(500), Some(599), true);
+        assert_eq!(vote(&inv, &[AttrValue::Int(503)]), Decision::NotSampled);
+        assert_eq!(vote(&inv, &[AttrValue::Int(200)]), Decision::Sampled);
     }
 }

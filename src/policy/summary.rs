@@ -1,10 +1,6 @@
 //! What the buffer knows about a trace and policies read.
 
-use crate::codec::{Attr, AttrValue, Span, StatusCode, TraceId};
-
-/// Distinct attribute values are de-duplicated up to this many per trace; beyond it
-/// they are appended as seen, so one huge trace costs linear, not quadratic, time.
-const ATTR_DEDUP_LIMIT: usize = 64;
+use crate::codec::{Span, StatusCode, TraceId};
 
 /// The running summary of a trace's spans: everything the policies evaluate.
 #[derive(Debug, Clone)]
@@ -27,8 +23,9 @@ pub struct TraceSummary {
     pub ok_spans: u32,
     /// Spans with status UNSET.
     pub unset_spans: u32,
-    /// Attribute values (span and resource) of the keys some policy reads.
-    pub attrs: Vec<Attr>,
+    /// Bits of the attribute predicates (see `codec::AttrMatchers`) that some span or
+    /// its resource satisfied.
+    pub attr_hits: u64,
 }
 
 impl TraceSummary {
@@ -44,7 +41,7 @@ impl TraceSummary {
             error_spans: 0,
             ok_spans: 0,
             unset_spans: 0,
-            attrs: Vec::new(),
+            attr_hits: 0,
         }
     }
 
@@ -62,11 +59,7 @@ impl TraceSummary {
             StatusCode::Ok => self.ok_spans += 1,
             StatusCode::Unset => self.unset_spans += 1,
         }
-        for a in span.attrs.iter().chain(&span.raw.frame.resource_attrs) {
-            if self.attrs.len() >= ATTR_DEDUP_LIMIT || !self.attrs.contains(a) {
-                self.attrs.push(a.clone());
-            }
-        }
+        self.attr_hits |= span.hits | span.raw.frame.resource_hits;
     }
 
     /// The trace's duration as latency policies see it: the root span's own duration
@@ -79,11 +72,8 @@ impl TraceSummary {
         }
     }
 
-    /// Values of the attribute with key index `key`, from spans and resources.
-    pub fn attr_values(&self, key: u16) -> impl Iterator<Item = &AttrValue> {
-        self.attrs
-            .iter()
-            .filter(move |(k, _)| *k == key)
-            .map(|(_, v)| v)
+    /// Whether some span or resource satisfied the attribute predicate `bit`.
+    pub fn attr_hit(&self, bit: u8) -> bool {
+        self.attr_hits & (1u64 << bit) != 0
     }
 }

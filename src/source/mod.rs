@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::buffer::MemoryBudget;
-use crate::codec::{scan, AttrKeys, Span};
+use crate::codec::{scan, AttrMatchers, Span};
 use crate::config::{KafkaConfig, MemorySplit};
 use crate::decide::ShardMsg;
 use crate::shutdown::Shutdown;
@@ -73,7 +73,7 @@ pub enum SourceError {
 pub struct Source {
     consumer: StreamConsumer<SourceContext>,
     tracker: Arc<Mutex<OffsetTracker>>,
-    keys: AttrKeys,
+    keys: AttrMatchers,
     shards: Vec<mpsc::Sender<ShardMsg>>,
     sink: Option<mpsc::Sender<SinkMsg>>,
     releases: mpsc::UnboundedReceiver<Vec<Pin>>,
@@ -102,7 +102,7 @@ impl Source {
         memory: &MemorySplit,
         budget: MemoryBudget,
         health: Arc<Health>,
-        keys: AttrKeys,
+        keys: AttrMatchers,
         out: Outputs,
     ) -> Result<Self, SourceError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
