@@ -72,7 +72,7 @@ fn buffer(messages: &[Vec<u8>], keys: &AttrMatchers, one_span_traces: bool) -> H
             offset: offset as i64,
         };
         spans_n += spans.len();
-        encoded += spans.iter().map(|s| s.raw.bytes.len()).sum::<usize>();
+        encoded += spans.iter().map(|s| s.raw.len()).sum::<usize>();
         if one_span_traces {
             for s in spans {
                 next_id += 1;

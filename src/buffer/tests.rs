@@ -13,10 +13,12 @@ fn span(trace: u8, root: bool) -> Span {
         end_ns: 10,
         status: StatusCode::Unset,
         hits: 0,
-        raw: RawSpan {
-            bytes: Bytes::from_static(&[0u8; 100]),
-            frame: Arc::new(ScopeFrame::default()),
-        },
+        raw: RawSpan::new(
+            Arc::new(ScopeFrame::new(Bytes::from_static(&[0u8; 100]))),
+            0,
+            100,
+        )
+        .expect("in range"),
     }
 }
 

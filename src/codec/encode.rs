@@ -29,7 +29,7 @@ pub fn encode_trace(spans: &[RawSpan], max_bytes: usize) -> Vec<Vec<u8>> {
     let mut start = 0;
     let mut acc = 0;
     for (i, s) in spans.iter().enumerate() {
-        let size = len_field_size(s.bytes.len());
+        let size = len_field_size(s.len());
         if acc + size > budget && i > start {
             payloads.push(encode_chunk(&spans[start..i]));
             start = i;
@@ -48,10 +48,10 @@ fn encode_chunk(spans: &[RawSpan]) -> Vec<u8> {
 /// Bytes of framing one scope adds around its spans: the resource and scope fields,
 /// schema urls and the nested length prefixes.
 fn frame_overhead(f: &ScopeFrame) -> usize {
-    f.resource.as_ref().map_or(0, |r| len_field_size(r.len()))
-        + f.scope.as_ref().map_or(0, |s| len_field_size(s.len()))
-        + opt_len(&f.resource_schema_url)
-        + opt_len(&f.scope_schema_url)
+    f.resource().map_or(0, |r| len_field_size(r.len()))
+        + f.scope().map_or(0, |s| len_field_size(s.len()))
+        + opt_len(f.resource_schema_url())
+        + opt_len(f.scope_schema_url())
         + 24
 }
 
@@ -108,37 +108,29 @@ impl<'a> Layout<'a> {
             };
             let scopes = &mut resources[ri].scopes;
             match scopes.iter_mut().find(|g| g.frame.same_scope(frame)) {
-                Some(g) => g.spans.push(&s.bytes),
+                Some(g) => g.spans.push(s.bytes()),
                 None => scopes.push(ScopeGroup {
                     frame,
-                    spans: vec![&s.bytes],
+                    spans: vec![s.bytes()],
                     body_len: 0,
                 }),
             }
         }
         for r in &mut resources {
             for g in &mut r.scopes {
-                g.body_len = g
-                    .frame
-                    .scope
-                    .as_ref()
-                    .map_or(0, |s| len_field_size(s.len()))
+                g.body_len = g.frame.scope().map_or(0, |s| len_field_size(s.len()))
                     + g.spans
                         .iter()
                         .map(|s| len_field_size(s.len()))
                         .sum::<usize>()
-                    + opt_len(&g.frame.scope_schema_url);
+                    + opt_len(g.frame.scope_schema_url());
             }
-            r.body_len = r
-                .frame
-                .resource
-                .as_ref()
-                .map_or(0, |x| len_field_size(x.len()))
+            r.body_len = r.frame.resource().map_or(0, |x| len_field_size(x.len()))
                 + r.scopes
                     .iter()
                     .map(|g| len_field_size(g.body_len))
                     .sum::<usize>()
-                + opt_len(&r.frame.resource_schema_url);
+                + opt_len(r.frame.resource_schema_url());
         }
         Layout { resources }
     }
@@ -162,23 +154,23 @@ impl Layout<'_> {
         for r in &self.resources {
             // ExportTraceServiceRequest.resource_spans = 1
             put_len_header(out, 1, r.body_len);
-            if let Some(res) = &r.frame.resource {
+            if let Some(res) = r.frame.resource() {
                 put_len_field(out, 1, res); // ResourceSpans.resource = 1
             }
             for g in &r.scopes {
                 put_len_header(out, 2, g.body_len); // ResourceSpans.scope_spans = 2
-                if let Some(scope) = &g.frame.scope {
+                if let Some(scope) = g.frame.scope() {
                     put_len_field(out, 1, scope); // ScopeSpans.scope = 1
                 }
                 for span in &g.spans {
                     put_len_field(out, 2, span); // ScopeSpans.spans = 2
                 }
-                if !g.frame.scope_schema_url.is_empty() {
-                    put_len_field(out, 3, &g.frame.scope_schema_url); // ScopeSpans.schema_url = 3
+                if !g.frame.scope_schema_url().is_empty() {
+                    put_len_field(out, 3, g.frame.scope_schema_url()); // ScopeSpans.schema_url = 3
                 }
             }
-            if !r.frame.resource_schema_url.is_empty() {
-                put_len_field(out, 3, &r.frame.resource_schema_url); // ResourceSpans.schema_url = 3
+            if !r.frame.resource_schema_url().is_empty() {
+                put_len_field(out, 3, r.frame.resource_schema_url()); // ResourceSpans.schema_url = 3
             }
         }
     }

@@ -102,35 +102,105 @@ pub enum AttrValue<'a> {
     Bool(bool),
 }
 
+/// Where a field lies in the input payload. 8 bytes instead of a 32-byte `Bytes`:
+/// a buffered span is a range into its message, which its frame keeps alive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ByteRange {
+    start: u32,
+    len: u32,
+}
+
+impl ByteRange {
+    /// `None` when the range does not fit in `u32` (payloads are checked to be
+    /// smaller before scanning, so this does not happen).
+    pub(crate) fn new(start: usize, len: usize) -> Option<Self> {
+        Some(ByteRange {
+            start: u32::try_from(start).ok()?,
+            len: u32::try_from(len).ok()?,
+        })
+    }
+}
+
 /// The resource and instrumentation scope framing shared by the spans of one
-/// `ScopeSpans` block, kept encoded so kept spans are re-emitted under it unchanged.
-#[derive(Debug, Default, PartialEq)]
+/// `ScopeSpans` block, kept encoded (as ranges of the input message, which it keeps
+/// alive) so kept spans are re-emitted under it unchanged.
+#[derive(Debug, Default)]
 pub struct ScopeFrame {
-    /// Encoded `Resource` message body, `None` when the field was absent.
-    pub resource: Option<Bytes>,
-    /// `ResourceSpans.schema_url`.
-    pub resource_schema_url: Bytes,
-    /// Encoded `InstrumentationScope` body, `None` when absent.
-    pub scope: Option<Bytes>,
-    /// `ScopeSpans.schema_url`.
-    pub scope_schema_url: Bytes,
+    payload: Bytes,
+    resource: Option<ByteRange>,
+    resource_schema_url: ByteRange,
+    scope: Option<ByteRange>,
+    scope_schema_url: ByteRange,
     /// Bits of the attribute predicates the resource's attributes satisfy (OTel looks
     /// at resource and span attributes).
     pub resource_hits: u64,
 }
 
 impl ScopeFrame {
+    /// A frame over `payload` with no resource and no scope (spans built by hand).
+    pub fn new(payload: Bytes) -> Self {
+        ScopeFrame {
+            payload,
+            ..ScopeFrame::default()
+        }
+    }
+
+    pub(crate) fn with_ranges(
+        payload: Bytes,
+        resource: Option<ByteRange>,
+        resource_schema_url: ByteRange,
+        scope: Option<ByteRange>,
+        scope_schema_url: ByteRange,
+        resource_hits: u64,
+    ) -> Self {
+        ScopeFrame {
+            payload,
+            resource,
+            resource_schema_url,
+            scope,
+            scope_schema_url,
+            resource_hits,
+        }
+    }
+
+    fn get(&self, r: ByteRange) -> &[u8] {
+        let start = r.start as usize;
+        self.payload
+            .get(start..start + r.len as usize)
+            .unwrap_or_default()
+    }
+
+    /// Encoded `Resource` message body, `None` when the field was absent.
+    pub fn resource(&self) -> Option<&[u8]> {
+        self.resource.map(|r| self.get(r))
+    }
+
+    /// `ResourceSpans.schema_url`.
+    pub fn resource_schema_url(&self) -> &[u8] {
+        self.get(self.resource_schema_url)
+    }
+
+    /// Encoded `InstrumentationScope` body, `None` when absent.
+    pub fn scope(&self) -> Option<&[u8]> {
+        self.scope.map(|r| self.get(r))
+    }
+
+    /// `ScopeSpans.schema_url`.
+    pub fn scope_schema_url(&self) -> &[u8] {
+        self.get(self.scope_schema_url)
+    }
     /// Whether two frames encode the same resource (so their spans can share one
     /// `ResourceSpans` in the output).
     pub fn same_resource(&self, other: &ScopeFrame) -> bool {
-        self.resource == other.resource && self.resource_schema_url == other.resource_schema_url
+        self.resource() == other.resource()
+            && self.resource_schema_url() == other.resource_schema_url()
     }
 
     /// Whether two frames encode the same resource and scope.
     pub fn same_scope(&self, other: &ScopeFrame) -> bool {
         self.same_resource(other)
-            && self.scope == other.scope
-            && self.scope_schema_url == other.scope_schema_url
+            && self.scope() == other.scope()
+            && self.scope_schema_url() == other.scope_schema_url()
     }
 }
 
@@ -153,13 +223,44 @@ pub struct Span {
     pub raw: RawSpan,
 }
 
-/// A span as the buffer keeps it: its encoded bytes and the framing to re-emit it under.
+/// A span as the buffer keeps it: where its encoded bytes lie in the input message,
+/// and the framing to re-emit it under (16 bytes).
 #[derive(Debug, Clone)]
 pub struct RawSpan {
-    /// The span's encoded `Span` message body, a slice of the input payload.
-    pub bytes: Bytes,
+    frame: Arc<ScopeFrame>,
+    range: ByteRange,
+}
+
+impl RawSpan {
+    /// The span at `start..start + len` of its frame's payload; `None` if that is out
+    /// of the payload.
+    pub fn new(frame: Arc<ScopeFrame>, start: usize, len: usize) -> Option<Self> {
+        (start.checked_add(len)? <= frame.payload.len()).then_some(())?;
+        Some(RawSpan {
+            range: ByteRange::new(start, len)?,
+            frame,
+        })
+    }
+
+    /// The span's encoded `Span` message body.
+    pub fn bytes(&self) -> &[u8] {
+        self.frame.get(self.range)
+    }
+
+    /// Its encoded size.
+    pub fn len(&self) -> usize {
+        self.range.len as usize
+    }
+
+    /// Whether the encoded span is empty (a span with every field at its default).
+    pub fn is_empty(&self) -> bool {
+        self.range.len == 0
+    }
+
     /// The resource and scope this span was sent under.
-    pub frame: Arc<ScopeFrame>,
+    pub fn frame(&self) -> &ScopeFrame {
+        &self.frame
+    }
 }
 
 /// Why a payload could not be read. Carried to the dead-letter topic as its reason.
@@ -176,6 +277,9 @@ pub enum CodecError {
         /// What was wrong.
         what: &'static str,
     },
+    /// The payload is larger than 4 GiB (Kafka's own limit is 2 GiB).
+    #[error("payload of {0} bytes is too large")]
+    TooLarge(usize),
     /// A span's trace id is not 16 bytes or is all zero.
     #[error("span has an invalid trace id ({len} bytes)")]
     BadTraceId {
@@ -191,6 +295,7 @@ impl CodecError {
             CodecError::Truncated(_) => "truncated",
             CodecError::Invalid { .. } => "invalid_protobuf",
             CodecError::BadTraceId { .. } => "bad_trace_id",
+            CodecError::TooLarge(_) => "too_large",
         }
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::wire::{Reader, FIXED64, LEN, VARINT};
-use super::{AttrMatchers, AttrValue, CodecError, RawSpan, ScopeFrame, Span, StatusCode, TraceId};
+use super::{
+    AttrMatchers, AttrValue, ByteRange, CodecError, RawSpan, ScopeFrame, Span, StatusCode, TraceId,
+};
 
 /// Scans one OTLP `ExportTraceServiceRequest` and appends its spans to `out`.
 ///
@@ -13,6 +15,9 @@ use super::{AttrMatchers, AttrValue, CodecError, RawSpan, ScopeFrame, Span, Stat
 /// Any malformed field fails the whole payload and leaves `out` as it was: a message
 /// is either read completely or sent to the dead-letter topic, never half-read.
 pub fn scan(payload: &Bytes, keys: &AttrMatchers, out: &mut Vec<Span>) -> Result<(), CodecError> {
+    if u32::try_from(payload.len()).is_err() {
+        return Err(CodecError::TooLarge(payload.len()));
+    }
     let before = out.len();
     let result = scan_request(payload, keys, out);
     if result.is_err() {
@@ -32,8 +37,9 @@ struct Msg<'a> {
 
 impl<'a> Msg<'a> {
     /// The message's bytes as a zero-copy slice of the payload.
-    fn bytes(&self) -> Bytes {
-        self.payload.slice(self.base..self.base + self.body.len())
+    /// Where the message lies in the payload (which is under 4 GiB, checked by `scan`).
+    fn range(&self) -> ByteRange {
+        ByteRange::new(self.base, self.body.len()).unwrap_or_default()
     }
 
     /// Calls `f(field, sub)` for every length-delimited field numbered in `wanted`;
@@ -88,11 +94,11 @@ fn scan_resource_spans(
 ) -> Result<(), CodecError> {
     // Pass 1: the resource (1) and schema url (3) may come after the scope spans.
     let mut resource = None;
-    let mut schema_url = Bytes::new();
+    let mut schema_url = ByteRange::default();
     let mut resource_hits = 0u64;
     rs.each(&[1, 3], |field, m| {
         if field == 1 {
-            resource = Some(m.bytes());
+            resource = Some(m.range());
             if !keys.is_empty() {
                 // Resource.attributes = 1
                 m.each(&[1], |_, kv| {
@@ -101,42 +107,35 @@ fn scan_resource_spans(
                 })?;
             }
         } else {
-            schema_url = m.bytes();
+            schema_url = m.range();
         }
         Ok(())
     })?;
     // Pass 2: the scope spans (2).
     rs.each(&[2], |_, ss| {
-        let frame = ScopeFrame {
-            resource: resource.clone(),
-            resource_schema_url: schema_url.clone(),
-            scope: None,
-            scope_schema_url: Bytes::new(),
+        // ScopeSpans: scope = 1, spans = 2, schema_url = 3.
+        let mut scope = None;
+        let mut scope_schema_url = ByteRange::default();
+        ss.each(&[1, 3], |field, m| {
+            if field == 1 {
+                scope = Some(m.range());
+            } else {
+                scope_schema_url = m.range();
+            }
+            Ok(())
+        })?;
+        let frame = Arc::new(ScopeFrame::with_ranges(
+            ss.payload.clone(),
+            resource,
+            schema_url,
+            scope,
+            scope_schema_url,
             resource_hits,
-        };
-        scan_scope_spans(ss, frame, keys, out)
-    })
-}
-
-fn scan_scope_spans(
-    ss: Msg<'_>,
-    mut frame: ScopeFrame,
-    keys: &AttrMatchers,
-    out: &mut Vec<Span>,
-) -> Result<(), CodecError> {
-    // ScopeSpans: scope = 1, spans = 2, schema_url = 3.
-    ss.each(&[1, 3], |field, m| {
-        if field == 1 {
-            frame.scope = Some(m.bytes());
-        } else {
-            frame.scope_schema_url = m.bytes();
-        }
-        Ok(())
-    })?;
-    let frame = Arc::new(frame);
-    ss.each(&[2], |_, span| {
-        out.push(scan_span(span, &frame, keys)?);
-        Ok(())
+        ));
+        ss.each(&[2], |_, span| {
+            out.push(scan_span(span, &frame, keys)?);
+            Ok(())
+        })
     })
 }
 
@@ -189,10 +188,8 @@ fn scan_span(
         end_ns,
         status,
         hits,
-        raw: RawSpan {
-            bytes: span.bytes(),
-            frame: Arc::clone(frame),
-        },
+        raw: RawSpan::new(Arc::clone(frame), span.base, span.body.len())
+            .ok_or_else(|| CodecError::TooLarge(span.payload.len()))?,
     })
 }
 
