@@ -33,7 +33,7 @@ fn watch(budget: tailsift::buffer::MemoryBudget) -> (Arc<AtomicU64>, tokio::task
 async fn memory_pressure_decides_oldest_traces_early_and_keeps_every_error_trace() {
     let h = Harness::new(32, 4);
     let mut cfg = h.config(ERRORS_SLOW_AND, "60s", None);
-    // 16 MiB: 1 MiB each for librdkafka's queues, 14 MiB for the buffer, while the
+    // 16 MiB: 2 + 1 MiB for librdkafka's queues, 13 MiB for the buffer, while the
     // input is ~25 MB and nothing would be due for a minute.
     cfg.memory.limit = tailsift::config::ByteSize(16 << 20);
     let out = h.collector();

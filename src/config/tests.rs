@@ -147,7 +147,7 @@ fn bad_values_name_field_value_and_expectation() {
     ));
     assert!(
         e.contains(
-            "`trace.max_bytes` = 40MiB: expected between 1 byte and half the buffer budget (28MiB)"
+            "`trace.max_bytes` = 40MiB: expected between 1 byte and half the buffer budget (26MiB)"
         ),
         "{e}"
     );

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -57,6 +57,36 @@ pub enum ShardMsg {
     },
 }
 
+/// Metric handles, registered once: a registry lookup per message or decision would
+/// cost more than the work it measures.
+struct Metrics {
+    traces: Gauge,
+    spans: Gauge,
+    bytes: Gauge,
+    cache: Gauge,
+    latency: Histogram,
+    forced_memory: Counter,
+    forced_limit: Counter,
+    late_kept: Counter,
+    late_dropped: Counter,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        Metrics {
+            traces: gauge!(names::BUFFER_TRACES),
+            spans: gauge!(names::BUFFER_SPANS),
+            bytes: gauge!(names::BUFFER_BYTES),
+            cache: gauge!(names::DECISION_CACHE_ENTRIES),
+            latency: histogram!(names::DECISION_LATENCY),
+            forced_memory: counter!(names::FORCED_DECISIONS, "reason" => Forced::Memory.as_str()),
+            forced_limit: counter!(names::FORCED_DECISIONS, "reason" => Forced::TraceLimit.as_str()),
+            late_kept: counter!(names::LATE_SPANS, "decision" => "sampled"),
+            late_dropped: counter!(names::LATE_SPANS, "decision" => "not_sampled"),
+        }
+    }
+}
+
 /// Settings of a shard worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -88,6 +118,7 @@ pub struct ShardWorker {
     /// Bytes of book-keeping and cache charged to the budget.
     charged: u64,
     due: Vec<TraceEntry>,
+    metrics: Metrics,
 }
 
 impl ShardWorker {
@@ -119,6 +150,7 @@ impl ShardWorker {
             published: (0, 0, 0, 0),
             charged: 0,
             due: Vec::new(),
+            metrics: Metrics::new(),
         }
     }
 
@@ -213,12 +245,12 @@ impl ShardWorker {
         group: Vec<Span>,
         pin: Pin,
     ) -> Result<(), Closed> {
-        let decision = if verdict.keep() {
-            "sampled"
+        let late = if verdict.keep() {
+            &self.metrics.late_kept
         } else {
-            "not_sampled"
+            &self.metrics.late_dropped
         };
-        counter!(names::LATE_SPANS, "decision" => decision).increment(group.len() as u64);
+        late.increment(group.len() as u64);
         if verdict.keep() {
             let raw: Vec<RawSpan> = group.into_iter().map(|s| s.raw).collect();
             self.send_kept(id, &raw, vec![pin], verdict, None).await
@@ -229,9 +261,14 @@ impl ShardWorker {
     }
 
     async fn decide(&mut self, entry: TraceEntry, forced: Option<Forced>) -> Result<(), Closed> {
-        histogram!(names::DECISION_LATENCY).record(entry.first_seen.elapsed().as_secs_f64());
+        self.metrics
+            .latency
+            .record(entry.first_seen.elapsed().as_secs_f64());
         if let Some(f) = forced {
-            counter!(names::FORCED_DECISIONS, "reason" => f.as_str()).increment(1);
+            match f {
+                Forced::Memory => self.metrics.forced_memory.increment(1),
+                Forced::TraceLimit => self.metrics.forced_limit.increment(1),
+            }
         }
         // A forced decision still runs every policy on what has arrived.
         let verdict = self.decider.decide(&entry.summary);
@@ -288,10 +325,11 @@ impl ShardWorker {
             self.cache.len(),
         );
         let delta = |new: usize, old: usize| new as f64 - old as f64;
-        gauge!(names::BUFFER_TRACES).increment(delta(now.0, self.published.0));
-        gauge!(names::BUFFER_SPANS).increment(delta(now.1, self.published.1));
-        gauge!(names::BUFFER_BYTES).increment(delta(now.2, self.published.2));
-        gauge!(names::DECISION_CACHE_ENTRIES).increment(delta(now.3, self.published.3));
+        let m = &self.metrics;
+        m.traces.increment(delta(now.0, self.published.0));
+        m.spans.increment(delta(now.1, self.published.1));
+        m.bytes.increment(delta(now.2, self.published.2));
+        m.cache.increment(delta(now.3, self.published.3));
         self.published = now;
         let charged = (self.shard.overhead_bytes() + self.cache.allocated_bytes()) as u64;
         self.budget.adjust(self.charged, charged);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, Counter};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -80,6 +80,8 @@ pub struct Source {
     commit_interval: Duration,
     budget: MemoryBudget,
     paused: bool,
+    /// Messages, bytes and spans received (handles registered once).
+    received: [Counter; 3],
 }
 
 /// Where the source sends what it reads.
@@ -142,6 +144,11 @@ impl Source {
             commit_interval: cfg.commit_interval.0,
             budget,
             paused: false,
+            received: [
+                counter!(names::MESSAGES_RECEIVED),
+                counter!(names::BYTES_RECEIVED),
+                counter!(names::SPANS_RECEIVED),
+            ],
         })
     }
 
@@ -280,12 +287,12 @@ impl Source {
         let payload = self
             .budget
             .charged_bytes(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
-        counter!(names::MESSAGES_RECEIVED).increment(1);
-        counter!(names::BYTES_RECEIVED).increment(payload.len() as u64);
+        self.received[0].increment(1);
+        self.received[1].increment(payload.len() as u64);
         let mut spans: Vec<Span> = Vec::new();
         match scan(&payload, &self.keys, &mut spans) {
             Ok(()) => {
-                counter!(names::SPANS_RECEIVED).increment(spans.len() as u64);
+                self.received[2].increment(spans.len() as u64);
                 let n = self.shards.len();
                 spans.sort_unstable_by_key(|s| (shard_of(s, n), s.trace_id));
                 let traces = 1 + spans
