@@ -88,11 +88,10 @@ pub fn install() -> PrometheusHandle {
 }
 
 /// Sets up `tracing` logging to stderr, filtered by `RUST_LOG`, else by `default`
-/// (e.g. `info`). librdkafka's own chatter is kept at warnings unless asked for.
+/// (an `EnvFilter` directive list such as `info,librdkafka=warn`).
 pub fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},librdkafka=warn,rdkafka=warn"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
