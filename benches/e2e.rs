@@ -191,17 +191,21 @@ policies:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = fed.spans as f64;
-    // Timed until every span was read and decided; the last acknowledgements and the
+    // Timed from its first span read (as the copier from its first message) until every
+    // span was read and decided; the last acknowledgements and the
     // commit (up to `commit_interval` later) are waited for outside the timing.
     let mut sampled = measured("tailsift", async {
+        let mut first = None;
         loop {
             let text = prometheus.render();
-            if metric(&text, names::SPANS_RECEIVED) >= total
-                && metric(&text, names::BUFFER_TRACES) == 0.0
-            {
-                return (0, None);
+            let received = metric(&text, names::SPANS_RECEIVED);
+            if received > 0.0 {
+                first.get_or_insert_with(Instant::now);
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if received >= total && metric(&text, names::BUFFER_TRACES) == 0.0 {
+                return (0, first);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
     .await;
