@@ -205,7 +205,8 @@ policies:
             if received >= total && metric(&text, names::BUFFER_TRACES) == 0.0 {
                 return (0, first);
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // Rendering the metrics is not free: poll slowly enough not to compete.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
