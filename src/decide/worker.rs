@@ -163,12 +163,12 @@ impl ShardWorker {
                     Some(ShardMsg::Spans(groups)) => self.insert(groups).await,
                     Some(ShardMsg::Revoked { slot, epoch }) => {
                         self.shard.release_partition(slot, epoch);
+                        self.publish();
                         Ok(())
                     }
                     None => break,
                 },
             };
-            self.publish();
             if step.is_err() {
                 break;
             }
@@ -185,6 +185,7 @@ impl ShardWorker {
             self.decide(entry, None).await?;
         }
         self.due = due;
+        self.publish();
         self.evict().await
     }
 
