@@ -81,6 +81,44 @@ struct Outcome {
     errors: usize,
     errors_kept: usize,
     incomplete: usize,
+    truncated: usize,
+}
+
+/// Partitions where the broker's retention (~5 MiB per partition on the embedded
+/// broker) deleted input the group had not committed yet: data the restarted sampler
+/// could not re-read, a loss of the broker's, not tailsift's. The flood writes 1 GiB
+/// into 64 partitions, so old data is deleted; it must all be committed by then.
+fn truncated_below_commit(bootstrap: &str) -> usize {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let Ok(c) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "tailsift")
+        .create::<BaseConsumer>()
+    else {
+        return usize::MAX;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..64 {
+        let _ = tpl.add_partition(INPUT, p);
+    }
+    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return usize::MAX;
+    };
+    committed
+        .elements()
+        .iter()
+        .filter(|e| {
+            let low = c
+                .fetch_watermarks(INPUT, e.partition(), Duration::from_secs(5))
+                .map_or(i64::MAX, |w| w.0);
+            match e.offset() {
+                Offset::Offset(o) => o < low,
+                _ => low > 0,
+            }
+        })
+        .count()
 }
 
 async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
@@ -176,6 +214,7 @@ async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
     let hwm = status_kib(pid, "VmHWM:") * 1024;
     let forced = metric(&scrape(port), "tailsift_forced_decisions_total");
     stop(child);
+    let truncated = truncated_below_commit(&bootstrap);
     // What was still buffered is decided by a fresh instance from the committed offsets.
     let finisher = sampler(&finish_cfg, &bootstrap);
     let errors: Vec<&Truth> = truths.iter().filter(|t| t.error).collect();
@@ -217,6 +256,7 @@ async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
         errors: errors.len(),
         errors_kept,
         incomplete,
+        truncated,
     }
 }
 
@@ -252,6 +292,7 @@ async fn main() {
         "errors kept",
         "incomplete"
     );
+    let mut truncated = 0;
     for r in &results {
         let mib = |b: u64| b as f64 / 1048576.0;
         println!(
@@ -269,5 +310,7 @@ async fn main() {
             r.incomplete
         );
         let _ = r.spans_in;
+        truncated += r.truncated;
     }
+    println!("partitions where the broker deleted uncommitted input: {truncated} (must be 0)");
 }

@@ -38,7 +38,7 @@ pub use offsets::{OffsetTracker, Pin};
 /// How long a shutdown waits for workers and the sink to hand back their pins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(35);
 /// Most messages read before their spans are handed to the workers.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 32;
 
 /// Messages read in one go, split by destination.
 struct Batch {
