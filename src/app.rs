@@ -25,10 +25,8 @@ use crate::sink::{Sink, SinkError};
 use crate::source::{Outputs, Releases, Source, SourceError};
 use crate::telemetry::{self, Health, ServerError};
 
-/// Capacity of each shard's input channel, in batches (of up to 32 input messages).
-/// Their payloads are charged to the memory budget, the decoded span headers are not,
-/// so keep this small: 16 x 32 messages per shard at most.
-const SHARD_CHANNEL: usize = 16;
+/// Capacity of each shard's input channel, in messages.
+const SHARD_CHANNEL: usize = 64;
 /// Capacity of the sink's input channel, in kept traces.
 const SINK_CHANNEL: usize = 4096;
 

@@ -40,9 +40,14 @@ impl Forced {
 /// What the source sends a shard worker.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// For each of several input messages, its pin and its spans that hash to this
-    /// shard, sorted by trace id; each run of one trace id carries one unit of the pin.
-    Spans(Vec<(Pin, Vec<Span>)>),
+    /// Spans of one input message that hash to this shard, sorted by trace id; each
+    /// run of one trace id carries one unit of `pin`.
+    Spans {
+        /// The input message's pin.
+        pin: Pin,
+        /// The spans.
+        spans: Vec<Span>,
+    },
     /// A partition assignment was revoked: forget traces pinned only to it.
     Revoked {
         /// Tracker slot.
@@ -160,7 +165,7 @@ impl ShardWorker {
                 biased;
                 _ = tick.tick() => self.on_tick().await,
                 msg = self.rx.recv() => match msg {
-                    Some(ShardMsg::Spans(groups)) => self.insert(groups).await,
+                    Some(ShardMsg::Spans { pin, spans }) => self.insert(pin, spans).await,
                     Some(ShardMsg::Revoked { slot, epoch }) => {
                         self.shard.release_partition(slot, epoch);
                         self.publish();
@@ -211,18 +216,16 @@ impl ShardWorker {
         Ok(())
     }
 
-    async fn insert(&mut self, groups: Vec<(Pin, Vec<Span>)>) -> Result<(), Closed> {
+    async fn insert(&mut self, pin: Pin, spans: Vec<Span>) -> Result<(), Closed> {
         let now = Instant::now();
-        for (pin, spans) in groups {
-            let mut spans = spans.into_iter().peekable();
-            while let Some(first) = spans.next() {
-                let id = first.trace_id;
-                let group = std::iter::once(first)
-                    .chain(std::iter::from_fn(|| spans.next_if(|s| s.trace_id == id)));
-                match self.cache.get(&id) {
-                    None => self.shard.insert(id, group, pin, now),
-                    Some(verdict) => self.late(id, verdict, group.collect(), pin).await?,
-                }
+        let mut spans = spans.into_iter().peekable();
+        while let Some(first) = spans.next() {
+            let id = first.trace_id;
+            let group = std::iter::once(first)
+                .chain(std::iter::from_fn(|| spans.next_if(|s| s.trace_id == id)));
+            match self.cache.get(&id) {
+                None => self.shard.insert(id, group, pin, now),
+                Some(verdict) => self.late(id, verdict, group.collect(), pin).await?,
             }
         }
         let mut over = std::mem::take(&mut self.due);

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use metrics::{counter, gauge, Counter};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -37,25 +36,6 @@ pub use offsets::{OffsetTracker, Pin};
 
 /// How long a shutdown waits for workers and the sink to hand back their pins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(35);
-/// Most messages read before their spans are handed to the workers.
-const MAX_BATCH: usize = 32;
-
-/// Messages read in one go, split by destination.
-struct Batch {
-    /// Per shard: each message's pin and its spans for that shard.
-    spans: Vec<Vec<(Pin, Vec<Span>)>>,
-    dead_letters: Vec<DeadLetter>,
-}
-
-impl Batch {
-    fn new(shards: usize) -> Self {
-        Batch {
-            spans: (0..shards).map(|_| Vec::new()).collect(),
-            dead_letters: Vec::new(),
-        }
-    }
-}
-
 /// How often memory pressure is re-checked while input is paused.
 const PRESSURE_CHECK: Duration = Duration::from_millis(50);
 
@@ -193,19 +173,8 @@ impl Source {
                 // Polled even while paused: rebalances and statistics arrive here.
                 m = self.consumer.recv() => match m {
                     Ok(m) => {
-                        // Take whatever else librdkafka already holds, up to a batch,
-                        // so the workers are woken once per batch, not per message.
-                        let mut batch = Batch::new(self.shards.len());
-                        self.read(&m, &mut batch);
-                        drop(m);
-                        for _ in 1..MAX_BATCH {
-                            match self.consumer.recv().now_or_never() {
-                                Some(Ok(m)) => self.read(&m, &mut batch),
-                                _ => break,
-                            }
-                        }
                         self.forward_revocations().await;
-                        if self.dispatch(batch).await.is_err() {
+                        if self.handle(&m).await.is_err() {
                             break;
                         }
                         if !self.paused && self.budget.pressure() {
@@ -311,10 +280,8 @@ impl Source {
         }
     }
 
-    /// Reads one message into `batch`: its spans, split by shard, or a dead letter.
-    /// Synchronous, so the message (which borrows the consumer) is released before
-    /// anything is awaited.
-    fn read(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) {
+    /// Reads one message. `Err` only when the pipeline is shutting down.
+    async fn handle(&self, m: &BorrowedMessage<'_>) -> Result<(), ()> {
         // One copy out of librdkafka's buffer, charged to the budget until the last
         // span slicing it is decided.
         let payload = self
@@ -336,21 +303,26 @@ impl Source {
                 let Some(pin) =
                     lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), traces as u32)
                 else {
-                    return; // from a partition revoked meanwhile
+                    return Ok(()); // from a partition revoked meanwhile
                 };
                 while let Some(last) = spans.last() {
                     let shard = shard_of(last, n);
                     let start = spans.partition_point(|s| shard_of(s, n) < shard);
-                    batch.spans[shard].push((pin, spans.split_off(start)));
+                    let chunk = spans.split_off(start);
+                    self.shards[shard]
+                        .send(ShardMsg::Spans { pin, spans: chunk })
+                        .await
+                        .map_err(drop)?;
                 }
+                Ok(())
             }
             Err(e) => {
                 let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), 1)
                 else {
-                    return;
+                    return Ok(());
                 };
                 warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e);
-                batch.dead_letters.push(DeadLetter {
+                let dl = DeadLetter {
                     payload,
                     key: m.key().map(Bytes::copy_from_slice),
                     reason: format!("{}: {e}", e.code()),
@@ -358,29 +330,13 @@ impl Source {
                     partition: m.partition(),
                     offset: m.offset(),
                     pin,
-                });
+                };
+                match &self.sink {
+                    Some(s) => s.send(SinkMsg::DeadLetter(dl)).await.map_err(drop),
+                    None => Err(()),
+                }
             }
         }
-    }
-
-    /// Sends a batch on: one channel send per shard, however many messages it holds.
-    /// `Err` only when the pipeline is shutting down.
-    async fn dispatch(&self, batch: Batch) -> Result<(), ()> {
-        for (shard, groups) in batch.spans.into_iter().enumerate() {
-            if !groups.is_empty() {
-                self.shards[shard]
-                    .send(ShardMsg::Spans(groups))
-                    .await
-                    .map_err(drop)?;
-            }
-        }
-        for dl in batch.dead_letters {
-            match &self.sink {
-                Some(s) => s.send(SinkMsg::DeadLetter(dl)).await.map_err(drop)?,
-                None => return Err(()),
-            }
-        }
-        Ok(())
     }
 
     fn commit(&self, mode: CommitMode) {
