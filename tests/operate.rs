@@ -123,3 +123,20 @@ fn check_rejects_a_bad_config_naming_field_value_and_expectation() {
         "{text}"
     );
 }
+
+#[test]
+fn readme_lists_every_metric() {
+    let names = include_str!("../src/telemetry/names.rs");
+    let readme = include_str!("../README.md");
+    let metrics: Vec<&str> = names
+        .split('"')
+        .filter(|s| s.starts_with("tailsift_"))
+        .collect();
+    assert!(metrics.len() > 20, "found only {metrics:?}");
+    for name in metrics {
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "README.md does not list {name}"
+        );
+    }
+}
