@@ -39,9 +39,4 @@ impl Shutdown {
         // An error means the trigger is gone, which also means shut down.
         let _ = self.0.wait_for(|v| *v).await;
     }
-
-    /// Whether shutdown was triggered.
-    pub fn is_shutdown(&self) -> bool {
-        *self.0.borrow()
-    }
 }

@@ -210,15 +210,16 @@ impl Shard {
         }
     }
 
-    /// Removes and returns every trace, e.g. at shutdown.
-    pub fn drain(&mut self) -> Vec<TraceEntry> {
+    /// Forgets every trace undecided, e.g. at shutdown (their input is not committed,
+    /// so it is read again).
+    pub fn clear(&mut self) {
         self.by_first_span.clear();
         self.by_root_span.clear();
         self.over_limit.clear();
         self.spans = 0;
         self.overhead = 0;
         self.span_bytes = 0;
-        self.traces.drain().map(|(_, e)| e).collect()
+        self.traces.clear();
     }
 
     /// Forgets traces whose every pin is on a revoked partition assignment: the new

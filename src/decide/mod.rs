@@ -82,11 +82,6 @@ impl Decider {
         }
     }
 
-    /// The policies, for the attribute keys they read.
-    pub fn policies(&self) -> &PolicySet {
-        &self.set
-    }
-
     /// The name of the policy with index `i` in the set.
     pub fn policy_name(&self, i: u16) -> Arc<str> {
         self.set

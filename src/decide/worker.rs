@@ -178,7 +178,7 @@ impl ShardWorker {
                 break;
             }
         }
-        self.shard.drain();
+        self.shard.clear();
         self.cache = DecisionCache::new(0);
         self.publish();
     }

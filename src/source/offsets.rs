@@ -177,13 +177,6 @@ impl OffsetTracker {
         self.parts.iter().map(|p| p.pending.len()).sum()
     }
 
-    /// The topic and partition of a slot.
-    pub fn partition_of(&self, slot: u32) -> Option<(&str, i32)> {
-        self.parts
-            .get(slot as usize)
-            .map(|p| (&*p.topic, p.partition))
-    }
-
     /// Slot of a partition; a linear scan, as an instance owns tens of partitions and
     /// this avoids hashing a topic string per message.
     fn find(&self, topic: &str, partition: i32) -> Option<u32> {
