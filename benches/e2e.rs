@@ -26,7 +26,7 @@ use tailsift::shutdown::ShutdownTrigger;
 use tailsift::telemetry::{self, names};
 
 const INPUT: &str = "bench-in";
-const PARTITIONS: i32 = 64;
+const PARTITIONS: i32 = 128;
 
 /// CPU seconds (user + system) of this process so far.
 fn cpu_seconds() -> f64 {
@@ -100,6 +100,7 @@ async fn copier(bootstrap: &str, total_msgs: usize, ratio: f64) -> (u64, Option<
         // (512MiB / 8), so both read the broker the same way.
         .set("queued.max.messages.kbytes", "65536")
         .set("fetch.max.bytes", "67108864")
+        .set("fetch.queue.backoff.ms", "10")
         .set("enable.auto.commit", "true")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create()
@@ -141,7 +142,11 @@ async fn main() {
     let target_spans: usize = std::env::var("E2E_SPANS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(600_000);
+        .unwrap_or(1_200_000);
+    let batch_spans: usize = std::env::var("E2E_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let broker = EmbeddedBroker::start(1).expect("broker");
     broker.create_topic(INPUT, PARTITIONS).expect("topic");
     broker.create_topic("bench-out", 16).expect("topic");
@@ -155,6 +160,7 @@ async fn main() {
         traces: target_spans / 20,
         rate: 0,
         compression: "lz4".into(),
+        batch_spans,
     };
     let t = Instant::now();
     let (_truths, fed) = gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {})

@@ -191,6 +191,7 @@ async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
         traces: (secs * rate) as usize,
         rate,
         compression: "lz4".into(),
+        batch_spans: 0,
     };
     let (truths, fed) = gen::feed(&bootstrap, INPUT, &mut g, &opts, |s| {
         eprintln!("  fed {} traces, {} spans", s.traces, s.spans);

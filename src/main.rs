@@ -67,6 +67,10 @@ enum Command {
         /// Input compression: none, gzip, snappy, lz4, zstd.
         #[arg(long, default_value = "lz4")]
         compression: String,
+        /// 0: one message per service per trace, keyed by trace id; N: pack the
+        /// traces of one partition into messages of at least N spans.
+        #[arg(long, default_value_t = 0)]
+        batch_spans: usize,
         /// Generator seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -167,6 +171,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             traces,
             rate,
             compression,
+            batch_spans,
             seed,
         } => {
             let mut g = Generator::new(GenConfig {
@@ -177,6 +182,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 traces,
                 rate,
                 compression,
+                batch_spans,
             };
             let (truths, stats) = gen::feed(&brokers, &topic, &mut g, &opts, |s| {
                 eprintln!(

@@ -75,6 +75,7 @@ async fn an_instance_stopped_mid_stream_loses_no_kept_trace() {
                 traces: 3000,
                 rate: 500,
                 compression: "lz4".into(),
+                batch_spans: 0,
             };
             tailsift::gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {})
                 .await

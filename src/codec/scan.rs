@@ -212,22 +212,25 @@ fn scan_status(status: Msg<'_>) -> Result<StatusCode, CodecError> {
 }
 
 /// Tests one `KeyValue` against the predicates on its key; returns the bits it hits.
+/// Most attributes have no predicate: their key is compared and the rest skipped.
 fn scan_key_value(kv: Msg<'_>, keys: &AttrMatchers) -> Result<u64, CodecError> {
-    // KeyValue: key = 1, value = 2.
-    let mut key: Option<&[u8]> = None;
+    // KeyValue: key = 1, value = 2 (in that order from every known encoder, but the
+    // wire format allows any order).
+    let mut matchers = None;
     let mut value: Option<Msg<'_>> = None;
-    kv.each(&[1, 2], |field, m| {
-        if field == 1 {
-            key = Some(m.body);
-        } else {
-            value = Some(m);
+    let mut r = Reader::new(kv.body, kv.base);
+    while !r.at_end() {
+        let (field, wt) = r.key()?;
+        match field {
+            1 => match keys.for_key(kv.len_field(&mut r, wt)?.body) {
+                Some(m) => matchers = Some(m),
+                None => return Ok(0),
+            },
+            2 => value = Some(kv.len_field(&mut r, wt)?),
+            _ => r.skip(wt)?,
         }
-        Ok(())
-    })?;
-    let (Some(key), Some(value)) = (key, value) else {
-        return Ok(0);
-    };
-    let Some(matchers) = keys.for_key(key) else {
+    }
+    let (Some(matchers), Some(value)) = (matchers, value) else {
         return Ok(0);
     };
     let Some(v) = scan_any_value(&value)? else {

@@ -20,6 +20,7 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0, base }
     }
 
+    #[inline]
     pub fn at_end(&self) -> bool {
         self.pos >= self.buf.len()
     }
@@ -29,7 +30,21 @@ impl<'a> Reader<'a> {
         self.base + self.pos
     }
 
+    /// Reads a varint. Most varints in OTLP (field keys, lengths of attributes and
+    /// short strings) fit in one byte: that case is inlined, the rest is not.
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, CodecError> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.varint_slow(),
+        }
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, CodecError> {
         let mut value: u64 = 0;
         let mut shift = 0u32;
         loop {
@@ -52,6 +67,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a field key: `(field number, wire type)`.
+    #[inline]
     pub fn key(&mut self) -> Result<(u32, u8), CodecError> {
         let k = self.varint()?;
         let field = k >> 3;
@@ -61,6 +77,7 @@ impl<'a> Reader<'a> {
         Ok((field as u32, (k & 7) as u8))
     }
 
+    #[inline]
     pub fn fixed64(&mut self) -> Result<u64, CodecError> {
         let end = self.pos + 8;
         let Some(b) = self.buf.get(self.pos..end) else {
@@ -73,6 +90,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a length-delimited field and returns `(start offset within buf, bytes)`.
+    #[inline]
     pub fn len_delimited(&mut self) -> Result<(usize, &'a [u8]), CodecError> {
         let len = self.varint()?;
         let start = self.pos;
@@ -86,6 +104,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips a field of the given wire type.
+    #[inline]
     pub fn skip(&mut self, wire_type: u8) -> Result<(), CodecError> {
         match wire_type {
             VARINT => self.varint().map(drop),

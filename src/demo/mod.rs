@@ -140,6 +140,7 @@ pub async fn run(opts: &DemoOptions, mut out: impl FnMut(&str)) -> Result<DemoRe
         traces: opts.traces,
         rate: opts.rate,
         compression: "lz4".into(),
+        batch_spans: 0,
     };
     let mut last = (0.0, tokio::time::Instant::now());
     let (truths, fed) = feed(&bootstrap, INPUT_TOPIC, &mut generator, &feed_opts, |_| {

@@ -1,14 +1,16 @@
 //! Source: the Kafka consumer group that feeds the buffer, and the owner of input
 //! offsets.
 //!
-//! The source reads messages, scans them (codec), splits their spans by shard and
-//! sends them on; undecodable messages go to the sink as dead letters. It tracks one
-//! pin per (message, trace) and commits, per partition, only below the lowest pinned
-//! offset ([`OffsetTracker`]); workers and the sink send releases back through
+//! The source reads messages in partition order, pins each, and deals them to its
+//! [`scanner`] tasks, which decode them (codec) in parallel and send each shard its
+//! spans; undecodable messages go to the sink as dead letters. It tracks one pin per
+//! (message, trace) and commits, per partition, only below the lowest pinned offset
+//! ([`OffsetTracker`]); workers and the sink send releases back through
 //! [`Releases`], the one path that flows upstream.
 
 mod context;
 mod offsets;
+mod scanner;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,20 +26,23 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::buffer::MemoryBudget;
-use crate::codec::{scan, AttrMatchers, Span};
+use crate::codec::AttrMatchers;
 use crate::config::{KafkaConfig, MemorySplit};
 use crate::decide::ShardMsg;
 use crate::shutdown::Shutdown;
-use crate::sink::{DeadLetter, SinkMsg};
+use crate::sink::SinkMsg;
 use crate::telemetry::{names, Health};
 
 pub use context::SourceContext;
 pub use offsets::{OffsetTracker, Pin};
+use scanner::{Input, ScanJob, Scanner};
 
 /// How long a shutdown waits for workers and the sink to hand back their pins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(35);
 /// How often memory pressure is re-checked while input is paused.
 const PRESSURE_CHECK: Duration = Duration::from_millis(50);
+/// Capacity of each scanner's input channel, in messages.
+const SCAN_CHANNEL: usize = 16;
 
 /// The sending side of the release path: decided or delivered pins go back to the
 /// source. Unbounded on purpose: its length is bounded by the pins outstanding, and a
@@ -73,15 +78,16 @@ pub enum SourceError {
 pub struct Source {
     consumer: StreamConsumer<SourceContext>,
     tracker: Arc<Mutex<OffsetTracker>>,
-    keys: AttrMatchers,
-    shards: Vec<mpsc::Sender<ShardMsg>>,
-    sink: Option<mpsc::Sender<SinkMsg>>,
+    /// Scanners not yet started (`run` spawns them).
+    idle: Vec<Scanner>,
+    /// One channel per scanner; messages are dealt round-robin.
+    scanners: Vec<mpsc::Sender<ScanJob>>,
     releases: mpsc::UnboundedReceiver<Vec<Pin>>,
     commit_interval: Duration,
     budget: MemoryBudget,
     paused: bool,
-    /// Messages, bytes and spans received (handles registered once).
-    received: [Counter; 3],
+    /// Messages and bytes received (handles registered once).
+    received: [Counter; 2],
 }
 
 /// Where the source sends what it reads.
@@ -126,7 +132,11 @@ impl Source {
             .set(
                 "fetch.max.bytes",
                 memory.consumer_queue.max(1_000_000).to_string(),
-            );
+            )
+            // When that queue is full librdkafka postpones the partition's next fetch
+            // by this much (default 1 s): at full speed the queue empties in well
+            // under that, and the default left the source idle most of the time.
+            .set("fetch.queue.backoff.ms", "10");
         for (k, v) in &cfg.consumer {
             c.set(k, v);
         }
@@ -134,12 +144,25 @@ impl Source {
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(ctx)?;
         let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
+        // As many scanners as shards: scanning is the costliest step per span.
+        let (scanners, idle) = (0..out.shards.len().max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(SCAN_CHANNEL);
+                let scanner = Scanner {
+                    rx,
+                    tracker: Arc::clone(&tracker),
+                    keys: keys.clone(),
+                    shards: out.shards.clone(),
+                    sink: out.sink.clone(),
+                };
+                (tx, scanner)
+            })
+            .unzip();
         Ok(Source {
             consumer,
             tracker,
-            keys,
-            shards: out.shards,
-            sink: Some(out.sink),
+            idle,
+            scanners,
             releases: out.releases,
             commit_interval: cfg.commit_interval.0,
             budget,
@@ -147,7 +170,6 @@ impl Source {
             received: [
                 counter!(names::MESSAGES_RECEIVED),
                 counter!(names::BYTES_RECEIVED),
-                counter!(names::SPANS_RECEIVED),
             ],
         })
     }
@@ -160,6 +182,9 @@ impl Source {
         let mut pressure_tick = tokio::time::interval(PRESSURE_CHECK);
         pressure_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         gauge!(names::MEMORY_BUDGET).set(self.budget.capacity() as f64);
+        for s in self.idle.drain(..) {
+            tokio::spawn(s.run());
+        }
         loop {
             tokio::select! {
                 biased;
@@ -189,10 +214,10 @@ impl Source {
             }
         }
         info!(message = "Source stopping: draining workers and sink.");
-        // Closing the channels stops the workers; they drop their sink senders, the
-        // sink drains, and the release channel closes when the last one is gone.
-        self.shards.clear();
-        self.sink = None;
+        // Closing the channels stops the scanners, then the workers; they drop their
+        // sink senders, the sink drains, and the release channel closes when the last
+        // one is gone.
+        self.scanners.clear();
         let releases = &mut self.releases;
         let tracker = &self.tracker;
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -274,13 +299,14 @@ impl Source {
     async fn forward_revocations(&self) {
         let revoked = lock(&self.tracker).take_revoked();
         for (slot, epoch) in revoked {
-            for s in &self.shards {
-                let _ = s.send(ShardMsg::Revoked { slot, epoch }).await;
+            for s in &self.scanners {
+                let _ = s.send(ScanJob::Revoked { slot, epoch }).await;
             }
         }
     }
 
-    /// Reads one message. `Err` only when the pipeline is shutting down.
+    /// Reads one message and hands it to the next scanner. `Err` only when the
+    /// pipeline is shutting down.
     async fn handle(&self, m: &BorrowedMessage<'_>) -> Result<(), ()> {
         // One copy out of librdkafka's buffer, charged to the budget until the last
         // span slicing it is decided.
@@ -289,54 +315,19 @@ impl Source {
             .charged_bytes(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
         self.received[0].increment(1);
         self.received[1].increment(payload.len() as u64);
-        let mut spans: Vec<Span> = Vec::new();
-        match scan(&payload, &self.keys, &mut spans) {
-            Ok(()) => {
-                self.received[2].increment(spans.len() as u64);
-                let n = self.shards.len();
-                spans.sort_unstable_by_key(|s| (shard_of(s, n), s.trace_id));
-                let traces = 1 + spans
-                    .windows(2)
-                    .filter(|w| w[0].trace_id != w[1].trace_id)
-                    .count();
-                let traces = if spans.is_empty() { 0 } else { traces };
-                let Some(pin) =
-                    lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), traces as u32)
-                else {
-                    return Ok(()); // from a partition revoked meanwhile
-                };
-                while let Some(last) = spans.last() {
-                    let shard = shard_of(last, n);
-                    let start = spans.partition_point(|s| shard_of(s, n) < shard);
-                    let chunk = spans.split_off(start);
-                    self.shards[shard]
-                        .send(ShardMsg::Spans { pin, spans: chunk })
-                        .await
-                        .map_err(drop)?;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), 1)
-                else {
-                    return Ok(());
-                };
-                warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e);
-                let dl = DeadLetter {
-                    payload,
-                    key: m.key().map(Bytes::copy_from_slice),
-                    reason: format!("{}: {e}", e.code()),
-                    topic: m.topic().into(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    pin,
-                };
-                match &self.sink {
-                    Some(s) => s.send(SinkMsg::DeadLetter(dl)).await.map_err(drop),
-                    None => Err(()),
-                }
-            }
-        }
+        // The guard pin: held until a scanner knows how many traces the message feeds.
+        let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), 1) else {
+            return Ok(()); // from a partition revoked meanwhile
+        };
+        let job = ScanJob::Message(Input {
+            payload,
+            key: m.key().map(Bytes::copy_from_slice),
+            pin,
+        });
+        // Dealt by offset: consecutive messages of a partition go to different
+        // scanners.
+        let i = (m.offset() as usize).wrapping_add(m.partition() as usize) % self.scanners.len();
+        self.scanners[i].send(job).await.map_err(drop)
     }
 
     fn commit(&self, mode: CommitMode) {
@@ -361,12 +352,6 @@ impl Source {
             lock(&self.tracker).forget_committed(&offsets);
         }
     }
-}
-
-/// The shard of a span: high bits of the trace id hash, so the shard's own hash map,
-/// which uses the low bits, still spreads its keys.
-fn shard_of(s: &Span, shards: usize) -> usize {
-    ((s.trace_id.shard_hash() >> 40) as usize) % shards.max(1)
 }
 
 /// Locks the tracker. A poisoned lock means a panic elsewhere already failed the

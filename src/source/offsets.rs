@@ -100,6 +100,33 @@ impl OffsetTracker {
         })
     }
 
+    /// Replaces the one guard pin `pin` placed by [`OffsetTracker::track`] with
+    /// `pins` pins (one per trace the message turned out to feed). `false` when the
+    /// pin is stale: the partition was revoked meanwhile and the message must be
+    /// skipped.
+    pub fn repin(&mut self, pin: Pin, pins: u32) -> bool {
+        let Some(p) = self.parts.get_mut(pin.slot as usize) else {
+            return false;
+        };
+        if !p.assigned || p.epoch != pin.epoch {
+            return false;
+        }
+        if let Some(n) = p.pending.get_mut(&pin.offset) {
+            *n += pins;
+            *n -= 1;
+            if *n == 0 {
+                p.pending.remove(&pin.offset);
+            }
+        }
+        true
+    }
+
+    /// The topic and partition a current pin belongs to; `None` when it is stale.
+    pub fn origin(&self, pin: Pin) -> Option<(Arc<str>, i32)> {
+        let p = self.parts.get(pin.slot as usize)?;
+        (p.assigned && p.epoch == pin.epoch).then(|| (Arc::clone(&p.topic), p.partition))
+    }
+
     /// Releases one pin. Stale pins (from before a revoke) are ignored.
     pub fn release(&mut self, pin: Pin) {
         let Some(p) = self.parts.get_mut(pin.slot as usize) else {
@@ -222,6 +249,24 @@ mod tests {
         assert_eq!(t.to_commit(), vec![], "10 has one more pin");
         t.release(a);
         assert_eq!(t.to_commit(), vec![(Arc::from("in"), 0, 13)]);
+    }
+
+    #[test]
+    fn repin_swaps_the_guard_for_one_pin_per_trace() {
+        let mut t = OffsetTracker::default();
+        t.assign("in", 0);
+        let a = t.track("in", 0, 7, 1).expect("assigned");
+        let b = t.track("in", 0, 8, 1).expect("assigned");
+        assert!(t.repin(b, 0), "a message with no spans");
+        assert_eq!(t.to_commit(), vec![(Arc::from("in"), 0, 7)]);
+        assert!(t.repin(a, 2));
+        t.release(a);
+        assert_eq!(t.to_commit(), vec![], "7 still has one of its two pins");
+        t.release(a);
+        assert_eq!(t.to_commit(), vec![(Arc::from("in"), 0, 9)]);
+        let c = t.track("in", 0, 9, 1).expect("assigned");
+        t.revoke("in", 0);
+        assert!(!t.repin(c, 3), "stale after the revoke");
     }
 
     #[test]

@@ -149,6 +149,7 @@ pub async fn feed(
         traces,
         rate,
         compression: compression.into(),
+        batch_spans: 0,
     };
     gen::feed(&h.bootstrap, INPUT, &mut g, &opts, |_| {})
         .await

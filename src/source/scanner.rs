@@ -1,0 +1,140 @@
+//! Scanners: the tasks that decode input messages in parallel and deal their spans
+//! to the buffer shards.
+//!
+//! The source reads messages in order and pins each with one *guard* pin; a scanner
+//! scans it (codec), swaps the guard for one pin per trace the message feeds (under
+//! the tracker's lock, before any span is handed on, so no release can overtake it),
+//! and sends each shard its spans. Undecodable messages keep the guard as their one
+//! pin and go to the sink as dead letters. Scanning is the costliest step per span,
+//! so it runs on as many tasks as there are shards instead of on the source's one.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use metrics::{counter, Counter};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::{lock, OffsetTracker, Pin};
+use crate::codec::{scan, AttrMatchers, Span};
+use crate::decide::ShardMsg;
+use crate::sink::{DeadLetter, SinkMsg};
+use crate::telemetry::names;
+
+/// One input message, pinned once (the guard).
+#[derive(Debug)]
+pub(super) struct Input {
+    /// The payload, charged to the memory budget.
+    pub(super) payload: Bytes,
+    /// The message key, kept for the dead-letter topic.
+    pub(super) key: Option<Bytes>,
+    /// The guard pin.
+    pub(super) pin: Pin,
+}
+
+/// Work for a scanner.
+#[derive(Debug)]
+pub(super) enum ScanJob {
+    /// A message to scan.
+    Message(Input),
+    /// A partition was revoked; passed on to every shard after the messages before
+    /// it, so a shard never sees spans of a revoked assignment after the last copy.
+    Revoked {
+        /// Tracker slot.
+        slot: u32,
+        /// Assignment epoch.
+        epoch: u32,
+    },
+}
+
+/// One scanner task's state.
+pub(super) struct Scanner {
+    pub(super) rx: mpsc::Receiver<ScanJob>,
+    pub(super) tracker: Arc<Mutex<OffsetTracker>>,
+    pub(super) keys: AttrMatchers,
+    pub(super) shards: Vec<mpsc::Sender<ShardMsg>>,
+    pub(super) sink: mpsc::Sender<SinkMsg>,
+}
+
+impl Scanner {
+    /// Scans until the source closes the channel or a downstream stage is gone.
+    pub(super) async fn run(mut self) {
+        let spans_received = counter!(names::SPANS_RECEIVED);
+        let mut spans: Vec<Span> = Vec::new();
+        while let Some(job) = self.rx.recv().await {
+            let step = match job {
+                ScanJob::Message(input) => self.message(input, &mut spans, &spans_received).await,
+                ScanJob::Revoked { slot, epoch } => self.revoked(slot, epoch).await,
+            };
+            if step.is_err() {
+                break;
+            }
+        }
+    }
+
+    async fn revoked(&self, slot: u32, epoch: u32) -> Result<(), ()> {
+        for s in &self.shards {
+            s.send(ShardMsg::Revoked { slot, epoch })
+                .await
+                .map_err(drop)?;
+        }
+        Ok(())
+    }
+
+    async fn message(
+        &self,
+        input: Input,
+        spans: &mut Vec<Span>,
+        spans_received: &Counter,
+    ) -> Result<(), ()> {
+        spans.clear();
+        let pin = input.pin;
+        if let Err(e) = scan(&input.payload, &self.keys, spans) {
+            let Some((topic, partition)) = lock(&self.tracker).origin(pin) else {
+                return Ok(()); // its partition was revoked meanwhile
+            };
+            warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = %topic, partition, offset = pin.offset, error = %e);
+            let dl = DeadLetter {
+                payload: input.payload,
+                key: input.key,
+                reason: format!("{}: {e}", e.code()),
+                topic,
+                partition,
+                offset: pin.offset,
+                pin,
+            };
+            return self.sink.send(SinkMsg::DeadLetter(dl)).await.map_err(drop);
+        }
+        spans_received.increment(spans.len() as u64);
+        let n = self.shards.len();
+        spans.sort_unstable_by_key(|s| (shard_of(s, n), s.trace_id));
+        let traces = if spans.is_empty() {
+            0
+        } else {
+            1 + spans
+                .windows(2)
+                .filter(|w| w[0].trace_id != w[1].trace_id)
+                .count()
+        };
+        if !lock(&self.tracker).repin(pin, traces as u32) {
+            spans.clear();
+            return Ok(()); // its partition was revoked meanwhile
+        }
+        while let Some(last) = spans.last() {
+            let shard = shard_of(last, n);
+            let start = spans.partition_point(|s| shard_of(s, n) < shard);
+            let chunk = spans.split_off(start);
+            self.shards[shard]
+                .send(ShardMsg::Spans { pin, spans: chunk })
+                .await
+                .map_err(drop)?;
+        }
+        Ok(())
+    }
+}
+
+/// The shard of a span: high bits of the trace id hash, so the shard's own hash map,
+/// which uses the low bits, still spreads its keys.
+fn shard_of(s: &Span, shards: usize) -> usize {
+    ((s.trace_id.shard_hash() >> 40) as usize) % shards.max(1)
+}
