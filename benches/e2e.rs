@@ -26,7 +26,7 @@ use tailsift::shutdown::ShutdownTrigger;
 use tailsift::telemetry::{self, names};
 
 const INPUT: &str = "bench-in";
-const PARTITIONS: i32 = 128;
+const PARTITIONS: i32 = 256;
 
 /// CPU seconds (user + system) of this process so far.
 fn cpu_seconds() -> f64 {
@@ -142,7 +142,7 @@ async fn main() {
     let target_spans: usize = std::env::var("E2E_SPANS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_200_000);
+        .unwrap_or(2_400_000);
     let batch_spans: usize = std::env::var("E2E_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -212,7 +212,7 @@ policies:
                 return (0, first);
             }
             // Rendering the metrics is not free: poll slowly enough not to compete.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;

@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tailsift::buffer::{Shard, TraceLimits};
-use tailsift::codec::{encode_trace, scan, RawSpan, Span};
+use tailsift::codec::{encode_trace, scan, FrameInterner, RawSpan, Span};
 use tailsift::config::Config;
 use tailsift::decide::Decider;
 use tailsift::gen::{GenConfig, Generator};
@@ -58,17 +58,20 @@ fn codec(c: &mut Criterion) {
     let bytes: usize = input.iter().map(Bytes::len).sum();
     let keys = policy_set().keys;
     let mut spans = Vec::new();
+    let mut frames = FrameInterner::default();
     for b in &input {
-        scan(b, &keys, &mut spans).expect("valid");
+        scan(b, &keys, &mut frames, &mut spans).expect("valid");
     }
     let n_spans = spans.len();
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function("scan", |b| {
+        // One interner for the run, as each scanner keeps one.
+        let mut frames = FrameInterner::default();
         b.iter(|| {
             let mut spans: Vec<Span> = Vec::with_capacity(n_spans);
             for p in &input {
-                scan(p, &keys, &mut spans).expect("valid");
+                scan(p, &keys, &mut frames, &mut spans).expect("valid");
             }
             black_box(spans.len())
         })
@@ -111,8 +114,9 @@ fn buffer_and_decide(c: &mut Criterion) {
     let keys = set.keys.clone();
     let decider = Decider::new(set);
     let mut spans = Vec::new();
+    let mut frames = FrameInterner::default();
     for b in &input {
-        scan(b, &keys, &mut spans).expect("valid");
+        scan(b, &keys, &mut frames, &mut spans).expect("valid");
     }
     spans.sort_by_key(|s| s.trace_id);
     let n = spans.len();
@@ -124,28 +128,20 @@ fn buffer_and_decide(c: &mut Criterion) {
     let mut g = c.benchmark_group("buffer");
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("insert_and_decide", |b| {
-        b.iter_batched(
-            || spans.clone(),
-            |spans| {
-                let t0 = Instant::now();
-                let mut shard = Shard::new(Duration::from_secs(1), None, TraceLimits::default());
-                let mut it = spans.into_iter().peekable();
-                while let Some(first) = it.next() {
-                    let id = first.trace_id;
-                    let group = std::iter::once(first)
-                        .chain(std::iter::from_fn(|| it.next_if(|s| s.trace_id == id)));
-                    shard.insert(id, group, pin, t0);
-                }
-                let mut due = Vec::new();
-                shard.take_due(t0 + Duration::from_secs(2), &mut due);
-                let kept = due
-                    .iter()
-                    .filter(|e| decider.decide(&e.summary).keep())
-                    .count();
-                black_box(kept)
-            },
-            BatchSize::LargeInput,
-        )
+        b.iter(|| {
+            let t0 = Instant::now();
+            let mut shard = Shard::new(Duration::from_secs(1), None, TraceLimits::default());
+            for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
+                shard.insert(group[0].trace_id, group, pin, t0);
+            }
+            let mut due = Vec::new();
+            shard.take_due(t0 + Duration::from_secs(2), &mut due);
+            let kept = due
+                .iter()
+                .filter(|e| decider.decide(&e.summary).keep())
+                .count();
+            black_box(kept)
+        })
     });
     g.finish();
 

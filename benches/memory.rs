@@ -1,7 +1,6 @@
 //! Bytes of process memory per buffered span and per live trace, measured with a
-//! counting allocator: what the buffer really allocates (input payloads kept alive by
-//! the spans' zero-copy slices, book-keeping, vector slack), against the spans'
-//! encoded size.
+//! counting allocator: what the buffer really allocates (span copies, shared framing,
+//! book-keeping, vector slack), against the spans' encoded size.
 //!
 //! Two runs over the same input solve for the two unknowns: realistic traces (10-30
 //! spans), and the same spans each as its own one-span trace.
@@ -14,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tailsift::buffer::{MemoryBudget, Shard, TraceLimits};
-use tailsift::codec::{scan, AttrMatchers, Matcher, Span, TraceId};
+use tailsift::codec::{scan, AttrMatchers, FrameInterner, Matcher, Span, TraceId};
 use tailsift::gen::{GenConfig, Generator};
 use tailsift::source::Pin;
 use tokio::time::Instant;
@@ -59,12 +58,13 @@ fn buffer(messages: &[Vec<u8>], keys: &AttrMatchers, one_span_traces: bool) -> H
     let now = Instant::now();
     let before = allocated();
     let mut shard = Shard::new(Duration::from_secs(3600), None, TraceLimits::default());
+    let mut frames = FrameInterner::default();
     let (mut spans_n, mut encoded, mut next_id) = (0usize, 0usize, 0u64);
     for (offset, m) in messages.iter().enumerate() {
         // The source copies the payload out of librdkafka's buffer once.
         let payload: Bytes = budget.charged_bytes(m.clone());
         let mut spans: Vec<Span> = Vec::new();
-        scan(&payload, keys, &mut spans).expect("valid");
+        scan(&payload, keys, &mut frames, &mut spans).expect("valid");
         spans.sort_unstable_by_key(|s| s.trace_id);
         let pin = Pin {
             slot: 0,
@@ -79,21 +79,18 @@ fn buffer(messages: &[Vec<u8>], keys: &AttrMatchers, one_span_traces: bool) -> H
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&next_id.to_le_bytes());
                 id[8..].copy_from_slice(&next_id.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-                shard.insert(TraceId(id), std::iter::once(s), pin, now);
+                shard.insert(TraceId(id), std::slice::from_ref(&s), pin, now);
             }
         } else {
-            let mut it = spans.into_iter().peekable();
-            while let Some(first) = it.next() {
-                let id = first.trace_id;
-                let group = std::iter::once(first)
-                    .chain(std::iter::from_fn(|| it.next_if(|s| s.trace_id == id)));
-                shard.insert(id, group, pin, now);
+            for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
+                shard.insert(group[0].trace_id, group, pin, now);
             }
         }
     }
     let held = allocated() - before;
     let traces = shard.traces();
     drop(shard);
+    drop(frames);
     Held {
         spans: spans_n,
         traces,

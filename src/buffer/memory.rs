@@ -1,8 +1,9 @@
 //! The memory budget: one byte counter for everything tailsift holds on behalf of the
 //! input, with high/low watermarks.
 //!
-//! Input payloads are charged when read and released when the last span slicing them
-//! is gone ([`MemoryBudget::charged_bytes`]); buffer book-keeping, kept traces awaiting
+//! Input payloads are charged when read and released when the last slice of them is
+//! gone, once their spans are copied into the buffer ([`MemoryBudget::charged_bytes`]);
+//! shared resource/scope framing likewise; buffered spans, kept traces awaiting
 //! acknowledgement ([`Charge`]) and the decision cache are charged by their owners.
 //! Above the high watermark the source pauses its partitions and the workers decide
 //! their oldest traces early, until usage is back under the low watermark.
@@ -102,13 +103,19 @@ impl MemoryBudget {
     }
 
     /// Takes ownership of an input payload and charges its allocation until the last
-    /// `Bytes` slicing it is dropped, so spans stay zero-copy and the budget still
-    /// counts exactly the input memory they keep alive.
+    /// `Bytes` slicing it is dropped, so the budget counts exactly the input memory
+    /// the pipeline keeps alive.
     pub fn charged_bytes(&self, data: Vec<u8>) -> Bytes {
-        if data.is_empty() {
+        self.charged_bytes_with(data, 0)
+    }
+
+    /// [`MemoryBudget::charged_bytes`], also charging `extra` bytes held alongside
+    /// (e.g. the struct that owns the bytes).
+    pub fn charged_bytes_with(&self, data: Vec<u8>, extra: u64) -> Bytes {
+        if data.is_empty() && extra == 0 {
             return Bytes::new();
         }
-        let charge = Charge::new(self, data.capacity() as u64);
+        let charge = Charge::new(self, data.capacity() as u64 + extra);
         Bytes::from_owner(ChargedBuf {
             data,
             _charge: charge,

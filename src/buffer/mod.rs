@@ -7,6 +7,12 @@
 //! FIFO queues give the due traces in O(1) each. A trace reaching the per-trace limits
 //! is due at once; under memory pressure the oldest traces are taken early.
 //!
+//! A buffered trace owns compact copies of its spans: per input message, one
+//! exact-size block of encoded span bodies and one record per span (its end in the
+//! block and its shared framing). The input message itself is freed as soon as its
+//! spans are buffered, so what a trace holds is its spans' encoded size plus a few
+//! bytes each, whatever the batching of the input.
+//!
 //! [`MemoryBudget`] counts what all of this holds; see [`memory`].
 
 pub mod memory;
@@ -14,23 +20,83 @@ pub mod memory;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::codec::{RawSpan, Span, TraceId};
+use crate::codec::{EncodedSpan, ScopeFrame, Span, TraceId};
 use crate::policy::TraceSummary;
 use crate::source::Pin;
 
 pub use memory::{Charge, MemoryBudget};
 
-/// Book-keeping bytes of one buffered trace besides its vectors: the entry, its hash
-/// map slot (with the control byte and the map's 7/8 load factor) and its places in
-/// the due queues.
-pub const TRACE_OVERHEAD_BYTES: usize =
-    (size_of::<(TraceId, TraceEntry)>() + 1) * 8 / 7 + 2 * size_of::<(Instant, TraceId)>();
+/// Bytes of one slot of the trace table: the entry and its control byte.
+const TABLE_SLOT_BYTES: usize = size_of::<(TraceId, TraceEntry)>() + 1;
+/// Bytes of one place in a due queue.
+const QUEUE_SLOT_BYTES: usize = size_of::<(Instant, TraceId)>();
 /// Book-keeping bytes of one buffered span besides its encoded bytes.
-pub const SPAN_OVERHEAD_BYTES: usize = size_of::<RawSpan>();
+pub const SPAN_OVERHEAD_BYTES: usize = size_of::<SpanRecord>();
+/// What the allocator adds to each allocation (glibc: an 8-byte header, 16-byte
+/// granularity).
+const ALLOCATION_OVERHEAD: usize = 16;
+
+/// Where a buffered span ends in its chunk's bytes, and the framing it goes under.
+type SpanRecord = (u32, Arc<ScopeFrame>);
+
+/// The spans of one trace from one input message, copied out of it.
+#[derive(Debug)]
+struct Chunk {
+    /// The input message's pin for this trace.
+    pin: Pin,
+    /// The spans' encoded bodies, back to back, allocated at their exact size.
+    bytes: Box<[u8]>,
+    /// One record per span.
+    spans: Box<[SpanRecord]>,
+}
+
+impl Chunk {
+    fn new(spans: &[Span], pin: Pin) -> Self {
+        let total = spans.iter().map(|s| s.raw.len()).sum();
+        let mut bytes = Vec::with_capacity(total);
+        let records = spans
+            .iter()
+            .map(|s| {
+                bytes.extend_from_slice(s.raw.bytes());
+                let end = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                (end, Arc::clone(s.raw.frame()))
+            })
+            .collect();
+        Chunk {
+            pin,
+            bytes: bytes.into_boxed_slice(),
+            spans: records,
+        }
+    }
+
+    /// Heap bytes it holds (its own struct is counted in the trace's vector).
+    fn heap_bytes(&self) -> usize {
+        let alloc = |n: usize| if n == 0 { 0 } else { n + ALLOCATION_OVERHEAD };
+        alloc(self.bytes.len()) + alloc(self.spans.len() * SPAN_OVERHEAD_BYTES)
+    }
+}
+
+/// A buffered span, borrowed from its trace for encoding.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferedSpan<'a> {
+    frame: &'a ScopeFrame,
+    bytes: &'a [u8],
+}
+
+impl EncodedSpan for BufferedSpan<'_> {
+    fn frame(&self) -> &ScopeFrame {
+        self.frame
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+}
 
 /// When a single trace is decided regardless of its wait.
 #[derive(Debug, Clone, Copy)]
@@ -55,21 +121,42 @@ impl Default for TraceLimits {
 pub struct TraceEntry {
     /// What the policies will read.
     pub summary: TraceSummary,
-    /// The encoded spans, re-emitted if the trace is kept.
-    pub spans: Vec<RawSpan>,
-    /// Input messages this trace pins (one pin per message it got spans from).
-    pub pins: Vec<Pin>,
+    /// Its spans, one chunk per input message they came in.
+    chunks: Vec<Chunk>,
+    /// Heap bytes of the chunks.
+    chunk_bytes: usize,
     /// When its first span arrived.
     pub first_seen: Instant,
     root_deadline: Option<Instant>,
 }
 
 impl TraceEntry {
-    /// Book-keeping bytes, counted from the vectors' capacities (what is allocated).
-    pub fn overhead_bytes(&self) -> usize {
-        TRACE_OVERHEAD_BYTES
-            + self.spans.capacity() * SPAN_OVERHEAD_BYTES
-            + self.pins.capacity() * size_of::<Pin>()
+    /// Heap bytes held besides its table slot: the chunk vector (by capacity, what
+    /// is allocated) and the spans' copies.
+    pub fn held_bytes(&self) -> usize {
+        self.chunks.capacity() * size_of::<Chunk>() + self.chunk_bytes
+    }
+
+    /// Its spans, in arrival order, to encode.
+    pub fn spans(&self) -> Vec<BufferedSpan<'_>> {
+        let mut out = Vec::with_capacity(self.summary.span_count as usize);
+        for c in &self.chunks {
+            let mut start = 0usize;
+            for (end, frame) in c.spans.iter() {
+                let end = *end as usize;
+                out.push(BufferedSpan {
+                    frame,
+                    bytes: c.bytes.get(start..end).unwrap_or_default(),
+                });
+                start = end;
+            }
+        }
+        out
+    }
+
+    /// The input pins it holds, one per message it got spans from.
+    pub fn pins(&self) -> Vec<Pin> {
+        self.chunks.iter().map(|c| c.pin).collect()
     }
 }
 
@@ -85,8 +172,7 @@ pub struct Shard {
     /// Traces that reached a limit, to be decided now.
     over_limit: Vec<TraceId>,
     spans: usize,
-    overhead: usize,
-    span_bytes: usize,
+    held: usize,
 }
 
 impl Shard {
@@ -101,45 +187,40 @@ impl Shard {
             limits,
             over_limit: Vec::new(),
             spans: 0,
-            overhead: 0,
-            span_bytes: 0,
+            held: 0,
         }
     }
 
-    /// Adds the spans of one trace from one input message, with that message's pin.
-    pub fn insert(
-        &mut self,
-        trace_id: TraceId,
-        spans: impl Iterator<Item = Span>,
-        pin: Pin,
-        now: Instant,
-    ) {
+    /// Adds the spans of one trace from one input message (copying them out of it),
+    /// with that message's pin.
+    pub fn insert(&mut self, trace_id: TraceId, spans: &[Span], pin: Pin, now: Instant) {
         let mut is_new = false;
         let entry = self.traces.entry(trace_id).or_insert_with(|| {
             is_new = true;
             self.by_first_span.push_back((now, trace_id));
             TraceEntry {
                 summary: TraceSummary::new(trace_id),
-                spans: Vec::new(),
-                pins: Vec::new(),
+                chunks: Vec::new(),
+                chunk_bytes: 0,
                 first_seen: now,
                 root_deadline: None,
             }
         });
-        let (overhead_before, bytes_before) = if is_new {
-            (0, 0)
-        } else {
-            (entry.overhead_bytes(), entry.summary.span_bytes as usize)
-        };
-        let n_before = entry.spans.len();
+        let held_before = if is_new { 0 } else { entry.held_bytes() };
         let was_over = self.limits.reached(&entry.summary);
         let mut root = false;
         for span in spans {
-            entry.summary.add(&span);
+            entry.summary.add(span);
             root |= span.is_root;
-            entry.spans.push(span.raw);
         }
-        entry.pins.push(pin);
+        let chunk = Chunk::new(spans, pin);
+        entry.chunk_bytes += chunk.heap_bytes();
+        if entry.chunks.len() < 8 {
+            // Most traces come in a few messages: grow one by one at first rather
+            // than to the vector's default of four.
+            entry.chunks.reserve_exact(1);
+        }
+        entry.chunks.push(chunk);
         if root && entry.root_deadline.is_none() {
             if let Some(after) = self.after_root {
                 let deadline = now + after;
@@ -149,10 +230,9 @@ impl Shard {
                 }
             }
         }
-        self.spans += entry.spans.len() - n_before;
-        self.overhead += entry.overhead_bytes();
-        self.overhead -= overhead_before;
-        self.span_bytes += entry.summary.span_bytes as usize - bytes_before;
+        self.spans += spans.len();
+        self.held += entry.held_bytes();
+        self.held -= held_before;
         if !was_over && self.limits.reached(&entry.summary) {
             self.over_limit.push(trace_id);
         }
@@ -217,8 +297,7 @@ impl Shard {
         self.by_root_span.clear();
         self.over_limit.clear();
         self.spans = 0;
-        self.overhead = 0;
-        self.span_bytes = 0;
+        self.held = 0;
         self.traces.clear();
     }
 
@@ -229,7 +308,11 @@ impl Shard {
         let ids: Vec<TraceId> = self
             .traces
             .iter()
-            .filter(|(_, e)| e.pins.iter().all(|p| p.slot == slot && p.epoch == epoch))
+            .filter(|(_, e)| {
+                e.chunks
+                    .iter()
+                    .all(|c| c.pin.slot == slot && c.pin.epoch == epoch)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
@@ -240,9 +323,8 @@ impl Shard {
 
     fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
         let e = self.traces.remove(id)?;
-        self.spans -= e.spans.len();
-        self.overhead -= e.overhead_bytes();
-        self.span_bytes -= e.summary.span_bytes as usize;
+        self.spans -= e.summary.span_count as usize;
+        self.held -= e.held_bytes();
         Some(e)
     }
 
@@ -256,14 +338,20 @@ impl Shard {
         self.spans
     }
 
-    /// Bytes held: encoded spans plus book-keeping.
+    /// Bytes held: the spans' copies plus book-keeping, the table and queues counted
+    /// by their allocated capacity.
     pub fn bytes(&self) -> usize {
-        self.overhead + self.span_bytes
-    }
-
-    /// Book-keeping bytes alone (the encoded spans are charged with their input).
-    pub fn overhead_bytes(&self) -> usize {
-        self.overhead
+        // hashbrown allocates a power of two of buckets, at most 7/8 of them used.
+        let cap = self.traces.capacity();
+        let buckets = if cap == 0 {
+            0
+        } else {
+            (cap * 8 / 7).next_power_of_two()
+        };
+        self.held
+            + buckets * TABLE_SLOT_BYTES
+            + (self.by_first_span.capacity() + self.by_root_span.capacity()) * QUEUE_SLOT_BYTES
+            + self.over_limit.capacity() * size_of::<TraceId>()
     }
 }
 

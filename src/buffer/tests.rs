@@ -3,7 +3,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use crate::codec::{ScopeFrame, StatusCode};
+use crate::codec::{RawSpan, ScopeFrame, StatusCode};
 
 fn span(trace: u8, root: bool) -> Span {
     Span {
@@ -14,11 +14,9 @@ fn span(trace: u8, root: bool) -> Span {
         status: StatusCode::Unset,
         hits: 0,
         raw: RawSpan::new(
-            Arc::new(ScopeFrame::new(Bytes::from_static(&[0u8; 100]))),
-            0,
-            100,
-        )
-        .expect("in range"),
+            Arc::new(ScopeFrame::new(Bytes::new())),
+            Bytes::from_static(&[7u8; 100]),
+        ),
     }
 }
 
@@ -34,16 +32,16 @@ fn pin(offset: i64) -> Pin {
 fn traces_are_due_after_decision_wait_in_order() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
+    s.insert(TraceId([1; 16]), &[span(1, false)], pin(0), t0);
     s.insert(
         TraceId([2; 16]),
-        [span(2, false)].into_iter(),
+        &[span(2, false)],
         pin(1),
         t0 + Duration::from_secs(1),
     );
     s.insert(
         TraceId([1; 16]),
-        [span(1, true)].into_iter(),
+        &[span(1, true)],
         pin(2),
         t0 + Duration::from_secs(5),
     );
@@ -54,11 +52,15 @@ fn traces_are_due_after_decision_wait_in_order() {
     s.take_due(t0 + Duration::from_secs(10), &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].summary.trace_id, TraceId([1; 16]));
-    assert_eq!(out[0].spans.len(), 2);
-    assert_eq!(out[0].pins, vec![pin(0), pin(2)]);
+    assert_eq!(out[0].spans().len(), 2);
+    assert_eq!(out[0].pins(), vec![pin(0), pin(2)]);
     s.take_due(t0 + Duration::from_secs(11), &mut out);
     assert_eq!(out.len(), 2);
-    assert_eq!((s.traces(), s.spans(), s.bytes()), (0, 0, 0));
+    assert_eq!(
+        (s.traces(), s.spans(), s.held),
+        (0, 0, 0),
+        "only the table's allocation is left"
+    );
 }
 
 #[test]
@@ -69,10 +71,10 @@ fn root_span_shortens_the_wait() {
         Some(Duration::from_secs(2)),
         TraceLimits::default(),
     );
-    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
+    s.insert(TraceId([1; 16]), &[span(1, false)], pin(0), t0);
     s.insert(
         TraceId([2; 16]),
-        [span(2, true)].into_iter(),
+        &[span(2, true)],
         pin(1),
         t0 + Duration::from_secs(1),
     );
@@ -88,12 +90,12 @@ fn root_span_shortens_the_wait() {
 fn a_new_entry_for_a_decided_id_gets_its_own_deadline() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
+    s.insert(TraceId([1; 16]), &[span(1, false)], pin(0), t0);
     let mut out = Vec::new();
     s.take_due(t0 + Duration::from_secs(10), &mut out);
     s.insert(
         TraceId([1; 16]),
-        [span(1, false)].into_iter(),
+        &[span(1, false)],
         pin(1),
         t0 + Duration::from_secs(12),
     );
@@ -107,13 +109,13 @@ fn a_new_entry_for_a_decided_id_gets_its_own_deadline() {
 fn releasing_a_partition_forgets_only_its_traces() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(0), t0);
+    s.insert(TraceId([1; 16]), &[span(1, false)], pin(0), t0);
     let other = Pin {
         slot: 1,
         epoch: 1,
         offset: 0,
     };
-    s.insert(TraceId([2; 16]), [span(2, false)].into_iter(), other, t0);
+    s.insert(TraceId([2; 16]), &[span(2, false)], other, t0);
     assert_eq!(s.release_partition(0, 1), 1);
     assert!(s.contains(&TraceId([2; 16])));
     assert!(!s.contains(&TraceId([1; 16])));
@@ -129,18 +131,18 @@ fn a_trace_reaching_a_limit_is_taken_at_once() {
     let mut s = Shard::new(Duration::from_secs(10), None, limits);
     s.insert(
         TraceId([1; 16]),
-        [span(1, false), span(1, false)].into_iter(),
+        &[span(1, false), span(1, false)],
         pin(0),
         t0,
     );
     let mut out = Vec::new();
     s.take_over_limit(&mut out);
     assert!(out.is_empty());
-    s.insert(TraceId([1; 16]), [span(1, false)].into_iter(), pin(1), t0);
+    s.insert(TraceId([1; 16]), &[span(1, false)], pin(1), t0);
     s.take_over_limit(&mut out);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].spans.len(), 3);
-    assert_eq!((s.traces(), s.bytes()), (0, 0));
+    assert_eq!(out[0].spans().len(), 3);
+    assert_eq!((s.traces(), s.held), (0, 0));
 }
 
 #[test]
@@ -150,7 +152,7 @@ fn oldest_traces_can_be_taken_early() {
     for i in 1..=5u8 {
         s.insert(
             TraceId([i; 16]),
-            [span(i, false)].into_iter(),
+            &[span(i, false)],
             pin(i.into()),
             t0 + Duration::from_millis(i.into()),
         );
@@ -160,5 +162,25 @@ fn oldest_traces_can_be_taken_early() {
     let ids: Vec<_> = out.iter().map(|e| e.summary.trace_id).collect();
     assert_eq!(ids, vec![TraceId([1; 16]), TraceId([2; 16])]);
     assert_eq!(s.traces(), 3);
-    assert!(s.overhead_bytes() > 0 && s.bytes() > s.overhead_bytes());
+    assert!(s.bytes() > 3 * 100, "the spans' copies and book-keeping");
+}
+
+#[test]
+fn spans_are_copied_out_of_their_message_exactly() {
+    let t0 = Instant::now();
+    let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
+    let spans = [span(1, false), span(1, true)];
+    s.insert(TraceId([1; 16]), &spans, pin(0), t0);
+    let held = s.bytes();
+    drop(spans);
+    let mut out = Vec::new();
+    s.take_due(t0 + Duration::from_secs(10), &mut out);
+    let got = out[0].spans();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|b| b.bytes() == [7u8; 100]));
+    // Two 100-byte bodies, their records, one chunk, the table and queue slots; no
+    // slack beyond that.
+    let table = 4 * (size_of::<(TraceId, TraceEntry)>() + 1) + 4 * 32;
+    assert!(held >= 200 + table, "{held}");
+    assert!(held <= 200 + table + 2 * 16 + 2 * 16 + 48, "{held}");
 }

@@ -1,7 +1,16 @@
 //! Re-assembles a trace's encoded spans into OTLP `ExportTraceServiceRequest` payloads.
 
 use super::wire::{len_field_size, put_len_field, put_len_header};
-use super::{RawSpan, ScopeFrame};
+use super::ScopeFrame;
+
+/// A span as the encoder needs it: its encoded `Span` body and the framing it was
+/// sent under. Scanned spans and buffered spans both are.
+pub trait EncodedSpan {
+    /// The resource and scope the span goes under.
+    fn frame(&self) -> &ScopeFrame;
+    /// The encoded `Span` message body.
+    fn bytes(&self) -> &[u8];
+}
 
 /// Encodes `spans` as OTLP `ExportTraceServiceRequest` payloads of at most
 /// `max_bytes` each: one payload unless the trace is larger than that.
@@ -13,7 +22,7 @@ use super::{RawSpan, ScopeFrame};
 /// A span too large to fit in `max_bytes` with its framing goes alone in a payload of
 /// its own (larger than `max_bytes`): the broker's own limit is usually higher, and
 /// the sink dead-letters it if the broker refuses it. Nothing is silently dropped here.
-pub fn encode_trace(spans: &[RawSpan], max_bytes: usize) -> Vec<Vec<u8>> {
+pub fn encode_trace<S: EncodedSpan>(spans: &[S], max_bytes: usize) -> Vec<Vec<u8>> {
     let layout = Layout::new(spans);
     if layout.len() <= max_bytes {
         return vec![layout.write()];
@@ -29,7 +38,7 @@ pub fn encode_trace(spans: &[RawSpan], max_bytes: usize) -> Vec<Vec<u8>> {
     let mut start = 0;
     let mut acc = 0;
     for (i, s) in spans.iter().enumerate() {
-        let size = len_field_size(s.len());
+        let size = len_field_size(s.bytes().len());
         if acc + size > budget && i > start {
             payloads.push(encode_chunk(&spans[start..i]));
             start = i;
@@ -41,7 +50,7 @@ pub fn encode_trace(spans: &[RawSpan], max_bytes: usize) -> Vec<Vec<u8>> {
     payloads
 }
 
-fn encode_chunk(spans: &[RawSpan]) -> Vec<u8> {
+fn encode_chunk<S: EncodedSpan>(spans: &[S]) -> Vec<u8> {
     Layout::new(spans).write()
 }
 
@@ -63,11 +72,12 @@ fn opt_len(b: &[u8]) -> usize {
     }
 }
 
-fn distinct_frames(spans: &[RawSpan]) -> Vec<&ScopeFrame> {
+fn distinct_frames<S: EncodedSpan>(spans: &[S]) -> Vec<&ScopeFrame> {
     let mut frames: Vec<&ScopeFrame> = Vec::new();
     for s in spans {
-        if !frames.iter().any(|f| f.same_scope(&s.frame)) {
-            frames.push(&s.frame);
+        let frame = s.frame();
+        if !frames.iter().any(|f| f.same_scope(frame)) {
+            frames.push(frame);
         }
     }
     frames
@@ -91,10 +101,10 @@ struct ScopeGroup<'a> {
 }
 
 impl<'a> Layout<'a> {
-    fn new(spans: &'a [RawSpan]) -> Self {
+    fn new<S: EncodedSpan>(spans: &'a [S]) -> Self {
         let mut resources: Vec<ResourceGroup<'a>> = Vec::new();
         for s in spans {
-            let frame: &ScopeFrame = &s.frame;
+            let frame: &ScopeFrame = s.frame();
             let ri = match resources.iter().position(|r| r.frame.same_resource(frame)) {
                 Some(i) => i,
                 None => {

@@ -3,13 +3,16 @@
 //!
 //! The hot path never builds an object tree: [`scan`] walks the OTLP protobuf wire
 //! format once, pulls out only what the buffer and the configured policies read (trace
-//! id, parent, timestamps, status, the attributes some policy names) and keeps each
-//! span's encoded bytes as a zero-copy slice of the input. [`encode`] concatenates
-//! those slices back into one `ExportTraceServiceRequest` per trace, with the original
-//! resource and scope framing.
+//! id, parent, timestamps, status, the attributes some policy names) and hands on each
+//! span's encoded bytes as a zero-copy slice of the input. Resource and scope framing
+//! is copied out once and shared ([`FrameInterner`]), so a buffered span holds neither
+//! its message nor a copy of its framing. [`encode_trace`] concatenates encoded spans
+//! back into one `ExportTraceServiceRequest` per trace, under their original resource
+//! and scope.
 
 mod attrs;
 mod encode;
+mod frames;
 mod scan;
 mod wire;
 
@@ -19,7 +22,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use attrs::{AttrMatchers, Matcher, MAX_MATCHERS};
-pub use encode::encode_trace;
+pub use encode::{encode_trace, EncodedSpan};
+pub use frames::FrameInterner;
 pub use scan::scan;
 
 /// A W3C / OTLP trace id: 16 bytes, never all zero.
@@ -121,9 +125,10 @@ impl ByteRange {
     }
 }
 
-/// The resource and instrumentation scope framing shared by the spans of one
-/// `ScopeSpans` block, kept encoded (as ranges of the input message, which it keeps
-/// alive) so kept spans are re-emitted under it unchanged.
+/// The resource and instrumentation scope framing of a `ScopeSpans` block, kept
+/// encoded so kept spans are re-emitted under it unchanged. Made by the
+/// [`FrameInterner`] as a compact copy shared by every span sent under the same
+/// framing.
 #[derive(Debug, Default)]
 pub struct ScopeFrame {
     payload: Bytes,
@@ -192,15 +197,17 @@ impl ScopeFrame {
     /// Whether two frames encode the same resource (so their spans can share one
     /// `ResourceSpans` in the output).
     pub fn same_resource(&self, other: &ScopeFrame) -> bool {
-        self.resource() == other.resource()
-            && self.resource_schema_url() == other.resource_schema_url()
+        std::ptr::eq(self, other)
+            || (self.resource() == other.resource()
+                && self.resource_schema_url() == other.resource_schema_url())
     }
 
     /// Whether two frames encode the same resource and scope.
     pub fn same_scope(&self, other: &ScopeFrame) -> bool {
-        self.same_resource(other)
-            && self.scope() == other.scope()
-            && self.scope_schema_url() == other.scope_schema_url()
+        std::ptr::eq(self, other)
+            || (self.same_resource(other)
+                && self.scope() == other.scope()
+                && self.scope_schema_url() == other.scope_schema_url())
     }
 }
 
@@ -223,43 +230,59 @@ pub struct Span {
     pub raw: RawSpan,
 }
 
-/// A span as the buffer keeps it: where its encoded bytes lie in the input message,
-/// and the framing to re-emit it under (16 bytes).
+impl EncodedSpan for Span {
+    fn frame(&self) -> &ScopeFrame {
+        &self.raw.frame
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw.bytes
+    }
+}
+
+/// A scanned span's encoded bytes (a zero-copy slice of its input message) and the
+/// framing it was sent under. The buffer copies the bytes into its own compact
+/// records, so the input message is freed as soon as its spans are buffered.
 #[derive(Debug, Clone)]
 pub struct RawSpan {
     frame: Arc<ScopeFrame>,
-    range: ByteRange,
+    bytes: Bytes,
 }
 
 impl RawSpan {
-    /// The span at `start..start + len` of its frame's payload; `None` if that is out
-    /// of the payload.
-    pub fn new(frame: Arc<ScopeFrame>, start: usize, len: usize) -> Option<Self> {
-        (start.checked_add(len)? <= frame.payload.len()).then_some(())?;
-        Some(RawSpan {
-            range: ByteRange::new(start, len)?,
-            frame,
-        })
+    /// A span with encoded body `bytes` sent under `frame`.
+    pub fn new(frame: Arc<ScopeFrame>, bytes: Bytes) -> Self {
+        RawSpan { frame, bytes }
     }
 
     /// The span's encoded `Span` message body.
     pub fn bytes(&self) -> &[u8] {
-        self.frame.get(self.range)
+        &self.bytes
     }
 
     /// Its encoded size.
     pub fn len(&self) -> usize {
-        self.range.len as usize
+        self.bytes.len()
     }
 
     /// Whether the encoded span is empty (a span with every field at its default).
     pub fn is_empty(&self) -> bool {
-        self.range.len == 0
+        self.bytes.is_empty()
     }
 
     /// The resource and scope this span was sent under.
-    pub fn frame(&self) -> &ScopeFrame {
+    pub fn frame(&self) -> &Arc<ScopeFrame> {
         &self.frame
+    }
+}
+
+impl EncodedSpan for RawSpan {
+    fn frame(&self) -> &ScopeFrame {
+        &self.frame
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 

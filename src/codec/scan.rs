@@ -4,22 +4,31 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::frames::FrameParts;
 use super::wire::{Reader, FIXED64, LEN, VARINT};
 use super::{
-    AttrMatchers, AttrValue, ByteRange, CodecError, RawSpan, ScopeFrame, Span, StatusCode, TraceId,
+    AttrMatchers, AttrValue, CodecError, FrameInterner, RawSpan, ScopeFrame, Span, StatusCode,
+    TraceId,
 };
 
-/// Scans one OTLP `ExportTraceServiceRequest` and appends its spans to `out`.
+/// Scans one OTLP `ExportTraceServiceRequest` and appends its spans to `out`, their
+/// framing shared through `frames`.
 ///
 /// # Errors
 /// Any malformed field fails the whole payload and leaves `out` as it was: a message
 /// is either read completely or sent to the dead-letter topic, never half-read.
-pub fn scan(payload: &Bytes, keys: &AttrMatchers, out: &mut Vec<Span>) -> Result<(), CodecError> {
+pub fn scan(
+    payload: &Bytes,
+    keys: &AttrMatchers,
+    frames: &mut FrameInterner,
+    out: &mut Vec<Span>,
+) -> Result<(), CodecError> {
     if u32::try_from(payload.len()).is_err() {
         return Err(CodecError::TooLarge(payload.len()));
     }
     let before = out.len();
-    let result = scan_request(payload, keys, out);
+    let cx = Cx { keys, frames };
+    let result = scan_request(payload, cx, out);
     if result.is_err() {
         out.truncate(before);
     }
@@ -37,9 +46,8 @@ struct Msg<'a> {
 
 impl<'a> Msg<'a> {
     /// The message's bytes as a zero-copy slice of the payload.
-    /// Where the message lies in the payload (which is under 4 GiB, checked by `scan`).
-    fn range(&self) -> ByteRange {
-        ByteRange::new(self.base, self.body.len()).unwrap_or_default()
+    fn shared(&self) -> Bytes {
+        self.payload.slice(self.base..self.base + self.body.len())
     }
 
     /// Calls `f(field, sub)` for every length-delimited field numbered in `wanted`;
@@ -73,32 +81,35 @@ impl<'a> Msg<'a> {
     }
 }
 
-fn scan_request(
-    payload: &Bytes,
-    keys: &AttrMatchers,
-    out: &mut Vec<Span>,
-) -> Result<(), CodecError> {
+/// What every level of the scan needs besides the bytes.
+struct Cx<'a> {
+    keys: &'a AttrMatchers,
+    frames: &'a mut FrameInterner,
+}
+
+fn scan_request(payload: &Bytes, mut cx: Cx<'_>, out: &mut Vec<Span>) -> Result<(), CodecError> {
     let request = Msg {
         payload,
         base: 0,
         body: payload,
     };
     // ExportTraceServiceRequest.resource_spans = 1
-    request.each(&[1], |_, rs| scan_resource_spans(rs, keys, out))
+    request.each(&[1], |_, rs| scan_resource_spans(rs, &mut cx, out))
 }
 
 fn scan_resource_spans(
     rs: Msg<'_>,
-    keys: &AttrMatchers,
+    cx: &mut Cx<'_>,
     out: &mut Vec<Span>,
 ) -> Result<(), CodecError> {
+    let keys = cx.keys;
     // Pass 1: the resource (1) and schema url (3) may come after the scope spans.
     let mut resource = None;
-    let mut schema_url = ByteRange::default();
+    let mut schema_url: &[u8] = &[];
     let mut resource_hits = 0u64;
     rs.each(&[1, 3], |field, m| {
         if field == 1 {
-            resource = Some(m.range());
+            resource = Some(m.body);
             if !keys.is_empty() {
                 // Resource.attributes = 1
                 m.each(&[1], |_, kv| {
@@ -107,7 +118,7 @@ fn scan_resource_spans(
                 })?;
             }
         } else {
-            schema_url = m.range();
+            schema_url = m.body;
         }
         Ok(())
     })?;
@@ -115,23 +126,22 @@ fn scan_resource_spans(
     rs.each(&[2], |_, ss| {
         // ScopeSpans: scope = 1, spans = 2, schema_url = 3.
         let mut scope = None;
-        let mut scope_schema_url = ByteRange::default();
+        let mut scope_schema_url: &[u8] = &[];
         ss.each(&[1, 3], |field, m| {
             if field == 1 {
-                scope = Some(m.range());
+                scope = Some(m.body);
             } else {
-                scope_schema_url = m.range();
+                scope_schema_url = m.body;
             }
             Ok(())
         })?;
-        let frame = Arc::new(ScopeFrame::with_ranges(
-            ss.payload.clone(),
+        let frame = cx.frames.intern(FrameParts {
             resource,
-            schema_url,
+            resource_schema_url: schema_url,
             scope,
             scope_schema_url,
             resource_hits,
-        ));
+        });
         ss.each(&[2], |_, span| {
             out.push(scan_span(span, &frame, keys)?);
             Ok(())
@@ -188,8 +198,7 @@ fn scan_span(
         end_ns,
         status,
         hits,
-        raw: RawSpan::new(Arc::clone(frame), span.base, span.body.len())
-            .ok_or_else(|| CodecError::TooLarge(span.payload.len()))?,
+        raw: RawSpan::new(Arc::clone(frame), span.shared()),
     })
 }
 

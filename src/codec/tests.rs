@@ -96,7 +96,7 @@ fn keys() -> AttrMatchers {
 fn scan_extracts_what_policies_need() {
     let payload = Bytes::from(request().encode_to_vec());
     let mut spans = Vec::new();
-    scan(&payload, &keys(), &mut spans).expect("valid payload");
+    scan(&payload, &keys(), &mut FrameInterner::default(), &mut spans).expect("valid payload");
     assert_eq!(spans.len(), 3);
     assert_eq!(spans[0].trace_id, TraceId([1; 16]));
     assert!(spans[0].is_root);
@@ -114,7 +114,13 @@ fn scan_extracts_what_policies_need() {
         "resource attributes are tested too"
     );
     let mut none = Vec::new();
-    scan(&payload, &AttrMatchers::default(), &mut none).expect("valid payload");
+    scan(
+        &payload,
+        &AttrMatchers::default(),
+        &mut FrameInterner::default(),
+        &mut none,
+    )
+    .expect("valid payload");
     assert!(none.iter().all(|s| s.hits == 0));
 }
 
@@ -123,7 +129,8 @@ fn encode_round_trips_through_prost() {
     let req = request();
     let payload = Bytes::from(req.encode_to_vec());
     let mut spans = Vec::new();
-    scan(&payload, &AttrMatchers::default(), &mut spans).expect("valid payload");
+    let mut frames = FrameInterner::default();
+    scan(&payload, &AttrMatchers::default(), &mut frames, &mut spans).expect("valid payload");
     let trace1: Vec<RawSpan> = spans
         .iter()
         .filter(|s| s.trace_id == TraceId([1; 16]))
@@ -158,9 +165,10 @@ fn encode_round_trips_through_prost() {
 fn spans_from_separate_messages_share_framing() {
     let req = request();
     let mut spans = Vec::new();
+    let mut frames = FrameInterner::default();
     for _ in 0..2 {
         let payload = Bytes::from(req.encode_to_vec());
-        scan(&payload, &AttrMatchers::default(), &mut spans).expect("valid payload");
+        scan(&payload, &AttrMatchers::default(), &mut frames, &mut spans).expect("valid payload");
     }
     let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
     let out = encode_trace(&raw, 1 << 20);
@@ -174,9 +182,10 @@ fn spans_from_separate_messages_share_framing() {
 fn oversized_trace_splits_into_valid_messages() {
     let req = request();
     let mut spans = Vec::new();
+    let mut frames = FrameInterner::default();
     for _ in 0..50 {
         let payload = Bytes::from(req.encode_to_vec());
-        scan(&payload, &AttrMatchers::default(), &mut spans).expect("valid payload");
+        scan(&payload, &AttrMatchers::default(), &mut frames, &mut spans).expect("valid payload");
     }
     let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
     let out = encode_trace(&raw, 2_000);
@@ -206,18 +215,18 @@ fn malformed_input_is_an_error_and_adds_nothing() {
         let payload = Bytes::copy_from_slice(&good[..cut]);
         // Some prefixes are valid shorter messages; none may panic or half-fill.
         let before = spans.len();
-        if scan(&payload, &keys(), &mut spans).is_err() {
+        if scan(&payload, &keys(), &mut FrameInterner::default(), &mut spans).is_err() {
             assert_eq!(spans.len(), before);
         }
         spans.clear();
     }
     let garbage = Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff");
-    assert!(scan(&garbage, &keys(), &mut spans).is_err());
+    assert!(scan(&garbage, &keys(), &mut FrameInterner::default(), &mut spans).is_err());
     let mut no_trace_id = request();
     no_trace_id.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![0; 16];
     let payload = Bytes::from(no_trace_id.encode_to_vec());
     assert_eq!(
-        scan(&payload, &keys(), &mut spans),
+        scan(&payload, &keys(), &mut FrameInterner::default(), &mut spans),
         Err(CodecError::BadTraceId { len: 16 })
     );
     assert!(spans.is_empty());

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
-use crate::codec::{encode_trace, RawSpan, Span, TraceId};
+use crate::codec::{encode_trace, EncodedSpan, Span, TraceId};
 use crate::sink::{KeptTrace, SinkMsg};
 use crate::source::{Pin, Releases};
 use crate::telemetry::names;
@@ -218,16 +218,15 @@ impl ShardWorker {
 
     async fn insert(&mut self, pin: Pin, spans: Vec<Span>) -> Result<(), Closed> {
         let now = Instant::now();
-        let mut spans = spans.into_iter().peekable();
-        while let Some(first) = spans.next() {
-            let id = first.trace_id;
-            let group = std::iter::once(first)
-                .chain(std::iter::from_fn(|| spans.next_if(|s| s.trace_id == id)));
+        for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
+            let id = group[0].trace_id;
             match self.cache.get(&id) {
                 None => self.shard.insert(id, group, pin, now),
-                Some(verdict) => self.late(id, verdict, group.collect(), pin).await?,
+                Some(verdict) => self.late(id, verdict, group, pin).await?,
             }
         }
+        // The input message is freed here, once its spans are copied out.
+        drop(spans);
         let mut over = std::mem::take(&mut self.due);
         self.shard.take_over_limit(&mut over);
         for entry in over.drain(..) {
@@ -243,7 +242,7 @@ impl ShardWorker {
         &mut self,
         id: TraceId,
         verdict: Verdict,
-        group: Vec<Span>,
+        group: &[Span],
         pin: Pin,
     ) -> Result<(), Closed> {
         let late = if verdict.keep() {
@@ -253,8 +252,7 @@ impl ShardWorker {
         };
         late.increment(group.len() as u64);
         if verdict.keep() {
-            let raw: Vec<RawSpan> = group.into_iter().map(|s| s.raw).collect();
-            self.send_kept(id, &raw, vec![pin], verdict, None).await
+            self.send_kept(id, group, vec![pin], verdict, None).await
         } else {
             self.releases.release(vec![pin]);
             Ok(())
@@ -281,18 +279,18 @@ impl ShardWorker {
             self.cache.insert(&id, verdict);
         }
         if verdict.keep() {
-            self.send_kept(id, &entry.spans, entry.pins, verdict, forced)
+            self.send_kept(id, &entry.spans(), entry.pins(), verdict, forced)
                 .await
         } else {
-            self.releases.release(entry.pins);
+            self.releases.release(entry.pins());
             Ok(())
         }
     }
 
-    async fn send_kept(
+    async fn send_kept<S: EncodedSpan>(
         &mut self,
         trace_id: TraceId,
-        spans: &[RawSpan],
+        spans: &[S],
         pins: Vec<Pin>,
         verdict: Verdict,
         forced: Option<Forced>,
@@ -332,7 +330,7 @@ impl ShardWorker {
         m.bytes.increment(delta(now.2, self.published.2));
         m.cache.increment(delta(now.3, self.published.3));
         self.published = now;
-        let charged = (self.shard.overhead_bytes() + self.cache.allocated_bytes()) as u64;
+        let charged = (self.shard.bytes() + self.cache.allocated_bytes()) as u64;
         self.budget.adjust(self.charged, charged);
         self.charged = charged;
     }

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::buffer::MemoryBudget;
-use crate::codec::AttrMatchers;
+use crate::codec::{AttrMatchers, FrameInterner};
 use crate::config::{KafkaConfig, MemorySplit};
 use crate::decide::ShardMsg;
 use crate::shutdown::Shutdown;
@@ -148,10 +148,14 @@ impl Source {
         let (scanners, idle) = (0..out.shards.len().max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(SCAN_CHANNEL);
+                let frames_budget = budget.clone();
                 let scanner = Scanner {
                     rx,
                     tracker: Arc::clone(&tracker),
                     keys: keys.clone(),
+                    frames: FrameInterner::new(move |v| {
+                        frames_budget.charged_bytes_with(v, FrameInterner::FRAME_OVERHEAD)
+                    }),
                     shards: out.shards.clone(),
                     sink: out.sink.clone(),
                 };

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{lock, OffsetTracker, Pin};
-use crate::codec::{scan, AttrMatchers, Span};
+use crate::codec::{scan, AttrMatchers, FrameInterner, Span};
 use crate::decide::ShardMsg;
 use crate::sink::{DeadLetter, SinkMsg};
 use crate::telemetry::names;
@@ -52,6 +52,8 @@ pub(super) struct Scanner {
     pub(super) rx: mpsc::Receiver<ScanJob>,
     pub(super) tracker: Arc<Mutex<OffsetTracker>>,
     pub(super) keys: AttrMatchers,
+    /// Its own frame interner: no lock between scanners.
+    pub(super) frames: FrameInterner,
     pub(super) shards: Vec<mpsc::Sender<ShardMsg>>,
     pub(super) sink: mpsc::Sender<SinkMsg>,
 }
@@ -82,14 +84,14 @@ impl Scanner {
     }
 
     async fn message(
-        &self,
+        &mut self,
         input: Input,
         spans: &mut Vec<Span>,
         spans_received: &Counter,
     ) -> Result<(), ()> {
         spans.clear();
         let pin = input.pin;
-        if let Err(e) = scan(&input.payload, &self.keys, spans) {
+        if let Err(e) = scan(&input.payload, &self.keys, &mut self.frames, spans) {
             let Some((topic, partition)) = lock(&self.tracker).origin(pin) else {
                 return Ok(()); // its partition was revoked meanwhile
             };
