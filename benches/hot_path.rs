@@ -10,7 +10,9 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tailsift::buffer::{Shard, TraceLimits};
-use tailsift::codec::{encode_trace, scan, FrameInterner, RawSpan, Span};
+use tailsift::codec::{
+    encode_trace, scan, AttrMatchers, FrameInterner, Message as Scanned, Span, SpanRef,
+};
 use tailsift::config::Config;
 use tailsift::decide::Decider;
 use tailsift::gen::{GenConfig, Generator};
@@ -53,16 +55,26 @@ fn policy_set() -> PolicySet {
     PolicySet::build(&cfg.policies).expect("builds")
 }
 
+/// Each batch scanned: its message and its spans sorted by trace id.
+fn scan_all(input: &[Bytes], keys: &AttrMatchers) -> Vec<(Scanned, Vec<Span>)> {
+    let mut frames = FrameInterner::default();
+    input
+        .iter()
+        .map(|b| {
+            let mut spans = Vec::new();
+            let msg = scan(b, keys, &mut frames, &mut spans).expect("valid");
+            spans.sort_by_key(|s| s.trace_id);
+            (msg, spans)
+        })
+        .collect()
+}
+
 fn codec(c: &mut Criterion) {
     let input = batches();
     let bytes: usize = input.iter().map(Bytes::len).sum();
     let keys = policy_set().keys;
-    let mut spans = Vec::new();
-    let mut frames = FrameInterner::default();
-    for b in &input {
-        scan(b, &keys, &mut frames, &mut spans).expect("valid");
-    }
-    let n_spans = spans.len();
+    let scanned = scan_all(&input, &keys);
+    let n_spans: usize = scanned.iter().map(|(_, s)| s.len()).sum();
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function("scan", |b| {
@@ -94,11 +106,15 @@ fn codec(c: &mut Criterion) {
     );
 
     // Re-encode one trace of ~20 spans.
-    let id = spans[0].trace_id;
-    let trace: Vec<RawSpan> = spans
+    let id = scanned[0].1[0].trace_id;
+    let trace: Vec<SpanRef> = scanned
         .iter()
-        .filter(|s| s.trace_id == id)
-        .map(|s| s.raw.clone())
+        .flat_map(|(m, spans)| {
+            spans
+                .iter()
+                .filter(|s| s.trace_id == id)
+                .map(move |s| m.span_ref(s))
+        })
         .collect();
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Elements(trace.len() as u64));
@@ -113,13 +129,8 @@ fn buffer_and_decide(c: &mut Criterion) {
     let set = policy_set();
     let keys = set.keys.clone();
     let decider = Decider::new(set);
-    let mut spans = Vec::new();
-    let mut frames = FrameInterner::default();
-    for b in &input {
-        scan(b, &keys, &mut frames, &mut spans).expect("valid");
-    }
-    spans.sort_by_key(|s| s.trace_id);
-    let n = spans.len();
+    let scanned = scan_all(&input, &keys);
+    let n: usize = scanned.iter().map(|(_, s)| s.len()).sum();
     let pin = Pin {
         slot: 0,
         epoch: 1,
@@ -131,8 +142,10 @@ fn buffer_and_decide(c: &mut Criterion) {
         b.iter(|| {
             let t0 = Instant::now();
             let mut shard = Shard::new(Duration::from_secs(1), None, TraceLimits::default());
-            for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
-                shard.insert(group[0].trace_id, group, pin, t0);
+            for (msg, spans) in &scanned {
+                for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
+                    shard.insert(group[0].trace_id, msg, group, pin, t0);
+                }
             }
             let mut due = Vec::new();
             shard.take_due(t0 + Duration::from_secs(2), &mut due);
@@ -146,8 +159,10 @@ fn buffer_and_decide(c: &mut Criterion) {
     g.finish();
 
     // Policy evaluation alone, per trace.
+    let mut spans: Vec<&Span> = scanned.iter().flat_map(|(_, s)| s).collect();
+    spans.sort_by_key(|s| s.trace_id);
     let mut summaries: Vec<TraceSummary> = Vec::new();
-    for s in &spans {
+    for s in spans {
         if summaries.last().is_none_or(|t| t.trace_id != s.trace_id) {
             summaries.push(TraceSummary::new(s.trace_id));
         }

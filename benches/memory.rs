@@ -64,7 +64,7 @@ fn buffer(messages: &[Vec<u8>], keys: &AttrMatchers, one_span_traces: bool) -> H
         // The source copies the payload out of librdkafka's buffer once.
         let payload: Bytes = budget.charged_bytes(m.clone());
         let mut spans: Vec<Span> = Vec::new();
-        scan(&payload, keys, &mut frames, &mut spans).expect("valid");
+        let msg = scan(&payload, keys, &mut frames, &mut spans).expect("valid");
         spans.sort_unstable_by_key(|s| s.trace_id);
         let pin = Pin {
             slot: 0,
@@ -72,18 +72,18 @@ fn buffer(messages: &[Vec<u8>], keys: &AttrMatchers, one_span_traces: bool) -> H
             offset: offset as i64,
         };
         spans_n += spans.len();
-        encoded += spans.iter().map(|s| s.raw.len()).sum::<usize>();
+        encoded += spans.iter().map(Span::len).sum::<usize>();
         if one_span_traces {
             for s in spans {
                 next_id += 1;
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&next_id.to_le_bytes());
                 id[8..].copy_from_slice(&next_id.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-                shard.insert(TraceId(id), std::slice::from_ref(&s), pin, now);
+                shard.insert(TraceId(id), &msg, std::slice::from_ref(&s), pin, now);
             }
         } else {
             for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
-                shard.insert(group[0].trace_id, group, pin, now);
+                shard.insert(group[0].trace_id, &msg, group, pin, now);
             }
         }
     }

@@ -69,7 +69,12 @@ impl MemoryBudget {
         self.0.used.load(Ordering::Relaxed)
     }
 
-    /// The budget.
+    /// Usage the workers evict down to under pressure, in bytes.
+    pub fn low_watermark(&self) -> u64 {
+        self.0.low
+    }
+
+    /// The budget in bytes.
     pub fn capacity(&self) -> u64 {
         self.0.capacity
     }

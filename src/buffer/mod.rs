@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::codec::{EncodedSpan, ScopeFrame, Span, TraceId};
+use crate::codec::{Message, ScopeFrame, Span, SpanRef, TraceId};
 use crate::policy::TraceSummary;
 use crate::source::Pin;
 
@@ -41,8 +41,9 @@ pub const SPAN_OVERHEAD_BYTES: usize = size_of::<SpanRecord>();
 /// granularity).
 const ALLOCATION_OVERHEAD: usize = 16;
 
-/// Where a buffered span ends in its chunk's bytes, and the framing it goes under.
-type SpanRecord = (u32, Arc<ScopeFrame>);
+/// Where a buffered span ends in its chunk's bytes, and which of the chunk's framings
+/// it goes under.
+type SpanRecord = (u32, u16);
 
 /// The spans of one trace from one input message, copied out of it.
 #[derive(Debug)]
@@ -53,48 +54,45 @@ struct Chunk {
     bytes: Box<[u8]>,
     /// One record per span.
     spans: Box<[SpanRecord]>,
+    /// The distinct framings of these spans (usually one).
+    frames: Box<[Arc<ScopeFrame>]>,
 }
 
 impl Chunk {
-    fn new(spans: &[Span], pin: Pin) -> Self {
-        let total = spans.iter().map(|s| s.raw.len()).sum();
+    fn new(message: &Message, spans: &[Span], pin: Pin) -> Self {
+        let total = spans.iter().map(Span::len).sum();
         let mut bytes = Vec::with_capacity(total);
+        let mut frames: Vec<Arc<ScopeFrame>> = Vec::new();
         let records = spans
             .iter()
             .map(|s| {
-                bytes.extend_from_slice(s.raw.bytes());
+                bytes.extend_from_slice(message.bytes(s));
                 let end = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                (end, Arc::clone(s.raw.frame()))
+                let frame = message.frame(s);
+                let local = match frames.iter().position(|f| Arc::ptr_eq(f, frame)) {
+                    Some(i) => i,
+                    None => {
+                        frames.push(Arc::clone(frame));
+                        frames.len() - 1
+                    }
+                };
+                (end, u16::try_from(local).unwrap_or(u16::MAX))
             })
             .collect();
         Chunk {
             pin,
             bytes: bytes.into_boxed_slice(),
             spans: records,
+            frames: frames.into_boxed_slice(),
         }
     }
 
     /// Heap bytes it holds (its own struct is counted in the trace's vector).
     fn heap_bytes(&self) -> usize {
         let alloc = |n: usize| if n == 0 { 0 } else { n + ALLOCATION_OVERHEAD };
-        alloc(self.bytes.len()) + alloc(self.spans.len() * SPAN_OVERHEAD_BYTES)
-    }
-}
-
-/// A buffered span, borrowed from its trace for encoding.
-#[derive(Debug, Clone, Copy)]
-pub struct BufferedSpan<'a> {
-    frame: &'a ScopeFrame,
-    bytes: &'a [u8],
-}
-
-impl EncodedSpan for BufferedSpan<'_> {
-    fn frame(&self) -> &ScopeFrame {
-        self.frame
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.bytes
+        alloc(self.bytes.len())
+            + alloc(self.spans.len() * SPAN_OVERHEAD_BYTES)
+            + alloc(self.frames.len() * size_of::<Arc<ScopeFrame>>())
     }
 }
 
@@ -138,13 +136,16 @@ impl TraceEntry {
     }
 
     /// Its spans, in arrival order, to encode.
-    pub fn spans(&self) -> Vec<BufferedSpan<'_>> {
+    pub fn spans(&self) -> Vec<SpanRef<'_>> {
         let mut out = Vec::with_capacity(self.summary.span_count as usize);
         for c in &self.chunks {
             let mut start = 0usize;
-            for (end, frame) in c.spans.iter() {
-                let end = *end as usize;
-                out.push(BufferedSpan {
+            for &(end, frame) in c.spans.iter() {
+                let end = end as usize;
+                let Some(frame) = c.frames.get(usize::from(frame)) else {
+                    continue; // cannot happen: records index the chunk's own frames
+                };
+                out.push(SpanRef {
                     frame,
                     bytes: c.bytes.get(start..end).unwrap_or_default(),
                 });
@@ -193,7 +194,14 @@ impl Shard {
 
     /// Adds the spans of one trace from one input message (copying them out of it),
     /// with that message's pin.
-    pub fn insert(&mut self, trace_id: TraceId, spans: &[Span], pin: Pin, now: Instant) {
+    pub fn insert(
+        &mut self,
+        trace_id: TraceId,
+        message: &Message,
+        spans: &[Span],
+        pin: Pin,
+        now: Instant,
+    ) {
         let mut is_new = false;
         let entry = self.traces.entry(trace_id).or_insert_with(|| {
             is_new = true;
@@ -213,7 +221,7 @@ impl Shard {
             entry.summary.add(span);
             root |= span.is_root;
         }
-        let chunk = Chunk::new(spans, pin);
+        let chunk = Chunk::new(message, spans, pin);
         entry.chunk_bytes += chunk.heap_bytes();
         if entry.chunks.len() < 8 {
             // Most traces come in a few messages: grow one by one at first rather

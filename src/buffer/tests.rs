@@ -3,21 +3,23 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use crate::codec::{RawSpan, ScopeFrame, StatusCode};
+use crate::codec::{EncodedSpan, ScopeFrame};
+
+/// The message every test span comes from: 100 bytes of body, one frame.
+fn message() -> Message {
+    Message::new(
+        Bytes::from_static(&[7u8; 100]),
+        vec![Arc::new(ScopeFrame::new(Bytes::new()))],
+    )
+}
 
 fn span(trace: u8, root: bool) -> Span {
-    Span {
-        trace_id: TraceId([trace; 16]),
-        is_root: root,
-        start_ns: 0,
-        end_ns: 10,
-        status: StatusCode::Unset,
-        hits: 0,
-        raw: RawSpan::new(
-            Arc::new(ScopeFrame::new(Bytes::new())),
-            Bytes::from_static(&[7u8; 100]),
-        ),
-    }
+    let mut s = message()
+        .span_at(TraceId([trace; 16]), 0, 100, 0)
+        .expect("in the message");
+    s.is_root = root;
+    s.end_ns = 10;
+    s
 }
 
 fn pin(offset: i64) -> Pin {
@@ -32,15 +34,17 @@ fn pin(offset: i64) -> Pin {
 fn traces_are_due_after_decision_wait_in_order() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), &[span(1, false)], pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), t0);
     s.insert(
         TraceId([2; 16]),
+        &message(),
         &[span(2, false)],
         pin(1),
         t0 + Duration::from_secs(1),
     );
     s.insert(
         TraceId([1; 16]),
+        &message(),
         &[span(1, true)],
         pin(2),
         t0 + Duration::from_secs(5),
@@ -71,9 +75,10 @@ fn root_span_shortens_the_wait() {
         Some(Duration::from_secs(2)),
         TraceLimits::default(),
     );
-    s.insert(TraceId([1; 16]), &[span(1, false)], pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), t0);
     s.insert(
         TraceId([2; 16]),
+        &message(),
         &[span(2, true)],
         pin(1),
         t0 + Duration::from_secs(1),
@@ -90,11 +95,12 @@ fn root_span_shortens_the_wait() {
 fn a_new_entry_for_a_decided_id_gets_its_own_deadline() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), &[span(1, false)], pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), t0);
     let mut out = Vec::new();
     s.take_due(t0 + Duration::from_secs(10), &mut out);
     s.insert(
         TraceId([1; 16]),
+        &message(),
         &[span(1, false)],
         pin(1),
         t0 + Duration::from_secs(12),
@@ -109,13 +115,13 @@ fn a_new_entry_for_a_decided_id_gets_its_own_deadline() {
 fn releasing_a_partition_forgets_only_its_traces() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), &[span(1, false)], pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), t0);
     let other = Pin {
         slot: 1,
         epoch: 1,
         offset: 0,
     };
-    s.insert(TraceId([2; 16]), &[span(2, false)], other, t0);
+    s.insert(TraceId([2; 16]), &message(), &[span(2, false)], other, t0);
     assert_eq!(s.release_partition(0, 1), 1);
     assert!(s.contains(&TraceId([2; 16])));
     assert!(!s.contains(&TraceId([1; 16])));
@@ -131,6 +137,7 @@ fn a_trace_reaching_a_limit_is_taken_at_once() {
     let mut s = Shard::new(Duration::from_secs(10), None, limits);
     s.insert(
         TraceId([1; 16]),
+        &message(),
         &[span(1, false), span(1, false)],
         pin(0),
         t0,
@@ -138,7 +145,7 @@ fn a_trace_reaching_a_limit_is_taken_at_once() {
     let mut out = Vec::new();
     s.take_over_limit(&mut out);
     assert!(out.is_empty());
-    s.insert(TraceId([1; 16]), &[span(1, false)], pin(1), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(1), t0);
     s.take_over_limit(&mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].spans().len(), 3);
@@ -152,6 +159,7 @@ fn oldest_traces_can_be_taken_early() {
     for i in 1..=5u8 {
         s.insert(
             TraceId([i; 16]),
+            &message(),
             &[span(i, false)],
             pin(i.into()),
             t0 + Duration::from_millis(i.into()),
@@ -170,7 +178,7 @@ fn spans_are_copied_out_of_their_message_exactly() {
     let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
     let spans = [span(1, false), span(1, true)];
-    s.insert(TraceId([1; 16]), &spans, pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &spans, pin(0), t0);
     let held = s.bytes();
     drop(spans);
     let mut out = Vec::new();
@@ -178,9 +186,10 @@ fn spans_are_copied_out_of_their_message_exactly() {
     let got = out[0].spans();
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|b| b.bytes() == [7u8; 100]));
-    // Two 100-byte bodies, their records, one chunk, the table and queue slots; no
-    // slack beyond that.
-    let table = 4 * (size_of::<(TraceId, TraceEntry)>() + 1) + 4 * 32;
-    assert!(held >= 200 + table, "{held}");
-    assert!(held <= 200 + table + 2 * 16 + 2 * 16 + 48, "{held}");
+    // The table's four buckets, the due queue's first four places, one chunk with
+    // the two 100-byte bodies in one allocation, two 8-byte records in another and
+    // the one frame reference in a third: nothing else.
+    let table = 4 * TABLE_SLOT_BYTES + 4 * QUEUE_SLOT_BYTES;
+    let chunk = size_of::<Chunk>() + (200 + 16) + (2 * 8 + 16) + (8 + 16);
+    assert_eq!(held, table + chunk);
 }

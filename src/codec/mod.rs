@@ -211,7 +211,8 @@ impl ScopeFrame {
     }
 }
 
-/// What the scan extracts from one span.
+/// What the scan extracts from one span. Its encoded bytes and framing stay in its
+/// [`Message`], which the span indexes (no reference count per span).
 #[derive(Debug, Clone)]
 pub struct Span {
     /// The trace this span belongs to.
@@ -224,65 +225,109 @@ pub struct Span {
     pub end_ns: u64,
     /// `status.code`.
     pub status: StatusCode,
-    /// Bits of the attribute predicates the span's attributes satisfy.
+    /// Bits of the attribute predicates the span's attributes or its resource's
+    /// satisfy (OTel looks at both).
     pub hits: u64,
-    /// The encoded span, what the buffer keeps.
-    pub raw: RawSpan,
+    /// Where its encoded body lies in the message payload.
+    pub(crate) range: ByteRange,
+    /// Index of its framing in the message's frames.
+    pub(crate) frame: u32,
 }
 
-impl EncodedSpan for Span {
-    fn frame(&self) -> &ScopeFrame {
-        &self.raw.frame
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.raw.bytes
-    }
-}
-
-/// A scanned span's encoded bytes (a zero-copy slice of its input message) and the
-/// framing it was sent under. The buffer copies the bytes into its own compact
-/// records, so the input message is freed as soon as its spans are buffered.
-#[derive(Debug, Clone)]
-pub struct RawSpan {
-    frame: Arc<ScopeFrame>,
-    bytes: Bytes,
-}
-
-impl RawSpan {
-    /// A span with encoded body `bytes` sent under `frame`.
-    pub fn new(frame: Arc<ScopeFrame>, bytes: Bytes) -> Self {
-        RawSpan { frame, bytes }
-    }
-
-    /// The span's encoded `Span` message body.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
+impl Span {
     /// Its encoded size.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.range.len as usize
     }
 
-    /// Whether the encoded span is empty (a span with every field at its default).
+    /// Whether the encoded span is empty (every field at its default).
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    /// The resource and scope this span was sent under.
-    pub fn frame(&self) -> &Arc<ScopeFrame> {
-        &self.frame
+        self.range.len == 0
     }
 }
 
-impl EncodedSpan for RawSpan {
+/// One scanned input message: its payload and the framings its spans were sent
+/// under. Cloning shares both; the shards that get its spans each hold a clone until
+/// they have copied their spans out.
+#[derive(Debug, Clone)]
+pub struct Message {
+    payload: Bytes,
+    frames: Arc<[Arc<ScopeFrame>]>,
+}
+
+impl Message {
+    /// A message over `payload` whose spans use `frames` (for spans built by hand).
+    pub fn new(payload: Bytes, frames: Vec<Arc<ScopeFrame>>) -> Self {
+        Message {
+            payload,
+            frames: frames.into(),
+        }
+    }
+
+    /// A span built by hand: `trace_id`, the body at `start..start + len` of the
+    /// payload, sent under frame `frame`; other fields at their defaults. `None` if
+    /// the range or frame is out of the message.
+    pub fn span_at(&self, trace_id: TraceId, start: usize, len: usize, frame: u32) -> Option<Span> {
+        (start.checked_add(len)? <= self.payload.len() && (frame as usize) < self.frames.len())
+            .then_some(())?;
+        Some(Span {
+            trace_id,
+            is_root: false,
+            start_ns: 0,
+            end_ns: 0,
+            status: StatusCode::Unset,
+            hits: 0,
+            range: ByteRange::new(start, len)?,
+            frame,
+        })
+    }
+
+    /// The encoded body of `span`, one of this message's spans.
+    pub fn bytes(&self, span: &Span) -> &[u8] {
+        let start = span.range.start as usize;
+        self.payload
+            .get(start..start + span.range.len as usize)
+            .unwrap_or_default()
+    }
+
+    /// The framing of `span`, one of this message's spans.
+    pub fn frame(&self, span: &Span) -> &Arc<ScopeFrame> {
+        // Scanned spans index frames of their own message; a span of another message
+        // gets the first frame rather than a panic.
+        self.frames
+            .get(span.frame as usize)
+            .or_else(|| self.frames.first())
+            .unwrap_or(&EMPTY_FRAME)
+    }
+
+    /// `span` as the encoder takes it.
+    pub fn span_ref(&self, span: &Span) -> SpanRef<'_> {
+        SpanRef {
+            frame: self.frame(span),
+            bytes: self.bytes(span),
+        }
+    }
+}
+
+static EMPTY_FRAME: std::sync::LazyLock<Arc<ScopeFrame>> =
+    std::sync::LazyLock::new(|| Arc::new(ScopeFrame::default()));
+
+/// A span's encoded body and framing, borrowed: what [`encode_trace`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanRef<'a> {
+    /// The resource and scope the span goes under.
+    pub frame: &'a ScopeFrame,
+    /// The encoded `Span` body.
+    pub bytes: &'a [u8],
+}
+
+impl EncodedSpan for SpanRef<'_> {
     fn frame(&self) -> &ScopeFrame {
-        &self.frame
+        self.frame
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes
     }
 }
 

@@ -7,12 +7,12 @@ use bytes::Bytes;
 use super::frames::FrameParts;
 use super::wire::{Reader, FIXED64, LEN, VARINT};
 use super::{
-    AttrMatchers, AttrValue, CodecError, FrameInterner, RawSpan, ScopeFrame, Span, StatusCode,
-    TraceId,
+    AttrMatchers, AttrValue, ByteRange, CodecError, FrameInterner, Message, ScopeFrame, Span,
+    StatusCode, TraceId,
 };
 
-/// Scans one OTLP `ExportTraceServiceRequest` and appends its spans to `out`, their
-/// framing shared through `frames`.
+/// Scans one OTLP `ExportTraceServiceRequest`, appends its spans to `out` and returns
+/// the [`Message`] they refer to; framing is shared through `frames`.
 ///
 /// # Errors
 /// Any malformed field fails the whole payload and leaves `out` as it was: a message
@@ -22,17 +22,23 @@ pub fn scan(
     keys: &AttrMatchers,
     frames: &mut FrameInterner,
     out: &mut Vec<Span>,
-) -> Result<(), CodecError> {
+) -> Result<Message, CodecError> {
     if u32::try_from(payload.len()).is_err() {
         return Err(CodecError::TooLarge(payload.len()));
     }
     let before = out.len();
-    let cx = Cx { keys, frames };
-    let result = scan_request(payload, cx, out);
-    if result.is_err() {
-        out.truncate(before);
+    let mut cx = Cx {
+        keys,
+        interner: frames,
+        frames: Vec::new(),
+    };
+    match scan_request(payload, &mut cx, out) {
+        Ok(()) => Ok(Message::new(payload.clone(), cx.frames)),
+        Err(e) => {
+            out.truncate(before);
+            Err(e)
+        }
     }
-    result
 }
 
 /// A length-delimited sub-message: its bytes and where they start in the payload, so
@@ -45,9 +51,9 @@ struct Msg<'a> {
 }
 
 impl<'a> Msg<'a> {
-    /// The message's bytes as a zero-copy slice of the payload.
-    fn shared(&self) -> Bytes {
-        self.payload.slice(self.base..self.base + self.body.len())
+    /// Where the message lies in the payload (which is under 4 GiB, checked by `scan`).
+    fn range(&self) -> ByteRange {
+        ByteRange::new(self.base, self.body.len()).unwrap_or_default()
     }
 
     /// Calls `f(field, sub)` for every length-delimited field numbered in `wanted`;
@@ -84,17 +90,19 @@ impl<'a> Msg<'a> {
 /// What every level of the scan needs besides the bytes.
 struct Cx<'a> {
     keys: &'a AttrMatchers,
-    frames: &'a mut FrameInterner,
+    interner: &'a mut FrameInterner,
+    /// The message's framings so far; spans index them.
+    frames: Vec<Arc<ScopeFrame>>,
 }
 
-fn scan_request(payload: &Bytes, mut cx: Cx<'_>, out: &mut Vec<Span>) -> Result<(), CodecError> {
+fn scan_request(payload: &Bytes, cx: &mut Cx<'_>, out: &mut Vec<Span>) -> Result<(), CodecError> {
     let request = Msg {
         payload,
         base: 0,
         body: payload,
     };
     // ExportTraceServiceRequest.resource_spans = 1
-    request.each(&[1], |_, rs| scan_resource_spans(rs, &mut cx, out))
+    request.each(&[1], |_, rs| scan_resource_spans(rs, cx, out))
 }
 
 fn scan_resource_spans(
@@ -135,15 +143,17 @@ fn scan_resource_spans(
             }
             Ok(())
         })?;
-        let frame = cx.frames.intern(FrameParts {
+        let frame = cx.interner.intern(FrameParts {
             resource,
             resource_schema_url: schema_url,
             scope,
             scope_schema_url,
             resource_hits,
         });
+        let index = u32::try_from(cx.frames.len()).map_err(|_| CodecError::TooLarge(0))?;
+        cx.frames.push(frame);
         ss.each(&[2], |_, span| {
-            out.push(scan_span(span, &frame, keys)?);
+            out.push(scan_span(span, index, resource_hits, keys)?);
             Ok(())
         })
     })
@@ -151,7 +161,8 @@ fn scan_resource_spans(
 
 fn scan_span(
     span: Msg<'_>,
-    frame: &Arc<ScopeFrame>,
+    frame: u32,
+    resource_hits: u64,
     keys: &AttrMatchers,
 ) -> Result<Span, CodecError> {
     let mut trace_id: Option<&[u8]> = None;
@@ -159,7 +170,7 @@ fn scan_span(
     let mut start_ns = 0;
     let mut end_ns = 0;
     let mut status = StatusCode::Unset;
-    let mut hits = 0u64;
+    let mut hits = resource_hits;
     let mut r = Reader::new(span.body, span.base);
     while !r.at_end() {
         let (field, wt) = r.key()?;
@@ -198,7 +209,8 @@ fn scan_span(
         end_ns,
         status,
         hits,
-        raw: RawSpan::new(Arc::clone(frame), span.shared()),
+        range: span.range(),
+        frame,
     })
 }
 

@@ -96,7 +96,8 @@ fn keys() -> AttrMatchers {
 fn scan_extracts_what_policies_need() {
     let payload = Bytes::from(request().encode_to_vec());
     let mut spans = Vec::new();
-    scan(&payload, &keys(), &mut FrameInterner::default(), &mut spans).expect("valid payload");
+    let msg =
+        scan(&payload, &keys(), &mut FrameInterner::default(), &mut spans).expect("valid payload");
     assert_eq!(spans.len(), 3);
     assert_eq!(spans[0].trace_id, TraceId([1; 16]));
     assert!(spans[0].is_root);
@@ -106,13 +107,16 @@ fn scan_extracts_what_policies_need() {
     assert_eq!((spans[0].start_ns, spans[0].end_ns), (1_001, 5_001));
     assert_eq!(spans[0].hits, 0b011, "route and status code predicates hit");
     assert_eq!(
-        spans[0].raw.frame.resource_hits, 0,
+        msg.frame(&spans[0]).resource_hits,
+        0,
         "frontend is not backend"
     );
     assert_eq!(
-        spans[2].raw.frame.resource_hits, 0b100,
+        msg.frame(&spans[2]).resource_hits,
+        0b100,
         "resource attributes are tested too"
     );
+    assert_eq!(spans[2].hits & 0b100, 0b100, "and count as the span's hits");
     let mut none = Vec::new();
     scan(
         &payload,
@@ -130,11 +134,12 @@ fn encode_round_trips_through_prost() {
     let payload = Bytes::from(req.encode_to_vec());
     let mut spans = Vec::new();
     let mut frames = FrameInterner::default();
-    scan(&payload, &AttrMatchers::default(), &mut frames, &mut spans).expect("valid payload");
-    let trace1: Vec<RawSpan> = spans
+    let msg =
+        scan(&payload, &AttrMatchers::default(), &mut frames, &mut spans).expect("valid payload");
+    let trace1: Vec<SpanRef> = spans
         .iter()
         .filter(|s| s.trace_id == TraceId([1; 16]))
-        .map(|s| s.raw.clone())
+        .map(|s| msg.span_ref(s))
         .collect();
     let out = encode_trace(&trace1, 1 << 20);
     assert_eq!(out.len(), 1);
@@ -161,17 +166,33 @@ fn encode_round_trips_through_prost() {
     );
 }
 
+/// Scans `n` separately encoded copies of `req`, as `n` input messages.
+fn scan_copies(req: &ExportTraceServiceRequest, n: usize) -> Vec<(super::Message, Vec<Span>)> {
+    let mut frames = FrameInterner::default();
+    (0..n)
+        .map(|_| {
+            let payload = Bytes::from(req.encode_to_vec());
+            let mut spans = Vec::new();
+            let msg = scan(&payload, &AttrMatchers::default(), &mut frames, &mut spans)
+                .expect("valid payload");
+            (msg, spans)
+        })
+        .collect()
+}
+
+/// Every span of the scanned messages, as the encoder takes them.
+fn refs(scanned: &[(super::Message, Vec<Span>)]) -> Vec<SpanRef<'_>> {
+    scanned
+        .iter()
+        .flat_map(|(m, spans)| spans.iter().map(move |s| m.span_ref(s)))
+        .collect()
+}
+
 #[test]
 fn spans_from_separate_messages_share_framing() {
     let req = request();
-    let mut spans = Vec::new();
-    let mut frames = FrameInterner::default();
-    for _ in 0..2 {
-        let payload = Bytes::from(req.encode_to_vec());
-        scan(&payload, &AttrMatchers::default(), &mut frames, &mut spans).expect("valid payload");
-    }
-    let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
-    let out = encode_trace(&raw, 1 << 20);
+    let scanned = scan_copies(&req, 2);
+    let out = encode_trace(&refs(&scanned), 1 << 20);
     let decoded = ExportTraceServiceRequest::decode(&out[0][..]).expect("valid OTLP");
     assert_eq!(decoded.resource_spans.len(), 2);
     assert_eq!(decoded.resource_spans[0].scope_spans.len(), 1);
@@ -181,13 +202,8 @@ fn spans_from_separate_messages_share_framing() {
 #[test]
 fn oversized_trace_splits_into_valid_messages() {
     let req = request();
-    let mut spans = Vec::new();
-    let mut frames = FrameInterner::default();
-    for _ in 0..50 {
-        let payload = Bytes::from(req.encode_to_vec());
-        scan(&payload, &AttrMatchers::default(), &mut frames, &mut spans).expect("valid payload");
-    }
-    let raw: Vec<RawSpan> = spans.iter().map(|s| s.raw.clone()).collect();
+    let scanned = scan_copies(&req, 50);
+    let raw = refs(&scanned);
     let out = encode_trace(&raw, 2_000);
     assert!(out.len() > 1);
     let mut n = 0;
@@ -226,8 +242,8 @@ fn malformed_input_is_an_error_and_adds_nothing() {
     no_trace_id.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![0; 16];
     let payload = Bytes::from(no_trace_id.encode_to_vec());
     assert_eq!(
-        scan(&payload, &keys(), &mut FrameInterner::default(), &mut spans),
-        Err(CodecError::BadTraceId { len: 16 })
+        scan(&payload, &keys(), &mut FrameInterner::default(), &mut spans).err(),
+        Some(CodecError::BadTraceId { len: 16 })
     );
     assert!(spans.is_empty());
 }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
-use crate::codec::{encode_trace, EncodedSpan, Span, TraceId};
+use crate::codec::{encode_trace, EncodedSpan, Message, Span, SpanRef, TraceId};
 use crate::sink::{KeptTrace, SinkMsg};
 use crate::source::{Pin, Releases};
 use crate::telemetry::names;
@@ -45,6 +45,8 @@ pub enum ShardMsg {
     Spans {
         /// The input message's pin.
         pin: Pin,
+        /// The message the spans refer to.
+        message: Message,
         /// The spans.
         spans: Vec<Span>,
     },
@@ -100,6 +102,9 @@ pub struct WorkerConfig {
     pub cache_capacity: usize,
     /// Largest output record.
     pub max_message_bytes: usize,
+    /// Shards in the buffer: under pressure a worker evicts no further than its share
+    /// of the low watermark.
+    pub shards: usize,
 }
 
 /// Owns one [`Shard`]: inserts spans, decides due traces, forwards outcomes.
@@ -112,6 +117,8 @@ pub struct ShardWorker {
     sink: mpsc::Sender<SinkMsg>,
     releases: Releases,
     max_message_bytes: usize,
+    /// This shard's share of the low watermark, in bytes.
+    fair_share: usize,
     tick: Duration,
     /// Last values published to the buffer gauges, to publish deltas.
     published: (usize, usize, usize, usize),
@@ -136,6 +143,7 @@ impl ShardWorker {
             .after_root
             .unwrap_or(cfg.decision_wait)
             .min(cfg.decision_wait);
+        let fair_share = (budget.low_watermark() / cfg.shards.max(1) as u64) as usize;
         ShardWorker {
             shard: Shard::new(cfg.decision_wait, cfg.after_root, cfg.limits),
             cache: DecisionCache::new(cfg.cache_capacity),
@@ -145,6 +153,7 @@ impl ShardWorker {
             sink,
             releases,
             max_message_bytes: cfg.max_message_bytes,
+            fair_share,
             // Decide within ~10% of the wait, but never spin.
             tick: (shortest / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
             published: (0, 0, 0, 0),
@@ -165,7 +174,9 @@ impl ShardWorker {
                 biased;
                 _ = tick.tick() => self.on_tick().await,
                 msg = self.rx.recv() => match msg {
-                    Some(ShardMsg::Spans { pin, spans }) => self.insert(pin, spans).await,
+                    Some(ShardMsg::Spans { pin, message, spans }) => {
+                        self.insert(pin, message, spans).await
+                    }
                     Some(ShardMsg::Revoked { slot, epoch }) => {
                         self.shard.release_partition(slot, epoch);
                         self.publish();
@@ -195,13 +206,16 @@ impl ShardWorker {
     }
 
     /// Under memory pressure, decides the oldest traces early until usage is back
-    /// under the low watermark (every worker does this for its own shard).
+    /// under the low watermark (every worker does this for its own shard). A worker
+    /// stops at its share of the low watermark: memory held elsewhere (input in
+    /// flight, traces awaiting acknowledgement, another shard) is not a reason to
+    /// decide its youngest traces, whose other spans are likely on their way.
     async fn evict(&mut self) -> Result<(), Closed> {
         if !self.budget.should_evict() {
             return Ok(());
         }
         let mut due = std::mem::take(&mut self.due);
-        while !self.budget.below_low() {
+        while !self.budget.below_low() && self.shard.bytes() > self.fair_share {
             self.shard.take_oldest(EVICTION_BATCH, &mut due);
             if due.is_empty() {
                 break;
@@ -216,17 +230,17 @@ impl ShardWorker {
         Ok(())
     }
 
-    async fn insert(&mut self, pin: Pin, spans: Vec<Span>) -> Result<(), Closed> {
+    async fn insert(&mut self, pin: Pin, message: Message, spans: Vec<Span>) -> Result<(), Closed> {
         let now = Instant::now();
         for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
             let id = group[0].trace_id;
             match self.cache.get(&id) {
-                None => self.shard.insert(id, group, pin, now),
-                Some(verdict) => self.late(id, verdict, group, pin).await?,
+                None => self.shard.insert(id, &message, group, pin, now),
+                Some(verdict) => self.late(id, verdict, &message, group, pin).await?,
             }
         }
-        // The input message is freed here, once its spans are copied out.
-        drop(spans);
+        // The input message is freed here (by the last shard), its spans copied out.
+        drop(message);
         let mut over = std::mem::take(&mut self.due);
         self.shard.take_over_limit(&mut over);
         for entry in over.drain(..) {
@@ -242,6 +256,7 @@ impl ShardWorker {
         &mut self,
         id: TraceId,
         verdict: Verdict,
+        message: &Message,
         group: &[Span],
         pin: Pin,
     ) -> Result<(), Closed> {
@@ -252,7 +267,8 @@ impl ShardWorker {
         };
         late.increment(group.len() as u64);
         if verdict.keep() {
-            self.send_kept(id, group, vec![pin], verdict, None).await
+            let spans: Vec<SpanRef<'_>> = group.iter().map(|s| message.span_ref(s)).collect();
+            self.send_kept(id, &spans, vec![pin], verdict, None).await
         } else {
             self.releases.release(vec![pin]);
             Ok(())

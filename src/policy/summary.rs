@@ -48,7 +48,7 @@ impl TraceSummary {
     /// Folds one span in.
     pub fn add(&mut self, span: &Span) {
         self.span_count = self.span_count.saturating_add(1);
-        self.span_bytes += span.raw.len() as u64;
+        self.span_bytes += span.len() as u64;
         self.min_start_ns = self.min_start_ns.min(span.start_ns);
         self.max_end_ns = self.max_end_ns.max(span.end_ns);
         if span.is_root {
@@ -59,7 +59,7 @@ impl TraceSummary {
             StatusCode::Ok => self.ok_spans += 1,
             StatusCode::Unset => self.unset_spans += 1,
         }
-        self.attr_hits |= span.hits | span.raw.frame().resource_hits;
+        self.attr_hits |= span.hits;
     }
 
     /// The trace's duration as latency policies see it: the root span's own duration

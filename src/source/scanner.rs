@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{lock, OffsetTracker, Pin};
-use crate::codec::{scan, AttrMatchers, FrameInterner, Span};
+use crate::codec::{scan, AttrMatchers, CodecError, FrameInterner, Span};
 use crate::decide::ShardMsg;
 use crate::sink::{DeadLetter, SinkMsg};
 use crate::telemetry::names;
@@ -91,22 +91,10 @@ impl Scanner {
     ) -> Result<(), ()> {
         spans.clear();
         let pin = input.pin;
-        if let Err(e) = scan(&input.payload, &self.keys, &mut self.frames, spans) {
-            let Some((topic, partition)) = lock(&self.tracker).origin(pin) else {
-                return Ok(()); // its partition was revoked meanwhile
-            };
-            warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = %topic, partition, offset = pin.offset, error = %e);
-            let dl = DeadLetter {
-                payload: input.payload,
-                key: input.key,
-                reason: format!("{}: {e}", e.code()),
-                topic,
-                partition,
-                offset: pin.offset,
-                pin,
-            };
-            return self.sink.send(SinkMsg::DeadLetter(dl)).await.map_err(drop);
-        }
+        let message = match scan(&input.payload, &self.keys, &mut self.frames, spans) {
+            Ok(m) => m,
+            Err(e) => return self.dead_letter(input, e).await,
+        };
         spans_received.increment(spans.len() as u64);
         let n = self.shards.len();
         spans.sort_unstable_by_key(|s| (shard_of(s, n), s.trace_id));
@@ -127,11 +115,34 @@ impl Scanner {
             let start = spans.partition_point(|s| shard_of(s, n) < shard);
             let chunk = spans.split_off(start);
             self.shards[shard]
-                .send(ShardMsg::Spans { pin, spans: chunk })
+                .send(ShardMsg::Spans {
+                    pin,
+                    message: message.clone(),
+                    spans: chunk,
+                })
                 .await
                 .map_err(drop)?;
         }
         Ok(())
+    }
+
+    /// Sends an undecodable message to the dead-letter topic, its guard pin with it.
+    async fn dead_letter(&self, input: Input, e: CodecError) -> Result<(), ()> {
+        let pin = input.pin;
+        let Some((topic, partition)) = lock(&self.tracker).origin(pin) else {
+            return Ok(()); // its partition was revoked meanwhile
+        };
+        warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = %topic, partition, offset = pin.offset, error = %e);
+        let dl = DeadLetter {
+            payload: input.payload,
+            key: input.key,
+            reason: format!("{}: {e}", e.code()),
+            topic,
+            partition,
+            offset: pin.offset,
+            pin,
+        };
+        self.sink.send(SinkMsg::DeadLetter(dl)).await.map_err(drop)
     }
 }
 
