@@ -180,7 +180,6 @@ fn spans_are_copied_out_of_their_message_exactly() {
     let spans = [span(1, false), span(1, true)];
     s.insert(TraceId([1; 16]), &message(), &spans, pin(0), t0);
     let held = s.bytes();
-    drop(spans);
     let mut out = Vec::new();
     s.take_due(t0 + Duration::from_secs(10), &mut out);
     let got = out[0].spans();
