@@ -107,14 +107,7 @@ async fn an_instance_stopped_mid_stream_loses_no_kept_trace() {
     h.assert_no_broker_truncation();
     let got = out.traces();
     let by_id: HashMap<TraceId, &Truth> = truths.iter().map(|t| (t.trace_id, t)).collect();
-    let missing: Vec<_> = want
-        .iter()
-        .filter(|t| {
-            got.get(&t.trace_id)
-                .is_none_or(|o| o.distinct_spans != t.spans)
-        })
-        .map(|t| t.trace_id)
-        .collect();
+    let missing = missing_kept(&truths, &got);
     assert!(
         ok && missing.is_empty(),
         "kept traces lost or incomplete after takeover: {missing:?}"

@@ -2,29 +2,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use tailsift::config::Config;
-
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to telemetry server");
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .expect("write");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints() {
@@ -40,8 +22,8 @@ async fn metrics_and_health_endpoints() {
     })
     .await;
     assert!(healthy, "kafka never reported up");
-    assert_eq!(get(addr, "/healthz").0, 200);
-    let (code, body) = get(addr, "/readyz");
+    assert_eq!(http_get(addr, "/healthz").0, 200);
+    let (code, body) = http_get(addr, "/readyz");
     assert_eq!(code, 200, "{body}");
     let names = [
         "tailsift_messages_received_total",
@@ -55,18 +37,18 @@ async fn metrics_and_health_endpoints() {
     ];
     // Lag comes from librdkafka statistics, published every second.
     let seen = wait_until(Duration::from_secs(20), || {
-        let (_, m) = get(addr, "/metrics");
+        let (_, m) = http_get(addr, "/metrics");
         tailsift::demo::metric(&m, "tailsift_spans_received_total") >= spans as f64
             && tailsift::demo::metric(&m, "tailsift_buffer_traces") == 0.0
             && names.iter().all(|n| m.contains(n))
     })
     .await;
-    let (_, m) = get(addr, "/metrics");
+    let (_, m) = http_get(addr, "/metrics");
     assert!(
         seen,
         "metrics never showed {spans} spans received and every metric:\n{m}"
     );
-    assert_eq!(get(addr, "/nope").0, 404);
+    assert_eq!(http_get(addr, "/nope").0, 404);
     sampler.stop().await;
 }
 
@@ -79,10 +61,10 @@ async fn unreachable_broker_is_reported_not_fatal() {
     let sampler = Instance::start(&cfg).await;
     let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (code, body) = get(addr, "/healthz");
+    let (code, body) = http_get(addr, "/healthz");
     assert_eq!(code, 503);
     assert!(body.contains("kafka"), "{body}");
-    assert_eq!(get(addr, "/readyz").0, 503);
+    assert_eq!(http_get(addr, "/readyz").0, 503);
     sampler.stop().await;
 }
 

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use metrics::{counter, gauge};
+use metrics::gauge;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -103,17 +103,6 @@ impl ConsumerContext for SourceContext {
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(message = "Rebalance error.", error = %e),
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => counter!(names::COMMITS, "result" => "ok").increment(1),
-            Err(e) => {
-                counter!(names::COMMITS, "result" => "error").increment(1);
-                warn!(message = "Offset commit failed; retrying on the next round.", error = %e);
-                lock(&self.tracker).reset_committed();
-            }
         }
     }
 }

@@ -12,6 +12,7 @@ mod context;
 mod offsets;
 mod scanner;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -76,8 +77,11 @@ pub enum SourceError {
 
 /// The source task.
 pub struct Source {
-    consumer: StreamConsumer<SourceContext>,
+    /// Shared with the blocking thread a commit runs on.
+    consumer: Arc<StreamConsumer<SourceContext>>,
     tracker: Arc<Mutex<OffsetTracker>>,
+    /// Set while a commit is running; one at a time.
+    committing: Arc<AtomicBool>,
     /// Scanners not yet started (`run` spawns them).
     idle: Vec<Scanner>,
     /// One channel per scanner; messages are dealt round-robin.
@@ -163,8 +167,9 @@ impl Source {
             })
             .unzip();
         Ok(Source {
-            consumer,
+            consumer: Arc::new(consumer),
             tracker,
+            committing: Arc::new(AtomicBool::new(false)),
             idle,
             scanners,
             releases: out.releases,
@@ -196,7 +201,7 @@ impl Source {
                 Some(pins) = self.releases.recv() => self.release(pins),
                 _ = commit_tick.tick() => {
                     self.forward_revocations().await;
-                    self.commit(CommitMode::Async);
+                    self.start_commit();
                 }
                 _ = pressure_tick.tick() => self.apply_backpressure(),
                 // Polled even while paused: rebalances and statistics arrive here.
@@ -236,7 +241,16 @@ impl Source {
         if drained.is_err() {
             warn!(message = "Workers did not finish in time; committing what is safe.");
         }
-        self.commit(CommitMode::Sync);
+        // The last commit: after any still running, with what is safe now.
+        for _ in 0..300 {
+            if !self.committing.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let offsets = self.offsets_to_commit();
+        let (consumer, tracker) = (Arc::clone(&self.consumer), Arc::clone(&self.tracker));
+        let _ = tokio::task::spawn_blocking(move || commit(&consumer, &tracker, &offsets)).await;
         self.consumer.unsubscribe();
         info!(message = "Source stopped.");
     }
@@ -334,26 +348,62 @@ impl Source {
         self.scanners[i].send(job).await.map_err(drop)
     }
 
-    fn commit(&self, mode: CommitMode) {
-        let (offsets, pinned) = {
-            let mut t = lock(&self.tracker);
-            (t.to_commit(), t.pending_messages())
-        };
-        gauge!(names::PINNED_MESSAGES).set(pinned as f64);
-        if offsets.is_empty() {
+    /// Safe offsets that moved since they were last committed, marked as committed
+    /// (a failed commit unmarks them).
+    fn offsets_to_commit(&self) -> Vec<(Arc<str>, i32, i64)> {
+        let mut t = lock(&self.tracker);
+        gauge!(names::PINNED_MESSAGES).set(t.pending_messages() as f64);
+        t.to_commit()
+    }
+
+    /// Commits what is safe on the blocking pool, unless a commit is still running.
+    ///
+    /// Synchronous commits, off the runtime, rather than librdkafka's asynchronous
+    /// ones: rdkafka 0.39 never reports the result of a manual asynchronous commit
+    /// (fede1024/rust-rdkafka#856), so one that failed would pass for done and its
+    /// offsets would not be committed again until they moved.
+    fn start_commit(&self) {
+        if self.committing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, offset) in &offsets {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-                warn!(message = "Cannot build commit list.", error = %e);
-                return;
-            }
+        let offsets = self.offsets_to_commit();
+        if offsets.is_empty() {
+            self.committing.store(false, Ordering::Release);
+            return;
         }
-        if let Err(e) = self.consumer.commit(&tpl, mode) {
+        let (consumer, tracker) = (Arc::clone(&self.consumer), Arc::clone(&self.tracker));
+        let committing = Arc::clone(&self.committing);
+        tokio::task::spawn_blocking(move || {
+            commit(&consumer, &tracker, &offsets);
+            committing.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Commits `offsets` and waits for the broker's answer; on failure they are unmarked,
+/// so the next round commits them again.
+fn commit(
+    consumer: &StreamConsumer<SourceContext>,
+    tracker: &Mutex<OffsetTracker>,
+    offsets: &[(Arc<str>, i32, i64)],
+) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            warn!(message = "Cannot build commit list.", error = %e);
+            lock(tracker).forget_committed(offsets);
+            return;
+        }
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => counter!(names::COMMITS, "result" => "ok").increment(1),
+        Err(e) => {
             counter!(names::COMMITS, "result" => "error").increment(1);
-            warn!(message = "Offset commit failed; will retry.", error = %e);
-            lock(&self.tracker).forget_committed(&offsets);
+            warn!(message = "Offset commit failed; retrying on the next round.", error = %e);
+            lock(tracker).forget_committed(offsets);
         }
     }
 }

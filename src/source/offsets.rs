@@ -186,14 +186,6 @@ impl OffsetTracker {
         }
     }
 
-    /// Forgets every commit marker (an asynchronous commit failed), so the next round
-    /// commits every partition's safe offset again.
-    pub fn reset_committed(&mut self) {
-        for p in &mut self.parts {
-            p.committed = None;
-        }
-    }
-
     /// Partitions currently assigned.
     pub fn assigned(&self) -> usize {
         self.parts.iter().filter(|p| p.assigned).count()

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use rdkafka::producer::FutureProducer;
 use tailsift::app::{self, Running};
 use tailsift::codec::TraceId;
 use tailsift::config::Config;
-use tailsift::demo::{Collector, EmbeddedBroker};
+use tailsift::demo::{Collector, EmbeddedBroker, OutputTrace};
 use tailsift::gen::{self, Truth};
 use tailsift::shutdown::ShutdownTrigger;
 
@@ -48,14 +50,24 @@ impl Harness {
 
     /// A config for this broker with the given `policies:` YAML block and waits.
     pub fn config(&self, policies: &str, decision_wait: &str, after_root: Option<&str>) -> Config {
+        let yaml = self.config_yaml(policies, decision_wait, after_root);
+        Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
+    }
+
+    /// [`Harness::config`] as the YAML text a `tailsift run -c` child process reads.
+    pub fn config_yaml(
+        &self,
+        policies: &str,
+        decision_wait: &str,
+        after_root: Option<&str>,
+    ) -> String {
         let after_root = after_root.map_or(String::new(), |d| {
             format!("  decision_wait_after_root_received: {d}\n")
         });
-        let yaml = format!(
+        format!(
             "kafka:\n  brokers: \"{}\"\n  group_id: test-group\n  input_topics: [{INPUT}]\n  output_topic: {OUTPUT}\n  dead_letter_topic: {DLQ}\n  commit_interval: 200ms\n  consumer: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}}\nbuffer:\n  decision_wait: {decision_wait}\n{after_root}  shards: 2\ntelemetry:\n  listen: \"127.0.0.1:0\"\npolicies:\n{policies}",
             self.bootstrap
-        );
-        Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
+        )
     }
 
     pub fn collector(&self) -> Collector {
@@ -118,6 +130,41 @@ impl Instance {
             .await
             .expect("tailsift stops within 60 s");
     }
+}
+
+/// GET `path` from a telemetry server: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return (0, String::new());
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// The error and slow traces of `truths` that are not in `got` with every span.
+pub fn missing_kept(truths: &[Truth], got: &HashMap<TraceId, OutputTrace>) -> Vec<TraceId> {
+    truths
+        .iter()
+        .filter(|t| t.error || t.slow)
+        .filter(|t| {
+            got.get(&t.trace_id)
+                .is_none_or(|o| o.distinct_spans != t.spans)
+        })
+        .map(|t| t.trace_id)
+        .collect()
 }
 
 pub async fn wait_until(max: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -1,0 +1,277 @@
+//! Faults from outside: the sampler killed with SIGKILL and restarted, stopped with
+//! SIGTERM, its broker taken down and brought back, its produce and commit requests
+//! failing. Each test checks the output topic against the generator's ground truth:
+//! every error and slow trace present with all its spans.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{Offset, TopicPartitionList};
+use tailsift::gen::{self, Truth};
+use tailsift::telemetry::names;
+
+/// Feeds `traces` traces at `rate` per second in the background.
+fn traffic(
+    h: &Harness,
+    traces: usize,
+    rate: u64,
+    seed: u64,
+) -> tokio::task::JoinHandle<Vec<Truth>> {
+    let bootstrap = h.bootstrap.clone();
+    tokio::spawn(async move {
+        let mut g = gen::Generator::new(gen::GenConfig {
+            seed,
+            ..Default::default()
+        });
+        let opts = gen::FeedOptions {
+            traces,
+            rate,
+            compression: "lz4".into(),
+            batch_spans: 0,
+        };
+        gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {})
+            .await
+            .expect("feed")
+            .0
+    })
+}
+
+/// Every input partition's committed offset for the test group, against its end.
+fn uncommitted(h: &Harness) -> Vec<(i32, i64, i64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &h.bootstrap)
+        .set("group.id", "test-group")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..h.input_partitions {
+        tpl.add_partition(INPUT, p);
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..h.input_partitions)
+        .filter_map(|p| {
+            let (_, high) = c
+                .fetch_watermarks(INPUT, p, Duration::from_secs(5))
+                .expect("watermarks");
+            let at = match committed.find_partition(INPUT, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            (at != high).then_some((p, at, high))
+        })
+        .collect()
+}
+
+/// A child process and where it serves `/readyz`.
+struct Sampler {
+    child: Child,
+    telemetry: SocketAddr,
+}
+
+/// `tailsift run -c` as a child process with config `yaml`, its log appended to `log`.
+fn spawn(dir: &Path, yaml: &str, log: &Path) -> Sampler {
+    // A free port for its telemetry, so the test can see when it is ready.
+    let telemetry = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let config = dir.join(format!("tailsift-{}.yaml", telemetry.port()));
+    let yaml = yaml.replace("127.0.0.1:0", &telemetry.to_string());
+    std::fs::write(&config, yaml).expect("config written");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info,librdkafka=off,rdkafka::client=off")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("tailsift starts");
+    Sampler { child, telemetry }
+}
+
+/// The counter `name` from the sampler's `/metrics`, 0 if it is not up.
+fn metric_of(s: &Sampler, name: &str) -> f64 {
+    let (code, text) = http_get(s.telemetry, "/metrics");
+    if code == 200 {
+        tailsift::demo::metric(&text, name)
+    } else {
+        0.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_repeatedly_and_restarted_it_loses_no_kept_trace_then_stops_cleanly() {
+    let h = Harness::new(16, 4);
+    let dir = std::env::temp_dir().join(format!("tailsift-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let log = dir.join("tailsift.log");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "2s", None);
+    let out = h.collector();
+    // ~30 s of traffic, ~3 MB per partition (the broker keeps ~5 MiB).
+    let feed = traffic(&h, 6000, 200, 31);
+    let mut sampler = spawn(&dir, &yaml, &log);
+    // Each instance is killed with SIGKILL once it has been reading for a while:
+    // traces buffered undecided (decision_wait 2 s), kept ones in flight to the
+    // broker, commits pending. The next one waits out the dead member's session.
+    let mut killed_with_work = 0;
+    for extra_ms in [2_500, 3_500, 2_000] {
+        let reading = wait_until(Duration::from_secs(40), || {
+            metric_of(&sampler, names::SPANS_RECEIVED) > 0.0
+        })
+        .await;
+        assert!(reading, "instance never read input; log: {}", log.display());
+        tokio::time::sleep(Duration::from_millis(extra_ms)).await;
+        if metric_of(&sampler, names::BUFFER_TRACES) > 0.0 {
+            killed_with_work += 1;
+        }
+        sampler.child.kill().expect("SIGKILL");
+        sampler.child.wait().expect("reaped");
+        sampler = spawn(&dir, &yaml, &log);
+    }
+    assert!(killed_with_work >= 2, "kills did not hit buffered traces");
+    let truths = feed.await.expect("traffic task");
+    let done = wait_until(Duration::from_secs(120), || {
+        missing_kept(&truths, &out.traces()).is_empty()
+    })
+    .await;
+    // SIGTERM: the last instance stops reading, commits what is safe and exits 0.
+    let pid = sampler.child.id().to_string();
+    let signalled = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(signalled.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = sampler.child.try_wait().expect("child status") {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(45) {
+            let _ = sampler.child.kill();
+            panic!("no exit within 45 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "exit status {status} after SIGTERM; log:\n{text}"
+    );
+    let missing = missing_kept(&truths, &out.traces());
+    assert!(
+        done && missing.is_empty(),
+        "{} error/slow traces lost or incomplete after 3 kills: {missing:?}",
+        missing.len()
+    );
+    assert_eq!(
+        uncommitted(&h),
+        vec![],
+        "after a clean stop with everything decided, all input is committed"
+    );
+    h.assert_no_broker_truncation();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_is_reported_and_survived() {
+    let h = Harness::new(8, 4);
+    let cfg = h.config(ERRORS_SLOW_AND, "1s", Some("300ms"));
+    let out = h.collector();
+    let sampler = Instance::start(&cfg).await;
+    let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
+    sampler.wait_assigned().await;
+    assert_eq!(http_get(addr, "/readyz").0, 200);
+    let feed = traffic(&h, 2000, 250, 37);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.broker.cluster().broker_down(-1).expect("broker down");
+    let reported = wait_until(Duration::from_secs(30), || {
+        http_get(addr, "/readyz").0 == 503
+    })
+    .await;
+    let (_, why) = http_get(addr, "/healthz");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    h.broker.cluster().broker_up(-1).expect("broker up");
+    let recovered = wait_until(Duration::from_secs(60), || {
+        http_get(addr, "/readyz").0 == 200
+    })
+    .await;
+    let truths = feed.await.expect("traffic task");
+    let done = wait_until(Duration::from_secs(90), || {
+        missing_kept(&truths, &out.traces()).is_empty()
+    })
+    .await;
+    sampler.stop().await;
+    assert!(
+        reported,
+        "/readyz did not turn 503 while the broker was down"
+    );
+    assert!(!why.is_empty(), "/healthz says why it is unhealthy");
+    assert!(
+        recovered,
+        "/readyz did not recover after the broker came back"
+    );
+    let missing = missing_kept(&truths, &out.traces());
+    assert!(
+        done && missing.is_empty(),
+        "{} error/slow traces lost or incomplete across the outage: {missing:?}",
+        missing.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_produce_and_commit_requests_lose_nothing() {
+    use RDKafkaRespErr::*;
+    let h = Harness::new(8, 4);
+    let cfg = h.config(ERRORS_SLOW_AND, "1s", Some("300ms"));
+    let out = h.collector();
+    let sampler = Instance::start(&cfg).await;
+    sampler.wait_assigned().await;
+    let feed = traffic(&h, 1500, 300, 41);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Whoever sends the next produce requests gets these errors, in order: the
+    // sampler's producer or the test's own feeder.
+    let cluster = h.broker.cluster();
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RD_KAFKA_RESP_ERR__TRANSPORT,
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
+    );
+    let truths = feed.await.expect("traffic task");
+    // The last traces are still buffered: the commits of their offsets fail first
+    // (10 errors, ~2 s of commit rounds) and must be retried, not taken as done.
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 10],
+    );
+    let done = wait_until(Duration::from_secs(90), || {
+        missing_kept(&truths, &out.traces()).is_empty()
+    })
+    .await;
+    // Commits resume once the errors are used up: everything read is committed.
+    let committed = wait_until(Duration::from_secs(30), || uncommitted(&h).is_empty()).await;
+    sampler.stop().await;
+    let missing = missing_kept(&truths, &out.traces());
+    assert!(
+        done && missing.is_empty(),
+        "{} error/slow traces lost or incomplete: {missing:?}",
+        missing.len()
+    );
+    assert!(committed, "input left uncommitted: {:?}", uncommitted(&h));
+}
