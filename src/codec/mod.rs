@@ -369,4 +369,6 @@ impl CodecError {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
