@@ -126,3 +126,81 @@ async fn an_instance_stopped_mid_stream_loses_no_kept_trace() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_one_to_three_to_one_under_traffic_loses_and_splits_nothing() {
+    let h = Harness::new(16, 4);
+    // decision_wait 2 s: every instance that leaves has traces of its partitions
+    // buffered undecided, which the remaining one must decide from the commits.
+    let cfg = h.config(ERRORS_SLOW_AND, "2s", None);
+    let out = h.collector();
+    let a = Instance::start(&cfg).await;
+    a.wait_assigned().await;
+    // ~25 s of traffic, ~3 MB per partition (the broker keeps ~5 MiB).
+    let traffic = {
+        let bootstrap = h.bootstrap.clone();
+        tokio::spawn(async move {
+            let mut g = tailsift::gen::Generator::new(tailsift::gen::GenConfig {
+                seed: 29,
+                ..Default::default()
+            });
+            let opts = tailsift::gen::FeedOptions {
+                traces: 5000,
+                rate: 200,
+                compression: "lz4".into(),
+                batch_spans: 0,
+            };
+            tailsift::gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {})
+                .await
+                .expect("feed")
+                .0
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = Instance::start(&cfg).await;
+    let c = Instance::start(&cfg).await;
+    let spread = wait_until(Duration::from_secs(40), || {
+        let n = [&a, &b, &c].map(|i| i.running.health.assigned());
+        n.iter().all(|&x| x > 0) && n.iter().sum::<usize>() == 16
+    })
+    .await;
+    assert!(spread, "three instances did not share the partitions");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    b.stop().await;
+    c.stop().await;
+    let back = wait_until(Duration::from_secs(40), || {
+        a.running.health.assigned() == 16
+    })
+    .await;
+    assert!(
+        back,
+        "the remaining instance did not take every partition back"
+    );
+    let truths = traffic.await.expect("traffic task");
+    let ok = wait_until(Duration::from_secs(60), || {
+        missing_kept(&truths, &out.traces()).is_empty()
+    })
+    .await;
+    out.settle(Duration::from_secs(3), Duration::from_secs(30))
+        .await;
+    a.stop().await;
+    h.assert_no_broker_truncation();
+    let got = out.traces();
+    let missing = missing_kept(&truths, &got);
+    assert!(
+        ok && missing.is_empty(),
+        "kept traces lost or incomplete across 1 -> 3 -> 1: {missing:?}"
+    );
+    let by_id: HashMap<TraceId, &Truth> = truths.iter().map(|t| (t.trace_id, t)).collect();
+    for (id, o) in &got {
+        let t = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("unknown trace {id}"));
+        assert!(t.error || t.slow, "trace {id} kept without a policy asking");
+        assert_eq!(
+            o.spans,
+            o.records * t.spans,
+            "trace {id}: a record holds a fragment"
+        );
+    }
+}
