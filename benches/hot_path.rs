@@ -135,6 +135,7 @@ fn buffer_and_decide(c: &mut Criterion) {
         slot: 0,
         epoch: 1,
         offset: 0,
+        partition: 0,
     };
     let mut g = c.benchmark_group("buffer");
     g.throughput(Throughput::Elements(n as u64));

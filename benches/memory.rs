@@ -70,6 +70,7 @@ fn buffer(messages: &[Vec<u8>], keys: &AttrMatchers, one_span_traces: bool) -> H
             slot: 0,
             epoch: 1,
             offset: offset as i64,
+            partition: 0,
         };
         spans_n += spans.len();
         encoded += spans.iter().map(Span::len).sum::<usize>();

@@ -117,6 +117,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         cache_capacity: cfg.buffer.decision_cache_traces,
         max_message_bytes: cfg.kafka.max_message_bytes,
         shards: cfg.shard_count(),
+        record_decisions: cfg.kafka.decisions_topic.is_some(),
     };
     let mut shard_txs = Vec::new();
     let mut workers = Vec::new();

@@ -275,3 +275,123 @@ async fn failing_produce_and_commit_requests_lose_nothing() {
     );
     assert!(committed, "input left uncommitted: {:?}", uncommitted(&h));
 }
+
+/// Whether an encoded request holds a span with status ERROR.
+fn has_error_span(message: &[u8]) -> bool {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    ExportTraceServiceRequest::decode(message).is_ok_and(|r| {
+        r.resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .any(|s| s.status.as_ref().is_some_and(|st| st.code == 2))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_owner_decides_late_spans_as_the_decisions_topic_says() {
+    let h = Harness::new(4, 2);
+    h.broker
+        .create_topic("decisions", 4)
+        .expect("decisions topic");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "1s", Some("300ms")).replace(
+        "  dead_letter_topic: dead-letters\n",
+        "  dead_letter_topic: dead-letters\n  decisions_topic: decisions\n",
+    );
+    let cfg = tailsift::config::Config::from_yaml(&yaml).expect("config");
+    let out = h.collector();
+    // Error traces whose last service message holds no error span: judged alone, that
+    // message would be dropped. It is held back and sent after the trace was decided
+    // and its partition changed owner.
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed: 43,
+        error_rate: 0.2,
+        ..Default::default()
+    });
+    let mut early = Vec::new();
+    let mut late = Vec::new();
+    let mut watched = Vec::new();
+    for _ in 0..300 {
+        let t = g.next_trace(gen::now_ns());
+        let n = t.messages.len();
+        let late_ok = n > 1 && !t.truth.slow && !has_error_span(&t.messages[n - 1]);
+        let key = t.truth.trace_id.to_hex();
+        for (i, m) in t.messages.into_iter().enumerate() {
+            if t.truth.error && late_ok && i == n - 1 {
+                late.push((key.clone(), m));
+            } else {
+                early.push((key.clone(), m));
+            }
+        }
+        if t.truth.error && late_ok {
+            watched.push(t.truth);
+        }
+    }
+    assert!(
+        watched.len() >= 10,
+        "too few watched traces: {}",
+        watched.len()
+    );
+    let producer = h.producer("lz4");
+    let a = Instance::start(&cfg).await;
+    a.wait_assigned().await;
+    for (key, m) in &early {
+        gen::send(&producer, INPUT, key.as_bytes(), m)
+            .await
+            .expect("send");
+    }
+    // A decides and keeps the early parts.
+    let decided = wait_until(Duration::from_secs(60), || {
+        let got = out.traces();
+        watched.iter().all(|t| got.contains_key(&t.trace_id))
+    })
+    .await;
+    assert!(decided, "the early parts were not kept");
+    a.stop().await;
+    assert!(
+        watched
+            .iter()
+            .all(|t| out.traces()[&t.trace_id].distinct_spans < t.spans),
+        "the late spans were held back"
+    );
+    // B owns the partitions now; the late spans arrive.
+    let b = Instance::start(&cfg).await;
+    b.wait_assigned().await;
+    for (key, m) in &late {
+        gen::send(&producer, INPUT, key.as_bytes(), m)
+            .await
+            .expect("send");
+    }
+    let complete = wait_until(Duration::from_secs(60), || {
+        let got = out.traces();
+        watched.iter().all(|t| {
+            got.get(&t.trace_id)
+                .is_some_and(|o| o.distinct_spans == t.spans)
+        })
+    })
+    .await;
+    let loaded = b
+        .running
+        .telemetry_addr
+        .map(|a| tailsift::demo::metric(&http_get(a, "/metrics").1, names::DECISIONS_LOADED))
+        .unwrap_or(0.0);
+    b.stop().await;
+    let got = out.traces();
+    let incomplete: Vec<_> = watched
+        .iter()
+        .filter(|t| {
+            got.get(&t.trace_id)
+                .is_none_or(|o| o.distinct_spans != t.spans)
+        })
+        .map(|t| t.trace_id)
+        .collect();
+    assert!(
+        loaded >= 300.0,
+        "B read back {loaded} decisions, expected one per trace"
+    );
+    assert!(
+        complete && incomplete.is_empty(),
+        "late spans of kept traces not forwarded by the next owner: {incomplete:?}"
+    );
+}

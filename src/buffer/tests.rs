@@ -27,6 +27,7 @@ fn pin(offset: i64) -> Pin {
         slot: 0,
         epoch: 1,
         offset,
+        partition: 0,
     }
 }
 
@@ -120,6 +121,7 @@ fn releasing_a_partition_forgets_only_its_traces() {
         slot: 1,
         epoch: 1,
         offset: 0,
+        partition: 0,
     };
     s.insert(TraceId([2; 16]), &message(), &[span(2, false)], other, t0);
     assert_eq!(s.release_partition(0, 1), 1);

@@ -57,6 +57,13 @@ pub struct KafkaConfig {
     /// headers saying why and where they came from.
     #[serde(default = "default_dead_letter_topic")]
     pub dead_letter_topic: String,
+    /// Compacted topic recording every decision (`proto/tailsift/v1/decision.proto`),
+    /// with at least as many partitions as the input topics. Whoever owns an input
+    /// partition next (after a crash, restart or rebalance) reads its decisions back
+    /// before reading the partition, so late spans follow the decision made before
+    /// and no trace comes out half kept. Unset: decisions live only in memory.
+    #[serde(default)]
+    pub decisions_topic: Option<String>,
     /// Largest record tailsift produces; a bigger kept trace is split into several
     /// records (each a valid OTLP request). Keep it at or below the broker's
     /// `message.max.bytes`.
@@ -125,6 +132,19 @@ impl KafkaConfig {
         }
         check_topic("kafka.output_topic", &self.output_topic)?;
         check_topic("kafka.dead_letter_topic", &self.dead_letter_topic)?;
+        if let Some(d) = &self.decisions_topic {
+            check_topic("kafka.decisions_topic", d)?;
+            if self.input_topics.contains(d)
+                || *d == self.output_topic
+                || *d == self.dead_letter_topic
+            {
+                return Err(ConfigError::invalid(
+                    "kafka.decisions_topic",
+                    d,
+                    "a topic of its own (not an input, output or dead-letter topic)",
+                ));
+            }
+        }
         if self.input_topics.contains(&self.output_topic) {
             return Err(ConfigError::invalid(
                 "kafka.output_topic",

@@ -38,6 +38,7 @@ fn example_config_is_valid_and_complete() {
         "input_topics:",
         "output_topic:",
         "dead_letter_topic:",
+        "decisions_topic:",
         "max_message_bytes:",
         "compression:",
         "commit_interval:",

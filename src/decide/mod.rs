@@ -8,6 +8,7 @@
 //! that decision.
 
 mod cache;
+mod record;
 mod worker;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::policy::{Decision, PolicySet, TraceSummary};
 use crate::telemetry::names;
 
 pub use cache::DecisionCache;
+pub use record::DecisionRecord;
 pub use worker::{Forced, ShardMsg, ShardWorker, WorkerConfig};
 
 /// The outcome for one trace: kept by a policy (its index in the set), or dropped.
@@ -82,7 +84,16 @@ impl Decider {
         }
     }
 
-    /// The name of the policy with index `i` in the set.
+    /// The index of the policy named `name`, if it is in the set.
+    pub fn policy_index(&self, name: &str) -> Option<u16> {
+        self.set
+            .policies
+            .iter()
+            .position(|p| &*p.name == name)
+            .and_then(|i| u16::try_from(i).ok())
+    }
+
+    /// The name of policy `i` (empty for an index not in the set).
     pub fn policy_name(&self, i: u16) -> Arc<str> {
         self.set
             .policies

@@ -9,11 +9,14 @@ use tokio::time::Instant;
 
 use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
 use crate::codec::{encode_trace, EncodedSpan, Message, Span, SpanRef, TraceId};
-use crate::sink::{KeptTrace, SinkMsg};
+use crate::sink::{DroppedTrace, KeptTrace, SinkMsg};
 use crate::source::{Pin, Releases};
 use crate::telemetry::names;
 
 use super::{Decider, DecisionCache, Verdict};
+
+/// Policy index of a restored kept decision whose policy is not in the set any more.
+const RESTORED_POLICY: u16 = u16::MAX - 1;
 
 /// Traces decided early per round under memory pressure, between yields.
 const EVICTION_BATCH: usize = 64;
@@ -50,6 +53,9 @@ pub enum ShardMsg {
         /// The spans.
         spans: Vec<Span>,
     },
+    /// Decisions read back from the decisions topic for newly assigned partitions:
+    /// the trace and the policy that kept it (`None`: dropped).
+    Decisions(Vec<(TraceId, Option<Arc<str>>)>),
     /// A partition assignment was revoked: forget traces pinned only to it.
     Revoked {
         /// Tracker slot.
@@ -105,6 +111,9 @@ pub struct WorkerConfig {
     /// Shards in the buffer: under pressure a worker evicts no further than its share
     /// of the low watermark.
     pub shards: usize,
+    /// Whether decisions go to the decisions topic (through the sink) before the
+    /// input they pin is released.
+    pub record_decisions: bool,
 }
 
 /// Owns one [`Shard`]: inserts spans, decides due traces, forwards outcomes.
@@ -119,6 +128,7 @@ pub struct ShardWorker {
     max_message_bytes: usize,
     /// This shard's share of the low watermark, in bytes.
     fair_share: usize,
+    record_decisions: bool,
     tick: Duration,
     /// Last values published to the buffer gauges, to publish deltas.
     published: (usize, usize, usize, usize),
@@ -154,6 +164,7 @@ impl ShardWorker {
             releases,
             max_message_bytes: cfg.max_message_bytes,
             fair_share,
+            record_decisions: cfg.record_decisions,
             // Decide within ~10% of the wait, but never spin.
             tick: (shortest / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
             published: (0, 0, 0, 0),
@@ -177,6 +188,10 @@ impl ShardWorker {
                     Some(ShardMsg::Spans { pin, message, spans }) => {
                         self.insert(pin, message, spans).await
                     }
+                    Some(ShardMsg::Decisions(decisions)) => {
+                        self.restore(decisions);
+                        Ok(())
+                    }
                     Some(ShardMsg::Revoked { slot, epoch }) => {
                         self.shard.release_partition(slot, epoch);
                         self.publish();
@@ -191,6 +206,22 @@ impl ShardWorker {
         }
         self.shard.clear();
         self.cache = DecisionCache::new(0);
+        self.publish();
+    }
+
+    /// Remembers decisions made before (by this or another instance) so late spans
+    /// follow them. A kept trace whose policy is no longer configured keeps its
+    /// spans under an unnamed policy.
+    fn restore(&mut self, decisions: Vec<(TraceId, Option<Arc<str>>)>) {
+        for (id, policy) in decisions {
+            if self.shard.contains(&id) {
+                continue; // being buffered again: it will be decided whole
+            }
+            let verdict = Verdict::new(
+                policy.map(|name| self.decider.policy_index(&name).unwrap_or(RESTORED_POLICY)),
+            );
+            self.cache.insert(&id, verdict);
+        }
         self.publish();
     }
 
@@ -268,7 +299,8 @@ impl ShardWorker {
         late.increment(group.len() as u64);
         if verdict.keep() {
             let spans: Vec<SpanRef<'_>> = group.iter().map(|s| message.span_ref(s)).collect();
-            self.send_kept(id, &spans, vec![pin], verdict, None).await
+            self.send_kept(id, &spans, vec![pin], verdict, None, false)
+                .await
         } else {
             self.releases.release(vec![pin]);
             Ok(())
@@ -294,9 +326,19 @@ impl ShardWorker {
         if verdict.keep() || forced != Some(Forced::Memory) {
             self.cache.insert(&id, verdict);
         }
+        let record = self.record_decisions;
         if verdict.keep() {
-            self.send_kept(id, &entry.spans(), entry.pins(), verdict, forced)
+            self.send_kept(id, &entry.spans(), entry.pins(), verdict, forced, record)
                 .await
+        } else if record && forced != Some(Forced::Memory) {
+            let dropped = DroppedTrace {
+                trace_id: id,
+                pins: entry.pins(),
+            };
+            self.sink
+                .send(SinkMsg::Dropped(dropped))
+                .await
+                .map_err(|_| Closed)
         } else {
             self.releases.release(entry.pins());
             Ok(())
@@ -310,6 +352,7 @@ impl ShardWorker {
         pins: Vec<Pin>,
         verdict: Verdict,
         forced: Option<Forced>,
+        record_decision: bool,
     ) -> Result<(), Closed> {
         let payloads = encode_trace(spans, self.max_message_bytes);
         let bytes = payloads.iter().map(|p| p.capacity() as u64).sum();
@@ -323,6 +366,7 @@ impl ShardWorker {
             forced: forced.map(Forced::as_str),
             spans: spans.len(),
             charge: Charge::new(&self.budget, bytes),
+            record_decision,
         };
         self.sink
             .send(SinkMsg::Kept(kept))

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use metrics::counter;
+use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -22,6 +23,7 @@ use tracing::{error, warn};
 
 use crate::codec::TraceId;
 use crate::config::{KafkaConfig, MemorySplit};
+use crate::decide::DecisionRecord;
 use crate::source::{Pin, Releases};
 use crate::telemetry::{names, Health};
 
@@ -49,6 +51,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum SinkMsg {
     /// A kept trace.
     Kept(KeptTrace),
+    /// A dropped trace whose decision goes to the decisions topic before its input
+    /// pins are released.
+    Dropped(DroppedTrace),
     /// An input message that could not be decoded.
     DeadLetter(DeadLetter),
 }
@@ -70,6 +75,18 @@ pub struct KeptTrace {
     pub spans: usize,
     /// The payloads' memory charge, released when the trace is delivered.
     pub charge: crate::buffer::Charge,
+    /// Whether its decision is to be recorded (not for late spans of a trace whose
+    /// decision is recorded already).
+    pub record_decision: bool,
+}
+
+/// A dropped trace, for the decisions topic.
+#[derive(Debug)]
+pub struct DroppedTrace {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// Input pins released once the decision is acknowledged.
+    pub pins: Vec<Pin>,
 }
 
 /// An input message that could not be decoded.
@@ -97,6 +114,24 @@ pub enum SinkError {
     /// librdkafka refused the configuration.
     #[error("cannot create Kafka producer: {0}")]
     Create(#[from] KafkaError),
+    /// The decisions topic is missing (tailsift does not create it: it must be
+    /// compacted and partitioned like the input).
+    #[error("decisions topic `{topic}` cannot be used: {why}")]
+    DecisionsTopic {
+        /// The topic.
+        topic: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Where the sink writes.
+#[derive(Debug)]
+struct Topics {
+    output: Arc<str>,
+    dead_letter: Arc<str>,
+    /// The decisions topic and its partition count.
+    decisions: Option<(Arc<str>, i32)>,
 }
 
 /// Logs producer errors and feeds the health flag.
@@ -117,8 +152,7 @@ impl ClientContext for ProducerContext {
 /// The sink task.
 pub struct Sink {
     producer: FutureProducer<ProducerContext>,
-    output_topic: Arc<str>,
-    dead_letter_topic: Arc<str>,
+    topics: Arc<Topics>,
     rx: mpsc::Receiver<SinkMsg>,
     releases: Releases,
 }
@@ -155,11 +189,26 @@ impl Sink {
         for (k, v) in &cfg.producer {
             c.set(k, v);
         }
-        let producer = c.create_with_context(ProducerContext { health })?;
+        let producer: FutureProducer<ProducerContext> =
+            c.create_with_context(ProducerContext { health })?;
+        let decisions = match &cfg.decisions_topic {
+            Some(topic) => {
+                let partitions =
+                    partition_count(&producer, topic).map_err(|why| SinkError::DecisionsTopic {
+                        topic: topic.clone(),
+                        why,
+                    })?;
+                Some((Arc::from(topic.as_str()), partitions))
+            }
+            None => None,
+        };
         Ok(Sink {
             producer,
-            output_topic: cfg.output_topic.as_str().into(),
-            dead_letter_topic: cfg.dead_letter_topic.as_str().into(),
+            topics: Arc::new(Topics {
+                output: cfg.output_topic.as_str().into(),
+                dead_letter: cfg.dead_letter_topic.as_str().into(),
+                decisions,
+            }),
             rx,
             releases,
         })
@@ -174,7 +223,7 @@ impl Sink {
                 biased;
                 Some(pins) = in_flight.next(), if !in_flight.is_empty() => self.releases.release(pins),
                 msg = self.rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match msg {
-                    Some(m) => in_flight.push(deliver(self.producer.clone(), Arc::clone(&self.output_topic), Arc::clone(&self.dead_letter_topic), m)),
+                    Some(m) => in_flight.push(deliver(self.producer.clone(), Arc::clone(&self.topics), m)),
                     None => break,
                 },
             }
@@ -195,11 +244,15 @@ impl Sink {
 /// Delivers one message and returns the pins to release.
 async fn deliver(
     producer: FutureProducer<ProducerContext>,
-    output: Arc<str>,
-    dlq: Arc<str>,
+    topics: Arc<Topics>,
     msg: SinkMsg,
 ) -> Vec<Pin> {
+    let (output, dlq) = (&*topics.output, &*topics.dead_letter);
     match msg {
+        SinkMsg::Dropped(d) => {
+            record_decision(&producer, &topics, d.trace_id, None, &d.pins).await;
+            d.pins
+        }
         SinkMsg::Kept(kept) => {
             let key = kept.trace_id.to_hex();
             let mut headers = OwnedHeaders::new().insert(Header {
@@ -215,7 +268,7 @@ async fn deliver(
             let results = futures_util::future::join_all(
                 kept.payloads
                     .iter()
-                    .map(|p| produce(&producer, &output, Some(key.as_bytes()), p, &headers)),
+                    .map(|p| produce(&producer, output, None, Some(key.as_bytes()), p, &headers)),
             )
             .await;
             let bytes: usize = kept.payloads.iter().map(Vec::len).sum();
@@ -235,7 +288,7 @@ async fn deliver(
                         });
                     dead_letter(
                         &producer,
-                        &dlq,
+                        dlq,
                         Some(key.as_bytes()),
                         payload,
                         &headers,
@@ -248,6 +301,10 @@ async fn deliver(
                 counter!(names::RECORDS_PRODUCED).increment(kept.payloads.len() as u64);
                 counter!(names::SPANS_PRODUCED).increment(kept.spans as u64);
                 counter!(names::BYTES_PRODUCED).increment(bytes as u64);
+            }
+            if kept.record_decision {
+                let policy = Some(&*kept.policy);
+                record_decision(&producer, &topics, kept.trace_id, policy, &kept.pins).await;
             }
             kept.pins
         }
@@ -271,7 +328,7 @@ async fn deliver(
                 });
             dead_letter(
                 &producer,
-                &dlq,
+                dlq,
                 d.key.as_deref(),
                 &d.payload,
                 &headers,
@@ -291,7 +348,7 @@ async fn dead_letter(
     headers: &OwnedHeaders,
     reason: &'static str,
 ) {
-    match produce(producer, dlq, key, payload, headers).await {
+    match produce(producer, dlq, None, key, payload, headers).await {
         Ok(()) => counter!(names::MESSAGES_DEAD_LETTERED, "reason" => reason).increment(1),
         Err(e) => {
             // Nothing more can be done with it; say so loudly.
@@ -309,6 +366,7 @@ async fn dead_letter(
 async fn produce(
     producer: &FutureProducer<ProducerContext>,
     topic: &str,
+    partition: Option<i32>,
     key: Option<&[u8]>,
     payload: &[u8],
     headers: &OwnedHeaders,
@@ -320,6 +378,9 @@ async fn produce(
             .headers(headers.clone());
         if let Some(k) = key {
             record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         let error = match producer.send_result(record) {
             Ok(delivery) => match delivery.await {
@@ -341,6 +402,68 @@ async fn produce(
         warn!(message = "Produce failed; retrying.", topic, error = %error, backoff_ms = backoff.as_millis() as u64);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Writes a trace's decision (kept by `policy`, or dropped) to the decisions topic,
+/// if there is one, in the partition numbered like its input partition.
+async fn record_decision(
+    producer: &FutureProducer<ProducerContext>,
+    topics: &Topics,
+    trace_id: TraceId,
+    policy: Option<&str>,
+    pins: &[Pin],
+) {
+    let (Some((topic, partitions)), Some(pin)) = (&topics.decisions, pins.first()) else {
+        return;
+    };
+    let record = DecisionRecord {
+        trace_id: trace_id.0.to_vec(),
+        kept: policy.is_some(),
+        policy: policy.unwrap_or_default().to_string(),
+        decided_unix_nano: crate::gen::now_ns(),
+    };
+    let partition = pin.partition.rem_euclid((*partitions).max(1));
+    let payload = record.encode_to_vec();
+    let label = if record.kept {
+        "sampled"
+    } else {
+        "not_sampled"
+    };
+    match produce(
+        producer,
+        topic,
+        Some(partition),
+        Some(&trace_id.0),
+        &payload,
+        &OwnedHeaders::new(),
+    )
+    .await
+    {
+        Ok(()) => counter!(names::DECISIONS_RECORDED, "decision" => label).increment(1),
+        Err(e) => {
+            error!(message = "The decisions topic refused a decision; late spans of this trace may be decided afresh by the partition's next owner.", trace_id = %trace_id, error = %e);
+        }
+    }
+}
+
+/// Partitions of `topic`, from the broker's metadata (blocking, at startup).
+fn partition_count(producer: &FutureProducer<ProducerContext>, topic: &str) -> Result<i32, String> {
+    let md = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("cannot read its metadata: {e}"))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| "the broker does not know it; create it (compacted)".to_string())?;
+    if let Some(e) = t.error() {
+        return Err(format!("the broker reports {e:?}; create it (compacted)"));
+    }
+    match i32::try_from(t.partitions().len()) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("it has no partitions".to_string()),
     }
 }
 

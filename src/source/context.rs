@@ -18,11 +18,21 @@ use crate::telemetry::{names, Health};
 pub struct SourceContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     health: Arc<Health>,
+    /// Whether newly assigned partitions wait for their decisions to be read back.
+    restore_decisions: bool,
 }
 
 impl SourceContext {
-    pub(super) fn new(tracker: Arc<Mutex<OffsetTracker>>, health: Arc<Health>) -> Self {
-        SourceContext { tracker, health }
+    pub(super) fn new(
+        tracker: Arc<Mutex<OffsetTracker>>,
+        health: Arc<Health>,
+        restore_decisions: bool,
+    ) -> Self {
+        SourceContext {
+            tracker,
+            health,
+            restore_decisions,
+        }
     }
 }
 
@@ -87,12 +97,27 @@ impl ConsumerContext for SourceContext {
         info!(message = "Partitions revoked.", count = parts.len());
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                if self.restore_decisions && tpl.count() > 0 {
+                    // Before the first fetch: nothing of them is read until their
+                    // decisions are back in the caches.
+                    if let Err(e) = consumer.pause(tpl) {
+                        warn!(message = "Cannot pause partitions to restore their decisions.", error = %e);
+                    }
+                }
                 let mut t = lock(&self.tracker);
                 for e in tpl.elements() {
                     t.assign(e.topic(), e.partition());
+                }
+                if self.restore_decisions {
+                    t.queue_loading(
+                        tpl.elements()
+                            .iter()
+                            .map(|e| (e.topic().to_string(), e.partition()))
+                            .collect(),
+                    );
                 }
                 self.health.set_assigned(t.assigned());
                 info!(

@@ -9,6 +9,7 @@
 //! [`Releases`], the one path that flows upstream.
 
 mod context;
+mod decisions;
 mod offsets;
 mod scanner;
 
@@ -35,8 +36,9 @@ use crate::sink::SinkMsg;
 use crate::telemetry::{names, Health};
 
 pub use context::SourceContext;
+use decisions::{DecisionsTopic, Restored};
 pub use offsets::{OffsetTracker, Pin};
-use scanner::{Input, ScanJob, Scanner};
+use scanner::{shard_of_id, Input, ScanJob, Scanner};
 
 /// How long a shutdown waits for workers and the sink to hand back their pins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(35);
@@ -84,14 +86,31 @@ pub struct Source {
     committing: Arc<AtomicBool>,
     /// Scanners not yet started (`run` spawns them).
     idle: Vec<Scanner>,
-    /// One channel per scanner; messages are dealt round-robin.
+    /// One channel per scanner; each partition's messages go to one of them.
     scanners: Vec<mpsc::Sender<ScanJob>>,
+    /// The shards, for decisions read back from the decisions topic.
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    /// Where decisions are read back from, if they are recorded.
+    decisions: Option<DecisionsTopic>,
+    /// Partitions paused until their decisions are read back.
+    loading: Vec<(String, i32)>,
+    /// Finished loads come back here.
+    loaded: (
+        mpsc::UnboundedSender<Loaded>,
+        mpsc::UnboundedReceiver<Loaded>,
+    ),
     releases: mpsc::UnboundedReceiver<Vec<Pin>>,
     commit_interval: Duration,
     budget: MemoryBudget,
     paused: bool,
     /// Messages and bytes received (handles registered once).
     received: [Counter; 2],
+}
+
+/// Decisions read back for some newly assigned partitions.
+struct Loaded {
+    parts: Vec<(String, i32)>,
+    decisions: Vec<Restored>,
 }
 
 /// Where the source sends what it reads.
@@ -144,7 +163,7 @@ impl Source {
         for (k, v) in &cfg.consumer {
             c.set(k, v);
         }
-        let ctx = SourceContext::new(Arc::clone(&tracker), health);
+        let ctx = SourceContext::new(Arc::clone(&tracker), health, cfg.decisions_topic.is_some());
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(ctx)?;
         let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -166,7 +185,19 @@ impl Source {
                 (tx, scanner)
             })
             .unzip();
+        let consumer_props: Vec<(String, String)> = cfg
+            .consumer
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Ok(Source {
+            shards: out.shards,
+            decisions: cfg
+                .decisions_topic
+                .as_deref()
+                .map(|t| DecisionsTopic::new(&cfg.brokers, &cfg.group_id, &consumer_props, t)),
+            loading: Vec::new(),
+            loaded: mpsc::unbounded_channel(),
             consumer: Arc::new(consumer),
             tracker,
             committing: Arc::new(AtomicBool::new(false)),
@@ -195,6 +226,8 @@ impl Source {
             tokio::spawn(s.run());
         }
         loop {
+            // Partitions assigned by the last poll wait, paused, for their decisions.
+            self.start_loads();
             tokio::select! {
                 biased;
                 _ = shutdown.recv() => break,
@@ -203,6 +236,7 @@ impl Source {
                     self.forward_revocations().await;
                     self.start_commit();
                 }
+                Some(done) = self.loaded.1.recv() => self.finish_load(done).await,
                 _ = pressure_tick.tick() => self.apply_backpressure(),
                 // Polled even while paused: rebalances and statistics arrive here.
                 m = self.consumer.recv() => match m {
@@ -227,6 +261,7 @@ impl Source {
         // sink senders, the sink drains, and the release channel closes when the last
         // one is gone.
         self.scanners.clear();
+        self.shards.clear();
         let releases = &mut self.releases;
         let tracker = &self.tracker;
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -275,7 +310,18 @@ impl Source {
         let result = if pressure {
             self.consumer.pause(&assignment)
         } else {
-            self.consumer.resume(&assignment)
+            // Partitions still waiting for their decisions stay paused.
+            let mut resume = TopicPartitionList::new();
+            for e in assignment.elements() {
+                let loading = self
+                    .loading
+                    .iter()
+                    .any(|(t, p)| t == e.topic() && *p == e.partition());
+                if !loading {
+                    resume.add_partition(e.topic(), e.partition());
+                }
+            }
+            self.consumer.resume(&resume)
         };
         match result {
             Ok(()) => {
@@ -323,6 +369,68 @@ impl Source {
         }
     }
 
+    /// Starts reading back the decisions of partitions assigned since the last call.
+    fn start_loads(&mut self) {
+        let Some(topic) = &self.decisions else {
+            return;
+        };
+        let parts = lock(&self.tracker).take_loading();
+        if parts.is_empty() {
+            return;
+        }
+        self.loading.extend(parts.iter().cloned());
+        let topic = topic.clone();
+        let done = self.loaded.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
+            let decisions = topic.load(&numbers).unwrap_or_else(|e| {
+                warn!(message = "Cannot read decisions back; late spans of earlier traces will be decided afresh.", error = %e);
+                Vec::new()
+            });
+            let _ = done.send(Loaded { parts, decisions });
+        });
+    }
+
+    /// Hands read-back decisions to the shards' caches, then resumes the partitions
+    /// (unless memory pressure holds every partition paused).
+    async fn finish_load(&mut self, done: Loaded) {
+        counter!(names::DECISIONS_LOADED).increment(done.decisions.len() as u64);
+        info!(
+            message = "Decisions read back.",
+            partitions = done.parts.len(),
+            decisions = done.decisions.len()
+        );
+        let n = self.shards.len();
+        let mut per_shard: Vec<Vec<Restored>> = vec![Vec::new(); n];
+        for d in done.decisions {
+            per_shard[shard_of_id(&d.0, n)].push(d);
+        }
+        for (shard, decisions) in self.shards.iter().zip(per_shard) {
+            if !decisions.is_empty() {
+                let _ = shard.send(ShardMsg::Decisions(decisions)).await;
+            }
+        }
+        self.loading
+            .retain(|(t, p)| !done.parts.iter().any(|(dt, dp)| dt == t && dp == p));
+        if self.paused {
+            return; // resumed with the rest when the pressure is over
+        }
+        let mut resume = TopicPartitionList::new();
+        {
+            let t = lock(&self.tracker);
+            for (topic, p) in &done.parts {
+                if t.is_assigned(topic, *p) {
+                    resume.add_partition(topic, *p);
+                }
+            }
+        }
+        if resume.count() > 0 {
+            if let Err(e) = self.consumer.resume(&resume) {
+                warn!(message = "Cannot resume partitions after reading their decisions.", error = %e);
+            }
+        }
+    }
+
     /// Reads one message and hands it to the next scanner. `Err` only when the
     /// pipeline is shutting down.
     async fn handle(&self, m: &BorrowedMessage<'_>) -> Result<(), ()> {
@@ -342,9 +450,11 @@ impl Source {
             key: m.key().map(Bytes::copy_from_slice),
             pin,
         });
-        // Dealt by offset: consecutive messages of a partition go to different
-        // scanners.
-        let i = (m.offset() as usize).wrapping_add(m.partition() as usize) % self.scanners.len();
+        // Dealt by partition: a partition's messages (and so a trace's, as input is
+        // keyed by trace id) reach the shards in the order they were read. Dealing
+        // them by offset spread a trace over scanners that could be held up unequally
+        // by full shard channels, so its last spans could come after its decision.
+        let i = (m.partition() as usize) % self.scanners.len();
         self.scanners[i].send(job).await.map_err(drop)
     }
 

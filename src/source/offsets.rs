@@ -19,6 +19,8 @@ pub struct Pin {
     pub epoch: u32,
     /// The message offset.
     pub offset: i64,
+    /// The message's partition (for the decisions topic).
+    pub partition: i32,
 }
 
 #[derive(Debug)]
@@ -47,6 +49,8 @@ impl Partition {
 pub struct OffsetTracker {
     parts: Vec<Partition>,
     revoked: Vec<(u32, u32)>,
+    /// Partitions assigned and paused until their decisions are read back.
+    loading: Vec<(String, i32)>,
 }
 
 impl OffsetTracker {
@@ -75,6 +79,22 @@ impl OffsetTracker {
         }
     }
 
+    /// Queues newly assigned partitions whose decisions must be read back first.
+    pub fn queue_loading(&mut self, parts: Vec<(String, i32)>) {
+        self.loading.extend(parts);
+    }
+
+    /// Partitions queued by [`OffsetTracker::queue_loading`] since the last call.
+    pub fn take_loading(&mut self) -> Vec<(String, i32)> {
+        std::mem::take(&mut self.loading)
+    }
+
+    /// Whether a partition is currently assigned here.
+    pub fn is_assigned(&self, topic: &str, partition: i32) -> bool {
+        self.find(topic, partition)
+            .is_some_and(|s| self.parts[s as usize].assigned)
+    }
+
     /// Partitions revoked since the last call, as `(slot, epoch)`.
     pub fn take_revoked(&mut self) -> Vec<(u32, u32)> {
         std::mem::take(&mut self.revoked)
@@ -97,6 +117,7 @@ impl OffsetTracker {
             slot,
             epoch: p.epoch,
             offset,
+            partition,
         })
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{lock, OffsetTracker, Pin};
-use crate::codec::{scan, AttrMatchers, CodecError, FrameInterner, Span};
+use crate::codec::{scan, AttrMatchers, CodecError, FrameInterner, Span, TraceId};
 use crate::decide::ShardMsg;
 use crate::sink::{DeadLetter, SinkMsg};
 use crate::telemetry::names;
@@ -146,8 +146,13 @@ impl Scanner {
     }
 }
 
-/// The shard of a span: high bits of the trace id hash, so the shard's own hash map,
-/// which uses the low bits, still spreads its keys.
+/// The shard of a span.
 fn shard_of(s: &Span, shards: usize) -> usize {
-    ((s.trace_id.shard_hash() >> 40) as usize) % shards.max(1)
+    shard_of_id(&s.trace_id, shards)
+}
+
+/// The shard of a trace: high bits of the trace id hash, so the shard's own hash map,
+/// which uses the low bits, still spreads its keys.
+pub(super) fn shard_of_id(id: &TraceId, shards: usize) -> usize {
+    ((id.shard_hash() >> 40) as usize) % shards.max(1)
 }

@@ -33,6 +33,10 @@ pub const BYTES_PRODUCED: &str = "tailsift_produced_bytes_total";
 pub const PRODUCE_ERRORS: &str = "tailsift_produce_errors_total";
 /// Offset commits, label `result` (`ok` / `error`) (counter).
 pub const COMMITS: &str = "tailsift_offset_commits_total";
+/// Decisions written to the decisions topic, label `decision` (counter).
+pub const DECISIONS_RECORDED: &str = "tailsift_decisions_recorded_total";
+/// Decisions read back from the decisions topic on assignment (counter).
+pub const DECISIONS_LOADED: &str = "tailsift_decisions_loaded_total";
 /// Input messages still pinned by undecided or unacknowledged traces (gauge).
 pub const PINNED_MESSAGES: &str = "tailsift_pinned_messages";
 /// Messages not yet read, summed over assigned partitions, label `topic` (gauge).
