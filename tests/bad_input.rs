@@ -137,3 +137,63 @@ fn committed_total(bootstrap: &str) -> i64 {
         Err(_) => -1,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_trace_with_a_span_over_the_record_limit_still_comes_out_whole() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use prost::Message as _;
+    let h = Harness::new(2, 2);
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "500ms", None).replace(
+        "  commit_interval: 200ms\n",
+        "  commit_interval: 200ms\n  max_message_bytes: 100000\n",
+    );
+    let cfg = tailsift::config::Config::from_yaml(&yaml).expect("config");
+    let out = h.collector();
+    let sampler = Instance::start(&cfg).await;
+    sampler.wait_assigned().await;
+    // An error trace one of whose spans carries a 300 kB attribute: three times the
+    // record limit, so it goes alone in a record over the limit.
+    let mut g = gen::Generator::new(gen::GenConfig {
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    let t = g.next_trace(gen::now_ns());
+    let mut first = ExportTraceServiceRequest::decode(&t.messages[0][..]).expect("valid");
+    first.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(KeyValue {
+            key: "big".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("x".repeat(300_000))),
+            }),
+            ..Default::default()
+        });
+    let p = h.producer("lz4");
+    let key = t.truth.trace_id.to_hex();
+    gen::send(&p, INPUT, key.as_bytes(), &first.encode_to_vec())
+        .await
+        .expect("send");
+    for m in &t.messages[1..] {
+        gen::send(&p, INPUT, key.as_bytes(), m).await.expect("send");
+    }
+    let whole = wait_until(Duration::from_secs(30), || {
+        out.traces()
+            .get(&t.truth.trace_id)
+            .is_some_and(|o| o.distinct_spans == t.truth.spans)
+    })
+    .await;
+    sampler.stop().await;
+    let got = out.traces();
+    let o = got.get(&t.truth.trace_id);
+    assert!(
+        whole,
+        "trace of {} spans came out as {:?}",
+        t.truth.spans,
+        o.map(|o| (o.records, o.distinct_spans))
+    );
+    assert!(
+        o.is_some_and(|o| o.records >= 2),
+        "the big span went alone, the rest within the limit"
+    );
+}

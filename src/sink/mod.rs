@@ -41,6 +41,9 @@ pub const HEADER_SOURCE_PARTITION: &str = "tailsift.source.partition";
 /// Header on dead letters: the input offset.
 pub const HEADER_SOURCE_OFFSET: &str = "tailsift.source.offset";
 
+/// Largest record the producer sends, whatever `max_message_bytes` says: room for a
+/// span that alone exceeds it (input messages are rarely allowed more than this).
+const MAX_RECORD_BYTES: usize = 64 << 20;
 /// Most deliveries (kept traces or dead letters) awaiting acknowledgement at once.
 const MAX_IN_FLIGHT: usize = 20_000;
 /// How long a shutdown waits for outstanding deliveries.
@@ -174,9 +177,15 @@ impl Sink {
             .set("enable.idempotence", "true")
             .set("compression.codec", cfg.compression.to_librdkafka())
             .set("linger.ms", "5")
+            // Records are split to `max_message_bytes`, but a single span larger than
+            // that goes alone in a bigger record: the broker took it as input, so it
+            // likely takes it as output. librdkafka must not refuse it locally first
+            // (its dead letter would be refused the same way and the span lost).
             .set(
                 "message.max.bytes",
-                (cfg.max_message_bytes + 64 * 1024).to_string(),
+                (cfg.max_message_bytes + 64 * 1024)
+                    .max(MAX_RECORD_BYTES)
+                    .to_string(),
             )
             // librdkafka gives up on a message after this; the sink then retries it
             // itself, so a long outage never loses a kept trace.
