@@ -395,3 +395,43 @@ async fn the_next_owner_decides_late_spans_as_the_decisions_topic_says() {
         "late spans of kept traces not forwarded by the next owner: {incomplete:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_instances_killed_the_other_takes_over_without_loss() {
+    let h = Harness::new(16, 4);
+    let dir = std::env::temp_dir().join(format!("tailsift-faults2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let log = dir.join("tailsift.log");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "2s", None);
+    let out = h.collector();
+    let mut a = spawn(&dir, &yaml, &log);
+    let mut b = spawn(&dir, &yaml, &log);
+    let feed = traffic(&h, 5000, 200, 47);
+    // Both reading, then A dies with traces buffered; B gets A's partitions once A's
+    // session times out and re-reads them from A's last safe commits.
+    let both = wait_until(Duration::from_secs(40), || {
+        metric_of(&a, names::SPANS_RECEIVED) > 0.0 && metric_of(&b, names::SPANS_RECEIVED) > 0.0
+    })
+    .await;
+    assert!(both, "both instances should read; log: {}", log.display());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a_buffered = metric_of(&a, names::BUFFER_TRACES);
+    a.child.kill().expect("SIGKILL");
+    a.child.wait().expect("reaped");
+    let truths = feed.await.expect("traffic task");
+    let done = wait_until(Duration::from_secs(120), || {
+        missing_kept(&truths, &out.traces()).is_empty()
+    })
+    .await;
+    let missing = missing_kept(&truths, &out.traces());
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    assert!(a_buffered > 0.0, "A was killed with nothing buffered");
+    assert!(
+        done && missing.is_empty(),
+        "{} error/slow traces lost or incomplete after A was killed: {missing:?}",
+        missing.len()
+    );
+    h.assert_no_broker_truncation();
+    let _ = std::fs::remove_dir_all(&dir);
+}
