@@ -1,14 +1,16 @@
 //! Wires the stages together and owns startup and shutdown order.
 //!
 //! ```text
-//! source --ShardMsg--> decide::ShardWorker (one per shard) --SinkMsg--> sink
-//!    ^                        |  dropped traces                          | acknowledged
-//!    +-------- Releases ------+------------------------------------------+
+//! source --ScanJob--> scanners --ShardMsg--> decide::ShardWorker --SinkMsg--> sink
+//!    ^   (by partition)  (codec)  (by trace)  (one per shard)             |
+//!    |                                            | dropped traces       | acknowledged
+//!    +------------------ Releases ----------------+-----------------------+
 //! ```
 //!
-//! Shutdown runs front to back: the source stops reading and closes the shard
-//! channels; workers exit (buffered traces stay uncommitted, to be re-read); the sink
-//! drains what it was given; the source commits what is safe and leaves the group.
+//! Shutdown runs front to back: the source stops reading and closes the scanner
+//! channels, the scanners the shard channels; workers exit (buffered traces stay
+//! uncommitted, to be re-read); the sink drains what it was given; the source commits
+//! what is safe and leaves the group.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,11 +4,13 @@
 //!
 //! The modules follow a span through the process:
 //!
-//! * [`source`]: Kafka consumer group; reads messages, tracks and commits offsets.
+//! * [`source`]: Kafka consumer group; reads messages, tracks and commits offsets;
+//!   its scanner tasks run the codec in parallel and deal spans to the shards.
 //! * [`codec`]: scans OTLP protobuf without building objects; re-encodes kept traces.
 //! * [`buffer`]: sharded store of spans grouped by trace id, with due queues.
 //! * [`decide`]: the worker owning each shard; runs the [`policy`] set on due traces.
-//! * [`sink`]: Kafka producer for kept traces and dead letters; acknowledges pins.
+//! * [`sink`]: Kafka producer for kept traces, dead letters and decisions;
+//!   acknowledges pins.
 //!
 //! [`app`] wires them with bounded channels; [`config`] is the YAML schema;
 //! [`telemetry`] the metrics and health endpoints; [`gen`] and [`demo`] the synthetic
