@@ -223,36 +223,62 @@ async fn reads_input_in_every_compression_codec() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attribute_policies_keep_exactly_the_matching_traces() {
+/// Runs `policies` over generated traffic and checks that exactly the traces `want`
+/// picks come out, whole, named by the policy `policy_of` gives.
+async fn keeps_exactly(
+    policies: &str,
+    seed: u64,
+    want: impl Fn(&gen::Truth) -> bool,
+    policy_of: impl Fn(&gen::Truth) -> &'static str,
+) {
     let h = Harness::new(8, 2);
-    let policies = "  - {name: server-errors, type: numeric_attribute, numeric_attribute: {key: http.status_code, min_value: 500, max_value: 599}}\n  - {name: checkout, type: string_attribute, string_attribute: {key: http.route, values: ['^/api/check'], enabled_regex_matching: true}}\n";
     let cfg = h.config(policies, "1s", Some("200ms"));
     let out = h.collector();
     let sampler = Instance::start(&cfg).await;
     sampler.wait_assigned().await;
-    let truths = feed(&h, 600, 0, 31, "lz4").await;
-    // The generator marks error traces with http.status_code 500.
-    let want = |t: &gen::Truth| t.error || t.route == "/api/checkout";
+    let truths = feed(&h, 600, 0, seed, "lz4").await;
     let n = truths.iter().filter(|t| want(t)).count();
     let ok = wait_until(Duration::from_secs(30), || out.traces().len() >= n).await;
     out.settle(Duration::from_secs(2), Duration::from_secs(20))
         .await;
     sampler.stop().await;
     let got = out.traces();
-    assert!(ok, "{} of {n} traces came out", got.len());
+    assert!(ok && n > 0, "{} of {n} traces came out", got.len());
     for t in &truths {
         assert_eq!(
             got.contains_key(&t.trace_id),
             want(t),
-            "trace {} (error={}, route={})",
+            "trace {} (error={}, route={}, spans={})",
             t.trace_id,
             t.error,
-            t.route
+            t.route,
+            t.spans
         );
         if let Some(o) = got.get(&t.trace_id) {
-            let policy = if t.error { "server-errors" } else { "checkout" };
-            assert_eq!((o.policy.as_str(), o.distinct_spans), (policy, t.spans));
+            assert_eq!(
+                (o.policy.as_str(), o.distinct_spans),
+                (policy_of(t), t.spans)
+            );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_policies_keep_exactly_the_matching_traces() {
+    let policies = "  - {name: server-errors, type: numeric_attribute, numeric_attribute: {key: http.status_code, min_value: 500, max_value: 599}}\n  - {name: checkout, type: string_attribute, string_attribute: {key: http.route, values: ['^/api/check'], enabled_regex_matching: true}}\n";
+    // The generator marks error traces with http.status_code 500.
+    keeps_exactly(
+        policies,
+        31,
+        |t| t.error || t.route == "/api/checkout",
+        |t| if t.error { "server-errors" } else { "checkout" },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn span_count_keeps_exactly_the_traces_within_bounds() {
+    let policies =
+        "  - {name: wide, type: span_count, span_count: {min_spans: 25, max_spans: 28}}\n";
+    keeps_exactly(policies, 53, |t| (25..=28).contains(&t.spans), |_| "wide").await;
 }

@@ -1,6 +1,7 @@
 //! Attribute predicates evaluated while scanning.
 //!
-//! Policies that read attributes (`string_attribute`, `numeric_attribute`) register a
+//! Policies that read attributes (`string_attribute`, `numeric_attribute`,
+//! `boolean_attribute`) register a
 //! [`Matcher`] on a key and get a bit. The scan tests each span's and resource's
 //! attribute of that key once and sets the bit on a hit, so a buffered trace carries
 //! one `u64` of hits instead of attribute values, and a policy set that reads no
@@ -22,6 +23,8 @@ pub enum Matcher {
     Regex(RegexSet),
     /// An integer value within `[min, max]`. As in OTel, other value types never match.
     IntRange(i64, i64),
+    /// A boolean value equal to this one.
+    Bool(bool),
 }
 
 impl Matcher {
@@ -34,6 +37,7 @@ impl Matcher {
                 std::str::from_utf8(s).is_ok_and(|s| set.is_match(s))
             }
             (Matcher::IntRange(lo, hi), AttrValue::Int(i)) => (*lo..=*hi).contains(i),
+            (Matcher::Bool(want), AttrValue::Bool(b)) => want == b,
             _ => false,
         }
     }

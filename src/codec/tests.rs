@@ -255,3 +255,18 @@ fn trace_id_hex_round_trips() {
     assert_eq!(TraceId::from_hex(&id.to_hex()), Some(id));
     assert_eq!(TraceId::from_hex("xyz"), None);
 }
+
+#[test]
+fn boolean_predicates_match_bool_values_on_spans() {
+    // Every test span carries `ignored: true` (a bool) and `http.route` (a string).
+    let payload = Bytes::from(request().encode_to_vec());
+    let mut m = AttrMatchers::default();
+    let yes = m.add("ignored", Matcher::Bool(true)).expect("bit");
+    let no = m.add("ignored", Matcher::Bool(false)).expect("bit");
+    let not_a_bool = m.add("http.route", Matcher::Bool(true)).expect("bit");
+    let mut spans = Vec::new();
+    scan(&payload, &m, &mut FrameInterner::default(), &mut spans).expect("valid payload");
+    assert!(spans.iter().all(|s| s.hits & (1 << yes) != 0));
+    assert!(spans.iter().all(|s| s.hits & (1 << no) == 0));
+    assert!(spans.iter().all(|s| s.hits & (1 << not_a_bool) == 0));
+}

@@ -19,8 +19,8 @@ pub use duration::{parse_duration, ConfigDuration};
 pub use kafka::{Compression, KafkaConfig};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use policy::{
-    LatencyConfig, NumericAttributeConfig, PolicyConfig, PolicyType, ProbabilisticConfig,
-    StatusCodeConfig, StringAttributeConfig,
+    BooleanAttributeConfig, LatencyConfig, NumericAttributeConfig, PolicyConfig, PolicyType,
+    ProbabilisticConfig, SpanCountConfig, StatusCodeConfig, StringAttributeConfig,
 };
 
 /// Why a configuration was rejected.

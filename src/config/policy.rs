@@ -21,6 +21,10 @@ pub enum PolicyType {
     StringAttribute,
     /// Keep traces with an integer attribute inside a range.
     NumericAttribute,
+    /// Keep traces with a boolean attribute of a given value.
+    BooleanAttribute,
+    /// Keep traces whose span count is within bounds.
+    SpanCount,
 }
 
 impl PolicyType {
@@ -33,6 +37,8 @@ impl PolicyType {
             PolicyType::Probabilistic => "probabilistic",
             PolicyType::StringAttribute => "string_attribute",
             PolicyType::NumericAttribute => "numeric_attribute",
+            PolicyType::BooleanAttribute => "boolean_attribute",
+            PolicyType::SpanCount => "span_count",
         }
     }
 }
@@ -63,6 +69,12 @@ pub struct PolicyConfig {
     /// Block for `type: numeric_attribute`.
     #[serde(default)]
     pub numeric_attribute: Option<NumericAttributeConfig>,
+    /// Block for `type: boolean_attribute`.
+    #[serde(default)]
+    pub boolean_attribute: Option<BooleanAttributeConfig>,
+    /// Block for `type: span_count`.
+    #[serde(default)]
+    pub span_count: Option<SpanCountConfig>,
 }
 
 /// `latency`: keep traces whose duration is at least `threshold_ms` (and at most
@@ -136,6 +148,32 @@ pub struct NumericAttributeConfig {
     pub invert_match: bool,
 }
 
+/// `boolean_attribute`: keep traces where a span or its resource has boolean
+/// attribute `key` equal to `value`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BooleanAttributeConfig {
+    /// Attribute key, looked up on spans and on their resource.
+    pub key: String,
+    /// The value to match.
+    pub value: bool,
+    /// Keep traces where no span or resource has it instead.
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+/// `span_count`: keep traces with at least `min_spans` spans and, when `max_spans` is
+/// set (non-zero), at most that many (both inclusive, as in OTel).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpanCountConfig {
+    /// Inclusive lower bound.
+    pub min_spans: u32,
+    /// Inclusive upper bound; `0` or absent: none.
+    #[serde(default)]
+    pub max_spans: u32,
+}
+
 /// Validates every policy and the rules between them.
 pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError> {
     if policies.is_empty() {
@@ -150,14 +188,16 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
         .filter(|p| {
             matches!(
                 p.kind,
-                PolicyType::StringAttribute | PolicyType::NumericAttribute
+                PolicyType::StringAttribute
+                    | PolicyType::NumericAttribute
+                    | PolicyType::BooleanAttribute
             )
         })
         .count();
     if attribute_policies > crate::codec::MAX_MATCHERS {
         return Err(ConfigError::invalid(
             "policies",
-            format!("{attribute_policies} string_attribute/numeric_attribute policies"),
+            format!("{attribute_policies} attribute policies"),
             format!("at most {}", crate::codec::MAX_MATCHERS),
         ));
     }
@@ -183,8 +223,10 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
 }
 
 impl PolicyConfig {
-    fn blocks(&self) -> [(&'static str, bool); 5] {
+    fn blocks(&self) -> [(&'static str, bool); 7] {
         [
+            ("boolean_attribute", self.boolean_attribute.is_some()),
+            ("span_count", self.span_count.is_some()),
             ("latency", self.latency.is_some()),
             ("status_code", self.status_code.is_some()),
             ("probabilistic", self.probabilistic.is_some()),
@@ -304,6 +346,21 @@ impl PolicyConfig {
                     )),
                     _ => Ok(()),
                 }
+            }
+            PolicyType::BooleanAttribute => {
+                let c = self.boolean_attribute.as_ref().ok_or_else(missing)?;
+                check_key(&format!("{at}.boolean_attribute.key"), &c.key)
+            }
+            PolicyType::SpanCount => {
+                let c = self.span_count.as_ref().ok_or_else(missing)?;
+                if c.max_spans != 0 && c.max_spans < c.min_spans {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.span_count.max_spans"),
+                        c.max_spans,
+                        format!("0 (no upper bound) or at least min_spans ({})", c.min_spans),
+                    ));
+                }
+                Ok(())
             }
         }
     }

@@ -22,7 +22,7 @@ fn err(yaml: &str) -> String {
 fn example_config_is_valid_and_complete() {
     let text = include_str!("../../tailsift.example.yaml");
     let cfg = Config::from_yaml(text).expect("example config is valid");
-    assert_eq!(cfg.policies.len(), 5);
+    assert_eq!(cfg.policies.len(), 7);
     assert_eq!(
         cfg.buffer.decision_wait.0,
         std::time::Duration::from_secs(30)
@@ -161,4 +161,21 @@ fn unsupported_policy_type_lists_the_supported_ones() {
     let e = err(&MINIMAL.replace("type: always_sample", "type: rate_limiting"));
     assert!(e.contains("unknown variant `rate_limiting`"), "{e}");
     assert!(e.contains("always_sample"), "{e}");
+}
+
+#[test]
+fn boolean_attribute_and_span_count_blocks_load_and_are_checked() {
+    let ok = MINIMAL.replace(
+        "  - {name: all, type: always_sample}",
+        "  - {name: retried, type: boolean_attribute, boolean_attribute: {key: retry, value: true}}\n  - {name: big, type: span_count, span_count: {min_spans: 2, max_spans: 20}}",
+    );
+    let cfg = Config::from_yaml(&ok).expect("valid");
+    assert_eq!(cfg.policies.len(), 2);
+    let e = err(&ok.replace("max_spans: 20", "max_spans: 1"));
+    assert!(
+        e.contains("`policies[1].span_count.max_spans` = 1: expected 0 (no upper bound) or at least min_spans (2)"),
+        "{e}"
+    );
+    let e = err(&ok.replace("key: retry", "key: \"\""));
+    assert!(e.contains("policies[0].boolean_attribute.key"), "{e}");
 }

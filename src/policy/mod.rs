@@ -6,9 +6,11 @@
 //! size. The rules that combine votes live in `decide`.
 
 mod always_sample;
+mod boolean_attribute;
 mod latency;
 mod numeric_attribute;
 mod probabilistic;
+mod span_count;
 mod status_code;
 mod string_attribute;
 mod summary;
@@ -20,9 +22,11 @@ use crate::codec::AttrMatchers;
 use crate::config::{PolicyConfig, PolicyType};
 
 pub use always_sample::AlwaysSample;
+pub use boolean_attribute::BooleanAttribute;
 pub use latency::Latency;
 pub use numeric_attribute::NumericAttribute;
 pub use probabilistic::Probabilistic;
+pub use span_count::SpanCount;
 pub use status_code::StatusCodeFilter;
 pub use string_attribute::StringAttribute;
 pub use summary::TraceSummary;
@@ -131,6 +135,16 @@ impl PolicySet {
                         .add(&s.key, NumericAttribute::matcher(s))
                         .ok_or(PolicyError::TooMany)?;
                     Box::new(NumericAttribute::new(bit, s))
+                }
+                PolicyType::BooleanAttribute => {
+                    let s = c.boolean_attribute.as_ref().ok_or_else(missing)?;
+                    let bit = keys
+                        .add(&s.key, BooleanAttribute::matcher(s))
+                        .ok_or(PolicyError::TooMany)?;
+                    Box::new(BooleanAttribute::new(bit, s))
+                }
+                PolicyType::SpanCount => {
+                    Box::new(SpanCount::new(c.span_count.as_ref().ok_or_else(missing)?))
                 }
             };
             policies.push(NamedPolicy {
