@@ -127,10 +127,14 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             let set = PolicySet::build(&cfg.policies)?;
             println!("config {} is valid", config.display());
             println!(
-                "input {:?} -> output {} (dead letters: {}), group {}",
+                "input {:?} -> output {} (dead letters: {}; decisions: {}), group {}",
                 cfg.kafka.input_topics,
                 cfg.kafka.output_topic,
                 cfg.kafka.dead_letter_topic,
+                cfg.kafka
+                    .decisions_topic
+                    .as_deref()
+                    .unwrap_or("in memory only"),
                 cfg.kafka.group_id
             );
             println!(
