@@ -46,10 +46,20 @@ impl Matcher {
 /// The predicates on one key, each with its bit.
 type KeyMatchers = (Box<[u8]>, Vec<(u8, Matcher)>);
 
-/// The attribute predicates of a policy set, grouped by key.
+fn register(keys: &mut Vec<KeyMatchers>, key: &str, bit: u8, matcher: Matcher) {
+    let key = key.as_bytes();
+    match keys.iter_mut().find(|(k, _)| &k[..] == key) {
+        Some((_, list)) => list.push((bit, matcher)),
+        None => keys.push((key.into(), vec![(bit, matcher)])),
+    }
+}
+
+/// The attribute predicates of a policy set, grouped by key; and the predicates on
+/// W3C `tracestate` entries (`trace_state` policies), which share the bits.
 #[derive(Debug, Default, Clone)]
 pub struct AttrMatchers {
     keys: Vec<KeyMatchers>,
+    trace_state: Vec<KeyMatchers>,
     count: usize,
 }
 
@@ -57,17 +67,51 @@ impl AttrMatchers {
     /// Registers a predicate on `key` and returns its bit, or `None` when
     /// [`MAX_MATCHERS`] are registered already.
     pub fn add(&mut self, key: &str, matcher: Matcher) -> Option<u8> {
+        let bit = self.next_bit()?;
+        register(&mut self.keys, key, bit, matcher);
+        Some(bit)
+    }
+
+    /// Registers a predicate on the value of `key` in spans' W3C `tracestate` and
+    /// returns its bit, or `None` when [`MAX_MATCHERS`] are registered already.
+    pub fn add_trace_state(&mut self, key: &str, matcher: Matcher) -> Option<u8> {
+        let bit = self.next_bit()?;
+        register(&mut self.trace_state, key, bit, matcher);
+        Some(bit)
+    }
+
+    fn next_bit(&mut self) -> Option<u8> {
         if self.count >= MAX_MATCHERS {
             return None;
         }
-        let bit = self.count as u8;
         self.count += 1;
-        let key = key.as_bytes();
-        match self.keys.iter_mut().find(|(k, _)| &k[..] == key) {
-            Some((_, list)) => list.push((bit, matcher)),
-            None => self.keys.push((key.into(), vec![(bit, matcher)])),
+        Some((self.count - 1) as u8)
+    }
+
+    /// Whether some predicate reads `tracestate`.
+    pub(super) fn reads_trace_state(&self) -> bool {
+        !self.trace_state.is_empty()
+    }
+
+    /// Bits of the `tracestate` predicates that `trace_state` (a W3C `tracestate`
+    /// header value: `key=value` entries separated by commas) satisfies.
+    pub(crate) fn trace_state_hits(&self, trace_state: &[u8]) -> u64 {
+        let mut hits = 0;
+        for entry in trace_state.split(|&b| b == b',') {
+            let entry = entry.trim_ascii();
+            let Some(eq) = entry.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let (key, value) = (&entry[..eq], &entry[eq + 1..]);
+            if let Some((_, list)) = self.trace_state.iter().find(|(k, _)| &k[..] == key) {
+                for (bit, m) in list {
+                    if m.matches(&AttrValue::Str(value)) {
+                        hits |= 1 << bit;
+                    }
+                }
+            }
         }
-        Some(bit)
+        hits
     }
 
     /// Whether no predicate is registered.

@@ -176,6 +176,9 @@ fn scan_span(
         let (field, wt) = r.key()?;
         match field {
             1 => trace_id = Some(span.len_field(&mut r, wt)?.body),
+            3 if keys.reads_trace_state() => {
+                hits |= keys.trace_state_hits(span.len_field(&mut r, wt)?.body);
+            }
             4 => is_root = span.len_field(&mut r, wt)?.body.iter().all(|&b| b == 0),
             7 => {
                 r.expect(wt, FIXED64)?;

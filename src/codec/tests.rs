@@ -270,3 +270,25 @@ fn boolean_predicates_match_bool_values_on_spans() {
     assert!(spans.iter().all(|s| s.hits & (1 << no) == 0));
     assert!(spans.iter().all(|s| s.hits & (1 << not_a_bool) == 0));
 }
+
+#[test]
+fn trace_state_predicates_read_the_spans_tracestate() {
+    let mut req = request();
+    req.resource_spans[0].scope_spans[0].spans[0].trace_state = "rojo=1,congo=2".into();
+    let payload = Bytes::from(req.encode_to_vec());
+    let mut m = AttrMatchers::default();
+    let rojo = m
+        .add_trace_state("rojo", Matcher::Exact(vec![b"1"[..].into()]))
+        .expect("bit");
+    let congo3 = m
+        .add_trace_state("congo", Matcher::Exact(vec![b"3"[..].into()]))
+        .expect("bit");
+    let mut spans = Vec::new();
+    scan(&payload, &m, &mut FrameInterner::default(), &mut spans).expect("valid payload");
+    assert_ne!(spans[0].hits & (1 << rojo), 0, "rojo=1 matches");
+    assert_eq!(spans[0].hits & (1 << congo3), 0, "congo=2 is not 3");
+    assert!(
+        spans[1..].iter().all(|s| s.hits == 0),
+        "no tracestate there"
+    );
+}

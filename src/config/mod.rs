@@ -21,6 +21,7 @@ pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use policy::{
     BooleanAttributeConfig, LatencyConfig, NumericAttributeConfig, PolicyConfig, PolicyType,
     ProbabilisticConfig, SpanCountConfig, StatusCodeConfig, StringAttributeConfig,
+    TraceStateConfig,
 };
 
 /// Why a configuration was rejected.

@@ -25,6 +25,8 @@ pub enum PolicyType {
     BooleanAttribute,
     /// Keep traces whose span count is within bounds.
     SpanCount,
+    /// Keep traces with a W3C tracestate entry of given values.
+    TraceState,
 }
 
 impl PolicyType {
@@ -39,6 +41,7 @@ impl PolicyType {
             PolicyType::NumericAttribute => "numeric_attribute",
             PolicyType::BooleanAttribute => "boolean_attribute",
             PolicyType::SpanCount => "span_count",
+            PolicyType::TraceState => "trace_state",
         }
     }
 }
@@ -75,6 +78,9 @@ pub struct PolicyConfig {
     /// Block for `type: span_count`.
     #[serde(default)]
     pub span_count: Option<SpanCountConfig>,
+    /// Block for `type: trace_state`.
+    #[serde(default)]
+    pub trace_state: Option<TraceStateConfig>,
 }
 
 /// `latency`: keep traces whose duration is at least `threshold_ms` (and at most
@@ -174,6 +180,17 @@ pub struct SpanCountConfig {
     pub max_spans: u32,
 }
 
+/// `trace_state`: keep traces where a span's W3C `tracestate` has entry `key` with
+/// one of `values`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceStateConfig {
+    /// The tracestate entry's key (e.g. a vendor key).
+    pub key: String,
+    /// Exact values.
+    pub values: Vec<String>,
+}
+
 /// Validates every policy and the rules between them.
 pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError> {
     if policies.is_empty() {
@@ -191,6 +208,7 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
                 PolicyType::StringAttribute
                     | PolicyType::NumericAttribute
                     | PolicyType::BooleanAttribute
+                    | PolicyType::TraceState
             )
         })
         .count();
@@ -223,8 +241,9 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
 }
 
 impl PolicyConfig {
-    fn blocks(&self) -> [(&'static str, bool); 7] {
+    fn blocks(&self) -> [(&'static str, bool); 8] {
         [
+            ("trace_state", self.trace_state.is_some()),
             ("boolean_attribute", self.boolean_attribute.is_some()),
             ("span_count", self.span_count.is_some()),
             ("latency", self.latency.is_some()),
@@ -310,13 +329,7 @@ impl PolicyConfig {
             PolicyType::StringAttribute => {
                 let c = self.string_attribute.as_ref().ok_or_else(missing)?;
                 check_key(&format!("{at}.string_attribute.key"), &c.key)?;
-                if c.values.is_empty() {
-                    return Err(ConfigError::invalid(
-                        format!("{at}.string_attribute.values"),
-                        "[]",
-                        "at least one value",
-                    ));
-                }
+                check_values(&format!("{at}.string_attribute.values"), &c.values)?;
                 if c.enabled_regex_matching {
                     for (j, v) in c.values.iter().enumerate() {
                         if let Err(e) = regex::Regex::new(v) {
@@ -351,6 +364,11 @@ impl PolicyConfig {
                 let c = self.boolean_attribute.as_ref().ok_or_else(missing)?;
                 check_key(&format!("{at}.boolean_attribute.key"), &c.key)
             }
+            PolicyType::TraceState => {
+                let c = self.trace_state.as_ref().ok_or_else(missing)?;
+                check_key(&format!("{at}.trace_state.key"), &c.key)?;
+                check_values(&format!("{at}.trace_state.values"), &c.values)
+            }
             PolicyType::SpanCount => {
                 let c = self.span_count.as_ref().ok_or_else(missing)?;
                 if c.max_spans != 0 && c.max_spans < c.min_spans {
@@ -363,6 +381,14 @@ impl PolicyConfig {
                 Ok(())
             }
         }
+    }
+}
+
+fn check_values(field: &str, values: &[String]) -> Result<(), ConfigError> {
+    if values.is_empty() {
+        Err(ConfigError::invalid(field, "[]", "at least one value"))
+    } else {
+        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@ mod span_count;
 mod status_code;
 mod string_attribute;
 mod summary;
+mod trace_state;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use span_count::SpanCount;
 pub use status_code::StatusCodeFilter;
 pub use string_attribute::StringAttribute;
 pub use summary::TraceSummary;
+pub use trace_state::TraceState;
 
 /// A policy's vote on one trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +144,13 @@ impl PolicySet {
                         .add(&s.key, BooleanAttribute::matcher(s))
                         .ok_or(PolicyError::TooMany)?;
                     Box::new(BooleanAttribute::new(bit, s))
+                }
+                PolicyType::TraceState => {
+                    let s = c.trace_state.as_ref().ok_or_else(missing)?;
+                    let bit = keys
+                        .add_trace_state(&s.key, TraceState::matcher(s))
+                        .ok_or(PolicyError::TooMany)?;
+                    Box::new(TraceState::new(bit))
                 }
                 PolicyType::SpanCount => {
                     Box::new(SpanCount::new(c.span_count.as_ref().ok_or_else(missing)?))
