@@ -19,8 +19,8 @@ pub use duration::{parse_duration, ConfigDuration};
 pub use kafka::{Compression, KafkaConfig};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use policy::{
-    BooleanAttributeConfig, LatencyConfig, NumericAttributeConfig, PolicyConfig, PolicyType,
-    ProbabilisticConfig, SpanCountConfig, StatusCodeConfig, StringAttributeConfig,
+    AndConfig, BooleanAttributeConfig, LatencyConfig, NumericAttributeConfig, PolicyConfig,
+    PolicyType, ProbabilisticConfig, SpanCountConfig, StatusCodeConfig, StringAttributeConfig,
     TraceStateConfig,
 };
 

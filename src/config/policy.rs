@@ -27,6 +27,8 @@ pub enum PolicyType {
     SpanCount,
     /// Keep traces with a W3C tracestate entry of given values.
     TraceState,
+    /// Keep traces every sub-policy keeps.
+    And,
 }
 
 impl PolicyType {
@@ -42,6 +44,7 @@ impl PolicyType {
             PolicyType::BooleanAttribute => "boolean_attribute",
             PolicyType::SpanCount => "span_count",
             PolicyType::TraceState => "trace_state",
+            PolicyType::And => "and",
         }
     }
 }
@@ -81,6 +84,18 @@ pub struct PolicyConfig {
     /// Block for `type: trace_state`.
     #[serde(default)]
     pub trace_state: Option<TraceStateConfig>,
+    /// Block for `type: and`.
+    #[serde(default)]
+    pub and: Option<AndConfig>,
+}
+
+/// `and`: keep traces that every sub-policy keeps. Sub-policies have the same shape
+/// as top-level ones but may not be `and` themselves (as in OTel).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AndConfig {
+    /// The sub-policies, all of which must vote to sample.
+    pub and_sub_policy: Vec<PolicyConfig>,
 }
 
 /// `latency`: keep traces whose duration is at least `threshold_ms` (and at most
@@ -241,8 +256,9 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
 }
 
 impl PolicyConfig {
-    fn blocks(&self) -> [(&'static str, bool); 8] {
+    fn blocks(&self) -> [(&'static str, bool); 9] {
         [
+            ("and", self.and.is_some()),
             ("trace_state", self.trace_state.is_some()),
             ("boolean_attribute", self.boolean_attribute.is_some()),
             ("span_count", self.span_count.is_some()),
@@ -363,6 +379,28 @@ impl PolicyConfig {
             PolicyType::BooleanAttribute => {
                 let c = self.boolean_attribute.as_ref().ok_or_else(missing)?;
                 check_key(&format!("{at}.boolean_attribute.key"), &c.key)
+            }
+            PolicyType::And => {
+                let c = self.and.as_ref().ok_or_else(missing)?;
+                if c.and_sub_policy.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.and.and_sub_policy"),
+                        "[]",
+                        "at least one sub-policy",
+                    ));
+                }
+                for (j, sub) in c.and_sub_policy.iter().enumerate() {
+                    let sub_at = format!("{at}.and.and_sub_policy[{j}]");
+                    if sub.kind == PolicyType::And {
+                        return Err(ConfigError::invalid(
+                            format!("{sub_at}.type"),
+                            "and",
+                            "a policy type other than `and` (no nesting)",
+                        ));
+                    }
+                    sub.validate(&sub_at)?;
+                }
+                Ok(())
             }
             PolicyType::TraceState => {
                 let c = self.trace_state.as_ref().ok_or_else(missing)?;

@@ -6,6 +6,7 @@
 //! size. The rules that combine votes live in `decide`.
 
 mod always_sample;
+mod and;
 mod boolean_attribute;
 mod latency;
 mod numeric_attribute;
@@ -23,6 +24,7 @@ use crate::codec::AttrMatchers;
 use crate::config::{PolicyConfig, PolicyType};
 
 pub use always_sample::AlwaysSample;
+pub use and::And;
 pub use boolean_attribute::BooleanAttribute;
 pub use latency::Latency;
 pub use numeric_attribute::NumericAttribute;
@@ -109,58 +111,68 @@ impl PolicySet {
         let mut keys = AttrMatchers::default();
         let mut policies = Vec::with_capacity(configs.len());
         for c in configs {
-            let missing = || PolicyError::MissingBlock(c.name.clone());
-            let policy: Box<dyn Policy> = match c.kind {
-                PolicyType::AlwaysSample => Box::new(AlwaysSample),
-                PolicyType::Latency => {
-                    Box::new(Latency::new(c.latency.as_ref().ok_or_else(missing)?))
-                }
-                PolicyType::StatusCode => Box::new(StatusCodeFilter::new(
-                    c.status_code.as_ref().ok_or_else(missing)?,
-                )),
-                PolicyType::Probabilistic => Box::new(Probabilistic::new(
-                    c.probabilistic.as_ref().ok_or_else(missing)?,
-                )),
-                PolicyType::StringAttribute => {
-                    let s = c.string_attribute.as_ref().ok_or_else(missing)?;
-                    let matcher =
-                        StringAttribute::matcher(s).map_err(|source| PolicyError::Regex {
-                            name: c.name.clone(),
-                            source,
-                        })?;
-                    let bit = keys.add(&s.key, matcher).ok_or(PolicyError::TooMany)?;
-                    Box::new(StringAttribute::new(bit, s))
-                }
-                PolicyType::NumericAttribute => {
-                    let s = c.numeric_attribute.as_ref().ok_or_else(missing)?;
-                    let bit = keys
-                        .add(&s.key, NumericAttribute::matcher(s))
-                        .ok_or(PolicyError::TooMany)?;
-                    Box::new(NumericAttribute::new(bit, s))
-                }
-                PolicyType::BooleanAttribute => {
-                    let s = c.boolean_attribute.as_ref().ok_or_else(missing)?;
-                    let bit = keys
-                        .add(&s.key, BooleanAttribute::matcher(s))
-                        .ok_or(PolicyError::TooMany)?;
-                    Box::new(BooleanAttribute::new(bit, s))
-                }
-                PolicyType::TraceState => {
-                    let s = c.trace_state.as_ref().ok_or_else(missing)?;
-                    let bit = keys
-                        .add_trace_state(&s.key, TraceState::matcher(s))
-                        .ok_or(PolicyError::TooMany)?;
-                    Box::new(TraceState::new(bit))
-                }
-                PolicyType::SpanCount => {
-                    Box::new(SpanCount::new(c.span_count.as_ref().ok_or_else(missing)?))
-                }
-            };
             policies.push(NamedPolicy {
                 name: c.name.as_str().into(),
-                policy,
+                policy: build_one(c, &mut keys)?,
             });
         }
         Ok(PolicySet { policies, keys })
     }
+}
+
+/// Builds one policy, registering the predicates it reads in `keys`.
+fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy>, PolicyError> {
+    let missing = || PolicyError::MissingBlock(c.name.clone());
+    Ok(match c.kind {
+        PolicyType::AlwaysSample => Box::new(AlwaysSample),
+        PolicyType::Latency => Box::new(Latency::new(c.latency.as_ref().ok_or_else(missing)?)),
+        PolicyType::StatusCode => Box::new(StatusCodeFilter::new(
+            c.status_code.as_ref().ok_or_else(missing)?,
+        )),
+        PolicyType::Probabilistic => Box::new(Probabilistic::new(
+            c.probabilistic.as_ref().ok_or_else(missing)?,
+        )),
+        PolicyType::StringAttribute => {
+            let s = c.string_attribute.as_ref().ok_or_else(missing)?;
+            let matcher = StringAttribute::matcher(s).map_err(|source| PolicyError::Regex {
+                name: c.name.clone(),
+                source,
+            })?;
+            let bit = keys.add(&s.key, matcher).ok_or(PolicyError::TooMany)?;
+            Box::new(StringAttribute::new(bit, s))
+        }
+        PolicyType::NumericAttribute => {
+            let s = c.numeric_attribute.as_ref().ok_or_else(missing)?;
+            let bit = keys
+                .add(&s.key, NumericAttribute::matcher(s))
+                .ok_or(PolicyError::TooMany)?;
+            Box::new(NumericAttribute::new(bit, s))
+        }
+        PolicyType::BooleanAttribute => {
+            let s = c.boolean_attribute.as_ref().ok_or_else(missing)?;
+            let bit = keys
+                .add(&s.key, BooleanAttribute::matcher(s))
+                .ok_or(PolicyError::TooMany)?;
+            Box::new(BooleanAttribute::new(bit, s))
+        }
+        PolicyType::TraceState => {
+            let s = c.trace_state.as_ref().ok_or_else(missing)?;
+            let bit = keys
+                .add_trace_state(&s.key, TraceState::matcher(s))
+                .ok_or(PolicyError::TooMany)?;
+            Box::new(TraceState::new(bit))
+        }
+        PolicyType::SpanCount => {
+            Box::new(SpanCount::new(c.span_count.as_ref().ok_or_else(missing)?))
+        }
+        PolicyType::And => {
+            let s = c.and.as_ref().ok_or_else(missing)?;
+            let subs = s
+                .and_sub_policy
+                .iter()
+                .map(|sub| build_one(sub, keys))
+                .collect::<Result<Vec<_>, _>>()?;
+            Box::new(And::new(subs))
+        }
+    })
 }

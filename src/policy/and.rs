@@ -1,0 +1,88 @@
+//! `and`: keeps traces that every sub-policy keeps.
+
+use super::{Decision, Policy, TraceSummary};
+
+/// Votes to keep a trace when all its sub-policies do (e.g. errors *and* on the
+/// checkout route). Evaluation stops at the first sub-policy that does not.
+#[derive(Debug)]
+pub struct And {
+    subs: Vec<Box<dyn Policy>>,
+}
+
+impl And {
+    /// Over built sub-policies (validation guarantees at least one).
+    pub fn new(subs: Vec<Box<dyn Policy>>) -> Self {
+        And { subs }
+    }
+}
+
+impl Policy for And {
+    fn evaluate(&self, t: &TraceSummary) -> Decision {
+        Decision::sampled_if(
+            !self.subs.is_empty() && self.subs.iter().all(|p| p.evaluate(t) == Decision::Sampled),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::TraceId;
+    use crate::config::Config;
+    use crate::policy::PolicySet;
+
+    /// The vote of the one `and` policy in `yaml`'s policy list on `t`.
+    fn vote(subs: &str, t: &TraceSummary) -> Decision {
+        let yaml = format!(
+            "kafka: {{brokers: x, input_topics: [i], output_topic: o}}\npolicies:\n  - name: both\n    type: and\n    and:\n      and_sub_policy:\n{subs}"
+        );
+        let cfg = Config::from_yaml(&yaml).expect("valid");
+        let set = PolicySet::build(&cfg.policies).expect("builds");
+        set.policies[0].policy.evaluate(t)
+    }
+
+    const ERRORS_AND_LONG: &str = "        - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n        - {name: long, type: span_count, span_count: {min_spans: 10}}\n";
+
+    fn trace(spans: u32, errors: u32) -> TraceSummary {
+        let mut t = TraceSummary::new(TraceId([1; 16]));
+        t.span_count = spans;
+        t.error_spans = errors;
+        t
+    }
+
+    #[test]
+    fn every_sub_policy_must_sample() {
+        assert_eq!(vote(ERRORS_AND_LONG, &trace(12, 1)), Decision::Sampled);
+        assert_eq!(vote(ERRORS_AND_LONG, &trace(12, 0)), Decision::NotSampled);
+        assert_eq!(vote(ERRORS_AND_LONG, &trace(3, 1)), Decision::NotSampled);
+    }
+
+    #[test]
+    fn sub_policies_reading_attributes_get_their_own_bits() {
+        let subs = "        - {name: a, type: boolean_attribute, boolean_attribute: {key: retry, value: true}}\n        - {name: b, type: numeric_attribute, numeric_attribute: {key: http.status_code, min_value: 500}}\n";
+        let mut t = trace(1, 0);
+        t.attr_hits = 0b01;
+        assert_eq!(vote(subs, &t), Decision::NotSampled);
+        t.attr_hits = 0b11;
+        assert_eq!(vote(subs, &t), Decision::Sampled);
+    }
+
+    #[test]
+    fn nesting_and_empty_lists_are_rejected() {
+        let base = "kafka: {brokers: x, input_topics: [i], output_topic: o}\npolicies:\n  - name: both\n    type: and\n    and:\n      and_sub_policy:";
+        let e = Config::from_yaml(&format!("{base} []\n")).expect_err("empty");
+        assert!(
+            e.to_string().contains("policies[0].and.and_sub_policy"),
+            "{e}"
+        );
+        let nested = format!(
+            "{base}\n        - {{name: inner, type: and, and: {{and_sub_policy: [{{name: x, type: always_sample}}]}}}}\n"
+        );
+        let e = Config::from_yaml(&nested).expect_err("nested");
+        assert!(
+            e.to_string()
+                .contains("policies[0].and.and_sub_policy[0].type"),
+            "{e}"
+        );
+    }
+}
