@@ -224,13 +224,13 @@ async fn reads_input_in_every_compression_codec() {
 }
 
 /// Runs `policies` over generated traffic and checks that exactly the traces `want`
-/// picks come out, whole, named by the policy `policy_of` gives.
+/// picks come out, whole, named by the policy `policy_of` gives. Returns the traffic.
 async fn keeps_exactly(
     policies: &str,
     seed: u64,
     want: impl Fn(&gen::Truth) -> bool,
     policy_of: impl Fn(&gen::Truth) -> &'static str,
-) {
+) -> Vec<gen::Truth> {
     let h = Harness::new(8, 2);
     let cfg = h.config(policies, "1s", Some("200ms"));
     let out = h.collector();
@@ -261,6 +261,7 @@ async fn keeps_exactly(
             );
         }
     }
+    truths
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,4 +282,26 @@ async fn span_count_keeps_exactly_the_traces_within_bounds() {
     let policies =
         "  - {name: wide, type: span_count, span_count: {min_spans: 25, max_spans: 28}}\n";
     keeps_exactly(policies, 53, |t| (25..=28).contains(&t.spans), |_| "wide").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_beats_every_sampling_vote() {
+    // Errors are kept, except on the checkout route, which a drop policy vetoes, and
+    // so are slow checkouts, which an `and` policy would keep.
+    let policies = "  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n  - name: slow-checkouts\n    type: and\n    and:\n      and_sub_policy:\n        - {name: slow, type: latency, latency: {threshold_ms: 1000}}\n        - {name: checkout, type: string_attribute, string_attribute: {key: http.route, values: [/api/checkout]}}\n  - name: no-checkout\n    type: drop\n    drop:\n      drop_sub_policy:\n        - {name: checkout, type: string_attribute, string_attribute: {key: http.route, values: [/api/checkout]}}\n";
+    let truths = keeps_exactly(
+        policies,
+        59,
+        |t| t.error && t.route != "/api/checkout",
+        |_| "errors",
+    )
+    .await;
+    let vetoed = truths
+        .iter()
+        .filter(|t| (t.error || t.slow) && t.route == "/api/checkout")
+        .count();
+    assert!(
+        vetoed > 0,
+        "the traffic had no error or slow checkout to veto"
+    );
 }

@@ -29,6 +29,8 @@ pub enum PolicyType {
     TraceState,
     /// Keep traces every sub-policy keeps.
     And,
+    /// Drop traces every sub-policy keeps, whatever the other policies vote.
+    Drop,
 }
 
 impl PolicyType {
@@ -45,6 +47,7 @@ impl PolicyType {
             PolicyType::SpanCount => "span_count",
             PolicyType::TraceState => "trace_state",
             PolicyType::And => "and",
+            PolicyType::Drop => "drop",
         }
     }
 }
@@ -87,6 +90,18 @@ pub struct PolicyConfig {
     /// Block for `type: and`.
     #[serde(default)]
     pub and: Option<AndConfig>,
+    /// Block for `type: drop`.
+    #[serde(default)]
+    pub drop: Option<DropConfig>,
+}
+
+/// `drop`: drop traces that every sub-policy would keep, first and finally: a trace
+/// this policy drops is dropped whatever any other policy votes (as in OTel).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropConfig {
+    /// The sub-policies, all of which must vote to sample for the trace to be dropped.
+    pub drop_sub_policy: Vec<PolicyConfig>,
 }
 
 /// `and`: keep traces that every sub-policy keeps. Sub-policies have the same shape
@@ -256,8 +271,9 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
 }
 
 impl PolicyConfig {
-    fn blocks(&self) -> [(&'static str, bool); 9] {
+    fn blocks(&self) -> [(&'static str, bool); 10] {
         [
+            ("drop", self.drop.is_some()),
             ("and", self.and.is_some()),
             ("trace_state", self.trace_state.is_some()),
             ("boolean_attribute", self.boolean_attribute.is_some()),
@@ -382,25 +398,11 @@ impl PolicyConfig {
             }
             PolicyType::And => {
                 let c = self.and.as_ref().ok_or_else(missing)?;
-                if c.and_sub_policy.is_empty() {
-                    return Err(ConfigError::invalid(
-                        format!("{at}.and.and_sub_policy"),
-                        "[]",
-                        "at least one sub-policy",
-                    ));
-                }
-                for (j, sub) in c.and_sub_policy.iter().enumerate() {
-                    let sub_at = format!("{at}.and.and_sub_policy[{j}]");
-                    if sub.kind == PolicyType::And {
-                        return Err(ConfigError::invalid(
-                            format!("{sub_at}.type"),
-                            "and",
-                            "a policy type other than `and` (no nesting)",
-                        ));
-                    }
-                    sub.validate(&sub_at)?;
-                }
-                Ok(())
+                validate_subs(&format!("{at}.and.and_sub_policy"), &c.and_sub_policy)
+            }
+            PolicyType::Drop => {
+                let c = self.drop.as_ref().ok_or_else(missing)?;
+                validate_subs(&format!("{at}.drop.drop_sub_policy"), &c.drop_sub_policy)
             }
             PolicyType::TraceState => {
                 let c = self.trace_state.as_ref().ok_or_else(missing)?;
@@ -420,6 +422,25 @@ impl PolicyConfig {
             }
         }
     }
+}
+
+/// Sub-policies of `and` / `drop`: at least one, none of them `and` or `drop`.
+fn validate_subs(at: &str, subs: &[PolicyConfig]) -> Result<(), ConfigError> {
+    if subs.is_empty() {
+        return Err(ConfigError::invalid(at, "[]", "at least one sub-policy"));
+    }
+    for (j, sub) in subs.iter().enumerate() {
+        let sub_at = format!("{at}[{j}]");
+        if matches!(sub.kind, PolicyType::And | PolicyType::Drop) {
+            return Err(ConfigError::invalid(
+                format!("{sub_at}.type"),
+                sub.kind.as_str(),
+                "a policy type other than `and` or `drop` (no nesting)",
+            ));
+        }
+        sub.validate(&sub_at)?;
+    }
+    Ok(())
 }
 
 fn check_values(field: &str, values: &[String]) -> Result<(), ConfigError> {

@@ -22,7 +22,7 @@ fn err(yaml: &str) -> String {
 fn example_config_is_valid_and_complete() {
     let text = include_str!("../../tailsift.example.yaml");
     let cfg = Config::from_yaml(text).expect("example config is valid");
-    assert_eq!(cfg.policies.len(), 9);
+    assert_eq!(cfg.policies.len(), 10);
     assert_eq!(
         cfg.buffer.decision_wait.0,
         std::time::Duration::from_secs(30)

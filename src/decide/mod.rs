@@ -102,9 +102,11 @@ impl Decider {
     }
 
     /// Runs every policy on the trace. Every policy votes (so per-policy metrics show
-    /// what each would keep); any `Sampled` vote keeps the trace.
+    /// what each would keep); a `Dropped` vote (a `drop` policy) drops the trace,
+    /// first and finally; otherwise any `Sampled` vote keeps it.
     pub fn decide(&self, trace: &TraceSummary) -> Verdict {
         let mut first: Option<usize> = None;
+        let mut vetoed = false;
         for (i, p) in self.set.policies.iter().enumerate() {
             match p.policy.evaluate(trace) {
                 Decision::Sampled => {
@@ -112,7 +114,14 @@ impl Decider {
                     first.get_or_insert(i);
                 }
                 Decision::NotSampled => self.votes[i].1.increment(1),
+                Decision::Dropped => {
+                    self.votes[i].0.increment(1);
+                    vetoed = true;
+                }
             }
+        }
+        if vetoed {
+            first = None;
         }
         match first {
             Some(i) => self.decided[i].increment(1),

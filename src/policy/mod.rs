@@ -8,6 +8,7 @@
 mod always_sample;
 mod and;
 mod boolean_attribute;
+mod drop;
 mod latency;
 mod numeric_attribute;
 mod probabilistic;
@@ -26,6 +27,7 @@ use crate::config::{PolicyConfig, PolicyType};
 pub use always_sample::AlwaysSample;
 pub use and::And;
 pub use boolean_attribute::BooleanAttribute;
+pub use drop::DropPolicy;
 pub use latency::Latency;
 pub use numeric_attribute::NumericAttribute;
 pub use probabilistic::Probabilistic;
@@ -42,6 +44,8 @@ pub enum Decision {
     Sampled,
     /// This policy does not ask for the trace.
     NotSampled,
+    /// Drop the trace, whatever the other policies vote (`drop` policies).
+    Dropped,
 }
 
 impl Decision {
@@ -120,6 +124,14 @@ impl PolicySet {
     }
 }
 
+/// Builds sub-policies.
+fn build_all(
+    configs: &[PolicyConfig],
+    keys: &mut AttrMatchers,
+) -> Result<Vec<Box<dyn Policy>>, PolicyError> {
+    configs.iter().map(|c| build_one(c, keys)).collect()
+}
+
 /// Builds one policy, registering the predicates it reads in `keys`.
 fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy>, PolicyError> {
     let missing = || PolicyError::MissingBlock(c.name.clone());
@@ -167,12 +179,11 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
         }
         PolicyType::And => {
             let s = c.and.as_ref().ok_or_else(missing)?;
-            let subs = s
-                .and_sub_policy
-                .iter()
-                .map(|sub| build_one(sub, keys))
-                .collect::<Result<Vec<_>, _>>()?;
-            Box::new(And::new(subs))
+            Box::new(And::new(build_all(&s.and_sub_policy, keys)?))
+        }
+        PolicyType::Drop => {
+            let s = c.drop.as_ref().ok_or_else(missing)?;
+            Box::new(DropPolicy::new(build_all(&s.drop_sub_policy, keys)?))
         }
     })
 }
