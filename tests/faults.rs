@@ -15,34 +15,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
-use tailsift::gen::{self, Truth};
+use tailsift::gen;
 use tailsift::telemetry::names;
-
-/// Feeds `traces` traces at `rate` per second in the background.
-fn traffic(
-    h: &Harness,
-    traces: usize,
-    rate: u64,
-    seed: u64,
-) -> tokio::task::JoinHandle<Vec<Truth>> {
-    let bootstrap = h.bootstrap.clone();
-    tokio::spawn(async move {
-        let mut g = gen::Generator::new(gen::GenConfig {
-            seed,
-            ..Default::default()
-        });
-        let opts = gen::FeedOptions {
-            traces,
-            rate,
-            compression: "lz4".into(),
-            batch_spans: 0,
-        };
-        gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {})
-            .await
-            .expect("feed")
-            .0
-    })
-}
 
 /// Every input partition's committed offset for the test group, against its end.
 fn uncommitted(h: &Harness) -> Vec<(i32, i64, i64)> {

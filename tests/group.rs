@@ -64,25 +64,7 @@ async fn an_instance_stopped_mid_stream_loses_no_kept_trace() {
     assert!(balanced, "partitions not shared");
     // Traffic for ~6 s; A stops after 2 s with traces of its partitions still
     // buffered (decision_wait 2 s); B must take them over from A's commits.
-    let traffic = {
-        let bootstrap = h.bootstrap.clone();
-        tokio::spawn(async move {
-            let mut g = tailsift::gen::Generator::new(tailsift::gen::GenConfig {
-                seed: 23,
-                ..Default::default()
-            });
-            let opts = tailsift::gen::FeedOptions {
-                traces: 3000,
-                rate: 500,
-                compression: "lz4".into(),
-                batch_spans: 0,
-            };
-            tailsift::gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {})
-                .await
-                .expect("feed")
-                .0
-        })
-    };
+    let traffic = traffic(&h, 3000, 500, 23);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let a_had = a.running.health.assigned();
     a.stop().await;
@@ -137,25 +119,7 @@ async fn scaling_one_to_three_to_one_under_traffic_loses_and_splits_nothing() {
     let a = Instance::start(&cfg).await;
     a.wait_assigned().await;
     // ~25 s of traffic, ~3 MB per partition (the broker keeps ~5 MiB).
-    let traffic = {
-        let bootstrap = h.bootstrap.clone();
-        tokio::spawn(async move {
-            let mut g = tailsift::gen::Generator::new(tailsift::gen::GenConfig {
-                seed: 29,
-                ..Default::default()
-            });
-            let opts = tailsift::gen::FeedOptions {
-                traces: 5000,
-                rate: 200,
-                compression: "lz4".into(),
-                batch_spans: 0,
-            };
-            tailsift::gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {})
-                .await
-                .expect("feed")
-                .0
-        })
-    };
+    let traffic = traffic(&h, 5000, 200, 29);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let b = Instance::start(&cfg).await;
     let c = Instance::start(&cfg).await;

@@ -188,6 +188,28 @@ pub async fn feed(
     seed: u64,
     compression: &str,
 ) -> Vec<Truth> {
+    feed_to(&h.bootstrap, traces, rate, seed, compression).await
+}
+
+/// Feeds generated traces (lz4) in the background at `rate` traces/s; the handle
+/// yields their ground truth.
+pub fn traffic(
+    h: &Harness,
+    traces: usize,
+    rate: u64,
+    seed: u64,
+) -> tokio::task::JoinHandle<Vec<Truth>> {
+    let bootstrap = h.bootstrap.clone();
+    tokio::spawn(async move { feed_to(&bootstrap, traces, rate, seed, "lz4").await })
+}
+
+async fn feed_to(
+    bootstrap: &str,
+    traces: usize,
+    rate: u64,
+    seed: u64,
+    compression: &str,
+) -> Vec<Truth> {
     let mut g = gen::Generator::new(gen::GenConfig {
         seed,
         ..gen::GenConfig::default()
@@ -198,7 +220,7 @@ pub async fn feed(
         compression: compression.into(),
         batch_spans: 0,
     };
-    gen::feed(&h.bootstrap, INPUT, &mut g, &opts, |_| {})
+    gen::feed(bootstrap, INPUT, &mut g, &opts, |_| {})
         .await
         .expect("feed")
         .0
