@@ -146,11 +146,17 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 cfg.shard_count()
             );
             println!(
-                "policies (a trace is kept when any votes to sample; the first such names it):"
+                "policies (a drop policy vetoes; otherwise a trace is kept when any votes to sample, the first such naming it):"
             );
-            for (c, p) in cfg.policies.iter().zip(&set.policies) {
-                println!("  - {} [{}]: {:?}", c.name, c.kind.as_str(), p.policy);
+            let mut tree = String::new();
+            for c in &cfg.policies {
+                c.describe(2, &mut tree);
             }
+            print!("{tree}");
+            println!(
+                "attribute predicates tested while scanning: {}",
+                set.keys.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { traces, rate, seed } => {

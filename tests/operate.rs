@@ -104,6 +104,12 @@ fn check_rejects_a_bad_config_naming_field_value_and_expectation() {
         text.contains("errors [status_code]") && text.contains("baseline [probabilistic]"),
         "{text}"
     );
+    // The tree: each policy's block with defaults filled in, sub-policies below.
+    assert!(
+        text.contains("  - slow [latency] {\"threshold_ms\":1000,\"upper_threshold_ms\":0}")
+            && text.contains("  - failed-checkouts [and] all of:\n      - errors [status_code]"),
+        "{text}"
+    );
 }
 
 #[test]

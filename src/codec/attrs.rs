@@ -114,6 +114,11 @@ impl AttrMatchers {
         hits
     }
 
+    /// Predicates registered (attribute and tracestate).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
     /// Whether no predicate is registered.
     pub fn is_empty(&self) -> bool {
         self.count == 0

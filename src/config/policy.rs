@@ -1,12 +1,12 @@
 //! The `policies:` list, in the OpenTelemetry Collector `tail_sampling` processor's
 //! shape: `name`, `type`, and a block named after the type.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
 /// The policy types tailsift implements.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyType {
     /// Keep every trace.
@@ -54,7 +54,7 @@ impl PolicyType {
 
 /// One entry of `policies:`. Exactly the block named by `type` must be present
 /// (none for `always_sample`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Unique name; reported in metrics and in the `tailsift.policy` header of kept
@@ -64,40 +64,40 @@ pub struct PolicyConfig {
     #[serde(rename = "type")]
     pub kind: PolicyType,
     /// Block for `type: latency`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyConfig>,
     /// Block for `type: status_code`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_code: Option<StatusCodeConfig>,
     /// Block for `type: probabilistic`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probabilistic: Option<ProbabilisticConfig>,
     /// Block for `type: string_attribute`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub string_attribute: Option<StringAttributeConfig>,
     /// Block for `type: numeric_attribute`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numeric_attribute: Option<NumericAttributeConfig>,
     /// Block for `type: boolean_attribute`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boolean_attribute: Option<BooleanAttributeConfig>,
     /// Block for `type: span_count`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span_count: Option<SpanCountConfig>,
     /// Block for `type: trace_state`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_state: Option<TraceStateConfig>,
     /// Block for `type: and`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub and: Option<AndConfig>,
     /// Block for `type: drop`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop: Option<DropConfig>,
 }
 
 /// `drop`: drop traces that every sub-policy would keep, first and finally: a trace
 /// this policy drops is dropped whatever any other policy votes (as in OTel).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DropConfig {
     /// The sub-policies, all of which must vote to sample for the trace to be dropped.
@@ -106,7 +106,7 @@ pub struct DropConfig {
 
 /// `and`: keep traces that every sub-policy keeps. Sub-policies have the same shape
 /// as top-level ones but may not be `and` themselves (as in OTel).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AndConfig {
     /// The sub-policies, all of which must vote to sample.
@@ -115,7 +115,7 @@ pub struct AndConfig {
 
 /// `latency`: keep traces whose duration is at least `threshold_ms` (and at most
 /// `upper_threshold_ms` when that is set).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LatencyConfig {
     /// Lower bound, milliseconds, inclusive.
@@ -126,7 +126,7 @@ pub struct LatencyConfig {
 }
 
 /// `status_code`: keep traces with at least one span whose status is listed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusCodeConfig {
     /// Any of `OK`, `ERROR`, `UNSET`.
@@ -136,7 +136,7 @@ pub struct StatusCodeConfig {
 /// `probabilistic`: keep `sampling_percentage` percent of traces, chosen by a hash
 /// of the trace id, so every instance (and the OTel processor, with the same salt)
 /// makes the same choice.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbabilisticConfig {
     /// 0 to 100.
@@ -148,7 +148,7 @@ pub struct ProbabilisticConfig {
 
 /// `string_attribute`: keep traces where a span or its resource has attribute `key`
 /// with one of `values`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StringAttributeConfig {
     /// Attribute key, looked up on spans and on their resource.
@@ -168,7 +168,7 @@ pub struct StringAttributeConfig {
 
 /// `numeric_attribute`: keep traces where a span or its resource has integer
 /// attribute `key` within `[min_value, max_value]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NumericAttributeConfig {
     /// Attribute key, looked up on spans and on their resource.
@@ -186,7 +186,7 @@ pub struct NumericAttributeConfig {
 
 /// `boolean_attribute`: keep traces where a span or its resource has boolean
 /// attribute `key` equal to `value`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BooleanAttributeConfig {
     /// Attribute key, looked up on spans and on their resource.
@@ -200,7 +200,7 @@ pub struct BooleanAttributeConfig {
 
 /// `span_count`: keep traces with at least `min_spans` spans and, when `max_spans` is
 /// set (non-zero), at most that many (both inclusive, as in OTel).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpanCountConfig {
     /// Inclusive lower bound.
@@ -212,13 +212,44 @@ pub struct SpanCountConfig {
 
 /// `trace_state`: keep traces where a span's W3C `tracestate` has entry `key` with
 /// one of `values`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraceStateConfig {
     /// The tracestate entry's key (e.g. a vendor key).
     pub key: String,
     /// Exact values.
     pub values: Vec<String>,
+}
+
+impl PolicyConfig {
+    /// The policy as `tailsift check` prints it: name, type and its block with
+    /// defaults filled in, one line each, sub-policies indented below their parent.
+    pub fn describe(&self, indent: usize, out: &mut String) {
+        use std::fmt::Write as _;
+        let pad = " ".repeat(indent);
+        let _ = write!(out, "{pad}- {} [{}]", self.name, self.kind.as_str());
+        let subs = match (&self.and, &self.drop) {
+            (Some(a), _) => Some((&a.and_sub_policy, "all of")),
+            (_, Some(d)) => Some((&d.drop_sub_policy, "drops a trace when all of")),
+            _ => None,
+        };
+        if let Some((subs, what)) = subs {
+            let _ = writeln!(out, " {what}:");
+            for sub in subs {
+                sub.describe(indent + 4, out);
+            }
+            return;
+        }
+        let block = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get(self.kind.as_str()).cloned());
+        match block {
+            Some(b) => {
+                let _ = writeln!(out, " {b}");
+            }
+            None => out.push('\n'),
+        }
+    }
 }
 
 /// Validates every policy and the rules between them.
