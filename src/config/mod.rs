@@ -19,9 +19,9 @@ pub use duration::{parse_duration, ConfigDuration};
 pub use kafka::{Compression, KafkaConfig};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use policy::{
-    AndConfig, BooleanAttributeConfig, DropConfig, LatencyConfig, NumericAttributeConfig,
-    PolicyConfig, PolicyType, ProbabilisticConfig, SpanCountConfig, StatusCodeConfig,
-    StringAttributeConfig, TraceStateConfig,
+    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, DropConfig, LatencyConfig,
+    NumericAttributeConfig, PolicyConfig, PolicyType, ProbabilisticConfig, RateLimitingConfig,
+    SpanCountConfig, StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
 };
 
 /// Why a configuration was rejected.

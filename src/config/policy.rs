@@ -31,6 +31,10 @@ pub enum PolicyType {
     And,
     /// Drop traces every sub-policy keeps, whatever the other policies vote.
     Drop,
+    /// Keep traces while a spans-per-second budget lasts.
+    RateLimiting,
+    /// Keep traces while a bytes-per-second budget lasts.
+    BytesLimiting,
 }
 
 impl PolicyType {
@@ -48,6 +52,8 @@ impl PolicyType {
             PolicyType::TraceState => "trace_state",
             PolicyType::And => "and",
             PolicyType::Drop => "drop",
+            PolicyType::RateLimiting => "rate_limiting",
+            PolicyType::BytesLimiting => "bytes_limiting",
         }
     }
 }
@@ -93,6 +99,36 @@ pub struct PolicyConfig {
     /// Block for `type: drop`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop: Option<DropConfig>,
+    /// Block for `type: rate_limiting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiting: Option<RateLimitingConfig>,
+    /// Block for `type: bytes_limiting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_limiting: Option<BytesLimitingConfig>,
+}
+
+/// `rate_limiting`: keep traces while a token bucket of spans allows: it refills at
+/// `spans_per_second` and holds at most `burst_capacity` (default: one second's
+/// worth). Per instance: N instances keep up to N times the rate.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitingConfig {
+    /// Spans per second.
+    pub spans_per_second: u64,
+    /// Most spans the bucket holds; 0 or absent: `spans_per_second`.
+    #[serde(default)]
+    pub burst_capacity: u64,
+}
+
+/// `bytes_limiting`: as `rate_limiting`, counting the traces' encoded bytes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BytesLimitingConfig {
+    /// Bytes per second.
+    pub bytes_per_second: u64,
+    /// Most bytes the bucket holds; 0 or absent: `bytes_per_second`.
+    #[serde(default)]
+    pub burst_capacity: u64,
 }
 
 /// `drop`: drop traces that every sub-policy would keep, first and finally: a trace
@@ -302,8 +338,10 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
 }
 
 impl PolicyConfig {
-    fn blocks(&self) -> [(&'static str, bool); 10] {
+    fn blocks(&self) -> [(&'static str, bool); 12] {
         [
+            ("rate_limiting", self.rate_limiting.is_some()),
+            ("bytes_limiting", self.bytes_limiting.is_some()),
             ("drop", self.drop.is_some()),
             ("and", self.and.is_some()),
             ("trace_state", self.trace_state.is_some()),
@@ -431,6 +469,20 @@ impl PolicyConfig {
                 let c = self.and.as_ref().ok_or_else(missing)?;
                 validate_subs(&format!("{at}.and.and_sub_policy"), &c.and_sub_policy)
             }
+            PolicyType::RateLimiting => {
+                let c = self.rate_limiting.as_ref().ok_or_else(missing)?;
+                check_rate(
+                    &format!("{at}.rate_limiting.spans_per_second"),
+                    c.spans_per_second,
+                )
+            }
+            PolicyType::BytesLimiting => {
+                let c = self.bytes_limiting.as_ref().ok_or_else(missing)?;
+                check_rate(
+                    &format!("{at}.bytes_limiting.bytes_per_second"),
+                    c.bytes_per_second,
+                )
+            }
             PolicyType::Drop => {
                 let c = self.drop.as_ref().ok_or_else(missing)?;
                 validate_subs(&format!("{at}.drop.drop_sub_policy"), &c.drop_sub_policy)
@@ -472,6 +524,14 @@ fn validate_subs(at: &str, subs: &[PolicyConfig]) -> Result<(), ConfigError> {
         sub.validate(&sub_at)?;
     }
     Ok(())
+}
+
+fn check_rate(field: &str, rate: u64) -> Result<(), ConfigError> {
+    if rate == 0 {
+        Err(ConfigError::invalid(field, 0, "a rate above 0"))
+    } else {
+        Ok(())
+    }
 }
 
 fn check_values(field: &str, values: &[String]) -> Result<(), ConfigError> {

@@ -158,8 +158,8 @@ fn bad_values_name_field_value_and_expectation() {
 
 #[test]
 fn unsupported_policy_type_lists_the_supported_ones() {
-    let e = err(&MINIMAL.replace("type: always_sample", "type: rate_limiting"));
-    assert!(e.contains("unknown variant `rate_limiting`"), "{e}");
+    let e = err(&MINIMAL.replace("type: always_sample", "type: composite"));
+    assert!(e.contains("unknown variant `composite`"), "{e}");
     assert!(e.contains("always_sample"), "{e}");
 }
 
@@ -178,4 +178,19 @@ fn boolean_attribute_and_span_count_blocks_load_and_are_checked() {
     );
     let e = err(&ok.replace("key: retry", "key: \"\""));
     assert!(e.contains("policies[0].boolean_attribute.key"), "{e}");
+}
+
+#[test]
+fn rate_and_bytes_limiting_blocks_load_and_need_a_rate() {
+    let ok = MINIMAL.replace(
+        "  - {name: all, type: always_sample}",
+        "  - {name: budget, type: rate_limiting, rate_limiting: {spans_per_second: 1000}}\n  - {name: bytes, type: bytes_limiting, bytes_limiting: {bytes_per_second: 1000000, burst_capacity: 5000000}}",
+    );
+    let cfg = Config::from_yaml(&ok).expect("valid");
+    assert_eq!(cfg.policies.len(), 2);
+    let e = err(&ok.replace("spans_per_second: 1000", "spans_per_second: 0"));
+    assert!(
+        e.contains("`policies[0].rate_limiting.spans_per_second` = 0: expected a rate above 0"),
+        "{e}"
+    );
 }

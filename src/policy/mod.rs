@@ -8,10 +8,13 @@
 mod always_sample;
 mod and;
 mod boolean_attribute;
+mod bucket;
+mod bytes_limiting;
 mod drop;
 mod latency;
 mod numeric_attribute;
 mod probabilistic;
+mod rate_limiting;
 mod span_count;
 mod status_code;
 mod string_attribute;
@@ -27,10 +30,12 @@ use crate::config::{PolicyConfig, PolicyType};
 pub use always_sample::AlwaysSample;
 pub use and::And;
 pub use boolean_attribute::BooleanAttribute;
+pub use bytes_limiting::BytesLimiting;
 pub use drop::DropPolicy;
 pub use latency::Latency;
 pub use numeric_attribute::NumericAttribute;
 pub use probabilistic::Probabilistic;
+pub use rate_limiting::RateLimiting;
 pub use span_count::SpanCount;
 pub use status_code::StatusCodeFilter;
 pub use string_attribute::StringAttribute;
@@ -181,6 +186,12 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
             let s = c.and.as_ref().ok_or_else(missing)?;
             Box::new(And::new(build_all(&s.and_sub_policy, keys)?))
         }
+        PolicyType::RateLimiting => Box::new(RateLimiting::new(
+            c.rate_limiting.as_ref().ok_or_else(missing)?,
+        )),
+        PolicyType::BytesLimiting => Box::new(BytesLimiting::new(
+            c.bytes_limiting.as_ref().ok_or_else(missing)?,
+        )),
         PolicyType::Drop => {
             let s = c.drop.as_ref().ok_or_else(missing)?;
             Box::new(DropPolicy::new(build_all(&s.drop_sub_policy, keys)?))
