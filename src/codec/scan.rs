@@ -69,7 +69,7 @@ impl<'a> Msg<'a> {
             if wanted.contains(&field) {
                 f(field, self.len_field(&mut r, wt)?)?;
             } else {
-                r.skip(wt)?;
+                r.skip(field, wt)?;
             }
         }
         Ok(())
@@ -190,7 +190,7 @@ fn scan_span(
             }
             9 if !keys.is_empty() => hits |= scan_key_value(span.len_field(&mut r, wt)?, keys)?,
             15 => status = scan_status(span.len_field(&mut r, wt)?)?,
-            _ => r.skip(wt)?,
+            _ => r.skip(field, wt)?,
         }
     }
     let trace_id = match trace_id {
@@ -229,7 +229,7 @@ fn scan_status(status: Msg<'_>) -> Result<StatusCode, CodecError> {
                 _ => StatusCode::Unset,
             };
         } else {
-            r.skip(wt)?;
+            r.skip(field, wt)?;
         }
     }
     Ok(code)
@@ -251,7 +251,7 @@ fn scan_key_value(kv: Msg<'_>, keys: &AttrMatchers) -> Result<u64, CodecError> {
                 None => return Ok(0),
             },
             2 => value = Some(kv.len_field(&mut r, wt)?),
-            _ => r.skip(wt)?,
+            _ => r.skip(field, wt)?,
         }
     }
     let (Some(matchers), Some(value)) = (matchers, value) else {
@@ -277,7 +277,7 @@ fn scan_any_value<'a>(v: &Msg<'a>) -> Result<Option<AttrValue<'a>>, CodecError> 
             (2, VARINT) => out = Some(AttrValue::Bool(r.varint()? != 0)),
             (3, VARINT) => out = Some(AttrValue::Int(r.varint()? as i64)),
             (4, FIXED64) => out = Some(AttrValue::Double(f64::from_bits(r.fixed64()?))),
-            _ => r.skip(wt)?,
+            _ => r.skip(field, wt)?,
         }
     }
     Ok(out)

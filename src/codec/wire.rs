@@ -5,7 +5,12 @@ use super::CodecError;
 pub const VARINT: u8 = 0;
 pub const FIXED64: u8 = 1;
 pub const LEN: u8 = 2;
+pub const START_GROUP: u8 = 3;
+pub const END_GROUP: u8 = 4;
 pub const FIXED32: u8 = 5;
+
+/// Deepest nesting of groups skipped (prost's recursion limit is 100 too).
+const MAX_GROUP_DEPTH: u32 = 100;
 
 /// A forward-only cursor over a protobuf message body.
 pub struct Reader<'a> {
@@ -103,9 +108,10 @@ impl<'a> Reader<'a> {
         Ok((start, &self.buf[start..end]))
     }
 
-    /// Skips a field of the given wire type.
+    /// Skips field `field` of the given wire type, including (deprecated) groups,
+    /// which prost skips too.
     #[inline]
-    pub fn skip(&mut self, wire_type: u8) -> Result<(), CodecError> {
+    pub fn skip(&mut self, field: u32, wire_type: u8) -> Result<(), CodecError> {
         match wire_type {
             VARINT => self.varint().map(drop),
             FIXED64 => self.fixed64().map(drop),
@@ -118,7 +124,29 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(())
             }
+            START_GROUP => self.skip_group(field, 1),
+            END_GROUP => Err(self.invalid("end of group without its start")),
             _ => Err(self.invalid("unsupported wire type")),
+        }
+    }
+
+    /// Skips the rest of group `field`, up to its matching end.
+    #[inline(never)]
+    fn skip_group(&mut self, field: u32, depth: u32) -> Result<(), CodecError> {
+        if depth > MAX_GROUP_DEPTH {
+            return Err(self.invalid("groups nested too deep"));
+        }
+        loop {
+            if self.at_end() {
+                return Err(CodecError::Truncated(self.offset()));
+            }
+            let (f, wt) = self.key()?;
+            match wt {
+                END_GROUP if f == field => return Ok(()),
+                END_GROUP => return Err(self.invalid("end of group does not match its start")),
+                START_GROUP => self.skip_group(f, depth + 1)?,
+                _ => self.skip(f, wt)?,
+            }
         }
     }
 
@@ -199,5 +227,31 @@ mod tests {
             Reader::new(&out, 0).len_delimited(),
             Err(CodecError::Truncated(_))
         ));
+    }
+
+    #[test]
+    fn groups_are_skipped_to_their_matching_end() {
+        // Field 5 group holding a varint field and a nested group 6, then field 1.
+        let bytes = [0x2b, 0x08, 0x01, 0x33, 0x34, 0x2c, 0x08, 0x07];
+        let mut r = Reader::new(&bytes, 0);
+        let (f, wt) = r.key().expect("key");
+        assert_eq!((f, wt), (5, START_GROUP));
+        r.skip(f, wt).expect("group skipped");
+        assert_eq!(r.key(), Ok((1, VARINT)));
+        let unmatched = [0x2b, 0x34];
+        let mut r = Reader::new(&unmatched, 0);
+        let (f, wt) = r.key().expect("key");
+        assert!(
+            r.skip(f, wt).is_err(),
+            "end of group 6 does not close group 5"
+        );
+        let unterminated = [0x2b, 0x08, 0x01];
+        let mut r = Reader::new(&unterminated, 0);
+        let (f, wt) = r.key().expect("key");
+        assert!(matches!(r.skip(f, wt), Err(CodecError::Truncated(_))));
+        let deep = [0x2b; 200];
+        let mut r = Reader::new(&deep, 0);
+        let (f, wt) = r.key().expect("key");
+        assert!(r.skip(f, wt).is_err(), "no unbounded recursion");
     }
 }

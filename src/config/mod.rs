@@ -19,7 +19,7 @@ pub use duration::{parse_duration, ConfigDuration};
 pub use kafka::{Compression, KafkaConfig};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use policy::{
-    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, DropConfig, LatencyConfig,
+    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, DropConfig, LatencyConfig, NotConfig,
     NumericAttributeConfig, PolicyConfig, PolicyType, ProbabilisticConfig, RateLimitingConfig,
     SpanCountConfig, StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
 };

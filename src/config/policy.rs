@@ -35,6 +35,8 @@ pub enum PolicyType {
     RateLimiting,
     /// Keep traces while a bytes-per-second budget lasts.
     BytesLimiting,
+    /// Keep traces its sub-policy does not keep.
+    Not,
 }
 
 impl PolicyType {
@@ -54,6 +56,7 @@ impl PolicyType {
             PolicyType::Drop => "drop",
             PolicyType::RateLimiting => "rate_limiting",
             PolicyType::BytesLimiting => "bytes_limiting",
+            PolicyType::Not => "not",
         }
     }
 }
@@ -105,6 +108,18 @@ pub struct PolicyConfig {
     /// Block for `type: bytes_limiting`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_limiting: Option<BytesLimitingConfig>,
+    /// Block for `type: not`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<NotConfig>,
+}
+
+/// `not`: keep traces that its one sub-policy does not keep (e.g. everything but the
+/// health checks, inside an `and`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotConfig {
+    /// The sub-policy (not `and`, `drop` or `not`).
+    pub not_sub_policy: Box<PolicyConfig>,
 }
 
 /// `rate_limiting`: keep traces while a token bucket of spans allows: it refills at
@@ -264,9 +279,10 @@ impl PolicyConfig {
         use std::fmt::Write as _;
         let pad = " ".repeat(indent);
         let _ = write!(out, "{pad}- {} [{}]", self.name, self.kind.as_str());
-        let subs = match (&self.and, &self.drop) {
-            (Some(a), _) => Some((&a.and_sub_policy, "all of")),
-            (_, Some(d)) => Some((&d.drop_sub_policy, "drops a trace when all of")),
+        let subs = match (&self.and, &self.drop, &self.not) {
+            (Some(a), _, _) => Some((&a.and_sub_policy[..], "all of")),
+            (_, Some(d), _) => Some((&d.drop_sub_policy[..], "drops a trace when all of")),
+            (_, _, Some(n)) => Some((std::slice::from_ref(&*n.not_sub_policy), "none of")),
             _ => None,
         };
         if let Some((subs, what)) = subs {
@@ -338,8 +354,9 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
 }
 
 impl PolicyConfig {
-    fn blocks(&self) -> [(&'static str, bool); 12] {
+    fn blocks(&self) -> [(&'static str, bool); 13] {
         [
+            ("not", self.not.is_some()),
             ("rate_limiting", self.rate_limiting.is_some()),
             ("bytes_limiting", self.bytes_limiting.is_some()),
             ("drop", self.drop.is_some()),
@@ -467,7 +484,11 @@ impl PolicyConfig {
             }
             PolicyType::And => {
                 let c = self.and.as_ref().ok_or_else(missing)?;
-                validate_subs(&format!("{at}.and.and_sub_policy"), &c.and_sub_policy)
+                validate_subs(
+                    &format!("{at}.and.and_sub_policy"),
+                    &c.and_sub_policy,
+                    COMBINING,
+                )
             }
             PolicyType::RateLimiting => {
                 let c = self.rate_limiting.as_ref().ok_or_else(missing)?;
@@ -483,9 +504,21 @@ impl PolicyConfig {
                     c.bytes_per_second,
                 )
             }
+            PolicyType::Not => {
+                let c = self.not.as_ref().ok_or_else(missing)?;
+                validate_subs(
+                    &format!("{at}.not.not_sub_policy"),
+                    std::slice::from_ref(&c.not_sub_policy),
+                    &[PolicyType::And, PolicyType::Drop, PolicyType::Not],
+                )
+            }
             PolicyType::Drop => {
                 let c = self.drop.as_ref().ok_or_else(missing)?;
-                validate_subs(&format!("{at}.drop.drop_sub_policy"), &c.drop_sub_policy)
+                validate_subs(
+                    &format!("{at}.drop.drop_sub_policy"),
+                    &c.drop_sub_policy,
+                    COMBINING,
+                )
             }
             PolicyType::TraceState => {
                 let c = self.trace_state.as_ref().ok_or_else(missing)?;
@@ -507,18 +540,30 @@ impl PolicyConfig {
     }
 }
 
-/// Sub-policies of `and` / `drop`: at least one, none of them `and` or `drop`.
-fn validate_subs(at: &str, subs: &[PolicyConfig]) -> Result<(), ConfigError> {
+/// Policy types that hold sub-policies of their own.
+const COMBINING: &[PolicyType] = &[PolicyType::And, PolicyType::Drop];
+
+/// Sub-policies of `and`, `drop` and `not`: at least one, none of a type in `nested`
+/// (`and` and `drop` may hold a `not`; a `not` holds a plain policy).
+fn validate_subs(
+    at: &str,
+    subs: &[PolicyConfig],
+    nested: &[PolicyType],
+) -> Result<(), ConfigError> {
     if subs.is_empty() {
         return Err(ConfigError::invalid(at, "[]", "at least one sub-policy"));
     }
     for (j, sub) in subs.iter().enumerate() {
         let sub_at = format!("{at}[{j}]");
-        if matches!(sub.kind, PolicyType::And | PolicyType::Drop) {
+        if nested.contains(&sub.kind) {
+            let allowed: Vec<&str> = nested.iter().map(|k| k.as_str()).collect();
             return Err(ConfigError::invalid(
                 format!("{sub_at}.type"),
                 sub.kind.as_str(),
-                "a policy type other than `and` or `drop` (no nesting)",
+                format!(
+                    "a policy type other than {} (no deeper nesting)",
+                    allowed.join(", ")
+                ),
             ));
         }
         sub.validate(&sub_at)?;

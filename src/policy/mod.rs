@@ -12,6 +12,7 @@ mod bucket;
 mod bytes_limiting;
 mod drop;
 mod latency;
+mod not;
 mod numeric_attribute;
 mod probabilistic;
 mod rate_limiting;
@@ -33,6 +34,7 @@ pub use boolean_attribute::BooleanAttribute;
 pub use bytes_limiting::BytesLimiting;
 pub use drop::DropPolicy;
 pub use latency::Latency;
+pub use not::Not;
 pub use numeric_attribute::NumericAttribute;
 pub use probabilistic::Probabilistic;
 pub use rate_limiting::RateLimiting;
@@ -192,6 +194,10 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
         PolicyType::BytesLimiting => Box::new(BytesLimiting::new(
             c.bytes_limiting.as_ref().ok_or_else(missing)?,
         )),
+        PolicyType::Not => {
+            let s = c.not.as_ref().ok_or_else(missing)?;
+            Box::new(Not::new(build_one(&s.not_sub_policy, keys)?))
+        }
         PolicyType::Drop => {
             let s = c.drop.as_ref().ok_or_else(missing)?;
             Box::new(DropPolicy::new(build_all(&s.drop_sub_policy, keys)?))
