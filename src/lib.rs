@@ -14,7 +14,8 @@
 //!
 //! [`app`] wires them with bounded channels; [`config`] is the YAML schema;
 //! [`telemetry`] the metrics and health endpoints; [`gen`] and [`demo`] the synthetic
-//! traffic and the zero-setup demo on the embedded broker.
+//! traffic and the zero-setup demo on the embedded broker; [`simulate`] runs a policy
+//! set over recorded OTLP offline.
 
 #![warn(missing_docs)]
 
@@ -27,6 +28,7 @@ pub mod demo;
 pub mod gen;
 pub mod policy;
 pub mod shutdown;
+pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

@@ -38,6 +38,17 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Run the config's policies over recorded OTLP files, offline, and report what
+    /// would be kept.
+    Simulate {
+        /// Config file (only its policies are used).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Files of OTLP ExportTraceServiceRequest protobuf: one request per file, or
+        /// records of a 4-byte big-endian length and that many bytes.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
     /// Zero-setup demo: embedded broker, synthetic traffic, live progress, checked summary.
     Demo {
         /// Traces to generate.
@@ -157,6 +168,32 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 "attribute predicates tested while scanning: {}",
                 set.keys.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { config, inputs } => {
+            let cfg = Config::load(&config)?;
+            let r = tailsift::simulate::run(&cfg, &inputs)?;
+            let mib = |b: u64| b as f64 / 1048576.0;
+            let pct = |a: f64, b: f64| if b > 0.0 { 100.0 * a / b } else { 0.0 };
+            println!(
+                "read {} requests ({} undecodable): {} traces, {} spans, {:.1} MiB of spans",
+                r.messages,
+                r.undecodable,
+                r.traces,
+                r.spans,
+                mib(r.bytes)
+            );
+            println!(
+                "kept {} traces ({:.1}%), {} spans, {:.1} MiB -> volume reduced by {:.1}%",
+                r.kept_traces,
+                pct(r.kept_traces as f64, r.traces as f64),
+                r.kept_spans,
+                mib(r.kept_bytes),
+                100.0 - pct(r.kept_bytes as f64, r.bytes as f64)
+            );
+            for (policy, n) in &r.per_policy {
+                println!("  kept by {policy}: {n}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { traces, rate, seed } => {

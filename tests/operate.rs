@@ -128,3 +128,51 @@ fn readme_lists_every_metric() {
         );
     }
 }
+
+#[test]
+fn simulate_reports_what_the_policies_would_keep_of_recorded_traffic() {
+    let dir = std::env::temp_dir().join(format!("tailsift-simulate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("policies.yaml");
+    std::fs::write(
+        &config,
+        format!("kafka: {{brokers: x, input_topics: [i], output_topic: o}}\npolicies:\n{ERRORS_SLOW_AND}"),
+    )
+    .expect("config");
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/otel-sdk-by-trace.bin"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .arg("simulate")
+        .arg("-c")
+        .arg(&config)
+        .arg(data)
+        .output()
+        .expect("run tailsift");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Against the SDK's ground truth: errors first, then traces whose root took 1 s.
+    let truth = testdata_truth();
+    let errors = truth.values().filter(|t| t.1).count();
+    let slow = truth.values().filter(|t| !t.1 && t.2 >= 1000).count();
+    let spans: usize = truth.values().map(|t| t.0).sum();
+    assert!(
+        text.contains(&format!("{} traces, {spans} spans", truth.len())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("kept {} traces", errors + slow)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("kept by errors: {errors}"))
+            && text.contains(&format!("kept by slow: {slow}")),
+        "{text}"
+    );
+}
