@@ -90,6 +90,49 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The sampling policies, in the OpenTelemetry Collector `tail_sampling` shape.
     /// A trace is kept when any policy votes to sample it.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+    /// An OTel Collector `tail_sampling` processor block, pasted as is, instead of
+    /// `policies:` (its `decision_wait` sets `buffer.decision_wait`).
+    #[serde(default)]
+    pub tail_sampling: Option<OtelTailSampling>,
+    /// An OTel Collector `processors:` section holding `tail_sampling`, pasted as is.
+    #[serde(default)]
+    pub processors: Option<OtelProcessors>,
+}
+
+/// The OTel Collector `processors:` section; only `tail_sampling` is read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OtelProcessors {
+    /// The tail sampling processor's block.
+    pub tail_sampling: Option<OtelTailSampling>,
+}
+
+/// The OTel Collector `tail_sampling` processor's block. Its processor-level keys
+/// are mapped to tailsift's or refused with what to use instead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelTailSampling {
+    /// Mapped to `buffer.decision_wait`.
+    #[serde(default)]
+    pub decision_wait: Option<ConfigDuration>,
+    /// Refused: tailsift bounds memory in bytes (`memory.limit`).
+    #[serde(default)]
+    pub num_traces: Option<u64>,
+    /// Accepted and ignored: a sizing hint tailsift does not need.
+    #[serde(default)]
+    pub expected_new_traces_per_sec: Option<u64>,
+    /// Refused: use `buffer.decision_cache_traces`.
+    #[serde(default)]
+    pub decision_cache: Option<serde_yaml::Value>,
+    /// Refused when true: not supported yet.
+    #[serde(default)]
+    pub sample_on_first_match: Option<bool>,
+    /// Refused: tailsift always pushes back into Kafka instead.
+    #[serde(default)]
+    pub block_on_overflow: Option<bool>,
+    /// The policies.
+    #[serde(default)]
     pub policies: Vec<PolicyConfig>,
 }
 
@@ -181,12 +224,73 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the field, the value and the expectation.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut cfg: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
             path: "<text>".into(),
             source,
         })?;
+        cfg.merge_tail_sampling()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Takes the policies (and decision wait) from a pasted OTel `tail_sampling`
+    /// block, refusing the processor keys tailsift has other settings for.
+    fn merge_tail_sampling(&mut self) -> Result<(), ConfigError> {
+        let (at, ts) = match (
+            self.tail_sampling.take(),
+            self.processors.take().and_then(|p| p.tail_sampling),
+        ) {
+            (None, None) => return Ok(()),
+            (Some(t), None) => ("tail_sampling", t),
+            (None, Some(t)) => ("processors.tail_sampling", t),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tail_sampling",
+                    "a block",
+                    "one `tail_sampling` block (there is one under `processors:` too)",
+                ))
+            }
+        };
+        if !self.policies.is_empty() {
+            return Err(ConfigError::invalid(
+                "policies",
+                format!("{} policies", self.policies.len()),
+                format!("no `policies:` list beside `{at}` (keep one of them)"),
+            ));
+        }
+        if let Some(n) = ts.num_traces {
+            return Err(ConfigError::invalid(
+                format!("{at}.num_traces"),
+                n,
+                "nothing: tailsift bounds memory in bytes, not traces; set `memory.limit` (e.g. 512MiB)",
+            ));
+        }
+        if ts.decision_cache.is_some() {
+            return Err(ConfigError::invalid(
+                format!("{at}.decision_cache"),
+                "a block",
+                "nothing: set `buffer.decision_cache_traces` (kept and dropped decisions share it)",
+            ));
+        }
+        if ts.sample_on_first_match == Some(true) {
+            return Err(ConfigError::invalid(
+                format!("{at}.sample_on_first_match"),
+                true,
+                "false or nothing: not supported yet (every policy is evaluated; the first that samples names the trace)",
+            ));
+        }
+        if let Some(b) = ts.block_on_overflow {
+            return Err(ConfigError::invalid(
+                format!("{at}.block_on_overflow"),
+                b,
+                "nothing: tailsift always pushes back into Kafka at `memory.high_watermark`",
+            ));
+        }
+        if let Some(d) = ts.decision_wait {
+            self.buffer.decision_wait = d;
+        }
+        self.policies = ts.policies;
+        Ok(())
     }
 
     /// Checks ranges and cross-field rules that the types alone cannot express.

@@ -194,3 +194,155 @@ fn rate_and_bytes_limiting_blocks_load_and_need_a_rate() {
         "{e}"
     );
 }
+
+/// The kafka section every test config needs.
+const KAFKA: &str =
+    "kafka: {brokers: localhost:9092, input_topics: [spans], output_topic: sampled}\n";
+
+#[test]
+fn an_otel_processor_block_loads_as_pasted() {
+    // A Collector config's `processors:` section, as written for the OTel processor.
+    let otel = r#"
+processors:
+  tail_sampling:
+    decision_wait: 10s
+    expected_new_traces_per_sec: 10
+    policies:
+      [
+          {
+            name: test-policy-1,
+            type: always_sample
+          },
+          {
+            name: test-policy-2,
+            type: latency,
+            latency: {threshold_ms: 5000, upper_threshold_ms: 10000}
+          },
+          {
+            name: test-policy-3,
+            type: numeric_attribute,
+            numeric_attribute: {key: key1, min_value: 50, max_value: 100}
+          },
+          {
+            name: test-policy-4,
+            type: probabilistic,
+            probabilistic: {sampling_percentage: 10}
+          },
+          {
+            name: test-policy-5,
+            type: status_code,
+            status_code: {status_codes: [ERROR, UNSET]}
+          },
+          {
+            name: test-policy-6,
+            type: string_attribute,
+            string_attribute: {key: key2, values: [value1, value2]}
+          },
+          {
+            name: test-policy-7,
+            type: string_attribute,
+            string_attribute: {key: key2, values: [value1, val*], enabled_regex_matching: true, cache_max_size: 10}
+          },
+          {
+            name: test-policy-8,
+            type: rate_limiting,
+            rate_limiting: {spans_per_second: 35}
+          },
+          {
+            name: test-policy-9,
+            type: string_attribute,
+            string_attribute: {key: http.url, values: [\/health, \/metrics], enabled_regex_matching: true}
+          },
+          {
+            name: test-policy-10,
+            type: span_count,
+            span_count: {min_spans: 2, max_spans: 20}
+          },
+          {
+            name: test-policy-11,
+            type: trace_state,
+            trace_state: { key: key3, values: [value1, value2] }
+          },
+          {
+            name: test-policy-12,
+            type: boolean_attribute,
+            boolean_attribute: {key: key4, value: true}
+          },
+          {
+            name: and-policy-1,
+            type: and,
+            and: {
+              and_sub_policy:
+              [
+                {
+                  name: test-and-policy-1,
+                  type: numeric_attribute,
+                  numeric_attribute: { key: key1, min_value: 50, max_value: 100 }
+                },
+                {
+                    name: test-and-policy-2,
+                    type: string_attribute,
+                    string_attribute: { key: key2, values: [ value1, value2 ] }
+                },
+              ]
+            }
+          },
+          {
+            name: drop-it,
+            type: drop,
+            drop: {
+              drop_sub_policy:
+              [
+                {
+                  name: healthcheck,
+                  type: string_attribute,
+                  string_attribute: {key: http.route, values: [ /healthz ]},
+                }
+              ]
+            }
+          },
+        ]
+"#;
+    let cfg = Config::from_yaml(&format!("{KAFKA}{otel}")).expect("the OTel block loads");
+    assert_eq!(cfg.policies.len(), 14);
+    assert_eq!(
+        cfg.buffer.decision_wait.0,
+        std::time::Duration::from_secs(10)
+    );
+    crate::policy::PolicySet::build(&cfg.policies).expect("and builds");
+    // The bare map under `tail_sampling:` too.
+    let bare = otel.replace("processors:\n  tail_sampling:", "tail_sampling:");
+    let bare = bare.replace("\n    ", "\n  ");
+    assert_eq!(
+        Config::from_yaml(&format!("{KAFKA}{bare}"))
+            .expect("bare block loads")
+            .policies
+            .len(),
+        14
+    );
+}
+
+#[test]
+fn otel_processor_keys_without_a_tailsift_meaning_say_what_to_use() {
+    let block = |extra: &str| {
+        format!(
+            "{KAFKA}tail_sampling:\n  {extra}\n  policies: [{{name: all, type: always_sample}}]\n"
+        )
+    };
+    let e = err(&block("num_traces: 50000"));
+    assert!(
+        e.contains(
+            "`tail_sampling.num_traces` = 50000: expected nothing: tailsift bounds memory in bytes"
+        ),
+        "{e}"
+    );
+    let e = err(&block("decision_cache: {sampled_cache_size: 1000}"));
+    assert!(e.contains("buffer.decision_cache_traces"), "{e}");
+    let e = err(&block("block_on_overflow: true"));
+    assert!(e.contains("memory.high_watermark"), "{e}");
+    let e = err(&format!(
+        "{}policies: [{{name: x, type: always_sample}}]\n",
+        block("decision_wait: 5s")
+    ));
+    assert!(e.contains("keep one of them"), "{e}");
+}
