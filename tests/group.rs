@@ -2,11 +2,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use tailsift::codec::TraceId;
 use tailsift::gen::Truth;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +33,13 @@ async fn two_instances_share_partitions_without_splitting_or_duplicating() {
     a.stop().await;
     b.stop().await;
     let got = out.traces();
-    assert!(ok, "{} of {} traces came out", got.len(), want.len());
+    assert!(
+        ok,
+        "{} of {} traces came out; missing: {:?}",
+        got.len(),
+        want.len(),
+        missing_kept(&truths, &got)
+    );
     for t in &want {
         let o = got
             .get(&t.trace_id)
@@ -88,25 +92,12 @@ async fn an_instance_stopped_mid_stream_loses_no_kept_trace() {
     b.stop().await;
     h.assert_no_broker_truncation();
     let got = out.traces();
-    let by_id: HashMap<TraceId, &Truth> = truths.iter().map(|t| (t.trace_id, t)).collect();
     let missing = missing_kept(&truths, &got);
     assert!(
         ok && missing.is_empty(),
         "kept traces lost or incomplete after takeover: {missing:?}"
     );
-    // At-least-once: a trace may come out twice across the handover, but every record
-    // is the whole trace, never a fragment.
-    for (id, o) in &got {
-        let t = by_id
-            .get(id)
-            .unwrap_or_else(|| panic!("unknown trace {id}"));
-        assert!(t.error || t.slow, "trace {id} kept without a policy asking");
-        assert_eq!(
-            o.spans,
-            o.records * t.spans,
-            "trace {id}: a record holds a fragment"
-        );
-    }
+    assert_whole_records(&truths, &got);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,16 +146,5 @@ async fn scaling_one_to_three_to_one_under_traffic_loses_and_splits_nothing() {
         ok && missing.is_empty(),
         "kept traces lost or incomplete across 1 -> 3 -> 1: {missing:?}"
     );
-    let by_id: HashMap<TraceId, &Truth> = truths.iter().map(|t| (t.trace_id, t)).collect();
-    for (id, o) in &got {
-        let t = by_id
-            .get(id)
-            .unwrap_or_else(|| panic!("unknown trace {id}"));
-        assert!(t.error || t.slow, "trace {id} kept without a policy asking");
-        assert_eq!(
-            o.spans,
-            o.records * t.spans,
-            "trace {id}: a record holds a fragment"
-        );
-    }
+    assert_whole_records(&truths, &got);
 }

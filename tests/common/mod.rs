@@ -167,6 +167,24 @@ pub fn missing_kept(truths: &[Truth], got: &HashMap<TraceId, OutputTrace>) -> Ve
         .collect()
 }
 
+/// At-least-once output: every trace out was asked for by a policy (error or slow),
+/// and each of its records is the whole trace, never a fragment (a trace may come
+/// out twice across a handover).
+pub fn assert_whole_records(truths: &[Truth], got: &HashMap<TraceId, OutputTrace>) {
+    let by_id: HashMap<TraceId, &Truth> = truths.iter().map(|t| (t.trace_id, t)).collect();
+    for (id, o) in got {
+        let t = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("unknown trace {id}"));
+        assert!(t.error || t.slow, "trace {id} kept without a policy asking");
+        assert_eq!(
+            o.spans,
+            o.records * t.spans,
+            "trace {id}: a record holds a fragment"
+        );
+    }
+}
+
 pub async fn wait_until(max: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = tokio::time::Instant::now();
     loop {
