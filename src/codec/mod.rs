@@ -106,8 +106,8 @@ pub enum AttrValue<'a> {
     Bool(bool),
 }
 
-/// Where a field lies in the input payload. 8 bytes instead of a 32-byte `Bytes`:
-/// a buffered span is a range into its message, which its frame keeps alive.
+/// Where a field lies in a payload: 8 bytes instead of a 32-byte `Bytes`, and no
+/// reference count per scanned span.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ByteRange {
     start: u32,

@@ -434,8 +434,8 @@ impl Source {
     /// Reads one message and hands it to the next scanner. `Err` only when the
     /// pipeline is shutting down.
     async fn handle(&self, m: &BorrowedMessage<'_>) -> Result<(), ()> {
-        // One copy out of librdkafka's buffer, charged to the budget until the last
-        // span slicing it is decided.
+        // One copy out of librdkafka's buffer, charged to the budget until the shards
+        // have copied its spans out (or its dead letter is delivered).
         let payload = self
             .budget
             .charged_bytes(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
