@@ -128,7 +128,7 @@ fn buffer_and_decide(c: &mut Criterion) {
     let input = batches();
     let set = policy_set();
     let keys = set.keys.clone();
-    let decider = Decider::new(set);
+    let decider = Decider::new(set, false);
     let scanned = scan_all(&input, &keys);
     let n: usize = scanned.iter().map(|(_, s)| s.len()).sum();
     let pin = Pin {

@@ -76,7 +76,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
     let prometheus = telemetry::install();
     let set = PolicySet::build(&cfg.policies)?;
     let keys = set.keys.clone();
-    let decider = Arc::new(Decider::new(set));
+    let decider = Arc::new(Decider::new(set, cfg.sample_on_first_match));
     let health = Health::new();
     let mut telemetry_addr = None;
     let mut server = None;

@@ -64,7 +64,7 @@ pub enum SimulateError {
 pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
     let set = PolicySet::build(&cfg.policies)?;
     let keys = set.keys.clone();
-    let decider = Decider::new(set);
+    let decider = Decider::new(set, cfg.sample_on_first_match);
     let mut frames = FrameInterner::default();
     let mut traces: HashMap<TraceId, TraceSummary> = HashMap::new();
     let mut report = Report::default();

@@ -225,6 +225,8 @@ pub struct Span {
     pub end_ns: u64,
     /// `status.code`.
     pub status: StatusCode,
+    /// The W3C sampled flag (bit 0 of `flags`): the span was head-sampled upstream.
+    pub sampled_flag: bool,
     /// Bits of the attribute predicates the span's attributes or its resource's
     /// satisfy (OTel looks at both).
     pub hits: u64,
@@ -276,6 +278,7 @@ impl Message {
             start_ns: 0,
             end_ns: 0,
             status: StatusCode::Unset,
+            sampled_flag: false,
             hits: 0,
             range: ByteRange::new(start, len)?,
             frame,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::frames::FrameParts;
-use super::wire::{Reader, FIXED64, LEN, VARINT};
+use super::wire::{Reader, FIXED32, FIXED64, LEN, VARINT};
 use super::{
     AttrMatchers, AttrValue, ByteRange, CodecError, FrameInterner, Message, ScopeFrame, Span,
     StatusCode, TraceId,
@@ -170,6 +170,7 @@ fn scan_span(
     let mut start_ns = 0;
     let mut end_ns = 0;
     let mut status = StatusCode::Unset;
+    let mut sampled_flag = false;
     let mut hits = resource_hits;
     let mut r = Reader::new(span.body, span.base);
     while !r.at_end() {
@@ -190,6 +191,10 @@ fn scan_span(
             }
             9 if !keys.is_empty() => hits |= scan_key_value(span.len_field(&mut r, wt)?, keys)?,
             15 => status = scan_status(span.len_field(&mut r, wt)?)?,
+            16 => {
+                r.expect(wt, FIXED32)?;
+                sampled_flag = r.fixed32()? & 1 == 1;
+            }
             _ => r.skip(field, wt)?,
         }
     }
@@ -211,6 +216,7 @@ fn scan_span(
         start_ns,
         end_ns,
         status,
+        sampled_flag,
         hits,
         range: span.range(),
         frame,

@@ -94,6 +94,18 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
+    #[inline]
+    pub fn fixed32(&mut self) -> Result<u32, CodecError> {
+        let end = self.pos + 4;
+        let Some(b) = self.buf.get(self.pos..end) else {
+            return Err(CodecError::Truncated(self.offset()));
+        };
+        self.pos = end;
+        let mut a = [0u8; 4];
+        a.copy_from_slice(b);
+        Ok(u32::from_le_bytes(a))
+    }
+
     /// Reads a length-delimited field and returns `(start offset within buf, bytes)`.
     #[inline]
     pub fn len_delimited(&mut self) -> Result<(usize, &'a [u8]), CodecError> {

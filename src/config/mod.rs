@@ -92,6 +92,12 @@ pub struct Config {
     /// A trace is kept when any policy votes to sample it.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Decide as soon as a policy votes to sample, skipping the policies after it
+    /// (OTel's `sample_on_first_match`): cheaper, but a `drop` policy then only
+    /// vetoes when it comes before the sampling policy in the list, and later
+    /// policies' metrics do not count the trace.
+    #[serde(default)]
+    pub sample_on_first_match: bool,
     /// An OTel Collector `tail_sampling` processor block, pasted as is, instead of
     /// `policies:` (its `decision_wait` sets `buffer.decision_wait`).
     #[serde(default)]
@@ -122,10 +128,11 @@ pub struct OtelTailSampling {
     /// Accepted and ignored: a sizing hint tailsift does not need.
     #[serde(default)]
     pub expected_new_traces_per_sec: Option<u64>,
-    /// Refused: use `buffer.decision_cache_traces`.
+    /// Mapped to `buffer.decision_cache_traces` (the sum of the two sizes: tailsift
+    /// keeps kept and dropped decisions in one cache).
     #[serde(default)]
-    pub decision_cache: Option<serde_yaml::Value>,
-    /// Refused when true: not supported yet.
+    pub decision_cache: Option<OtelDecisionCache>,
+    /// Mapped to `sample_on_first_match`.
     #[serde(default)]
     pub sample_on_first_match: Option<bool>,
     /// Refused: tailsift always pushes back into Kafka instead.
@@ -134,6 +141,37 @@ pub struct OtelTailSampling {
     /// The policies.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+}
+
+/// The OTel processor's `decision_cache` block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelDecisionCache {
+    /// Kept decisions to remember.
+    #[serde(default, deserialize_with = "otel_count")]
+    pub sampled_cache_size: u64,
+    /// Dropped decisions to remember.
+    #[serde(default, deserialize_with = "otel_count")]
+    pub non_sampled_cache_size: u64,
+}
+
+/// A count as the Collector's YAML reads it: a number, also written with `_`
+/// separators (`100_000`, which YAML 1.2 parsers take for a string).
+fn otel_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Count {
+        Number(u64),
+        Text(String),
+    }
+    match Count::deserialize(d)? {
+        Count::Number(n) => Ok(n),
+        Count::Text(t) => t.replace('_', "").parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "expected a count such as 100000 or 100_000, found {t:?}"
+            ))
+        }),
+    }
 }
 
 /// The trace buffer: when a trace is decided.
@@ -265,19 +303,16 @@ impl Config {
                 "nothing: tailsift bounds memory in bytes, not traces; set `memory.limit` (e.g. 512MiB)",
             ));
         }
-        if ts.decision_cache.is_some() {
-            return Err(ConfigError::invalid(
-                format!("{at}.decision_cache"),
-                "a block",
-                "nothing: set `buffer.decision_cache_traces` (kept and dropped decisions share it)",
-            ));
+        if let Some(c) = ts.decision_cache {
+            let total = c
+                .sampled_cache_size
+                .saturating_add(c.non_sampled_cache_size);
+            if total > 0 {
+                self.buffer.decision_cache_traces = usize::try_from(total).unwrap_or(usize::MAX);
+            }
         }
-        if ts.sample_on_first_match == Some(true) {
-            return Err(ConfigError::invalid(
-                format!("{at}.sample_on_first_match"),
-                true,
-                "false or nothing: not supported yet (every policy is evaluated; the first that samples names the trace)",
-            ));
+        if let Some(first) = ts.sample_on_first_match {
+            self.sample_on_first_match = first;
         }
         if let Some(b) = ts.block_on_overflow {
             return Err(ConfigError::invalid(

@@ -37,6 +37,8 @@ pub enum PolicyType {
     BytesLimiting,
     /// Keep traces its sub-policy does not keep.
     Not,
+    /// Keep traces with a span carrying the W3C sampled flag.
+    TraceFlags,
 }
 
 impl PolicyType {
@@ -57,6 +59,7 @@ impl PolicyType {
             PolicyType::RateLimiting => "rate_limiting",
             PolicyType::BytesLimiting => "bytes_limiting",
             PolicyType::Not => "not",
+            PolicyType::TraceFlags => "trace_flags",
         }
     }
 }
@@ -391,7 +394,7 @@ impl PolicyConfig {
             )
         };
         match self.kind {
-            PolicyType::AlwaysSample => Ok(()),
+            PolicyType::AlwaysSample | PolicyType::TraceFlags => Ok(()),
             PolicyType::Latency => {
                 let c = self.latency.as_ref().ok_or_else(missing)?;
                 if c.threshold_ms < 0 {

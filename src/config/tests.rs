@@ -336,8 +336,15 @@ fn otel_processor_keys_without_a_tailsift_meaning_say_what_to_use() {
         ),
         "{e}"
     );
-    let e = err(&block("decision_cache: {sampled_cache_size: 1000}"));
-    assert!(e.contains("buffer.decision_cache_traces"), "{e}");
+    let cfg = Config::from_yaml(&block(
+        "decision_cache: {sampled_cache_size: 100_000, non_sampled_cache_size: 5000}",
+    ))
+    .expect("decision_cache maps");
+    assert_eq!(cfg.buffer.decision_cache_traces, 105_000);
+    let e = err(&block("decision_cache: {sampled_cache_size: lots}"));
+    assert!(e.contains("100_000"), "{e}");
+    let cfg = Config::from_yaml(&block("sample_on_first_match: true")).expect("maps");
+    assert!(cfg.sample_on_first_match);
     let e = err(&block("block_on_overflow: true"));
     assert!(e.contains("memory.high_watermark"), "{e}");
     let e = err(&format!(

@@ -1,7 +1,8 @@
 //! Decide: runs the policies on due traces and routes the outcome.
 //!
-//! [`Decider`] combines the policies' votes (any `Sampled` keeps the trace; the first
-//! policy that sampled is recorded as the deciding policy). [`ShardWorker`] is the task
+//! [`Decider`] combines the policies' votes by the OTel processor's precedence (drop,
+//! then inverted vetoes, then any sample; the first policy that sampled is recorded
+//! as the deciding policy). [`ShardWorker`] is the task
 //! that owns one buffer shard: it inserts incoming spans, decides due traces, sends
 //! kept ones to the sink and releases the input pins of dropped ones. Its
 //! [`DecisionCache`] makes spans that arrive after their trace was decided follow
@@ -49,38 +50,48 @@ impl Verdict {
 #[derive(Debug)]
 pub struct Decider {
     set: PolicySet,
-    /// Per policy: (sampled, not_sampled) vote counters, registered once.
-    votes: Vec<(Counter, Counter)>,
-    /// Per policy: traces decided as kept by it; plus one for "dropped".
+    /// Stop at the first policy that votes `Sampled` (OTel's `sample_on_first_match`).
+    first_match: bool,
+    /// Per policy, per [`Decision::index`]: vote counters, registered once.
+    votes: Vec<[Counter; 5]>,
+    /// Per policy: traces kept by it.
     decided: Vec<Counter>,
-    dropped: Counter,
+    /// Per policy: traces it dropped (`drop` policies).
+    dropped_by: Vec<Counter>,
+    /// Traces no policy kept (or an inverted match vetoed).
+    not_sampled: Counter,
 }
 
 impl Decider {
-    /// Wraps a policy set and registers its metrics.
-    pub fn new(set: PolicySet) -> Self {
+    /// Wraps a policy set and registers its metrics. With `sample_on_first_match`,
+    /// evaluation stops at the first policy that votes `Sampled`, as in OTel (so a
+    /// `drop` policy only vetoes when it comes before it in the list).
+    pub fn new(set: PolicySet, sample_on_first_match: bool) -> Self {
         let votes = set
             .policies
             .iter()
             .map(|p| {
-                let name = p.name.to_string();
-                (
-                    metrics::counter!(names::POLICY_EVALUATIONS, "policy" => name.clone(), "decision" => "sampled"),
-                    metrics::counter!(names::POLICY_EVALUATIONS, "policy" => name, "decision" => "not_sampled"),
-                )
+                Decision::ALL.map(|d| {
+                    metrics::counter!(names::POLICY_EVALUATIONS, "policy" => p.name.to_string(), "decision" => d.label())
+                })
             })
             .collect();
-        let decided = set
-            .policies
-            .iter()
-            .map(|p| metrics::counter!(names::TRACES_DECIDED, "policy" => p.name.to_string(), "decision" => "sampled"))
-            .collect();
-        let dropped = metrics::counter!(names::TRACES_DECIDED, "policy" => "none", "decision" => "not_sampled");
+        let decided_as = |decision: &'static str| -> Vec<Counter> {
+            set.policies
+                .iter()
+                .map(|p| metrics::counter!(names::TRACES_DECIDED, "policy" => p.name.to_string(), "decision" => decision))
+                .collect()
+        };
+        let decided = decided_as("sampled");
+        let dropped_by = decided_as("dropped");
+        let not_sampled = metrics::counter!(names::TRACES_DECIDED, "policy" => "none", "decision" => "not_sampled");
         Decider {
             set,
+            first_match: sample_on_first_match,
             votes,
             decided,
-            dropped,
+            dropped_by,
+            not_sampled,
         }
     }
 
@@ -101,33 +112,130 @@ impl Decider {
             .map_or_else(|| Arc::from(""), |p| Arc::clone(&p.name))
     }
 
-    /// Runs every policy on the trace. Every policy votes (so per-policy metrics show
-    /// what each would keep); a `Dropped` vote (a `drop` policy) drops the trace,
-    /// first and finally; otherwise any `Sampled` vote keeps it.
+    /// Runs the policies on the trace in order and combines their votes as the OTel
+    /// processor does:
+    /// 1. a `Dropped` vote (a `drop` policy) drops the trace; evaluation stops there;
+    /// 2. else an `InvertNotSampled` vote (an `invert_match` policy that matched)
+    ///    does not keep it;
+    /// 3. else a `Sampled` vote keeps it, named after the first policy that sampled;
+    /// 4. else an `InvertSampled` vote keeps it if no policy voted `NotSampled`;
+    /// 5. else it is not kept.
+    ///
+    /// Every evaluated policy's vote is counted, so per-policy metrics show what each
+    /// would keep.
     pub fn decide(&self, trace: &TraceSummary) -> Verdict {
-        let mut first: Option<usize> = None;
+        let mut first_sampled: Option<usize> = None;
+        let mut first_inverted: Option<usize> = None;
+        let mut any_not_sampled = false;
         let mut vetoed = false;
+        let mut dropped: Option<usize> = None;
         for (i, p) in self.set.policies.iter().enumerate() {
-            match p.policy.evaluate(trace) {
+            let d = p.policy.evaluate(trace);
+            self.votes[i][d.index()].increment(1);
+            match d {
                 Decision::Sampled => {
-                    self.votes[i].0.increment(1);
-                    first.get_or_insert(i);
+                    first_sampled.get_or_insert(i);
+                    if self.first_match {
+                        break;
+                    }
                 }
-                Decision::NotSampled => self.votes[i].1.increment(1),
+                Decision::NotSampled => any_not_sampled = true,
+                Decision::InvertSampled => {
+                    first_inverted.get_or_insert(i);
+                }
+                Decision::InvertNotSampled => vetoed = true,
                 Decision::Dropped => {
-                    self.votes[i].0.increment(1);
-                    vetoed = true;
+                    dropped = Some(i);
+                    break;
                 }
             }
         }
-        if vetoed {
-            first = None;
-        }
-        match first {
-            Some(i) => self.decided[i].increment(1),
-            None => self.dropped.increment(1),
+        let kept = if dropped.is_some() || vetoed {
+            None
+        } else {
+            first_sampled.or(first_inverted.filter(|_| !any_not_sampled))
+        };
+        match (kept, dropped) {
+            (Some(i), _) => self.decided[i].increment(1),
+            (None, Some(i)) => self.dropped_by[i].increment(1),
+            (None, None) => self.not_sampled.increment(1),
         }
         // The set holds at most u16::MAX - 1 policies (checked when built).
-        Verdict::new(first.and_then(|i| u16::try_from(i).ok()))
+        Verdict::new(kept.and_then(|i| u16::try_from(i).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::TraceId;
+    use crate::config::Config;
+
+    fn decider(policies: &str, first_match: bool) -> Decider {
+        let yaml = format!(
+            "kafka: {{brokers: x, input_topics: [i], output_topic: o}}\npolicies:\n{policies}"
+        );
+        let cfg = Config::from_yaml(&yaml).expect("valid");
+        Decider::new(
+            PolicySet::build(&cfg.policies).expect("builds"),
+            first_match,
+        )
+    }
+
+    /// A trace with `errors` error spans whose attribute predicate bit 0 is `hit`.
+    fn trace(errors: u32, hit: bool) -> TraceSummary {
+        let mut t = TraceSummary::new(TraceId([3; 16]));
+        t.span_count = 4;
+        t.error_spans = errors;
+        t.attr_hits = u64::from(hit);
+        t
+    }
+
+    const NOT_HEALTH: &str = "  - {name: not-health, type: string_attribute, string_attribute: {key: http.route, values: [/health], invert_match: true}}\n";
+    const ERRORS: &str =
+        "  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n";
+
+    #[test]
+    fn inverted_decisions_follow_the_otel_precedence() {
+        let d = decider(&format!("{NOT_HEALTH}{ERRORS}"), false);
+        // A sample wins over an inverted sample and names the trace.
+        assert_eq!(d.decide(&trace(1, false)).policy(), Some(1));
+        // An inverted match vetoes a sample.
+        assert!(!d.decide(&trace(1, true)).keep());
+        // An inverted sample does not keep a trace another policy voted not to.
+        assert!(!d.decide(&trace(0, false)).keep());
+        // Alone, it does.
+        let d = decider(NOT_HEALTH, false);
+        assert_eq!(d.decide(&trace(0, false)).policy(), Some(0));
+        assert!(!d.decide(&trace(0, true)).keep());
+    }
+
+    #[test]
+    fn inverted_votes_are_plain_inside_and() {
+        let d = decider(
+            &format!(
+                "  - name: errors-not-health\n    type: and\n    and:\n      and_sub_policy:\n      {}      {}",
+                NOT_HEALTH.trim_start(),
+                ERRORS.trim_start()
+            ),
+            false,
+        );
+        assert!(d.decide(&trace(1, false)).keep());
+        assert!(!d.decide(&trace(1, true)).keep());
+        assert!(!d.decide(&trace(0, false)).keep());
+    }
+
+    #[test]
+    fn sample_on_first_match_stops_before_a_later_drop() {
+        let policies = "  - {name: all, type: always_sample}\n  - {name: no-errors, type: drop, drop: {drop_sub_policy: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}}\n";
+        assert!(!decider(policies, false).decide(&trace(1, false)).keep());
+        assert!(decider(policies, true).decide(&trace(1, false)).keep());
+        // A drop listed first vetoes either way.
+        let first = "  - {name: no-errors, type: drop, drop: {drop_sub_policy: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}]}}\n  - {name: all, type: always_sample}\n";
+        assert!(!decider(first, true).decide(&trace(1, false)).keep());
+        assert_eq!(
+            decider(first, true).decide(&trace(0, false)).policy(),
+            Some(1)
+        );
     }
 }

@@ -19,7 +19,7 @@ impl And {
 impl Policy for And {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
         Decision::sampled_if(
-            !self.subs.is_empty() && self.subs.iter().all(|p| p.evaluate(t) == Decision::Sampled),
+            !self.subs.is_empty() && self.subs.iter().all(|p| p.evaluate(t).samples()),
         )
     }
 }

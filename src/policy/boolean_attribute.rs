@@ -31,7 +31,7 @@ impl BooleanAttribute {
 
 impl Policy for BooleanAttribute {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
-        Decision::sampled_if(t.attr_hit(self.bit) != self.invert)
+        Decision::matched(t.attr_hit(self.bit), self.invert)
     }
 }
 
@@ -71,10 +71,16 @@ mod tests {
     }
 
     #[test]
-    fn invert_keeps_traces_without_the_value() {
+    fn invert_vetoes_a_match_and_samples_the_rest() {
         let inv = config(true, true);
-        assert_eq!(vote(&inv, &[AttrValue::Bool(true)]), Decision::NotSampled);
-        assert_eq!(vote(&inv, &[AttrValue::Bool(false)]), Decision::Sampled);
-        assert_eq!(vote(&inv, &[]), Decision::Sampled);
+        assert_eq!(
+            vote(&inv, &[AttrValue::Bool(true)]),
+            Decision::InvertNotSampled
+        );
+        assert_eq!(
+            vote(&inv, &[AttrValue::Bool(false)]),
+            Decision::InvertSampled
+        );
+        assert_eq!(vote(&inv, &[]), Decision::InvertSampled);
     }
 }

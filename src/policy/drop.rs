@@ -19,7 +19,7 @@ impl DropPolicy {
 
 impl Policy for DropPolicy {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
-        if !self.subs.is_empty() && self.subs.iter().all(|p| p.evaluate(t) == Decision::Sampled) {
+        if !self.subs.is_empty() && self.subs.iter().all(|p| p.evaluate(t).samples()) {
             Decision::Dropped
         } else {
             Decision::NotSampled
@@ -39,7 +39,7 @@ mod tests {
     fn decider() -> Decider {
         let yaml = "kafka: {brokers: x, input_topics: [i], output_topic: o}\npolicies:\n  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n  - name: tiny-errors\n    type: drop\n    drop:\n      drop_sub_policy:\n        - {name: tiny, type: span_count, span_count: {min_spans: 1, max_spans: 2}}\n        - {name: err, type: status_code, status_code: {status_codes: [ERROR]}}\n";
         let cfg = Config::from_yaml(yaml).expect("valid");
-        Decider::new(PolicySet::build(&cfg.policies).expect("builds"))
+        Decider::new(PolicySet::build(&cfg.policies).expect("builds"), false)
     }
 
     fn trace(spans: u32, errors: u32) -> TraceSummary {

@@ -20,6 +20,7 @@ mod span_count;
 mod status_code;
 mod string_attribute;
 mod summary;
+mod trace_flags;
 mod trace_state;
 
 use std::fmt;
@@ -42,15 +43,23 @@ pub use span_count::SpanCount;
 pub use status_code::StatusCodeFilter;
 pub use string_attribute::StringAttribute;
 pub use summary::TraceSummary;
+pub use trace_flags::TraceFlags;
 pub use trace_state::TraceState;
 
-/// A policy's vote on one trace.
+/// A policy's vote on one trace, with the OTel processor's five outcomes (the
+/// decider combines them by the OTel precedence, see `decide::Decider::decide`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Keep the trace.
     Sampled,
     /// This policy does not ask for the trace.
     NotSampled,
+    /// An `invert_match` policy found no match: keep the trace unless another policy
+    /// voted `NotSampled` (OTel's "inverted sample").
+    InvertSampled,
+    /// An `invert_match` policy found a match: do not keep the trace, whatever the
+    /// sampling policies vote (OTel's "inverted not sample", a veto).
+    InvertNotSampled,
     /// Drop the trace, whatever the other policies vote (`drop` policies).
     Dropped,
 }
@@ -63,6 +72,48 @@ impl Decision {
         } else {
             Decision::NotSampled
         }
+    }
+
+    /// The vote of a match policy: plain when not `invert`, else the inverted pair
+    /// (`InvertNotSampled` on a match, `InvertSampled` without one), as OTel's
+    /// string, numeric and boolean attribute policies vote.
+    pub fn matched(hit: bool, invert: bool) -> Decision {
+        match (invert, hit) {
+            (false, hit) => Decision::sampled_if(hit),
+            (true, true) => Decision::InvertNotSampled,
+            (true, false) => Decision::InvertSampled,
+        }
+    }
+
+    /// Whether the vote asks to keep the trace: how `and`, `drop` and `composite`
+    /// read their sub-policies (an inverted vote counts as its plain meaning there).
+    pub fn samples(self) -> bool {
+        matches!(self, Decision::Sampled | Decision::InvertSampled)
+    }
+
+    /// The metric label for the vote.
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Sampled => "sampled",
+            Decision::NotSampled => "not_sampled",
+            Decision::InvertSampled => "inverted_sampled",
+            Decision::InvertNotSampled => "inverted_not_sampled",
+            Decision::Dropped => "dropped",
+        }
+    }
+
+    /// Every vote, in the order of [`Decision::index`].
+    pub const ALL: [Decision; 5] = [
+        Decision::Sampled,
+        Decision::NotSampled,
+        Decision::InvertSampled,
+        Decision::InvertNotSampled,
+        Decision::Dropped,
+    ];
+
+    /// Position in [`Decision::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -181,6 +232,7 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
                 .ok_or(PolicyError::TooMany)?;
             Box::new(TraceState::new(bit))
         }
+        PolicyType::TraceFlags => Box::new(TraceFlags),
         PolicyType::SpanCount => {
             Box::new(SpanCount::new(c.span_count.as_ref().ok_or_else(missing)?))
         }

@@ -18,7 +18,12 @@ impl Not {
 
 impl Policy for Not {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
-        Decision::sampled_if(self.sub.evaluate(t) != Decision::Sampled)
+        // As OTel's `not`: the plain votes swap; inverted votes pass through.
+        match self.sub.evaluate(t) {
+            Decision::Sampled => Decision::NotSampled,
+            Decision::NotSampled => Decision::Sampled,
+            other => other,
+        }
     }
 }
 

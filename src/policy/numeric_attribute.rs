@@ -34,7 +34,7 @@ impl NumericAttribute {
 
 impl Policy for NumericAttribute {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
-        Decision::sampled_if(t.attr_hit(self.bit) != self.invert)
+        Decision::matched(t.attr_hit(self.bit), self.invert)
     }
 }
 
@@ -82,7 +82,10 @@ mod tests {
             Decision::Sampled
         );
         let inv = config(Some(500), Some(599), true);
-        assert_eq!(vote(&inv, &[AttrValue::Int(503)]), Decision::NotSampled);
-        assert_eq!(vote(&inv, &[AttrValue::Int(200)]), Decision::Sampled);
+        assert_eq!(
+            vote(&inv, &[AttrValue::Int(503)]),
+            Decision::InvertNotSampled
+        );
+        assert_eq!(vote(&inv, &[AttrValue::Int(200)]), Decision::InvertSampled);
     }
 }

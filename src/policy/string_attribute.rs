@@ -40,7 +40,7 @@ impl StringAttribute {
 
 impl Policy for StringAttribute {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
-        Decision::sampled_if(t.attr_hit(self.bit) != self.invert)
+        Decision::matched(t.attr_hit(self.bit), self.invert)
     }
 }
 
@@ -90,11 +90,11 @@ mod tests {
     }
 
     #[test]
-    fn invert_keeps_traces_without_a_match() {
+    fn invert_vetoes_a_match_and_samples_the_rest() {
         let c = config(&["/health"], false, true);
-        assert_eq!(vote(&c, Some("/health")), Decision::NotSampled);
-        assert_eq!(vote(&c, Some("/api/pay")), Decision::Sampled);
-        assert_eq!(vote(&c, None), Decision::Sampled);
+        assert_eq!(vote(&c, Some("/health")), Decision::InvertNotSampled);
+        assert_eq!(vote(&c, Some("/api/pay")), Decision::InvertSampled);
+        assert_eq!(vote(&c, None), Decision::InvertSampled);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct TraceSummary {
     pub ok_spans: u32,
     /// Spans with status UNSET.
     pub unset_spans: u32,
+    /// Whether some span carries the W3C sampled flag.
+    pub sampled_flag: bool,
     /// Bits of the attribute predicates (see `codec::AttrMatchers`) that some span or
     /// its resource satisfied.
     pub attr_hits: u64,
@@ -41,6 +43,7 @@ impl TraceSummary {
             error_spans: 0,
             ok_spans: 0,
             unset_spans: 0,
+            sampled_flag: false,
             attr_hits: 0,
         }
     }
@@ -59,6 +62,7 @@ impl TraceSummary {
             StatusCode::Ok => self.ok_spans += 1,
             StatusCode::Unset => self.unset_spans += 1,
         }
+        self.sampled_flag |= span.sampled_flag;
         self.attr_hits |= span.hits;
     }
 
