@@ -19,9 +19,10 @@ pub use duration::{parse_duration, ConfigDuration};
 pub use kafka::{Compression, KafkaConfig};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use policy::{
-    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, DropConfig, LatencyConfig, NotConfig,
-    NumericAttributeConfig, PolicyConfig, PolicyType, ProbabilisticConfig, RateLimitingConfig,
-    SpanCountConfig, StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
+    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, CompositeConfig, DropConfig,
+    LatencyConfig, NotConfig, NumericAttributeConfig, PolicyConfig, PolicyType,
+    ProbabilisticConfig, RateLimitingConfig, SpanCountConfig, StatusCodeConfig,
+    StringAttributeConfig, TraceStateConfig,
 };
 
 /// Why a configuration was rejected.

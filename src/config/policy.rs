@@ -39,6 +39,8 @@ pub enum PolicyType {
     Not,
     /// Keep traces with a span carrying the W3C sampled flag.
     TraceFlags,
+    /// Sub-policies in priority order, each with a share of a spans-per-second budget.
+    Composite,
 }
 
 impl PolicyType {
@@ -60,6 +62,7 @@ impl PolicyType {
             PolicyType::BytesLimiting => "bytes_limiting",
             PolicyType::Not => "not",
             PolicyType::TraceFlags => "trace_flags",
+            PolicyType::Composite => "composite",
         }
     }
 }
@@ -114,6 +117,55 @@ pub struct PolicyConfig {
     /// Block for `type: not`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not: Option<NotConfig>,
+    /// Block for `type: composite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composite: Option<CompositeConfig>,
+}
+
+/// `composite`: the first sub-policy (in `policy_order`) that samples a trace keeps
+/// it if its share of `max_total_spans_per_second` has room this second. Per
+/// instance.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompositeConfig {
+    /// The budget all sub-policies share, spans per second.
+    pub max_total_spans_per_second: u64,
+    /// Sub-policy names in evaluation order; sub-policies not named follow in list
+    /// order. Empty: list order.
+    #[serde(default)]
+    pub policy_order: Vec<String>,
+    /// The sub-policies (may be `and` or `not`, not `composite` or `drop`).
+    pub composite_sub_policy: Vec<PolicyConfig>,
+    /// Shares of the budget, in percent; sub-policies not listed share the rest.
+    #[serde(default)]
+    pub rate_allocation: Vec<RateAllocationConfig>,
+}
+
+/// One sub-policy's share of a `composite` budget.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateAllocationConfig {
+    /// The sub-policy's name.
+    pub policy: String,
+    /// Percent of `max_total_spans_per_second`; 0: an equal share.
+    pub percent: u32,
+}
+
+impl CompositeConfig {
+    /// The sub-policies in evaluation order.
+    pub fn ordered(&self) -> Vec<&PolicyConfig> {
+        let mut out: Vec<&PolicyConfig> = self
+            .policy_order
+            .iter()
+            .filter_map(|n| self.composite_sub_policy.iter().find(|p| &p.name == n))
+            .collect();
+        for p in &self.composite_sub_policy {
+            if !self.policy_order.contains(&p.name) {
+                out.push(p);
+            }
+        }
+        out
+    }
 }
 
 /// `not`: keep traces that its one sub-policy does not keep (e.g. everything but the
@@ -282,11 +334,22 @@ impl PolicyConfig {
         use std::fmt::Write as _;
         let pad = " ".repeat(indent);
         let _ = write!(out, "{pad}- {} [{}]", self.name, self.kind.as_str());
-        let subs = match (&self.and, &self.drop, &self.not) {
-            (Some(a), _, _) => Some((&a.and_sub_policy[..], "all of")),
-            (_, Some(d), _) => Some((&d.drop_sub_policy[..], "drops a trace when all of")),
-            (_, _, Some(n)) => Some((std::slice::from_ref(&*n.not_sub_policy), "none of")),
-            _ => None,
+        let subs: Option<(Vec<&PolicyConfig>, String)> = match (&self.and, &self.drop, &self.not) {
+            (Some(a), _, _) => Some((a.and_sub_policy.iter().collect(), "all of".into())),
+            (_, Some(d), _) => Some((
+                d.drop_sub_policy.iter().collect(),
+                "drops a trace when all of".into(),
+            )),
+            (_, _, Some(n)) => Some((vec![&*n.not_sub_policy], "none of".into())),
+            _ => self.composite.as_ref().map(|c| {
+                (
+                    c.ordered(),
+                    format!(
+                        "the first of, within {} spans/s",
+                        c.max_total_spans_per_second
+                    ),
+                )
+            }),
         };
         if let Some((subs, what)) = subs {
             let _ = writeln!(out, " {what}:");
@@ -357,8 +420,9 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
 }
 
 impl PolicyConfig {
-    fn blocks(&self) -> [(&'static str, bool); 13] {
+    fn blocks(&self) -> [(&'static str, bool); 14] {
         [
+            ("composite", self.composite.is_some()),
             ("not", self.not.is_some()),
             ("rate_limiting", self.rate_limiting.is_some()),
             ("bytes_limiting", self.bytes_limiting.is_some()),
@@ -523,6 +587,10 @@ impl PolicyConfig {
                     COMBINING,
                 )
             }
+            PolicyType::Composite => {
+                let c = self.composite.as_ref().ok_or_else(missing)?;
+                self.validate_composite(at, c)
+            }
             PolicyType::TraceState => {
                 let c = self.trace_state.as_ref().ok_or_else(missing)?;
                 check_key(&format!("{at}.trace_state.key"), &c.key)?;
@@ -543,8 +611,62 @@ impl PolicyConfig {
     }
 }
 
+impl PolicyConfig {
+    fn validate_composite(&self, at: &str, c: &CompositeConfig) -> Result<(), ConfigError> {
+        let at = format!("{at}.composite");
+        check_rate(
+            &format!("{at}.max_total_spans_per_second"),
+            c.max_total_spans_per_second,
+        )?;
+        validate_subs(
+            &format!("{at}.composite_sub_policy"),
+            &c.composite_sub_policy,
+            &[PolicyType::Composite, PolicyType::Drop],
+        )?;
+        let names: Vec<&str> = c
+            .composite_sub_policy
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        let known = |field: String, name: &str| {
+            if names.contains(&name) {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    field,
+                    name,
+                    format!("the name of a composite_sub_policy ({})", names.join(", ")),
+                ))
+            }
+        };
+        for (j, n) in c.policy_order.iter().enumerate() {
+            known(format!("{at}.policy_order[{j}]"), n)?;
+            if c.policy_order[..j].contains(n) {
+                return Err(ConfigError::invalid(
+                    format!("{at}.policy_order[{j}]"),
+                    n,
+                    "each sub-policy named once",
+                ));
+            }
+        }
+        let mut total = 0u64;
+        for (j, a) in c.rate_allocation.iter().enumerate() {
+            known(format!("{at}.rate_allocation[{j}].policy"), &a.policy)?;
+            total += u64::from(a.percent);
+        }
+        if total > 100 {
+            return Err(ConfigError::invalid(
+                format!("{at}.rate_allocation"),
+                format!("{total}% in all"),
+                "percentages adding up to at most 100",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Policy types that hold sub-policies of their own.
-const COMBINING: &[PolicyType] = &[PolicyType::And, PolicyType::Drop];
+const COMBINING: &[PolicyType] = &[PolicyType::And, PolicyType::Drop, PolicyType::Composite];
 
 /// Sub-policies of `and`, `drop` and `not`: at least one, none of a type in `nested`
 /// (`and` and `drop` may hold a `not`; a `not` holds a plain policy).

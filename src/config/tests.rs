@@ -158,8 +158,8 @@ fn bad_values_name_field_value_and_expectation() {
 
 #[test]
 fn unsupported_policy_type_lists_the_supported_ones() {
-    let e = err(&MINIMAL.replace("type: always_sample", "type: composite"));
-    assert!(e.contains("unknown variant `composite`"), "{e}");
+    let e = err(&MINIMAL.replace("type: always_sample", "type: head_sampling"));
+    assert!(e.contains("unknown variant `head_sampling`"), "{e}");
     assert!(e.contains("always_sample"), "{e}");
 }
 

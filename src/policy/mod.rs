@@ -10,6 +10,7 @@ mod and;
 mod boolean_attribute;
 mod bucket;
 mod bytes_limiting;
+mod composite;
 mod drop;
 mod latency;
 mod not;
@@ -33,6 +34,7 @@ pub use always_sample::AlwaysSample;
 pub use and::And;
 pub use boolean_attribute::BooleanAttribute;
 pub use bytes_limiting::BytesLimiting;
+pub use composite::Composite;
 pub use drop::DropPolicy;
 pub use latency::Latency;
 pub use not::Not;
@@ -233,6 +235,23 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
             Box::new(TraceState::new(bit))
         }
         PolicyType::TraceFlags => Box::new(TraceFlags),
+        PolicyType::Composite => {
+            let s = c.composite.as_ref().ok_or_else(missing)?;
+            let ordered = s.ordered();
+            let names: Vec<&str> = ordered.iter().map(|p| p.name.as_str()).collect();
+            let allocation: Vec<(&str, u32)> = s
+                .rate_allocation
+                .iter()
+                .map(|a| (a.policy.as_str(), a.percent))
+                .collect();
+            let shares = composite::shares(&names, &allocation, s.max_total_spans_per_second);
+            let subs = ordered
+                .into_iter()
+                .zip(shares)
+                .map(|(p, share)| Ok((build_one(p, keys)?, share)))
+                .collect::<Result<Vec<_>, PolicyError>>()?;
+            Box::new(Composite::new(subs, s.max_total_spans_per_second))
+        }
         PolicyType::SpanCount => {
             Box::new(SpanCount::new(c.span_count.as_ref().ok_or_else(missing)?))
         }
