@@ -120,6 +120,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         max_message_bytes: cfg.kafka.max_message_bytes,
         shards: cfg.shard_count(),
         record_decisions: cfg.kafka.decisions_topic.is_some(),
+        annotate: cfg.annotate,
     };
     let mut shard_txs = Vec::new();
     let mut workers = Vec::new();

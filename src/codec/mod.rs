@@ -10,6 +10,7 @@
 //! back into one `ExportTraceServiceRequest` per trace, under their original resource
 //! and scope.
 
+mod annotate;
 mod attrs;
 mod encode;
 mod frames;
@@ -21,6 +22,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use annotate::{
+    merge_trace_state, probability_of, threshold, Annotated, Annotation, POLICY_ATTRIBUTE,
+    PROBABILITY_ATTRIBUTE,
+};
 pub use attrs::{AttrMatchers, Matcher, MAX_MATCHERS};
 pub use encode::{encode_trace, EncodedSpan};
 pub use frames::FrameInterner;

@@ -99,6 +99,11 @@ pub struct Config {
     /// policies' metrics do not count the trace.
     #[serde(default)]
     pub sample_on_first_match: bool,
+    /// Annotate kept spans with the deciding policy (`tailsampling.policy`) and, when
+    /// known, the probability it keeps with (`tailsampling.probability` and the W3C
+    /// `tracestate` entry `ot=th:...`), so backends can extrapolate counts.
+    #[serde(default = "yes")]
+    pub annotate: bool,
     /// An OTel Collector `tail_sampling` processor block, pasted as is, instead of
     /// `policies:` (its `decision_wait` sets `buffer.decision_wait`).
     #[serde(default)]
@@ -142,6 +147,10 @@ pub struct OtelTailSampling {
     /// The policies.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The OTel processor's `decision_cache` block.

@@ -78,6 +78,11 @@ pub struct PolicyConfig {
     /// Which policy this is.
     #[serde(rename = "type")]
     pub kind: PolicyType,
+    /// The topic traces this policy keeps go to, instead of `kafka.output_topic`
+    /// (a trace several policies keep goes to the first one's). Top-level policies
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// Block for `type: latency`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyConfig>,
@@ -334,6 +339,9 @@ impl PolicyConfig {
         use std::fmt::Write as _;
         let pad = " ".repeat(indent);
         let _ = write!(out, "{pad}- {} [{}]", self.name, self.kind.as_str());
+        if let Some(t) = &self.topic {
+            let _ = write!(out, " -> topic {t}");
+        }
         let subs: Option<(Vec<&PolicyConfig>, String)> = match (&self.and, &self.drop, &self.not) {
             (Some(a), _, _) => Some((a.and_sub_policy.iter().collect(), "all of".into())),
             (_, Some(d), _) => Some((
@@ -412,6 +420,13 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
                 format!("{at}.name"),
                 &p.name,
                 format!("a unique name (policies[{j}] has it too)"),
+            ));
+        }
+        if p.topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                format!("{at}.topic"),
+                "\"\"",
+                "a topic name, or no `topic:` for the output topic",
             ));
         }
         p.validate(&at)?;
@@ -680,6 +695,13 @@ fn validate_subs(
     }
     for (j, sub) in subs.iter().enumerate() {
         let sub_at = format!("{at}[{j}]");
+        if let Some(t) = &sub.topic {
+            return Err(ConfigError::invalid(
+                format!("{sub_at}.topic"),
+                t,
+                "no topic on a sub-policy (put it on the top-level policy)",
+            ));
+        }
         if nested.contains(&sub.kind) {
             let allowed: Vec<&str> = nested.iter().map(|k| k.as_str()).collect();
             return Err(ConfigError::invalid(

@@ -50,6 +50,9 @@ fn example_config_is_valid_and_complete() {
         "low_watermark:",
         "max_spans:",
         "max_bytes:",
+        "annotate:",
+        "sample_on_first_match:",
+        "topic:",
     ] {
         assert!(text.contains(key), "example config lacks `{key}`");
     }

@@ -104,6 +104,21 @@ impl Decider {
             .and_then(|i| u16::try_from(i).ok())
     }
 
+    /// The topic policy `i` routes its traces to, if it has one.
+    pub fn topic(&self, i: u16) -> Option<Arc<str>> {
+        self.set.policies.get(usize::from(i))?.topic.clone()
+    }
+
+    /// The probability policy `i` keeps a trace like `trace` with (see
+    /// `Policy::probability`); `None` if unknown or not a policy of the set.
+    pub fn probability(&self, i: u16, trace: &TraceSummary) -> Option<f64> {
+        self.set
+            .policies
+            .get(usize::from(i))?
+            .policy
+            .probability(trace)
+    }
+
     /// The name of policy `i` (empty for an index not in the set).
     pub fn policy_name(&self, i: u16) -> Arc<str> {
         self.set

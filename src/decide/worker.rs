@@ -8,7 +8,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
-use crate::codec::{encode_trace, EncodedSpan, Message, Span, SpanRef, TraceId};
+use crate::codec::{
+    encode_trace, Annotated, Annotation, EncodedSpan, Message, Span, SpanRef, TraceId,
+};
+use crate::policy::TraceSummary;
 use crate::sink::{DroppedTrace, KeptTrace, SinkMsg};
 use crate::source::{Pin, Releases};
 use crate::telemetry::names;
@@ -114,6 +117,8 @@ pub struct WorkerConfig {
     /// Whether decisions go to the decisions topic (through the sink) before the
     /// input they pin is released.
     pub record_decisions: bool,
+    /// Whether kept spans are annotated with the deciding policy and probability.
+    pub annotate: bool,
 }
 
 /// Owns one [`Shard`]: inserts spans, decides due traces, forwards outcomes.
@@ -126,6 +131,7 @@ pub struct ShardWorker {
     sink: mpsc::Sender<SinkMsg>,
     releases: Releases,
     max_message_bytes: usize,
+    annotate: bool,
     /// This shard's share of the low watermark, in bytes.
     fair_share: usize,
     record_decisions: bool,
@@ -163,6 +169,7 @@ impl ShardWorker {
             sink,
             releases,
             max_message_bytes: cfg.max_message_bytes,
+            annotate: cfg.annotate,
             fair_share,
             record_decisions: cfg.record_decisions,
             // Decide within ~10% of the wait, but never spin.
@@ -299,7 +306,8 @@ impl ShardWorker {
         late.increment(group.len() as u64);
         if verdict.keep() {
             let spans: Vec<SpanRef<'_>> = group.iter().map(|s| message.span_ref(s)).collect();
-            self.send_kept(id, &spans, vec![pin], verdict, None, false)
+            let summary = TraceSummary::new(id);
+            self.send_kept(&summary, &spans, vec![pin], verdict, None, false)
                 .await
         } else {
             self.releases.release(vec![pin]);
@@ -328,8 +336,15 @@ impl ShardWorker {
         }
         let record = self.record_decisions;
         if verdict.keep() {
-            self.send_kept(id, &entry.spans(), entry.pins(), verdict, forced, record)
-                .await
+            self.send_kept(
+                &entry.summary,
+                &entry.spans(),
+                entry.pins(),
+                verdict,
+                forced,
+                record,
+            )
+            .await
         } else if record && forced != Some(Forced::Memory) {
             let dropped = DroppedTrace {
                 trace_id: id,
@@ -345,24 +360,40 @@ impl ShardWorker {
         }
     }
 
+    /// Encodes a kept trace (annotated, unless turned off) and hands it to the sink.
+    /// `summary` is what the policies saw (an empty one for late spans).
     async fn send_kept<S: EncodedSpan>(
         &mut self,
-        trace_id: TraceId,
+        summary: &TraceSummary,
         spans: &[S],
         pins: Vec<Pin>,
         verdict: Verdict,
         forced: Option<Forced>,
         record_decision: bool,
     ) -> Result<(), Closed> {
-        let payloads = encode_trace(spans, self.max_message_bytes);
+        let trace_id = summary.trace_id;
+        let policy = verdict
+            .policy()
+            .map_or_else(|| Arc::from(""), |i| self.decider.policy_name(i));
+        let payloads = if self.annotate && !policy.is_empty() {
+            let annotation = Annotation {
+                policy: &policy,
+                probability: verdict
+                    .policy()
+                    .and_then(|i| self.decider.probability(i, summary)),
+            };
+            let annotated = Annotated::new(spans, &annotation);
+            encode_trace(&annotated.spans(), self.max_message_bytes)
+        } else {
+            encode_trace(spans, self.max_message_bytes)
+        };
         let bytes = payloads.iter().map(|p| p.capacity() as u64).sum();
         let kept = KeptTrace {
             trace_id,
             payloads,
             pins,
-            policy: verdict
-                .policy()
-                .map_or_else(|| Arc::from(""), |i| self.decider.policy_name(i)),
+            topic: verdict.policy().and_then(|i| self.decider.topic(i)),
+            policy,
             forced: forced.map(Forced::as_str),
             spans: spans.len(),
             charge: Charge::new(&self.budget, bytes),

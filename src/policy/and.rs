@@ -22,6 +22,13 @@ impl Policy for And {
             !self.subs.is_empty() && self.subs.iter().all(|p| p.evaluate(t).samples()),
         )
     }
+
+    /// Every sub-policy had to keep it: the product.
+    fn probability(&self, t: &TraceSummary) -> Option<f64> {
+        self.subs
+            .iter()
+            .try_fold(1.0, |acc, p| Some(acc * p.probability(t)?))
+    }
 }
 
 #[cfg(test)]

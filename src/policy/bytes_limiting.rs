@@ -30,6 +30,11 @@ impl Policy for BytesLimiting {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
         self.evaluate_at(t, Instant::now())
     }
+
+    /// Depends on the traffic: unknown.
+    fn probability(&self, _t: &TraceSummary) -> Option<f64> {
+        None
+    }
 }
 
 #[cfg(test)]

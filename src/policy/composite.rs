@@ -65,6 +65,11 @@ impl Policy for Composite {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
         self.evaluate_at(t, Instant::now())
     }
+
+    /// Depends on the traffic: unknown.
+    fn probability(&self, _t: &TraceSummary) -> Option<f64> {
+        None
+    }
 }
 
 /// The spans-per-second share of each sub-policy, in `names` order: a listed

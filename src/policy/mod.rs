@@ -123,6 +123,14 @@ impl Decision {
 pub trait Policy: Send + Sync + fmt::Debug {
     /// Votes on a trace. Must be cheap and must not panic on any summary.
     fn evaluate(&self, trace: &TraceSummary) -> Decision;
+
+    /// The probability with which this policy keeps a trace like `trace` when it
+    /// votes to: 1 for rules that keep every match, the share for probabilistic
+    /// ones, `None` when it depends on traffic (rate limits). Written into kept
+    /// spans so backends can extrapolate counts.
+    fn probability(&self, _trace: &TraceSummary) -> Option<f64> {
+        Some(1.0)
+    }
 }
 
 /// Why a policy set could not be built from a config that passed validation.
@@ -149,6 +157,8 @@ pub enum PolicyError {
 pub struct NamedPolicy {
     /// The `name:` from the config.
     pub name: Arc<str>,
+    /// The topic its traces go to instead of the output topic, if it has one.
+    pub topic: Option<Arc<str>>,
     /// The evaluator.
     pub policy: Box<dyn Policy>,
 }
@@ -177,6 +187,7 @@ impl PolicySet {
         for c in configs {
             policies.push(NamedPolicy {
                 name: c.name.as_str().into(),
+                topic: c.topic.as_deref().map(Arc::from),
                 policy: build_one(c, &mut keys)?,
             });
         }

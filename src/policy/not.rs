@@ -25,6 +25,13 @@ impl Policy for Not {
             other => other,
         }
     }
+
+    /// The share its sub-policy leaves.
+    fn probability(&self, t: &TraceSummary) -> Option<f64> {
+        self.sub
+            .probability(t)
+            .map(|p| if p >= 1.0 { 1.0 } else { 1.0 - p })
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ const DEFAULT_HASH_SALT: &str = "default-hash-seed";
 pub struct Probabilistic {
     salt: Vec<u8>,
     threshold: u64,
+    ratio: f64,
 }
 
 impl Probabilistic {
@@ -32,7 +33,11 @@ impl Probabilistic {
             Some(s) if !s.is_empty() => s.as_bytes().to_vec(),
             _ => DEFAULT_HASH_SALT.as_bytes().to_vec(),
         };
-        Probabilistic { salt, threshold }
+        Probabilistic {
+            salt,
+            threshold,
+            ratio: ratio.clamp(0.0, 1.0),
+        }
     }
 
     fn hash(&self, id: &TraceId) -> u64 {
@@ -49,6 +54,10 @@ impl Policy for Probabilistic {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
         // As in OTel, 0% samples nothing (hash <= 0 is astronomically rare but possible).
         Decision::sampled_if(self.threshold > 0 && self.hash(&t.trace_id) <= self.threshold)
+    }
+
+    fn probability(&self, _t: &TraceSummary) -> Option<f64> {
+        Some(self.ratio)
     }
 }
 

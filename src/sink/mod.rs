@@ -72,6 +72,8 @@ pub struct KeptTrace {
     pub pins: Vec<Pin>,
     /// The policy that kept it.
     pub policy: Arc<str>,
+    /// The topic it goes to; `None`: the output topic.
+    pub topic: Option<Arc<str>>,
     /// Why it was decided early, if it was.
     pub forced: Option<&'static str>,
     /// Spans in the payloads.
@@ -274,6 +276,7 @@ async fn deliver(
                     value: Some(reason.as_bytes()),
                 });
             }
+            let output = kept.topic.as_deref().unwrap_or(output);
             let results = futures_util::future::join_all(
                 kept.payloads
                     .iter()
