@@ -20,8 +20,8 @@ use tracing::info;
 
 use crate::buffer::{MemoryBudget, TraceLimits};
 use crate::config::Config;
-use crate::decide::{Decider, ShardWorker, WorkerConfig};
-use crate::policy::{PolicyError, PolicySet};
+use crate::decide::{Generation, LivePolicies, ShardWorker, WorkerConfig};
+use crate::policy::PolicyError;
 use crate::shutdown::Shutdown;
 use crate::sink::{Sink, SinkError};
 use crate::source::{Outputs, Releases, Source, SourceError};
@@ -57,6 +57,8 @@ pub struct Running {
     pub health: Arc<Health>,
     /// The memory budget, as the buffer charges it.
     pub budget: MemoryBudget,
+    /// The policy set in force; `reload` replaces it.
+    pub policies: Arc<LivePolicies>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -74,9 +76,7 @@ impl Running {
 pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError> {
     // The recorder first: metric handles registered before it would go nowhere.
     let prometheus = telemetry::install();
-    let set = PolicySet::build(&cfg.policies)?;
-    let keys = set.keys.clone();
-    let decider = Arc::new(Decider::new(set, cfg.sample_on_first_match));
+    let policies = Arc::new(LivePolicies::new(Generation::build(cfg, None)?));
     let health = Health::new();
     let mut telemetry_addr = None;
     let mut server = None;
@@ -129,7 +129,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         shard_txs.push(tx);
         workers.push(ShardWorker::new(
             &worker_cfg,
-            Arc::clone(&decider),
+            policies.watch(),
             budget.clone(),
             rx,
             sink_tx.clone(),
@@ -141,7 +141,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         &split,
         budget,
         Arc::clone(&health),
-        keys,
+        &policies,
         Outputs {
             shards: shard_txs,
             sink: sink_tx,
@@ -174,6 +174,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         telemetry_addr,
         health,
         budget: observed_budget,
+        policies,
         task,
     })
 }

@@ -27,6 +27,7 @@ pub mod decide;
 pub mod demo;
 pub mod gen;
 pub mod policy;
+pub mod reload;
 pub mod shutdown;
 pub mod simulate;
 pub mod sink;

@@ -127,6 +127,12 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             }
             let trigger = ShutdownTrigger::new();
             let running = app::start(&cfg, trigger.subscribe()).await?;
+            tokio::spawn(tailsift::reload::watch(
+                config.clone(),
+                std::sync::Arc::clone(&running.policies),
+                trigger.subscribe(),
+                tailsift::reload::POLL,
+            ));
             wait_for_signal().await;
             tracing::info!(message = "Shutdown requested.");
             trigger.trigger();

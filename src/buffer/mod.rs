@@ -192,6 +192,23 @@ impl Shard {
         }
     }
 
+    /// Clears attribute hits outside `mask` in every buffered trace: the policy set
+    /// was replaced and those predicates are gone.
+    pub fn mask_hits(&mut self, mask: u64) {
+        for entry in self.traces.values_mut() {
+            entry.summary.attr_hits &= mask;
+        }
+    }
+
+    /// Recomputes every buffered trace's attribute hits from its spans with `hits`
+    /// (a new policy set with new predicates).
+    pub fn recompute_hits(&mut self, hits: impl Fn(&SpanRef<'_>) -> u64) {
+        for entry in self.traces.values_mut() {
+            let h = entry.spans().iter().fold(0, |acc, s| acc | hits(s));
+            entry.summary.attr_hits = h;
+        }
+    }
+
     /// Adds the spans of one trace from one input message (copying them out of it),
     /// with that message's pin.
     pub fn insert(

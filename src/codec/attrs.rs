@@ -43,49 +43,119 @@ impl Matcher {
     }
 }
 
+impl PartialEq for Matcher {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Matcher::Exact(a), Matcher::Exact(b)) => a == b,
+            (Matcher::Regex(a), Matcher::Regex(b)) => a.patterns() == b.patterns(),
+            (Matcher::IntRange(a, b), Matcher::IntRange(c, d)) => (a, b) == (c, d),
+            (Matcher::Bool(a), Matcher::Bool(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// The predicates on one key, each with its bit.
 type KeyMatchers = (Box<[u8]>, Vec<(u8, Matcher)>);
 
-fn register(keys: &mut Vec<KeyMatchers>, key: &str, bit: u8, matcher: Matcher) {
-    let key = key.as_bytes();
+fn register(keys: &mut Vec<KeyMatchers>, key: &[u8], bit: u8, matcher: Matcher) {
     match keys.iter_mut().find(|(k, _)| &k[..] == key) {
         Some((_, list)) => list.push((bit, matcher)),
         None => keys.push((key.into(), vec![(bit, matcher)])),
     }
 }
 
+/// The bit of an identical predicate on `key` in `keys`, if there is one.
+fn find(keys: &[KeyMatchers], key: &[u8], matcher: &Matcher) -> Option<u8> {
+    keys.iter()
+        .find(|(k, _)| &k[..] == key)?
+        .1
+        .iter()
+        .find(|(_, m)| m == matcher)
+        .map(|(bit, _)| *bit)
+}
+
 /// The attribute predicates of a policy set, grouped by key; and the predicates on
 /// W3C `tracestate` entries (`trace_state` policies), which share the bits.
+///
+/// A set built to replace another (a configuration reload, see
+/// [`AttrMatchers::successor`]) gives a predicate the old set had the same bit, and
+/// a new predicate a bit the old set did not use: a trace buffered before the reload
+/// keeps hits that mean the same, and the bits of predicates gone are cleared
+/// ([`AttrMatchers::bits`] is the mask of bits in use).
 #[derive(Debug, Default, Clone)]
 pub struct AttrMatchers {
     keys: Vec<KeyMatchers>,
     trace_state: Vec<KeyMatchers>,
-    count: usize,
+    /// Bits in use.
+    used: u64,
+    /// The set this one replaces: its bits are reused only for the same predicate.
+    previous: Option<Box<AttrMatchers>>,
 }
 
 impl AttrMatchers {
-    /// Registers a predicate on `key` and returns its bit, or `None` when
-    /// [`MAX_MATCHERS`] are registered already.
+    /// An empty set to replace this one, keeping bits stable (see the type's docs).
+    pub fn successor(&self) -> AttrMatchers {
+        let mut previous = self.clone();
+        previous.previous = None;
+        AttrMatchers {
+            previous: Some(Box::new(previous)),
+            ..AttrMatchers::default()
+        }
+    }
+
+    /// Registers a predicate on `key` and returns its bit (the same bit for a
+    /// predicate registered before), or `None` when [`MAX_MATCHERS`] are in use.
     pub fn add(&mut self, key: &str, matcher: Matcher) -> Option<u8> {
-        let bit = self.next_bit()?;
-        register(&mut self.keys, key, bit, matcher);
-        Some(bit)
+        self.add_to(false, key.as_bytes(), matcher)
     }
 
     /// Registers a predicate on the value of `key` in spans' W3C `tracestate` and
-    /// returns its bit, or `None` when [`MAX_MATCHERS`] are registered already.
+    /// returns its bit, or `None` when [`MAX_MATCHERS`] are in use.
     pub fn add_trace_state(&mut self, key: &str, matcher: Matcher) -> Option<u8> {
-        let bit = self.next_bit()?;
-        register(&mut self.trace_state, key, bit, matcher);
+        self.add_to(true, key.as_bytes(), matcher)
+    }
+
+    fn add_to(&mut self, trace_state: bool, key: &[u8], matcher: Matcher) -> Option<u8> {
+        let list = |m: &AttrMatchers| {
+            if trace_state {
+                m.trace_state.clone()
+            } else {
+                m.keys.clone()
+            }
+        };
+        if let Some(bit) = find(&list(self), key, &matcher) {
+            return Some(bit);
+        }
+        let reserved = self.previous.as_ref().map_or(0, |p| p.used);
+        let inherited = self
+            .previous
+            .as_deref()
+            .and_then(|p| find(&list(p), key, &matcher))
+            .filter(|bit| self.used & (1 << bit) == 0);
+        let bit = match inherited {
+            Some(bit) => bit,
+            None => {
+                let free = !(self.used | reserved);
+                if free == 0 {
+                    return None;
+                }
+                free.trailing_zeros() as u8
+            }
+        };
+        self.used |= 1 << bit;
+        let target = if trace_state {
+            &mut self.trace_state
+        } else {
+            &mut self.keys
+        };
+        register(target, key, bit, matcher);
         Some(bit)
     }
 
-    fn next_bit(&mut self) -> Option<u8> {
-        if self.count >= MAX_MATCHERS {
-            return None;
-        }
-        self.count += 1;
-        Some((self.count - 1) as u8)
+    /// The bits in use: hits outside it are stale (from a replaced set).
+    pub fn bits(&self) -> u64 {
+        self.used
     }
 
     /// Whether some predicate reads `tracestate`.
@@ -116,12 +186,12 @@ impl AttrMatchers {
 
     /// Predicates registered (attribute and tracestate).
     pub fn len(&self) -> usize {
-        self.count
+        self.used.count_ones() as usize
     }
 
     /// Whether no predicate is registered.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.used == 0
     }
 
     /// The predicates on `key`, if any.
@@ -158,9 +228,34 @@ mod tests {
         assert_eq!(m.add("b", Matcher::IntRange(0, 1)), Some(1));
         assert_eq!(m.add("a", Matcher::IntRange(2, 3)), Some(2));
         assert_eq!(m.for_key(b"a").map(<[_]>::len), Some(2));
-        for _ in 3..MAX_MATCHERS {
-            assert!(m.add("c", Matcher::IntRange(0, 0)).is_some());
+        assert_eq!(
+            m.add("b", Matcher::IntRange(0, 1)),
+            Some(1),
+            "same predicate"
+        );
+        for i in 3..MAX_MATCHERS {
+            assert!(m.add("c", Matcher::IntRange(0, i as i64)).is_some());
         }
         assert_eq!(m.add("d", Matcher::IntRange(0, 0)), None);
+    }
+
+    #[test]
+    fn a_successor_keeps_bits_of_kept_predicates_and_never_reuses_dropped_ones() {
+        let mut old = AttrMatchers::default();
+        assert_eq!(old.add("a", Matcher::Bool(true)), Some(0));
+        assert_eq!(old.add("b", Matcher::Bool(true)), Some(1));
+        assert_eq!(old.add_trace_state("c", Matcher::Bool(true)), Some(2));
+        let mut new = old.successor();
+        // A new predicate first: it must not take a bit the old set used.
+        assert_eq!(new.add("x", Matcher::IntRange(1, 2)), Some(3));
+        assert_eq!(new.add("b", Matcher::Bool(true)), Some(1));
+        assert_eq!(new.add_trace_state("c", Matcher::Bool(true)), Some(2));
+        // Same key, other value: a new predicate.
+        assert_eq!(new.add("a", Matcher::Bool(false)), Some(4));
+        assert_eq!(new.bits(), 0b11110);
+        // The next reload may reuse bit 0, which no buffered trace can hold any more
+        // once hits are masked with `bits()`.
+        let mut third = new.successor();
+        assert_eq!(third.add("z", Matcher::Bool(true)), Some(0));
     }
 }

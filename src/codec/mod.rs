@@ -29,7 +29,7 @@ pub use annotate::{
 pub use attrs::{AttrMatchers, Matcher, MAX_MATCHERS};
 pub use encode::{encode_trace, EncodedSpan};
 pub use frames::FrameInterner;
-pub use scan::scan;
+pub use scan::{rescan_hits, scan};
 
 /// A W3C / OTLP trace id: 16 bytes, never all zero.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -8,7 +8,7 @@ use super::frames::FrameParts;
 use super::wire::{Reader, FIXED32, FIXED64, LEN, VARINT};
 use super::{
     AttrMatchers, AttrValue, ByteRange, CodecError, FrameInterner, Message, ScopeFrame, Span,
-    StatusCode, TraceId,
+    SpanRef, StatusCode, TraceId,
 };
 
 /// Scans one OTLP `ExportTraceServiceRequest`, appends its spans to `out` and returns
@@ -221,6 +221,42 @@ fn scan_span(
         range: span.range(),
         frame,
     })
+}
+
+/// The attribute predicate bits `span` (an encoded span already scanned, with its
+/// framing) hits under `keys`: for traces buffered when the policy set is replaced
+/// by one with new predicates. A field that does not parse counts as no hit (the
+/// span parsed when it was first scanned).
+pub fn rescan_hits(span: &SpanRef<'_>, keys: &AttrMatchers) -> u64 {
+    let mut hits = 0;
+    let body = Bytes::copy_from_slice(span.bytes);
+    let m = Msg {
+        payload: &body,
+        base: 0,
+        body: &body,
+    };
+    let _ = m.each(&[3, 9], |field, sub| {
+        if field == 3 {
+            hits |= keys.trace_state_hits(sub.body);
+        } else {
+            hits |= scan_key_value(sub, keys)?;
+        }
+        Ok(())
+    });
+    if let Some(resource) = span.frame.resource() {
+        let resource = Bytes::copy_from_slice(resource);
+        let m = Msg {
+            payload: &resource,
+            base: 0,
+            body: &resource,
+        };
+        // Resource.attributes = 1
+        let _ = m.each(&[1], |_, kv| {
+            hits |= scan_key_value(kv, keys)?;
+            Ok(())
+        });
+    }
+    hits
 }
 
 fn scan_status(status: Msg<'_>) -> Result<StatusCode, CodecError> {

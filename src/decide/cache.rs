@@ -65,6 +65,15 @@ impl DecisionCache {
             .map(|&p| Verdict::new((p != DROPPED).then_some(p)))
     }
 
+    /// Renumbers the kept decisions' policies (after the policy set was replaced).
+    pub fn remap(&mut self, new_index: impl Fn(u16) -> u16) {
+        for p in self.map.values_mut() {
+            if *p != DROPPED {
+                *p = new_index(*p);
+            }
+        }
+    }
+
     /// Decisions remembered.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -9,6 +9,7 @@
 //! that decision.
 
 mod cache;
+mod live;
 mod record;
 mod worker;
 
@@ -20,6 +21,7 @@ use crate::policy::{Decision, PolicySet, TraceSummary};
 use crate::telemetry::names;
 
 pub use cache::DecisionCache;
+pub use live::{Generation, LivePolicies, PolicyWatch};
 pub use record::DecisionRecord;
 pub use worker::{Forced, ShardMsg, ShardWorker, WorkerConfig};
 
@@ -117,6 +119,16 @@ impl Decider {
             .get(usize::from(i))?
             .policy
             .probability(trace)
+    }
+
+    /// Policies in the set.
+    pub fn len(&self) -> usize {
+        self.set.policies.len()
+    }
+
+    /// Whether the set is empty (never, for a validated config).
+    pub fn is_empty(&self) -> bool {
+        self.set.policies.is_empty()
     }
 
     /// The name of policy `i` (empty for an index not in the set).

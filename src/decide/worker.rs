@@ -9,14 +9,14 @@ use tokio::time::Instant;
 
 use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
 use crate::codec::{
-    encode_trace, Annotated, Annotation, EncodedSpan, Message, Span, SpanRef, TraceId,
+    encode_trace, rescan_hits, Annotated, Annotation, EncodedSpan, Message, Span, SpanRef, TraceId,
 };
 use crate::policy::TraceSummary;
 use crate::sink::{DroppedTrace, KeptTrace, SinkMsg};
 use crate::source::{Pin, Releases};
 use crate::telemetry::names;
 
-use super::{Decider, DecisionCache, Verdict};
+use super::{DecisionCache, PolicyWatch, Verdict};
 
 /// Policy index of a restored kept decision whose policy is not in the set any more.
 const RESTORED_POLICY: u16 = u16::MAX - 1;
@@ -55,6 +55,9 @@ pub enum ShardMsg {
         message: Message,
         /// The spans.
         spans: Vec<Span>,
+        /// The policy generation whose attribute predicates the spans were tested
+        /// with (see `LivePolicies`).
+        generation: u64,
     },
     /// Decisions read back from the decisions topic for newly assigned partitions:
     /// the trace and the policy that kept it (`None`: dropped).
@@ -125,7 +128,7 @@ pub struct WorkerConfig {
 pub struct ShardWorker {
     shard: Shard,
     cache: DecisionCache,
-    decider: Arc<Decider>,
+    policies: PolicyWatch,
     budget: MemoryBudget,
     rx: mpsc::Receiver<ShardMsg>,
     sink: mpsc::Sender<SinkMsg>,
@@ -149,7 +152,7 @@ impl ShardWorker {
     /// dropped ones through `releases`.
     pub fn new(
         cfg: &WorkerConfig,
-        decider: Arc<Decider>,
+        policies: PolicyWatch,
         budget: MemoryBudget,
         rx: mpsc::Receiver<ShardMsg>,
         sink: mpsc::Sender<SinkMsg>,
@@ -163,7 +166,7 @@ impl ShardWorker {
         ShardWorker {
             shard: Shard::new(cfg.decision_wait, cfg.after_root, cfg.limits),
             cache: DecisionCache::new(cfg.cache_capacity),
-            decider,
+            policies,
             budget,
             rx,
             sink,
@@ -190,9 +193,14 @@ impl ShardWorker {
         loop {
             let step = tokio::select! {
                 biased;
+                _ = std::future::ready(()), if self.policies.has_news() => {
+                    self.adopt_policies();
+                    Ok(())
+                }
                 _ = tick.tick() => self.on_tick().await,
                 msg = self.rx.recv() => match msg {
-                    Some(ShardMsg::Spans { pin, message, spans }) => {
+                    Some(ShardMsg::Spans { pin, message, mut spans, generation }) => {
+                        self.retest(generation, &message, &mut spans);
                         self.insert(pin, message, spans).await
                     }
                     Some(ShardMsg::Decisions(decisions)) => {
@@ -216,6 +224,51 @@ impl ShardWorker {
         self.publish();
     }
 
+    /// Switches to the newest policy set: remembered decisions are renumbered to
+    /// the new set's policies (a policy no longer configured keeps its traces' late
+    /// spans under an unnamed policy) and attribute hits of predicates gone are
+    /// cleared. Buffered traces stay; they are decided by the new set.
+    fn adopt_policies(&mut self) {
+        let Some(old) = self.policies.refresh() else {
+            return;
+        };
+        let new = &self.policies.get().decider;
+        let renumber: Vec<u16> = (0..old.decider.len())
+            .map(|i| {
+                let name = old.decider.policy_name(i as u16);
+                new.policy_index(&name).unwrap_or(RESTORED_POLICY)
+            })
+            .collect();
+        self.cache.remap(|i| {
+            renumber
+                .get(usize::from(i))
+                .copied()
+                .unwrap_or(RESTORED_POLICY)
+        });
+        let keys = &self.policies.get().keys;
+        if keys.bits() & !old.keys.bits() == 0 {
+            // No new predicate: hits of the ones gone are cleared.
+            self.shard.mask_hits(keys.bits());
+        } else {
+            // New predicates: test the buffered spans for them (a reload is rare; this
+            // is the price of deciding buffered traces by the new set exactly).
+            self.shard.recompute_hits(|s| rescan_hits(s, keys));
+        }
+        self.publish();
+    }
+
+    /// Spans scanned with another policy generation's predicates (a scanner that had
+    /// not seen a reload yet) are tested again with the current ones.
+    fn retest(&self, generation: u64, message: &Message, spans: &mut [Span]) {
+        let current = self.policies.get();
+        if generation == current.number {
+            return;
+        }
+        for s in spans.iter_mut() {
+            s.hits = rescan_hits(&message.span_ref(s), &current.keys);
+        }
+    }
+
     /// Remembers decisions made before (by this or another instance) so late spans
     /// follow them. A kept trace whose policy is no longer configured keeps its
     /// spans under an unnamed policy.
@@ -224,9 +277,13 @@ impl ShardWorker {
             if self.shard.contains(&id) {
                 continue; // being buffered again: it will be decided whole
             }
-            let verdict = Verdict::new(
-                policy.map(|name| self.decider.policy_index(&name).unwrap_or(RESTORED_POLICY)),
-            );
+            let verdict = Verdict::new(policy.map(|name| {
+                self.policies
+                    .get()
+                    .decider
+                    .policy_index(&name)
+                    .unwrap_or(RESTORED_POLICY)
+            }));
             self.cache.insert(&id, verdict);
         }
         self.publish();
@@ -326,7 +383,7 @@ impl ShardWorker {
             }
         }
         // A forced decision still runs every policy on what has arrived.
-        let verdict = self.decider.decide(&entry.summary);
+        let verdict = self.policies.get().decider.decide(&entry.summary);
         let id = entry.summary.trace_id;
         // A trace dropped early for memory was judged on what had arrived; its later
         // spans (an error, say) are judged afresh rather than dropped unseen. Every
@@ -372,15 +429,16 @@ impl ShardWorker {
         record_decision: bool,
     ) -> Result<(), Closed> {
         let trace_id = summary.trace_id;
-        let policy = verdict
-            .policy()
-            .map_or_else(|| Arc::from(""), |i| self.decider.policy_name(i));
+        let policy = verdict.policy().map_or_else(
+            || Arc::from(""),
+            |i| self.policies.get().decider.policy_name(i),
+        );
         let payloads = if self.annotate && !policy.is_empty() {
             let annotation = Annotation {
                 policy: &policy,
                 probability: verdict
                     .policy()
-                    .and_then(|i| self.decider.probability(i, summary)),
+                    .and_then(|i| self.policies.get().decider.probability(i, summary)),
             };
             let annotated = Annotated::new(spans, &annotation);
             encode_trace(&annotated.spans(), self.max_message_bytes)
@@ -392,7 +450,9 @@ impl ShardWorker {
             trace_id,
             payloads,
             pins,
-            topic: verdict.policy().and_then(|i| self.decider.topic(i)),
+            topic: verdict
+                .policy()
+                .and_then(|i| self.policies.get().decider.topic(i)),
             policy,
             forced: forced.map(Forced::as_str),
             spans: spans.len(),

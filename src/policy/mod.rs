@@ -179,10 +179,22 @@ impl PolicySet {
     /// # Errors
     /// [`PolicyError`] if a block is missing or a regex does not compile.
     pub fn build(configs: &[PolicyConfig]) -> Result<PolicySet, PolicyError> {
-        if configs.len() >= usize::from(u16::MAX) {
+        PolicySet::build_after(configs, None)
+    }
+
+    /// Builds evaluators to replace a set whose predicates were `previous`: a
+    /// predicate both sets test keeps its bit (see `AttrMatchers::successor`).
+    ///
+    /// # Errors
+    /// As [`PolicySet::build`].
+    pub fn build_after(
+        configs: &[PolicyConfig],
+        previous: Option<&AttrMatchers>,
+    ) -> Result<PolicySet, PolicyError> {
+        if configs.len() >= usize::from(u16::MAX) - 1 {
             return Err(PolicyError::TooMany);
         }
-        let mut keys = AttrMatchers::default();
+        let mut keys = previous.map_or_else(AttrMatchers::default, AttrMatchers::successor);
         let mut policies = Vec::with_capacity(configs.len());
         for c in configs {
             policies.push(NamedPolicy {

@@ -28,9 +28,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::buffer::MemoryBudget;
-use crate::codec::{AttrMatchers, FrameInterner};
+use crate::codec::FrameInterner;
 use crate::config::{KafkaConfig, MemorySplit};
-use crate::decide::ShardMsg;
+use crate::decide::{LivePolicies, ShardMsg};
 use crate::shutdown::Shutdown;
 use crate::sink::SinkMsg;
 use crate::telemetry::{names, Health};
@@ -133,7 +133,7 @@ impl Source {
         memory: &MemorySplit,
         budget: MemoryBudget,
         health: Arc<Health>,
-        keys: AttrMatchers,
+        policies: &LivePolicies,
         out: Outputs,
     ) -> Result<Self, SourceError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
@@ -175,7 +175,7 @@ impl Source {
                 let scanner = Scanner {
                     rx,
                     tracker: Arc::clone(&tracker),
-                    keys: keys.clone(),
+                    policies: policies.watch(),
                     frames: FrameInterner::new(move |v| {
                         frames_budget.charged_bytes_with(v, FrameInterner::FRAME_OVERHEAD)
                     }),

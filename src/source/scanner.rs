@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{lock, OffsetTracker, Pin};
-use crate::codec::{scan, AttrMatchers, CodecError, FrameInterner, Span, TraceId};
-use crate::decide::ShardMsg;
+use crate::codec::{scan, CodecError, FrameInterner, Span, TraceId};
+use crate::decide::{PolicyWatch, ShardMsg};
 use crate::sink::{DeadLetter, SinkMsg};
 use crate::telemetry::names;
 
@@ -51,7 +51,8 @@ pub(super) enum ScanJob {
 pub(super) struct Scanner {
     pub(super) rx: mpsc::Receiver<ScanJob>,
     pub(super) tracker: Arc<Mutex<OffsetTracker>>,
-    pub(super) keys: AttrMatchers,
+    /// The policy set in force: its attribute predicates are tested while scanning.
+    pub(super) policies: PolicyWatch,
     /// Its own frame interner: no lock between scanners.
     pub(super) frames: FrameInterner,
     pub(super) shards: Vec<mpsc::Sender<ShardMsg>>,
@@ -91,7 +92,11 @@ impl Scanner {
     ) -> Result<(), ()> {
         spans.clear();
         let pin = input.pin;
-        let message = match scan(&input.payload, &self.keys, &mut self.frames, spans) {
+        // A reload takes effect here first: the shards switch before they see spans
+        // scanned with the new predicates.
+        self.policies.refresh();
+        let keys = &self.policies.get().keys;
+        let message = match scan(&input.payload, keys, &mut self.frames, spans) {
             Ok(m) => m,
             Err(e) => return self.dead_letter(input, e).await,
         };
@@ -110,6 +115,7 @@ impl Scanner {
             spans.clear();
             return Ok(()); // its partition was revoked meanwhile
         }
+        let generation = self.policies.get().number;
         while let Some(last) = spans.last() {
             let shard = shard_of(last, n);
             let start = spans.partition_point(|s| shard_of(s, n) < shard);
@@ -119,6 +125,7 @@ impl Scanner {
                     pin,
                     message: message.clone(),
                     spans: chunk,
+                    generation,
                 })
                 .await
                 .map_err(drop)?;

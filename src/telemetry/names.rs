@@ -60,3 +60,7 @@ pub const MEMORY_BUDGET: &str = "tailsift_memory_budget_bytes";
 pub const MEMORY_PRESSURE: &str = "tailsift_memory_pressure";
 /// Input partitions paused by memory pressure (gauge).
 pub const PAUSED_PARTITIONS: &str = "tailsift_paused_partitions";
+/// Configuration reloads, label `result` (`ok` / `error`) (counter).
+pub const CONFIG_RELOADS: &str = "tailsift_config_reloads_total";
+/// The policy set in force: 0 at start, +1 per successful reload (gauge).
+pub const POLICY_GENERATION: &str = "tailsift_policy_generation";
