@@ -9,6 +9,7 @@
 
 use regex::RegexSet;
 
+use super::ottl::{Condition, Path};
 use super::AttrValue;
 
 /// Most attribute predicates a policy set may have (bits of a `u64`).
@@ -75,6 +76,15 @@ fn find(keys: &[KeyMatchers], key: &[u8], matcher: &Matcher) -> Option<u8> {
         .map(|(bit, _)| *bit)
 }
 
+/// The conditions of one `ottl_condition` policy: the span sets its bit when it
+/// satisfies a span condition or one of its events an event condition.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ConditionSet {
+    pub(crate) bit: u8,
+    pub(crate) span: Vec<Condition>,
+    pub(crate) events: Vec<Condition>,
+}
+
 /// The attribute predicates of a policy set, grouped by key; and the predicates on
 /// W3C `tracestate` entries (`trace_state` policies), which share the bits.
 ///
@@ -87,6 +97,8 @@ fn find(keys: &[KeyMatchers], key: &[u8], matcher: &Matcher) -> Option<u8> {
 pub struct AttrMatchers {
     keys: Vec<KeyMatchers>,
     trace_state: Vec<KeyMatchers>,
+    /// `ottl_condition` policies' conditions.
+    conditions: Vec<ConditionSet>,
     /// Bits in use.
     used: u64,
     /// The set this one replaces: its bits are reused only for the same predicate.
@@ -116,6 +128,53 @@ impl AttrMatchers {
         self.add_to(true, key.as_bytes(), matcher)
     }
 
+    /// Registers an `ottl_condition` policy's conditions and returns its bit, or
+    /// `None` when [`MAX_MATCHERS`] are in use.
+    pub fn add_conditions(&mut self, span: Vec<Condition>, events: Vec<Condition>) -> Option<u8> {
+        let same = |c: &ConditionSet| c.span == span && c.events == events;
+        if let Some(c) = self.conditions.iter().find(|c| same(c)) {
+            return Some(c.bit);
+        }
+        let inherited = self
+            .previous
+            .as_deref()
+            .and_then(|p| p.conditions.iter().find(|c| same(c)))
+            .map(|c| c.bit)
+            .filter(|bit| self.used & (1 << bit) == 0);
+        let bit = match inherited {
+            Some(bit) => bit,
+            None => self.free_bit()?,
+        };
+        self.used |= 1 << bit;
+        self.conditions.push(ConditionSet { bit, span, events });
+        Some(bit)
+    }
+
+    fn free_bit(&self) -> Option<u8> {
+        let reserved = self.previous.as_ref().map_or(0, |p| p.used);
+        let free = !(self.used | reserved);
+        (free != 0).then(|| free.trailing_zeros() as u8)
+    }
+
+    /// The `ottl_condition` policies' conditions.
+    pub(crate) fn conditions(&self) -> &[ConditionSet] {
+        &self.conditions
+    }
+
+    /// Whether some condition reads span events.
+    pub(crate) fn reads_events(&self) -> bool {
+        self.conditions.iter().any(|c| !c.events.is_empty())
+    }
+
+    /// Whether some span condition reads the resource's attribute `key`.
+    pub(crate) fn condition_reads_resource(&self, key: &[u8]) -> bool {
+        self.conditions.iter().flat_map(|c| &c.span).any(|c| {
+            c.paths()
+                .iter()
+                .any(|p| matches!(p, Path::ResourceAttribute(k) if &k[..] == key))
+        })
+    }
+
     fn add_to(&mut self, trace_state: bool, key: &[u8], matcher: Matcher) -> Option<u8> {
         let list = |m: &AttrMatchers| {
             if trace_state {
@@ -127,7 +186,6 @@ impl AttrMatchers {
         if let Some(bit) = find(&list(self), key, &matcher) {
             return Some(bit);
         }
-        let reserved = self.previous.as_ref().map_or(0, |p| p.used);
         let inherited = self
             .previous
             .as_deref()
@@ -135,13 +193,7 @@ impl AttrMatchers {
             .filter(|bit| self.used & (1 << bit) == 0);
         let bit = match inherited {
             Some(bit) => bit,
-            None => {
-                let free = !(self.used | reserved);
-                if free == 0 {
-                    return None;
-                }
-                free.trailing_zeros() as u8
-            }
+            None => self.free_bit()?,
         };
         self.used |= 1 << bit;
         let target = if trace_state {

@@ -14,6 +14,7 @@ mod annotate;
 mod attrs;
 mod encode;
 mod frames;
+mod ottl;
 mod scan;
 mod wire;
 
@@ -29,6 +30,7 @@ pub use annotate::{
 pub use attrs::{AttrMatchers, Matcher, MAX_MATCHERS};
 pub use encode::{encode_trace, EncodedSpan};
 pub use frames::FrameInterner;
+pub use ottl::{Condition, OttlContext, OttlError};
 pub use scan::{rescan_hits, scan};
 
 /// A W3C / OTLP trace id: 16 bytes, never all zero.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::frames::FrameParts;
+use super::ottl::{Path, Record, Value};
 use super::wire::{Reader, FIXED32, FIXED64, LEN, VARINT};
 use super::{
     AttrMatchers, AttrValue, ByteRange, CodecError, FrameInterner, Message, ScopeFrame, Span,
@@ -114,22 +115,17 @@ fn scan_resource_spans(
     // Pass 1: the resource (1) and schema url (3) may come after the scope spans.
     let mut resource = None;
     let mut schema_url: &[u8] = &[];
-    let mut resource_hits = 0u64;
+    let mut res = ResourceCx::default();
     rs.each(&[1, 3], |field, m| {
         if field == 1 {
             resource = Some(m.body);
-            if !keys.is_empty() {
-                // Resource.attributes = 1
-                m.each(&[1], |_, kv| {
-                    resource_hits |= scan_key_value(kv, keys)?;
-                    Ok(())
-                })?;
-            }
+            res = ResourceCx::scan(m, keys)?;
         } else {
             schema_url = m.body;
         }
         Ok(())
     })?;
+    let resource_hits = res.hits;
     // Pass 2: the scope spans (2).
     rs.each(&[2], |_, ss| {
         // ScopeSpans: scope = 1, spans = 2, schema_url = 3.
@@ -153,16 +149,100 @@ fn scan_resource_spans(
         let index = u32::try_from(cx.frames.len()).map_err(|_| CodecError::TooLarge(0))?;
         cx.frames.push(frame);
         ss.each(&[2], |_, span| {
-            out.push(scan_span(span, index, resource_hits, keys)?);
+            out.push(scan_span(span, index, &res, keys)?);
             Ok(())
         })
     })
 }
 
+/// What the spans of one resource share: the resource's attribute hits and, for
+/// `ottl_condition` policies, the values of the resource attributes they read.
+#[derive(Default)]
+struct ResourceCx<'a> {
+    hits: u64,
+    attrs: Vec<(&'a [u8], AttrValue<'a>)>,
+}
+
+impl<'a> ResourceCx<'a> {
+    fn scan(resource: Msg<'a>, keys: &AttrMatchers) -> Result<Self, CodecError> {
+        let mut cx = ResourceCx::default();
+        if keys.is_empty() {
+            return Ok(cx);
+        }
+        let conditions = !keys.conditions().is_empty();
+        // Resource.attributes = 1
+        resource.each(&[1], |_, kv| {
+            if conditions {
+                let (key, value, hits) = scan_key_value_full(kv, keys)?;
+                cx.hits |= hits;
+                if let Some(v) = value.filter(|_| keys.condition_reads_resource(key)) {
+                    cx.attrs.push((key, v));
+                }
+            } else {
+                cx.hits |= scan_key_value(kv, keys)?;
+            }
+            Ok(())
+        })?;
+        Ok(cx)
+    }
+}
+
+/// A span's fields as `ottl_condition` policies read them.
+struct SpanFields<'a, 'r> {
+    name: &'a [u8],
+    kind: i64,
+    status: i64,
+    attrs: Vec<(&'a [u8], AttrValue<'a>)>,
+    resource: &'r [(&'a [u8], AttrValue<'a>)],
+}
+
+impl Record for SpanFields<'_, '_> {
+    fn get(&self, path: &Path) -> Value<'_> {
+        let find = |list: &[(&[u8], AttrValue<'_>)], key: &[u8]| -> Option<usize> {
+            list.iter().position(|(k, _)| *k == key)
+        };
+        match path {
+            Path::Name => Value::Str(self.name),
+            Path::Kind => Value::Int(self.kind),
+            Path::StatusCode => Value::Int(self.status),
+            Path::Attribute(k) => {
+                find(&self.attrs, k).map_or(Value::Nil, |i| self.attrs[i].1.into())
+            }
+            Path::ResourceAttribute(k) => {
+                find(self.resource, k).map_or(Value::Nil, |i| self.resource[i].1.into())
+            }
+        }
+    }
+}
+
+/// A span event's fields (Event: name = 2, attributes = 3).
+fn event_hits(event: Msg<'_>, keys: &AttrMatchers) -> Result<u64, CodecError> {
+    let mut fields = SpanFields {
+        name: &[],
+        kind: 0,
+        status: 0,
+        attrs: Vec::new(),
+        resource: &[],
+    };
+    event.each(&[2, 3], |field, m| {
+        if field == 2 {
+            fields.name = m.body;
+        } else if let (key, Some(v), _) = scan_key_value_full(m, keys)? {
+            fields.attrs.push((key, v));
+        }
+        Ok(())
+    })?;
+    Ok(keys
+        .conditions()
+        .iter()
+        .filter(|c| c.events.iter().any(|e| e.eval(&fields)))
+        .fold(0, |h, c| h | 1 << c.bit))
+}
+
 fn scan_span(
     span: Msg<'_>,
     frame: u32,
-    resource_hits: u64,
+    resource: &ResourceCx<'_>,
     keys: &AttrMatchers,
 ) -> Result<Span, CodecError> {
     let mut trace_id: Option<&[u8]> = None;
@@ -171,7 +251,15 @@ fn scan_span(
     let mut end_ns = 0;
     let mut status = StatusCode::Unset;
     let mut sampled_flag = false;
-    let mut hits = resource_hits;
+    let mut hits = resource.hits;
+    let conditions = !keys.conditions().is_empty();
+    let mut fields = SpanFields {
+        name: &[],
+        kind: 0,
+        status: 0,
+        attrs: Vec::new(),
+        resource: &resource.attrs,
+    };
     let mut r = Reader::new(span.body, span.base);
     while !r.at_end() {
         let (field, wt) = r.key()?;
@@ -181,6 +269,21 @@ fn scan_span(
                 hits |= keys.trace_state_hits(span.len_field(&mut r, wt)?.body);
             }
             4 => is_root = span.len_field(&mut r, wt)?.body.iter().all(|&b| b == 0),
+            5 if conditions => fields.name = span.len_field(&mut r, wt)?.body,
+            6 if conditions => {
+                r.expect(wt, VARINT)?;
+                fields.kind = r.varint()? as i64;
+            }
+            9 if conditions => {
+                let (key, value, h) = scan_key_value_full(span.len_field(&mut r, wt)?, keys)?;
+                hits |= h;
+                if let Some(v) = value {
+                    fields.attrs.push((key, v));
+                }
+            }
+            11 if conditions && keys.reads_events() => {
+                hits |= event_hits(span.len_field(&mut r, wt)?, keys)?;
+            }
             7 => {
                 r.expect(wt, FIXED64)?;
                 start_ns = r.fixed64()?;
@@ -196,6 +299,18 @@ fn scan_span(
                 sampled_flag = r.fixed32()? & 1 == 1;
             }
             _ => r.skip(field, wt)?,
+        }
+    }
+    if conditions {
+        fields.status = match status {
+            StatusCode::Unset => 0,
+            StatusCode::Ok => 1,
+            StatusCode::Error => 2,
+        };
+        for c in keys.conditions() {
+            if c.span.iter().any(|cond| cond.eval(&fields)) {
+                hits |= 1 << c.bit;
+            }
         }
     }
     let trace_id = match trace_id {
@@ -228,35 +343,23 @@ fn scan_span(
 /// by one with new predicates. A field that does not parse counts as no hit (the
 /// span parsed when it was first scanned).
 pub fn rescan_hits(span: &SpanRef<'_>, keys: &AttrMatchers) -> u64 {
-    let mut hits = 0;
+    let resource = Bytes::copy_from_slice(span.frame.resource().unwrap_or_default());
+    let res = ResourceCx::scan(
+        Msg {
+            payload: &resource,
+            base: 0,
+            body: &resource,
+        },
+        keys,
+    )
+    .unwrap_or_default();
     let body = Bytes::copy_from_slice(span.bytes);
     let m = Msg {
         payload: &body,
         base: 0,
         body: &body,
     };
-    let _ = m.each(&[3, 9], |field, sub| {
-        if field == 3 {
-            hits |= keys.trace_state_hits(sub.body);
-        } else {
-            hits |= scan_key_value(sub, keys)?;
-        }
-        Ok(())
-    });
-    if let Some(resource) = span.frame.resource() {
-        let resource = Bytes::copy_from_slice(resource);
-        let m = Msg {
-            payload: &resource,
-            base: 0,
-            body: &resource,
-        };
-        // Resource.attributes = 1
-        let _ = m.each(&[1], |_, kv| {
-            hits |= scan_key_value(kv, keys)?;
-            Ok(())
-        });
-    }
-    hits
+    scan_span(m, 0, &res, keys).map_or(res.hits, |s| s.hits)
 }
 
 fn scan_status(status: Msg<'_>) -> Result<StatusCode, CodecError> {
@@ -275,6 +378,33 @@ fn scan_status(status: Msg<'_>) -> Result<StatusCode, CodecError> {
         }
     }
     Ok(code)
+}
+
+/// Reads one `KeyValue` whole: its key, its comparable value, and the bits of the
+/// predicates on its key it hits (for `ottl_condition` policies, which read values).
+fn scan_key_value_full<'a>(
+    kv: Msg<'a>,
+    keys: &AttrMatchers,
+) -> Result<(&'a [u8], Option<AttrValue<'a>>, u64), CodecError> {
+    let mut key: &[u8] = &[];
+    let mut value = None;
+    let mut r = Reader::new(kv.body, kv.base);
+    while !r.at_end() {
+        let (field, wt) = r.key()?;
+        match field {
+            1 => key = kv.len_field(&mut r, wt)?.body,
+            2 => value = scan_any_value(&kv.len_field(&mut r, wt)?)?,
+            _ => r.skip(field, wt)?,
+        }
+    }
+    let hits = match (keys.for_key(key), &value) {
+        (Some(m), Some(v)) => m
+            .iter()
+            .filter(|(_, m)| m.matches(v))
+            .fold(0, |h, (bit, _)| h | 1 << bit),
+        _ => 0,
+    };
+    Ok((key, value, hits))
 }
 
 /// Tests one `KeyValue` against the predicates on its key; returns the bits it hits.

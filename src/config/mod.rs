@@ -20,8 +20,8 @@ pub use kafka::{Compression, KafkaConfig};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use policy::{
     AndConfig, BooleanAttributeConfig, BytesLimitingConfig, CompositeConfig, DropConfig,
-    LatencyConfig, NotConfig, NumericAttributeConfig, PolicyConfig, PolicyType,
-    ProbabilisticConfig, RateLimitingConfig, SpanCountConfig, StatusCodeConfig,
+    LatencyConfig, NotConfig, NumericAttributeConfig, OttlConditionConfig, PolicyConfig,
+    PolicyType, ProbabilisticConfig, RateLimitingConfig, SpanCountConfig, StatusCodeConfig,
     StringAttributeConfig, TraceStateConfig,
 };
 

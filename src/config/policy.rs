@@ -41,6 +41,8 @@ pub enum PolicyType {
     TraceFlags,
     /// Sub-policies in priority order, each with a share of a spans-per-second budget.
     Composite,
+    /// Keep traces with a span or span event satisfying an OTTL condition.
+    OttlCondition,
 }
 
 impl PolicyType {
@@ -63,6 +65,7 @@ impl PolicyType {
             PolicyType::Not => "not",
             PolicyType::TraceFlags => "trace_flags",
             PolicyType::Composite => "composite",
+            PolicyType::OttlCondition => "ottl_condition",
         }
     }
 }
@@ -125,6 +128,26 @@ pub struct PolicyConfig {
     /// Block for `type: composite`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub composite: Option<CompositeConfig>,
+    /// Block for `type: ottl_condition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ottl_condition: Option<OttlConditionConfig>,
+}
+
+/// `ottl_condition`: keep traces where a span satisfies one of `span` or a span event
+/// one of `spanevent` (OTTL conditions; the supported subset is in the README).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OttlConditionConfig {
+    /// `ignore`, `silent` or `propagate`; accepted for OTel compatibility (the subset
+    /// cannot fail at evaluation, so there is no error to handle).
+    #[serde(default)]
+    pub error_mode: Option<String>,
+    /// Conditions on spans.
+    #[serde(default)]
+    pub span: Vec<String>,
+    /// Conditions on span events.
+    #[serde(default)]
+    pub spanevent: Vec<String>,
 }
 
 /// `composite`: the first sub-policy (in `policy_order`) that samples a trace keeps
@@ -396,6 +419,7 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
                     | PolicyType::NumericAttribute
                     | PolicyType::BooleanAttribute
                     | PolicyType::TraceState
+                    | PolicyType::OttlCondition
             )
         })
         .count();
@@ -435,8 +459,9 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
 }
 
 impl PolicyConfig {
-    fn blocks(&self) -> [(&'static str, bool); 14] {
+    fn blocks(&self) -> [(&'static str, bool); 15] {
         [
+            ("ottl_condition", self.ottl_condition.is_some()),
             ("composite", self.composite.is_some()),
             ("not", self.not.is_some()),
             ("rate_limiting", self.rate_limiting.is_some()),
@@ -605,6 +630,40 @@ impl PolicyConfig {
             PolicyType::Composite => {
                 let c = self.composite.as_ref().ok_or_else(missing)?;
                 self.validate_composite(at, c)
+            }
+            PolicyType::OttlCondition => {
+                let c = self.ottl_condition.as_ref().ok_or_else(missing)?;
+                let at = format!("{at}.ottl_condition");
+                if let Some(m) = &c.error_mode {
+                    if !matches!(m.as_str(), "ignore" | "silent" | "propagate") {
+                        return Err(ConfigError::invalid(
+                            format!("{at}.error_mode"),
+                            m,
+                            "ignore, silent or propagate",
+                        ));
+                    }
+                }
+                if c.span.is_empty() && c.spanevent.is_empty() {
+                    return Err(ConfigError::invalid(
+                        at,
+                        "no conditions",
+                        "at least one condition under `span` or `spanevent`",
+                    ));
+                }
+                crate::policy::OttlCondition::conditions(c)
+                    .map(drop)
+                    .map_err(|(field, i, e)| {
+                        let list = if field == "span" {
+                            &c.span
+                        } else {
+                            &c.spanevent
+                        };
+                        ConfigError::invalid(
+                            format!("{at}.{field}[{i}]"),
+                            format!("{:?}", list[i]),
+                            format!("an OTTL condition in the supported subset ({e})"),
+                        )
+                    })
             }
             PolicyType::TraceState => {
                 let c = self.trace_state.as_ref().ok_or_else(missing)?;

@@ -356,3 +356,38 @@ fn otel_processor_keys_without_a_tailsift_meaning_say_what_to_use() {
     ));
     assert!(e.contains("keep one of them"), "{e}");
 }
+
+/// The example config of the OTel `tail_sampling` processor's README, verbatim
+/// (`otel_readme_example.yaml`): every policy type it shows loads and builds. Its
+/// `num_traces` has no tailsift meaning and is refused with what to use instead;
+/// without that one line it loads.
+#[test]
+fn the_otel_readme_example_loads_verbatim() {
+    let example = include_str!("otel_readme_example.yaml");
+    let e = err(&format!("{KAFKA}{example}"));
+    assert!(
+        e.contains("processors.tail_sampling.num_traces") && e.contains("memory.limit"),
+        "{e}"
+    );
+    let without = example.replace("    num_traces: 100\n", "");
+    assert_ne!(without, example);
+    let cfg = Config::from_yaml(&format!("{KAFKA}{without}")).expect("the README example loads");
+    assert_eq!(cfg.policies.len(), 16);
+    assert_eq!(cfg.buffer.decision_cache_traces, 200_000);
+    assert_eq!(
+        cfg.buffer.decision_wait.0,
+        std::time::Duration::from_secs(10)
+    );
+    let set = crate::policy::PolicySet::build(&cfg.policies).expect("and builds");
+    let names: Vec<&str> = set.policies.iter().map(|p| &*p.name).collect();
+    assert_eq!(names[12], "test-policy-13");
+    assert_eq!(names[15], "composite-policy-1");
+    let mut tree = String::new();
+    for p in &cfg.policies {
+        p.describe(0, &mut tree);
+    }
+    assert!(
+        tree.contains("- composite-policy-1 [composite] the first of, within 1000 spans/s:"),
+        "{tree}"
+    );
+}

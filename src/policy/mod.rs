@@ -15,6 +15,7 @@ mod drop;
 mod latency;
 mod not;
 mod numeric_attribute;
+mod ottl_condition;
 mod probabilistic;
 mod rate_limiting;
 mod span_count;
@@ -39,6 +40,7 @@ pub use drop::DropPolicy;
 pub use latency::Latency;
 pub use not::Not;
 pub use numeric_attribute::NumericAttribute;
+pub use ottl_condition::OttlCondition;
 pub use probabilistic::Probabilistic;
 pub use rate_limiting::RateLimiting;
 pub use span_count::SpanCount;
@@ -146,6 +148,14 @@ pub enum PolicyError {
         name: String,
         /// Compile error.
         source: regex::Error,
+    },
+    /// An OTTL condition does not parse (validation normally catches this first).
+    #[error("policy `{name}`: {source}")]
+    Ottl {
+        /// Policy name.
+        name: String,
+        /// Parse error.
+        source: crate::codec::OttlError,
     },
     /// More policies, or attribute policies, than can be indexed.
     #[error("too many policies (at most 65534, of which at most 64 attribute policies)")]
@@ -258,6 +268,18 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
             Box::new(TraceState::new(bit))
         }
         PolicyType::TraceFlags => Box::new(TraceFlags),
+        PolicyType::OttlCondition => {
+            let s = c.ottl_condition.as_ref().ok_or_else(missing)?;
+            let (span, events) =
+                OttlCondition::conditions(s).map_err(|(_, _, e)| PolicyError::Ottl {
+                    name: c.name.clone(),
+                    source: e,
+                })?;
+            let bit = keys
+                .add_conditions(span, events)
+                .ok_or(PolicyError::TooMany)?;
+            Box::new(OttlCondition::new(bit))
+        }
         PolicyType::Composite => {
             let s = c.composite.as_ref().ok_or_else(missing)?;
             let ordered = s.ordered();
