@@ -200,12 +200,21 @@ impl Shard {
         }
     }
 
-    /// Recomputes every buffered trace's attribute hits from its spans with `hits`
-    /// (a new policy set with new predicates).
-    pub fn recompute_hits(&mut self, hits: impl Fn(&SpanRef<'_>) -> u64) {
+    /// Recomputes every buffered trace's attribute hits and key from its spans with
+    /// `rescan`, giving a span's `(hits, key, is_root)` (a new policy set reading
+    /// other attributes). The key is the root span's, else the first span's.
+    pub fn recompute_hits(&mut self, rescan: impl Fn(&SpanRef<'_>) -> (u64, u64, bool)) {
         for entry in self.traces.values_mut() {
-            let h = entry.spans().iter().fold(0, |acc, s| acc | hits(s));
-            entry.summary.attr_hits = h;
+            let (mut hits, mut key) = (0, 0);
+            for s in entry.spans() {
+                let (h, k, root) = rescan(&s);
+                hits |= h;
+                if k != 0 && (root || key == 0) {
+                    key = k;
+                }
+            }
+            entry.summary.attr_hits = hits;
+            entry.summary.key_hash = key;
         }
     }
 

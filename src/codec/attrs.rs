@@ -85,6 +85,31 @@ pub(crate) struct ConditionSet {
     pub(crate) events: Vec<Condition>,
 }
 
+/// A field of a span that forms the `dynamic` policy's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyField {
+    /// The span's name.
+    Name,
+    /// The span's kind.
+    Kind,
+    /// The span's status code.
+    StatusCode,
+    /// An attribute, looked up on the span, then its resource.
+    Attribute(Box<[u8]>),
+}
+
+impl KeyField {
+    /// `name`, `kind` and `status.code` name span fields; anything else an attribute.
+    pub fn parse(s: &str) -> KeyField {
+        match s {
+            "name" => KeyField::Name,
+            "kind" => KeyField::Kind,
+            "status.code" => KeyField::StatusCode,
+            other => KeyField::Attribute(other.as_bytes().into()),
+        }
+    }
+}
+
 /// The attribute predicates of a policy set, grouped by key; and the predicates on
 /// W3C `tracestate` entries (`trace_state` policies), which share the bits.
 ///
@@ -99,6 +124,8 @@ pub struct AttrMatchers {
     trace_state: Vec<KeyMatchers>,
     /// `ottl_condition` policies' conditions.
     conditions: Vec<ConditionSet>,
+    /// The fields whose values form a `dynamic` policy's key (hashed while scanning).
+    key_fields: Vec<KeyField>,
     /// Bits in use.
     used: u64,
     /// The set this one replaces: its bits are reused only for the same predicate.
@@ -161,18 +188,37 @@ impl AttrMatchers {
         &self.conditions
     }
 
+    /// Sets the fields whose values key the `dynamic` policy (one per set).
+    pub fn set_key_fields(&mut self, fields: Vec<KeyField>) {
+        self.key_fields = fields;
+    }
+
+    /// The `dynamic` policy's key fields (empty: none).
+    pub fn key_fields(&self) -> &[KeyField] {
+        &self.key_fields
+    }
+
+    /// Whether spans are read whole (attribute values, name, kind): for conditions
+    /// or a key.
+    pub(crate) fn reads_fields(&self) -> bool {
+        !self.conditions.is_empty() || !self.key_fields.is_empty()
+    }
+
     /// Whether some condition reads span events.
     pub(crate) fn reads_events(&self) -> bool {
         self.conditions.iter().any(|c| !c.events.is_empty())
     }
 
-    /// Whether some span condition reads the resource's attribute `key`.
-    pub(crate) fn condition_reads_resource(&self, key: &[u8]) -> bool {
-        self.conditions.iter().flat_map(|c| &c.span).any(|c| {
-            c.paths()
-                .iter()
-                .any(|p| matches!(p, Path::ResourceAttribute(k) if &k[..] == key))
-        })
+    /// Whether a span condition or the key reads the resource's attribute `key`.
+    pub(crate) fn reads_resource(&self, key: &[u8]) -> bool {
+        self.key_fields
+            .iter()
+            .any(|f| matches!(f, KeyField::Attribute(k) if &k[..] == key))
+            || self.conditions.iter().flat_map(|c| &c.span).any(|c| {
+                c.paths()
+                    .iter()
+                    .any(|p| matches!(p, Path::ResourceAttribute(k) if &k[..] == key))
+            })
     }
 
     fn add_to(&mut self, trace_state: bool, key: &[u8], matcher: Matcher) -> Option<u8> {
@@ -241,9 +287,9 @@ impl AttrMatchers {
         self.used.count_ones() as usize
     }
 
-    /// Whether no predicate is registered.
+    /// Whether nothing is read from attributes: no predicate, condition or key.
     pub fn is_empty(&self) -> bool {
-        self.used == 0
+        self.used == 0 && self.key_fields.is_empty()
     }
 
     /// The predicates on `key`, if any.

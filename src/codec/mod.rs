@@ -27,11 +27,11 @@ pub use annotate::{
     merge_trace_state, probability_of, threshold, Annotated, Annotation, POLICY_ATTRIBUTE,
     PROBABILITY_ATTRIBUTE,
 };
-pub use attrs::{AttrMatchers, Matcher, MAX_MATCHERS};
+pub use attrs::{AttrMatchers, KeyField, Matcher, MAX_MATCHERS};
 pub use encode::{encode_trace, EncodedSpan};
 pub use frames::FrameInterner;
 pub use ottl::{Condition, OttlContext, OttlError};
-pub use scan::{rescan_hits, scan};
+pub use scan::{rescan, scan};
 
 /// A W3C / OTLP trace id: 16 bytes, never all zero.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -234,6 +234,8 @@ pub struct Span {
     pub status: StatusCode,
     /// The W3C sampled flag (bit 0 of `flags`): the span was head-sampled upstream.
     pub sampled_flag: bool,
+    /// Hash of the `dynamic` policy's key fields' values (0: no key configured).
+    pub key_hash: u64,
     /// Bits of the attribute predicates the span's attributes or its resource's
     /// satisfy (OTel looks at both).
     pub hits: u64,
@@ -286,6 +288,7 @@ impl Message {
             end_ns: 0,
             status: StatusCode::Unset,
             sampled_flag: false,
+            key_hash: 0,
             hits: 0,
             range: ByteRange::new(start, len)?,
             frame,

@@ -8,8 +8,8 @@ use super::frames::FrameParts;
 use super::ottl::{Path, Record, Value};
 use super::wire::{Reader, FIXED32, FIXED64, LEN, VARINT};
 use super::{
-    AttrMatchers, AttrValue, ByteRange, CodecError, FrameInterner, Message, ScopeFrame, Span,
-    SpanRef, StatusCode, TraceId,
+    AttrMatchers, AttrValue, ByteRange, CodecError, FrameInterner, KeyField, Message, ScopeFrame,
+    Span, SpanRef, StatusCode, TraceId,
 };
 
 /// Scans one OTLP `ExportTraceServiceRequest`, appends its spans to `out` and returns
@@ -169,13 +169,13 @@ impl<'a> ResourceCx<'a> {
         if keys.is_empty() {
             return Ok(cx);
         }
-        let conditions = !keys.conditions().is_empty();
+        let conditions = keys.reads_fields();
         // Resource.attributes = 1
         resource.each(&[1], |_, kv| {
             if conditions {
                 let (key, value, hits) = scan_key_value_full(kv, keys)?;
                 cx.hits |= hits;
-                if let Some(v) = value.filter(|_| keys.condition_reads_resource(key)) {
+                if let Some(v) = value.filter(|_| keys.reads_resource(key)) {
                     cx.attrs.push((key, v));
                 }
             } else {
@@ -212,6 +212,48 @@ impl Record for SpanFields<'_, '_> {
                 find(self.resource, k).map_or(Value::Nil, |i| self.resource[i].1.into())
             }
         }
+    }
+}
+
+impl SpanFields<'_, '_> {
+    /// FNV-1a over the key fields' values, each typed and separated: never 0.
+    fn key_hash(&self, key: &[KeyField]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for f in key {
+            let v = match f {
+                KeyField::Name => Value::Str(self.name),
+                KeyField::Kind => Value::Int(self.kind),
+                KeyField::StatusCode => Value::Int(self.status),
+                KeyField::Attribute(k) => match self.get(&Path::Attribute(k.clone())) {
+                    Value::Nil => self.get(&Path::ResourceAttribute(k.clone())),
+                    v => v,
+                },
+            };
+            match v {
+                Value::Str(s) => {
+                    eat(b"s");
+                    eat(s);
+                }
+                Value::Int(i) => {
+                    eat(b"i");
+                    eat(&i.to_le_bytes());
+                }
+                Value::Float(x) => {
+                    eat(b"f");
+                    eat(&x.to_bits().to_le_bytes());
+                }
+                Value::Bool(b) => eat(if b { b"t" } else { b"F" }),
+                Value::Nil => eat(b"n"),
+            }
+            eat(&[0xff]);
+        }
+        h.max(1)
     }
 }
 
@@ -252,7 +294,7 @@ fn scan_span(
     let mut status = StatusCode::Unset;
     let mut sampled_flag = false;
     let mut hits = resource.hits;
-    let conditions = !keys.conditions().is_empty();
+    let conditions = keys.reads_fields();
     let mut fields = SpanFields {
         name: &[],
         kind: 0,
@@ -301,6 +343,7 @@ fn scan_span(
             _ => r.skip(field, wt)?,
         }
     }
+    let mut key_hash = 0;
     if conditions {
         fields.status = match status {
             StatusCode::Unset => 0,
@@ -311,6 +354,9 @@ fn scan_span(
             if c.span.iter().any(|cond| cond.eval(&fields)) {
                 hits |= 1 << c.bit;
             }
+        }
+        if !keys.key_fields().is_empty() {
+            key_hash = fields.key_hash(keys.key_fields());
         }
     }
     let trace_id = match trace_id {
@@ -332,17 +378,18 @@ fn scan_span(
         end_ns,
         status,
         sampled_flag,
+        key_hash,
         hits,
         range: span.range(),
         frame,
     })
 }
 
-/// The attribute predicate bits `span` (an encoded span already scanned, with its
-/// framing) hits under `keys`: for traces buffered when the policy set is replaced
-/// by one with new predicates. A field that does not parse counts as no hit (the
-/// span parsed when it was first scanned).
-pub fn rescan_hits(span: &SpanRef<'_>, keys: &AttrMatchers) -> u64 {
+/// What `span` (an encoded span already scanned, with its framing) yields under
+/// `keys`, as [`Span`]'s `(hits, key_hash, is_root)`: for traces buffered when the policy set
+/// is replaced by one reading other attributes. A field that does not parse counts
+/// as no hit (the span parsed when it was first scanned).
+pub fn rescan(span: &SpanRef<'_>, keys: &AttrMatchers) -> (u64, u64, bool) {
     let resource = Bytes::copy_from_slice(span.frame.resource().unwrap_or_default());
     let res = ResourceCx::scan(
         Msg {
@@ -359,7 +406,7 @@ pub fn rescan_hits(span: &SpanRef<'_>, keys: &AttrMatchers) -> u64 {
         base: 0,
         body: &body,
     };
-    scan_span(m, 0, &res, keys).map_or(res.hits, |s| s.hits)
+    scan_span(m, 0, &res, keys).map_or((res.hits, 0, false), |s| (s.hits, s.key_hash, s.is_root))
 }
 
 fn scan_status(status: Msg<'_>) -> Result<StatusCode, CodecError> {

@@ -292,3 +292,29 @@ fn trace_state_predicates_read_the_spans_tracestate() {
         "no tracestate there"
     );
 }
+
+#[test]
+fn the_dynamic_key_hashes_the_fields_values_and_reads_the_resource() {
+    let payload = Bytes::from(request().encode_to_vec());
+    let hashes = |fields: &[&str]| {
+        let mut keys = keys();
+        keys.set_key_fields(fields.iter().map(|f| KeyField::parse(f)).collect());
+        let mut spans = Vec::new();
+        scan(&payload, &keys, &mut FrameInterner::default(), &mut spans).expect("valid");
+        // The predicates still hit with a key configured.
+        assert_eq!(spans[0].hits, 0b011);
+        spans.iter().map(|s| s.key_hash).collect::<Vec<_>>()
+    };
+    // Every span has the same route: one key.
+    let h = hashes(&["http.route"]);
+    assert!(h[0] != 0 && h[0] == h[1] && h[1] == h[2], "{h:?}");
+    // With the status code the three spans differ (UNSET, OK, ERROR).
+    let h = hashes(&["http.route", "status.code"]);
+    assert!(h[0] != h[1] && h[1] != h[2] && h[0] != h[2], "{h:?}");
+    // service.name is on the resource: frontend, frontend, backend.
+    let h = hashes(&["service.name"]);
+    assert!(h[0] == h[1] && h[1] != h[2], "{h:?}");
+    // A missing field is a value too (nil), not an error.
+    let h = hashes(&["no.such.attribute"]);
+    assert!(h[0] != 0 && h[0] == h[2]);
+}

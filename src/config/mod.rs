@@ -20,9 +20,9 @@ pub use kafka::{Compression, KafkaConfig};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use policy::{
     AndConfig, BooleanAttributeConfig, BytesLimitingConfig, CompositeConfig, DropConfig,
-    LatencyConfig, NotConfig, NumericAttributeConfig, OttlConditionConfig, PolicyConfig,
-    PolicyType, ProbabilisticConfig, RateLimitingConfig, SpanCountConfig, StatusCodeConfig,
-    StringAttributeConfig, TraceStateConfig,
+    DynamicConfig, LatencyConfig, NotConfig, NumericAttributeConfig, OttlConditionConfig,
+    PolicyConfig, PolicyType, ProbabilisticConfig, RateLimitingConfig, SpanCountConfig,
+    StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
 };
 
 /// Why a configuration was rejected.

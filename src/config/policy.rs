@@ -43,6 +43,8 @@ pub enum PolicyType {
     Composite,
     /// Keep traces with a span or span event satisfying an OTTL condition.
     OttlCondition,
+    /// Keep rare keys whole and thin common ones toward a goal throughput.
+    Dynamic,
 }
 
 impl PolicyType {
@@ -66,6 +68,7 @@ impl PolicyType {
             PolicyType::TraceFlags => "trace_flags",
             PolicyType::Composite => "composite",
             PolicyType::OttlCondition => "ottl_condition",
+            PolicyType::Dynamic => "dynamic",
         }
     }
 }
@@ -131,6 +134,37 @@ pub struct PolicyConfig {
     /// Block for `type: ottl_condition`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ottl_condition: Option<OttlConditionConfig>,
+    /// Block for `type: dynamic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicConfig>,
+}
+
+/// `dynamic`: per key (the values of `key_fields` on the root span), keep 1 trace in
+/// a rate recomputed every `adjustment_interval` so that kept spans approach
+/// `goal_spans_per_second`: rare keys are kept whole, common ones thinned. Per
+/// instance; one `dynamic` policy per configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicConfig {
+    /// The fields forming the key: `name`, `kind`, `status.code`, or an attribute key
+    /// (looked up on the span, then its resource), e.g. `[http.route, status.code]`.
+    pub key_fields: Vec<String>,
+    /// Kept spans per second to aim at, per instance.
+    pub goal_spans_per_second: u64,
+    /// How often the rates are recomputed from the last interval's traffic.
+    #[serde(default = "default_adjustment_interval")]
+    pub adjustment_interval: super::ConfigDuration,
+    /// Distinct keys tracked per interval; traces of further keys share one rate.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_adjustment_interval() -> super::ConfigDuration {
+    super::ConfigDuration::from_millis(15_000)
+}
+
+fn default_max_keys() -> usize {
+    10_000
 }
 
 /// `ottl_condition`: keep traces where a span satisfies one of `span` or a span event
@@ -455,12 +489,27 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
         }
         p.validate(&at)?;
     }
+    let mut dynamic = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        p.find_dynamic(&format!("policies[{i}]"), &mut dynamic);
+    }
+    if let Some(second) = dynamic.get(1) {
+        return Err(ConfigError::invalid(
+            format!("{second}.type"),
+            "dynamic",
+            format!(
+                "one `dynamic` policy per configuration ({} is one)",
+                dynamic[0]
+            ),
+        ));
+    }
     Ok(())
 }
 
 impl PolicyConfig {
-    fn blocks(&self) -> [(&'static str, bool); 15] {
+    fn blocks(&self) -> [(&'static str, bool); 16] {
         [
+            ("dynamic", self.dynamic.is_some()),
             ("ottl_condition", self.ottl_condition.is_some()),
             ("composite", self.composite.is_some()),
             ("not", self.not.is_some()),
@@ -631,6 +680,28 @@ impl PolicyConfig {
                 let c = self.composite.as_ref().ok_or_else(missing)?;
                 self.validate_composite(at, c)
             }
+            PolicyType::Dynamic => {
+                let c = self.dynamic.as_ref().ok_or_else(missing)?;
+                if c.key_fields.is_empty() || c.key_fields.iter().any(|f| f.is_empty()) {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.dynamic.key_fields"),
+                        format!("{:?}", c.key_fields),
+                        "one or more non-empty fields, e.g. [http.route, status.code]",
+                    ));
+                }
+                check_rate(
+                    &format!("{at}.dynamic.goal_spans_per_second"),
+                    c.goal_spans_per_second,
+                )?;
+                if c.adjustment_interval.0 < std::time::Duration::from_millis(100) {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.dynamic.adjustment_interval"),
+                        c.adjustment_interval,
+                        "at least 100ms",
+                    ));
+                }
+                Ok(())
+            }
             PolicyType::OttlCondition => {
                 let c = self.ottl_condition.as_ref().ok_or_else(missing)?;
                 let at = format!("{at}.ottl_condition");
@@ -686,6 +757,41 @@ impl PolicyConfig {
 }
 
 impl PolicyConfig {
+    /// Collects where `dynamic` policies are, this one and its sub-policies.
+    fn find_dynamic(&self, at: &str, out: &mut Vec<String>) {
+        if self.kind == PolicyType::Dynamic {
+            out.push(at.to_string());
+        }
+        let subs: Vec<(&str, &[PolicyConfig])> = [
+            self.and
+                .as_ref()
+                .map(|a| ("and.and_sub_policy", &a.and_sub_policy[..])),
+            self.drop
+                .as_ref()
+                .map(|d| ("drop.drop_sub_policy", &d.drop_sub_policy[..])),
+            self.not.as_ref().map(|n| {
+                (
+                    "not.not_sub_policy",
+                    std::slice::from_ref(&*n.not_sub_policy),
+                )
+            }),
+            self.composite.as_ref().map(|c| {
+                (
+                    "composite.composite_sub_policy",
+                    &c.composite_sub_policy[..],
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for (field, list) in subs {
+            for (j, s) in list.iter().enumerate() {
+                s.find_dynamic(&format!("{at}.{field}[{j}]"), out);
+            }
+        }
+    }
+
     fn validate_composite(&self, at: &str, c: &CompositeConfig) -> Result<(), ConfigError> {
         let at = format!("{at}.composite");
         check_rate(

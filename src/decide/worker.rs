@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
 use crate::codec::{
-    encode_trace, rescan_hits, Annotated, Annotation, EncodedSpan, Message, Span, SpanRef, TraceId,
+    encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, Span, SpanRef, TraceId,
 };
 use crate::policy::TraceSummary;
 use crate::sink::{DroppedTrace, KeptTrace, SinkMsg};
@@ -246,13 +246,13 @@ impl ShardWorker {
                 .unwrap_or(RESTORED_POLICY)
         });
         let keys = &self.policies.get().keys;
-        if keys.bits() & !old.keys.bits() == 0 {
+        if keys.bits() & !old.keys.bits() == 0 && keys.key_fields() == old.keys.key_fields() {
             // No new predicate: hits of the ones gone are cleared.
             self.shard.mask_hits(keys.bits());
         } else {
             // New predicates: test the buffered spans for them (a reload is rare; this
             // is the price of deciding buffered traces by the new set exactly).
-            self.shard.recompute_hits(|s| rescan_hits(s, keys));
+            self.shard.recompute_hits(|s| rescan(s, keys));
         }
         self.publish();
     }
@@ -265,7 +265,7 @@ impl ShardWorker {
             return;
         }
         for s in spans.iter_mut() {
-            s.hits = rescan_hits(&message.span_ref(s), &current.keys);
+            (s.hits, s.key_hash, _) = rescan(&message.span_ref(s), &current.keys);
         }
     }
 

@@ -12,6 +12,7 @@ mod bucket;
 mod bytes_limiting;
 mod composite;
 mod drop;
+mod dynamic;
 mod latency;
 mod not;
 mod numeric_attribute;
@@ -28,7 +29,7 @@ mod trace_state;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::codec::AttrMatchers;
+use crate::codec::{AttrMatchers, KeyField};
 use crate::config::{PolicyConfig, PolicyType};
 
 pub use always_sample::AlwaysSample;
@@ -37,6 +38,7 @@ pub use boolean_attribute::BooleanAttribute;
 pub use bytes_limiting::BytesLimiting;
 pub use composite::Composite;
 pub use drop::DropPolicy;
+pub use dynamic::Dynamic;
 pub use latency::Latency;
 pub use not::Not;
 pub use numeric_attribute::NumericAttribute;
@@ -268,6 +270,15 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
             Box::new(TraceState::new(bit))
         }
         PolicyType::TraceFlags => Box::new(TraceFlags),
+        PolicyType::Dynamic => {
+            let s = c.dynamic.as_ref().ok_or_else(missing)?;
+            keys.set_key_fields(s.key_fields.iter().map(|f| KeyField::parse(f)).collect());
+            Box::new(Dynamic::new(
+                s.goal_spans_per_second,
+                s.adjustment_interval.0,
+                s.max_keys,
+            ))
+        }
         PolicyType::OttlCondition => {
             let s = c.ottl_condition.as_ref().ok_or_else(missing)?;
             let (span, events) =

@@ -25,6 +25,8 @@ pub struct TraceSummary {
     pub unset_spans: u32,
     /// Whether some span carries the W3C sampled flag.
     pub sampled_flag: bool,
+    /// The `dynamic` policy's key: the root span's, else the first span's (0: none).
+    pub key_hash: u64,
     /// Bits of the attribute predicates (see `codec::AttrMatchers`) that some span or
     /// its resource satisfied.
     pub attr_hits: u64,
@@ -44,6 +46,7 @@ impl TraceSummary {
             ok_spans: 0,
             unset_spans: 0,
             sampled_flag: false,
+            key_hash: 0,
             attr_hits: 0,
         }
     }
@@ -63,6 +66,9 @@ impl TraceSummary {
             StatusCode::Unset => self.unset_spans += 1,
         }
         self.sampled_flag |= span.sampled_flag;
+        if span.key_hash != 0 && (span.is_root || self.key_hash == 0) {
+            self.key_hash = span.key_hash;
+        }
         self.attr_hits |= span.hits;
     }
 
