@@ -1,8 +1,8 @@
 //! `tailsift simulate`: the configured policies over recorded OTLP, offline.
 //!
-//! Reads files of OTLP `ExportTraceServiceRequest` protobuf, either one request per
+//! Reads files of OTLP `ExportTraceServiceRequest`s: protobuf, either one request per
 //! file or records of a 4-byte big-endian length followed by that many bytes (the
-//! format of the OTel SDK test data), groups their spans by trace, decides every trace
+//! format of the OTel SDK test data), or OTLP/JSON (a document, or one per line), groups their spans by trace, decides every trace
 //! once with all its spans, and reports what would be kept: a way to try a policy set
 //! on real traffic before deploying it. Rate and bytes limits see every trace at the
 //! same instant, so they keep only their burst.
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::codec::{scan, FrameInterner, Span, TraceId};
+use crate::codec::{json_to_protobuf, scan, FrameInterner, Span, TraceId};
 use crate::config::Config;
 use crate::decide::Decider;
 use crate::policy::{PolicyError, PolicySet, TraceSummary};
@@ -73,6 +73,10 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
         for payload in requests(path)? {
             report.messages += 1;
             spans.clear();
+            let Some(payload) = payload else {
+                report.undecodable += 1;
+                continue;
+            };
             if scan(&payload, &keys, &mut frames, &mut spans).is_err() {
                 report.undecodable += 1;
                 continue;
@@ -106,20 +110,34 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
     Ok(report)
 }
 
-/// The requests in one file: length-prefixed records when it starts like them (a
-/// protobuf request never starts with a zero byte), else the whole file.
-fn requests(path: &Path) -> Result<Vec<Bytes>, SimulateError> {
+/// The requests in one file (`None` for one that is not OTLP): OTLP/JSON when it
+/// starts with `{` (one document, or one per line as the Collector's file exporter
+/// writes), length-prefixed protobuf records when it starts like them (a protobuf
+/// request never starts with a zero byte), else one protobuf request.
+fn requests(path: &Path) -> Result<Vec<Option<Bytes>>, SimulateError> {
     let data = std::fs::read(path).map_err(|source| SimulateError::Read {
         path: path.to_path_buf(),
         source,
     })?;
+    if data.trim_ascii_start().first() == Some(&b'{') {
+        let text = String::from_utf8_lossy(&data);
+        let one = |doc: &str| json_to_protobuf(doc).ok().map(Bytes::from);
+        if let Some(whole) = one(&text) {
+            return Ok(vec![Some(whole)]);
+        }
+        return Ok(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(one)
+            .collect());
+    }
     let data = Bytes::from(data);
     if data.first() == Some(&0) {
         if let Some(records) = length_prefixed(&data) {
-            return Ok(records);
+            return Ok(records.into_iter().map(Some).collect());
         }
     }
-    Ok(vec![data])
+    Ok(vec![Some(data)])
 }
 
 /// Splits `data` into 4-byte big-endian length-prefixed records; `None` if it is not

@@ -6,6 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use prost::Message;
 use tailsift::config::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +135,86 @@ fn readme_lists_every_metric() {
 
 #[test]
 fn simulate_reports_what_the_policies_would_keep_of_recorded_traffic() {
-    let dir = std::env::temp_dir().join(format!("tailsift-simulate-{}", std::process::id()));
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/otel-sdk-by-trace.bin"
+    );
+    simulate_matches_the_sdk_truth(std::path::Path::new(data), "protobuf");
+}
+
+#[test]
+fn simulate_reads_otlp_json_lines() {
+    // The same SDK traffic, rewritten as OTLP/JSON (one request per line, as the
+    // Collector's file exporter writes): the same traces must come out.
+    let dir = std::env::temp_dir().join(format!("tailsift-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("traffic.jsonl");
+    let lines: Vec<String> = testdata("otel-sdk-by-trace.bin")
+        .iter()
+        .map(|r| otlp_json(&ExportTraceServiceRequest::decode(&r[..]).expect("SDK data")))
+        .collect();
+    std::fs::write(&path, lines.join("\n")).expect("write json");
+    simulate_matches_the_sdk_truth(&path, "json");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// OTLP/JSON for a request, written by hand from the specification (hex ids,
+/// lowerCamelCase, 64-bit integers as strings): the fields policies read.
+fn otlp_json(r: &ExportTraceServiceRequest) -> String {
+    use serde_json::json;
+    let attrs = |kvs: &[KeyValue]| -> Vec<serde_json::Value> {
+        kvs.iter()
+            .filter_map(|kv| {
+                let v = match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(s) => json!({"stringValue": s}),
+                    Value::IntValue(i) => json!({"intValue": i.to_string()}),
+                    Value::BoolValue(b) => json!({"boolValue": b}),
+                    Value::DoubleValue(d) => json!({"doubleValue": d}),
+                    _ => return None,
+                };
+                Some(json!({"key": kv.key, "value": v}))
+            })
+            .collect()
+    };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let resource_spans: Vec<_> = r
+        .resource_spans
+        .iter()
+        .map(|rs| {
+            let scope_spans: Vec<_> = rs
+                .scope_spans
+                .iter()
+                .map(|ss| {
+                    let spans: Vec<_> = ss
+                        .spans
+                        .iter()
+                        .map(|s| {
+                            json!({
+                                "traceId": hex(&s.trace_id),
+                                "spanId": hex(&s.span_id),
+                                "parentSpanId": hex(&s.parent_span_id),
+                                "name": s.name,
+                                "kind": s.kind,
+                                "startTimeUnixNano": s.start_time_unix_nano.to_string(),
+                                "endTimeUnixNano": s.end_time_unix_nano.to_string(),
+                                "attributes": attrs(&s.attributes),
+                                "status": {"code": s.status.as_ref().map_or(0, |st| st.code)},
+                            })
+                        })
+                        .collect();
+                    json!({"scope": {"name": ss.scope.as_ref().map(|s| s.name.clone())}, "spans": spans})
+                })
+                .collect();
+            let resource = rs.resource.as_ref().map(|r| attrs(&r.attributes)).unwrap_or_default();
+            json!({"resource": {"attributes": resource}, "scopeSpans": scope_spans})
+        })
+        .collect();
+    json!({ "resourceSpans": resource_spans }).to_string()
+}
+
+fn simulate_matches_the_sdk_truth(data: &std::path::Path, label: &str) {
+    let dir =
+        std::env::temp_dir().join(format!("tailsift-simulate-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("policies.yaml");
     std::fs::write(
@@ -139,10 +222,6 @@ fn simulate_reports_what_the_policies_would_keep_of_recorded_traffic() {
         format!("kafka: {{brokers: x, input_topics: [i], output_topic: o}}\npolicies:\n{ERRORS_SLOW_AND}"),
     )
     .expect("config");
-    let data = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/otel-sdk-by-trace.bin"
-    );
     let out = Command::new(env!("CARGO_BIN_EXE_tailsift"))
         .arg("simulate")
         .arg("-c")

@@ -14,6 +14,7 @@ mod annotate;
 mod attrs;
 mod encode;
 mod frames;
+mod json;
 mod ottl;
 mod scan;
 mod wire;
@@ -30,6 +31,7 @@ pub use annotate::{
 pub use attrs::{AttrMatchers, KeyField, Matcher, MAX_MATCHERS};
 pub use encode::{encode_trace, EncodedSpan};
 pub use frames::FrameInterner;
+pub use json::{json_to_protobuf, JsonError};
 pub use ottl::{Condition, OttlContext, OttlError};
 pub use scan::{rescan, scan};
 
