@@ -57,6 +57,9 @@ pub enum SimulateError {
     Policy(#[from] PolicyError),
 }
 
+/// Per resource of a trace: (its encoded resource, earliest start, latest end).
+type HostWindows = Vec<(Vec<u8>, u64, u64)>;
+
 /// Runs `cfg`'s policies over the requests in `inputs`.
 ///
 /// # Errors
@@ -67,6 +70,7 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
     let decider = Decider::new(set, cfg.sample_on_first_match);
     let mut frames = FrameInterner::default();
     let mut traces: HashMap<TraceId, TraceSummary> = HashMap::new();
+    let mut hosts: HashMap<TraceId, HostWindows> = HashMap::new();
     let mut report = Report::default();
     let mut spans: Vec<Span> = Vec::new();
     for path in inputs {
@@ -77,16 +81,33 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
                 report.undecodable += 1;
                 continue;
             };
-            if scan(&payload, &keys, &mut frames, &mut spans).is_err() {
+            let Ok(message) = scan(&payload, &keys, &mut frames, &mut spans) else {
                 report.undecodable += 1;
                 continue;
-            }
+            };
             for s in &spans {
                 traces
                     .entry(s.trace_id)
                     .or_insert_with(|| TraceSummary::new(s.trace_id))
                     .add(s);
+                // Per host (resource) windows, for traces without a root span.
+                let resource = message.frame(s).resource().unwrap_or_default();
+                let windows = hosts.entry(s.trace_id).or_default();
+                match windows.iter_mut().find(|w| w.0 == resource) {
+                    Some(w) => {
+                        w.1 = w.1.min(s.start_ns);
+                        w.2 = w.2.max(s.end_ns);
+                    }
+                    None => windows.push((resource.to_vec(), s.start_ns, s.end_ns)),
+                }
             }
+        }
+    }
+    for (id, t) in traces.iter_mut() {
+        if t.root_duration_ns.is_none() {
+            t.host_window_ns = hosts
+                .get(id)
+                .and_then(|w| w.iter().map(|(_, a, b)| b.saturating_sub(*a)).max());
         }
     }
     let mut kept: HashMap<u16, usize> = HashMap::new();

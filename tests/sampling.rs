@@ -190,6 +190,118 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     );
 }
 
+/// `spans` sent from host `host` (its resource's `host.name`).
+fn request_on(host: &str, spans: Vec<Span>) -> Vec<u8> {
+    let mut r = ExportTraceServiceRequest::decode(&request(host, spans)[..]).expect("ours");
+    r.resource_spans[0].resource = Some(Resource {
+        attributes: vec![opentelemetry_proto::tonic::common::v1::KeyValue {
+            key: "host.name".into(),
+            value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                value: Some(
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                        host.into(),
+                    ),
+                ),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    r.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_is_measured_on_one_hosts_clock() {
+    let h = Harness::new(4, 2);
+    let slow = "  - {name: slow, type: latency, latency: {threshold_ms: 1000}}\n";
+    let cfg = h.config(slow, "1500ms", None);
+    let out = h.collector();
+    let sampler = Instance::start(&cfg).await;
+    sampler.wait_assigned().await;
+    let p = h.producer("none");
+    let send = |trace: TraceId, host: &'static str, spans: Vec<Span>| {
+        let p = p.clone();
+        async move {
+            gen::send(
+                &p,
+                INPUT,
+                trace.to_hex().as_bytes(),
+                &request_on(host, spans),
+            )
+            .await
+            .expect("send");
+        }
+    };
+    // Host b's clock runs 5 s ahead of host a's.
+    const SKEW: u64 = 5_000;
+    let (rooted, rootless, slow_rootless, slow_rooted) = (
+        TraceId([0xc1; 16]),
+        TraceId([0xc2; 16]),
+        TraceId([0xc3; 16]),
+        TraceId([0xc4; 16]),
+    );
+    // A 50 ms request whose downstream call is stamped by host b: the root says 50 ms.
+    send(rooted, "a", vec![span(rooted, 1, None, false, 0, 50)]).await;
+    send(
+        rooted,
+        "b",
+        vec![span(rooted, 2, Some(1), false, SKEW + 10, SKEW + 40)],
+    )
+    .await;
+    // The same without its root span (its process died): each host saw <= 40 ms,
+    // though the span window across hosts is 5 s.
+    send(
+        rootless,
+        "a",
+        vec![span(rootless, 3, Some(9), false, 0, 40)],
+    )
+    .await;
+    send(
+        rootless,
+        "b",
+        vec![span(rootless, 2, Some(3), false, SKEW + 10, SKEW + 40)],
+    )
+    .await;
+    // Genuinely slow without a root: host a saw 1.5 s.
+    send(
+        slow_rootless,
+        "a",
+        vec![span(slow_rootless, 3, Some(9), false, 0, 1_500)],
+    )
+    .await;
+    send(
+        slow_rootless,
+        "b",
+        vec![span(slow_rootless, 2, Some(3), false, SKEW, SKEW + 10)],
+    )
+    .await;
+    // Genuinely slow with a root.
+    send(
+        slow_rooted,
+        "a",
+        vec![span(slow_rooted, 1, None, false, 0, 1_200)],
+    )
+    .await;
+    let ok = wait_until(Duration::from_secs(20), || out.traces().len() >= 2).await;
+    out.settle(Duration::from_secs(3), Duration::from_secs(20))
+        .await;
+    sampler.stop().await;
+    let got = out.traces();
+    assert!(ok, "slow traces did not come out: {got:?}");
+    assert!(
+        got.contains_key(&slow_rooted) && got.contains_key(&slow_rootless),
+        "{got:?}"
+    );
+    assert!(
+        !got.contains_key(&rooted),
+        "clock skew made a 50 ms request slow"
+    );
+    assert!(
+        !got.contains_key(&rootless),
+        "clock skew made a rootless 40 ms trace slow"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_input_in_every_compression_codec() {
     let h = Harness::new(8, 2);

@@ -33,7 +33,7 @@ pub use encode::{encode_trace, EncodedSpan};
 pub use frames::FrameInterner;
 pub use json::{json_to_protobuf, JsonError};
 pub use ottl::{Condition, OttlContext, OttlError};
-pub use scan::{rescan, scan};
+pub use scan::{rescan, scan, span_times};
 
 /// A W3C / OTLP trace id: 16 bytes, never all zero.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -409,6 +409,22 @@ pub fn rescan(span: &SpanRef<'_>, keys: &AttrMatchers) -> (u64, u64, bool) {
     scan_span(m, 0, &res, keys).map_or((res.hits, 0, false), |s| (s.hits, s.key_hash, s.is_root))
 }
 
+/// An encoded span's `(start_time_unix_nano, end_time_unix_nano)`; `None` if the
+/// bytes do not parse (they did when first scanned).
+pub fn span_times(span: &[u8]) -> Option<(u64, u64)> {
+    let (mut start, mut end) = (0, 0);
+    let mut r = Reader::new(span, 0);
+    while !r.at_end() {
+        let (field, wt) = r.key().ok()?;
+        match (field, wt) {
+            (7, FIXED64) => start = r.fixed64().ok()?,
+            (8, FIXED64) => end = r.fixed64().ok()?,
+            _ => r.skip(field, wt).ok()?,
+        }
+    }
+    Some((start, end))
+}
+
 fn scan_status(status: Msg<'_>) -> Result<StatusCode, CodecError> {
     let mut code = StatusCode::Unset;
     let mut r = Reader::new(status.body, status.base);

@@ -372,7 +372,14 @@ impl ShardWorker {
         }
     }
 
-    async fn decide(&mut self, entry: TraceEntry, forced: Option<Forced>) -> Result<(), Closed> {
+    async fn decide(
+        &mut self,
+        mut entry: TraceEntry,
+        forced: Option<Forced>,
+    ) -> Result<(), Closed> {
+        if entry.summary.root_duration_ns.is_none() {
+            entry.summary.host_window_ns = Some(entry.longest_host_window_ns());
+        }
         self.metrics
             .latency
             .record(entry.first_seen.elapsed().as_secs_f64());

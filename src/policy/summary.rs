@@ -17,6 +17,9 @@ pub struct TraceSummary {
     pub max_end_ns: u64,
     /// The root span's own duration, once the root span has arrived.
     pub root_duration_ns: Option<u64>,
+    /// Without a root span: the longest window one host saw (set when decided, see
+    /// `buffer::TraceEntry::longest_host_window_ns`).
+    pub host_window_ns: Option<u64>,
     /// Spans with status ERROR.
     pub error_spans: u32,
     /// Spans with status OK.
@@ -42,6 +45,7 @@ impl TraceSummary {
             min_start_ns: u64::MAX,
             max_end_ns: 0,
             root_duration_ns: None,
+            host_window_ns: None,
             error_spans: 0,
             ok_spans: 0,
             unset_spans: 0,
@@ -72,14 +76,15 @@ impl TraceSummary {
         self.attr_hits |= span.hits;
     }
 
-    /// The trace's duration as latency policies see it: the root span's own duration
-    /// when the root has arrived (one host's clock, immune to skew between hosts),
-    /// otherwise the span window `max(end) - min(start)` as the OTel processor uses.
+    /// The trace's duration as latency policies see it, robust to clock skew between
+    /// hosts: the root span's own duration when the root has arrived; otherwise the
+    /// longest window a single host saw (`max(end) - min(start)` over the spans of one
+    /// resource); otherwise (not computed) the span window over all spans, as the
+    /// OTel processor uses.
     pub fn duration_ns(&self) -> u64 {
-        match self.root_duration_ns {
-            Some(d) => d,
-            None => self.max_end_ns.saturating_sub(self.min_start_ns),
-        }
+        self.root_duration_ns
+            .or(self.host_window_ns)
+            .unwrap_or_else(|| self.max_end_ns.saturating_sub(self.min_start_ns))
     }
 
     /// Whether some span or resource satisfied the attribute predicate `bit`.
