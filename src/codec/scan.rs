@@ -126,6 +126,7 @@ fn scan_resource_spans(
         Ok(())
     })?;
     let resource_hits = res.hits;
+    let full = keys.reads_fields();
     // Pass 2: the scope spans (2).
     rs.each(&[2], |_, ss| {
         // ScopeSpans: scope = 1, spans = 2, schema_url = 3.
@@ -149,7 +150,11 @@ fn scan_resource_spans(
         let index = u32::try_from(cx.frames.len()).map_err(|_| CodecError::TooLarge(0))?;
         cx.frames.push(frame);
         ss.each(&[2], |_, span| {
-            out.push(scan_span(span, index, &res, keys)?);
+            out.push(if full {
+                scan_span::<true>(span, index, &res, keys)?
+            } else {
+                scan_span::<false>(span, index, &res, keys)?
+            });
             Ok(())
         })
     })
@@ -281,7 +286,9 @@ fn event_hits(event: Msg<'_>, keys: &AttrMatchers) -> Result<u64, CodecError> {
         .fold(0, |h, c| h | 1 << c.bit))
 }
 
-fn scan_span(
+/// Scans one span. `FULL` (conditions or a key configured) also reads its name, kind,
+/// attribute values and events; the common case compiles without those branches.
+fn scan_span<const FULL: bool>(
     span: Msg<'_>,
     frame: u32,
     resource: &ResourceCx<'_>,
@@ -294,7 +301,7 @@ fn scan_span(
     let mut status = StatusCode::Unset;
     let mut sampled_flag = false;
     let mut hits = resource.hits;
-    let conditions = keys.reads_fields();
+    let conditions = FULL;
     let mut fields = SpanFields {
         name: &[],
         kind: 0,
@@ -406,7 +413,7 @@ pub fn rescan(span: &SpanRef<'_>, keys: &AttrMatchers) -> (u64, u64, bool) {
         base: 0,
         body: &body,
     };
-    scan_span(m, 0, &res, keys).map_or((res.hits, 0, false), |s| (s.hits, s.key_hash, s.is_root))
+    scan_span::<true>(m, 0, &res, keys).map_or((res.hits, 0, false), |s| (s.hits, s.key_hash, s.is_root))
 }
 
 /// An encoded span's `(start_time_unix_nano, end_time_unix_nano)`; `None` if the
