@@ -413,7 +413,8 @@ pub fn rescan(span: &SpanRef<'_>, keys: &AttrMatchers) -> (u64, u64, bool) {
         base: 0,
         body: &body,
     };
-    scan_span::<true>(m, 0, &res, keys).map_or((res.hits, 0, false), |s| (s.hits, s.key_hash, s.is_root))
+    scan_span::<true>(m, 0, &res, keys)
+        .map_or((res.hits, 0, false), |s| (s.hits, s.key_hash, s.is_root))
 }
 
 /// An encoded span's `(start_time_unix_nano, end_time_unix_nano)`; `None` if the
