@@ -82,28 +82,27 @@ impl<'a> Reader<'a> {
         Ok((field as u32, (k & 7) as u8))
     }
 
+    /// The next `N` bytes.
     #[inline]
-    pub fn fixed64(&mut self) -> Result<u64, CodecError> {
-        let end = self.pos + 8;
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let end = self.pos + N;
         let Some(b) = self.buf.get(self.pos..end) else {
             return Err(CodecError::Truncated(self.offset()));
         };
         self.pos = end;
-        let mut a = [0u8; 8];
+        let mut a = [0u8; N];
         a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        Ok(a)
+    }
+
+    #[inline]
+    pub fn fixed64(&mut self) -> Result<u64, CodecError> {
+        self.fixed().map(u64::from_le_bytes)
     }
 
     #[inline]
     pub fn fixed32(&mut self) -> Result<u32, CodecError> {
-        let end = self.pos + 4;
-        let Some(b) = self.buf.get(self.pos..end) else {
-            return Err(CodecError::Truncated(self.offset()));
-        };
-        self.pos = end;
-        let mut a = [0u8; 4];
-        a.copy_from_slice(b);
-        Ok(u32::from_le_bytes(a))
+        self.fixed().map(u32::from_le_bytes)
     }
 
     /// Reads a length-delimited field and returns `(start offset within buf, bytes)`.
