@@ -121,6 +121,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         shards: cfg.shard_count(),
         record_decisions: cfg.kafka.decisions_topic.is_some(),
         annotate: cfg.annotate,
+        skip_reread: cfg.kafka.decisions_topic.is_some() && cfg.kafka.input_topics.len() == 1,
     };
     let mut shard_txs = Vec::new();
     let mut workers = Vec::new();

@@ -409,3 +409,97 @@ async fn one_of_two_instances_killed_the_other_takes_over_without_loss() {
     h.assert_no_broker_truncation();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A crash between writing traces out and committing the input they came from: the
+/// next owner re-reads that input. With the decisions topic it knows which spans the
+/// last owner wrote out and does not write them again, so each kept trace is in the
+/// output once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_does_not_write_out_again_what_the_killed_one_did() {
+    let h = Harness::new(4, 2);
+    h.broker
+        .create_topic("decisions", 4)
+        .expect("decisions topic");
+    let dir = std::env::temp_dir().join(format!("tailsift-reread-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let log = dir.join("tailsift.log");
+    // Commits an hour apart: nothing A reads is committed before it is killed.
+    let yaml = h
+        .config_yaml(ERRORS_SLOW_AND, "1s", Some("300ms"))
+        .replace(
+            "  dead_letter_topic: dead-letters\n",
+            "  dead_letter_topic: dead-letters\n  decisions_topic: decisions\n",
+        )
+        .replace("commit_interval: 200ms", "commit_interval: 1h");
+    let out = h.collector();
+    let mut a = spawn(&dir, &yaml, &log);
+    let ready = wait_until(Duration::from_secs(40), || {
+        http_get(a.telemetry, "/readyz").0 == 200
+    })
+    .await;
+    assert!(ready, "A not ready; log: {}", log.display());
+    let truths = feed(&h, 300, 0, 57, "lz4").await;
+    // A decides every trace and records each decision after its output is acknowledged.
+    let recorded = wait_until(Duration::from_secs(60), || {
+        metric_of(&a, names::DECISIONS_RECORDED) >= truths.len() as f64
+    })
+    .await;
+    assert!(recorded, "A did not record every decision");
+    a.child.kill().expect("SIGKILL");
+    a.child.wait().expect("reaped");
+    let all_out = wait_until(Duration::from_secs(30), || {
+        missing_kept(&truths, &out.traces()).is_empty()
+    })
+    .await;
+    assert!(all_out, "A did not output every kept trace");
+    assert_eq!(
+        uncommitted(&h).len(),
+        4,
+        "A committed input: nothing would be re-read"
+    );
+
+    // B takes the partitions over and re-reads all of it.
+    let b = spawn(&dir, &yaml, &log);
+    let spans: usize = truths.iter().map(|t| t.spans).sum();
+    let reread = wait_until(Duration::from_secs(60), || {
+        metric_of(&b, names::SPANS_RECEIVED) >= spans as f64
+            && metric_of(&b, names::BUFFER_TRACES) == 0.0
+    })
+    .await;
+    assert!(
+        reread,
+        "B did not re-read the input; log: {}",
+        log.display()
+    );
+    out.settle(Duration::from_secs(3), Duration::from_secs(20))
+        .await;
+    let skipped = metric_of(&b, "tailsift_late_spans_total{decision=\"already_output\"}");
+    let mut b = b;
+    b.child.kill().expect("SIGKILL");
+    b.child.wait().expect("reaped");
+    let got = out.traces();
+    let twice: Vec<_> = truths
+        .iter()
+        .filter(|t| {
+            got.get(&t.trace_id)
+                .is_some_and(|o| o.spans != t.spans || o.records != 1)
+        })
+        .map(|t| t.trace_id)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{} kept traces written out again by the new owner: {twice:?}",
+        twice.len()
+    );
+    assert!(missing_kept(&truths, &got).is_empty());
+    let kept_spans: usize = truths
+        .iter()
+        .filter(|t| got.contains_key(&t.trace_id))
+        .map(|t| t.spans)
+        .sum();
+    assert_eq!(
+        skipped as usize, kept_spans,
+        "B should skip exactly the re-read spans of the kept traces"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,9 @@ const DROPPED: u16 = u16::MAX;
 #[derive(Debug)]
 pub struct DecisionCache {
     map: HashMap<u64, u16, BuildHasherDefault<TraceIdHasher>>,
+    /// For kept decisions read back from the decisions topic: (input partition,
+    /// offset) below which the trace's spans are in the output already.
+    output: HashMap<u64, (i32, i64), BuildHasherDefault<TraceIdHasher>>,
     order: VecDeque<u64>,
     capacity: usize,
 }
@@ -33,6 +36,7 @@ impl DecisionCache {
     pub fn new(capacity: usize) -> Self {
         DecisionCache {
             map: HashMap::default(),
+            output: HashMap::default(),
             order: VecDeque::new(),
             capacity,
         }
@@ -53,6 +57,7 @@ impl DecisionCache {
             if self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
                     self.map.remove(&old);
+                    self.output.remove(&old);
                 }
             }
         }
@@ -63,6 +68,20 @@ impl DecisionCache {
         self.map
             .get(&fingerprint(id))
             .map(|&p| Verdict::new((p != DROPPED).then_some(p)))
+    }
+
+    /// Remembers, for a remembered kept decision, where its output ends (see
+    /// `DecisionRecord::output_below_offset`).
+    pub fn set_output(&mut self, id: &TraceId, output: (i32, i64)) {
+        let fp = fingerprint(id);
+        if self.map.contains_key(&fp) {
+            self.output.insert(fp, output);
+        }
+    }
+
+    /// Where a remembered kept decision's output ends, if known.
+    pub fn output(&self, id: &TraceId) -> Option<(i32, i64)> {
+        self.output.get(&fingerprint(id)).copied()
     }
 
     /// Renumbers the kept decisions' policies (after the policy set was replaced).
@@ -88,6 +107,7 @@ impl DecisionCache {
     /// and the eviction queue.
     pub fn allocated_bytes(&self) -> usize {
         self.map.capacity() * (size_of::<(u64, u16)>() + 1) * 8 / 7
+            + self.output.capacity() * (size_of::<(u64, (i32, i64))>() + 1) * 8 / 7
             + self.order.capacity() * size_of::<u64>()
     }
 }

@@ -23,7 +23,7 @@ use crate::telemetry::names;
 pub use cache::DecisionCache;
 pub use live::{Generation, LivePolicies, PolicyWatch};
 pub use record::DecisionRecord;
-pub use worker::{Forced, ShardMsg, ShardWorker, WorkerConfig};
+pub use worker::{Forced, Restored, ShardMsg, ShardWorker, WorkerConfig};
 
 /// The outcome for one trace: kept by a policy (its index in the set), or dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,6 +17,13 @@ pub struct DecisionRecord {
     /// When it was decided, ns since the Unix epoch.
     #[prost(fixed64, tag = "4")]
     pub decided_unix_nano: u64,
+    /// The input partition the trace's spans were read from.
+    #[prost(int32, tag = "5")]
+    pub input_partition: i32,
+    /// For a kept trace: its spans in `input_partition` below this input offset are
+    /// in the output already (0: nothing known).
+    #[prost(int64, tag = "6")]
+    pub output_below_offset: i64,
 }
 
 impl DecisionRecord {
@@ -43,7 +50,10 @@ mod tests {
         wire.extend_from_slice(b"errors");
         wire.push(0x21); // decided_unix_nano = 4, fixed64
         wire.extend_from_slice(&42u64.to_le_bytes());
+        wire.extend_from_slice(&[0x28, 3]); // input_partition = 5, varint
+        wire.extend_from_slice(&[0x30, 0xe8, 0x07]); // output_below_offset = 6: 1000
         let r = DecisionRecord::decode(&wire[..]).expect("decodes");
+        assert_eq!((r.input_partition, r.output_below_offset), (3, 1000));
         assert_eq!(r.trace(), Some(TraceId([7; 16])));
         assert!(r.kept);
         assert_eq!(r.policy, "errors");

@@ -59,9 +59,8 @@ pub enum ShardMsg {
         /// with (see `LivePolicies`).
         generation: u64,
     },
-    /// Decisions read back from the decisions topic for newly assigned partitions:
-    /// the trace and the policy that kept it (`None`: dropped).
-    Decisions(Vec<(TraceId, Option<Arc<str>>)>),
+    /// Decisions read back from the decisions topic for newly assigned partitions.
+    Decisions(Vec<Restored>),
     /// A partition assignment was revoked: forget traces pinned only to it.
     Revoked {
         /// Tracker slot.
@@ -83,6 +82,7 @@ struct Metrics {
     forced_limit: Counter,
     late_kept: Counter,
     late_dropped: Counter,
+    late_output: Counter,
 }
 
 impl Metrics {
@@ -97,6 +97,7 @@ impl Metrics {
             forced_limit: counter!(names::FORCED_DECISIONS, "reason" => Forced::TraceLimit.as_str()),
             late_kept: counter!(names::LATE_SPANS, "decision" => "sampled"),
             late_dropped: counter!(names::LATE_SPANS, "decision" => "not_sampled"),
+            late_output: counter!(names::LATE_SPANS, "decision" => "already_output"),
         }
     }
 }
@@ -122,7 +123,15 @@ pub struct WorkerConfig {
     pub record_decisions: bool,
     /// Whether kept spans are annotated with the deciding policy and probability.
     pub annotate: bool,
+    /// Whether spans re-read below a restored decision's output offset are dropped as
+    /// already output (decisions topic, one input topic: offsets name one partition).
+    pub skip_reread: bool,
 }
+
+/// A decision read back from the decisions topic: the trace, the policy that kept it
+/// (`None`: dropped) and, for a kept trace, `(input partition, offset)` below which
+/// its spans are in the output already.
+pub type Restored = (TraceId, Option<Arc<str>>, Option<(i32, i64)>);
 
 /// Owns one [`Shard`]: inserts spans, decides due traces, forwards outcomes.
 pub struct ShardWorker {
@@ -135,6 +144,7 @@ pub struct ShardWorker {
     releases: Releases,
     max_message_bytes: usize,
     annotate: bool,
+    skip_reread: bool,
     /// This shard's share of the low watermark, in bytes.
     fair_share: usize,
     record_decisions: bool,
@@ -173,6 +183,7 @@ impl ShardWorker {
             releases,
             max_message_bytes: cfg.max_message_bytes,
             annotate: cfg.annotate,
+            skip_reread: cfg.skip_reread,
             fair_share,
             record_decisions: cfg.record_decisions,
             // Decide within ~10% of the wait, but never spin.
@@ -272,8 +283,8 @@ impl ShardWorker {
     /// Remembers decisions made before (by this or another instance) so late spans
     /// follow them. A kept trace whose policy is no longer configured keeps its
     /// spans under an unnamed policy.
-    fn restore(&mut self, decisions: Vec<(TraceId, Option<Arc<str>>)>) {
-        for (id, policy) in decisions {
+    fn restore(&mut self, decisions: Vec<Restored>) {
+        for (id, policy, output) in decisions {
             if self.shard.contains(&id) {
                 continue; // being buffered again: it will be decided whole
             }
@@ -285,6 +296,9 @@ impl ShardWorker {
                     .unwrap_or(RESTORED_POLICY)
             }));
             self.cache.insert(&id, verdict);
+            if let Some(output) = output.filter(|_| self.skip_reread) {
+                self.cache.set_output(&id, output);
+            }
         }
         self.publish();
     }
@@ -360,11 +374,23 @@ impl ShardWorker {
         } else {
             &self.metrics.late_dropped
         };
+        if verdict.keep()
+            && self
+                .cache
+                .output(&id)
+                .is_some_and(|(partition, below)| partition == pin.partition && pin.offset < below)
+        {
+            // Re-read after a crash or a move: the last owner wrote these out already.
+            self.metrics.late_output.increment(group.len() as u64);
+            self.releases.release(vec![pin]);
+            return Ok(());
+        }
         late.increment(group.len() as u64);
         if verdict.keep() {
             let spans: Vec<SpanRef<'_>> = group.iter().map(|s| message.span_ref(s)).collect();
             let summary = TraceSummary::new(id);
-            self.send_kept(&summary, &spans, vec![pin], verdict, None, false)
+            let record = self.record_decisions;
+            self.send_kept(&summary, &spans, vec![pin], verdict, None, record)
                 .await
         } else {
             self.releases.release(vec![pin]);

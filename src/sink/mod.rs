@@ -429,11 +429,24 @@ async fn record_decision(
     let (Some((topic, partitions)), Some(pin)) = (&topics.decisions, pins.first()) else {
         return;
     };
+    // What of the partition is in the output now: every message of it up to the
+    // last one holding spans of the trace (messages of a partition are read in order).
+    let output_below_offset = match policy {
+        Some(_) => pins
+            .iter()
+            .filter(|p| p.partition == pin.partition)
+            .map(|p| p.offset + 1)
+            .max()
+            .unwrap_or(0),
+        None => 0,
+    };
     let record = DecisionRecord {
         trace_id: trace_id.0.to_vec(),
         kept: policy.is_some(),
         policy: policy.unwrap_or_default().to_string(),
         decided_unix_nano: crate::gen::now_ns(),
+        input_partition: pin.partition,
+        output_below_offset,
     };
     let partition = pin.partition.rem_euclid((*partitions).max(1));
     let payload = record.encode_to_vec();

@@ -18,7 +18,6 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
-use crate::codec::TraceId;
 use crate::decide::DecisionRecord;
 
 /// Longest a load may take; after it the partition is read with what was loaded.
@@ -39,8 +38,7 @@ pub(super) struct DecisionsTopic {
     pub(super) reader_group: String,
 }
 
-/// A decision read back: the trace and the policy that kept it (`None`: dropped).
-pub type Restored = (TraceId, Option<Arc<str>>);
+pub use crate::decide::Restored;
 
 impl DecisionsTopic {
     pub(super) fn new(
@@ -110,7 +108,9 @@ impl DecisionsTopic {
                 Some(Ok(m)) => {
                     if let Some(r) = m.payload().and_then(|p| DecisionRecord::decode(p).ok()) {
                         if let Some(id) = r.trace() {
-                            out.push((id, r.kept.then(|| Arc::from(r.policy.as_str()))));
+                            let output = (r.kept && r.output_below_offset > 0)
+                                .then_some((r.input_partition, r.output_below_offset));
+                            out.push((id, r.kept.then(|| Arc::from(r.policy.as_str())), output));
                         }
                     }
                     if ends
