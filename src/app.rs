@@ -47,6 +47,9 @@ pub enum AppError {
     /// The telemetry server could not start.
     #[error(transparent)]
     Telemetry(#[from] ServerError),
+    /// Missing topics could not be created.
+    #[error(transparent)]
+    Topics(#[from] crate::sink::TopicError),
 }
 
 /// A started pipeline.
@@ -93,6 +96,21 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         server = Some(task);
     }
 
+    if cfg.kafka.create_missing_topics {
+        let mut topics = vec![
+            (cfg.kafka.output_topic.clone(), false),
+            (cfg.kafka.dead_letter_topic.clone(), false),
+        ];
+        if let Some(d) = &cfg.kafka.decisions_topic {
+            topics.push((d.clone(), true));
+        }
+        for p in &cfg.policies {
+            if let Some(t) = &p.topic {
+                topics.push((t.clone(), false));
+            }
+        }
+        crate::sink::create_missing(&cfg.kafka, &topics).await?;
+    }
     let split = cfg.memory.split();
     let budget = MemoryBudget::new(
         split.buffer,

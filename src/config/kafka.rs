@@ -82,6 +82,19 @@ pub struct KafkaConfig {
     /// Extra librdkafka producer properties, applied after tailsift's own.
     #[serde(default)]
     pub producer: BTreeMap<String, String>,
+    /// Create the topics tailsift writes (output, dead-letter, decisions, policies'
+    /// `topic:`) at start when the broker does not have them, through the admin API,
+    /// for brokers that do not create topics on first use. Each gets as many
+    /// partitions as the first input topic; the decisions topic is compacted.
+    #[serde(default)]
+    pub create_missing_topics: bool,
+    /// Replication factor of topics tailsift creates; -1: the broker's default.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+}
+
+fn default_replication_factor() -> i32 {
+    -1
 }
 
 fn default_group_id() -> String {
@@ -131,6 +144,13 @@ impl KafkaConfig {
             check_topic(&format!("kafka.input_topics[{i}]"), t)?;
         }
         check_topic("kafka.output_topic", &self.output_topic)?;
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            return Err(ConfigError::invalid(
+                "kafka.replication_factor",
+                self.replication_factor,
+                "-1 (the broker's default) or at least 1",
+            ));
+        }
         check_topic("kafka.dead_letter_topic", &self.dead_letter_topic)?;
         if let Some(d) = &self.decisions_topic {
             check_topic("kafka.decisions_topic", d)?;

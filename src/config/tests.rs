@@ -51,6 +51,8 @@ fn example_config_is_valid_and_complete() {
         "max_spans:",
         "max_bytes:",
         "annotate:",
+        "create_missing_topics:",
+        "replication_factor:",
         "sample_on_first_match:",
         "topic:",
     ] {

@@ -6,6 +6,8 @@
 //! and its input stays uncommitted meanwhile. Records the broker refuses for good
 //! (too large, not authorised) are sent to the dead-letter topic with the reason.
 
+mod topics;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ use crate::config::{KafkaConfig, MemorySplit};
 use crate::decide::DecisionRecord;
 use crate::source::{Pin, Releases};
 use crate::telemetry::{names, Health};
+
+pub use topics::{create_missing, TopicError};
 
 /// Header on kept-trace records naming the policy that kept the trace.
 pub const HEADER_POLICY: &str = "tailsift.policy";

@@ -1,0 +1,113 @@
+//! Creating the topics tailsift writes, when the broker lacks them and
+//! `kafka.create_missing_topics` is on (brokers such as tansu create none on first use).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use tracing::info;
+
+use crate::config::KafkaConfig;
+
+/// Why the topics could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The admin client could not be created or the broker not asked.
+    #[error("cannot read or create topics: {0}")]
+    Admin(#[from] rdkafka::error::KafkaError),
+    /// The broker refused to create a topic.
+    #[error("cannot create topic `{topic}`: {why}")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        why: String,
+    },
+}
+
+/// Creates those of `topics` the broker does not have: as many partitions as the first
+/// input topic (1 if it has none yet), `compacted` ones with `cleanup.policy=compact`.
+/// Returns the topics created.
+///
+/// # Errors
+/// [`TopicError`] when the broker cannot be asked or refuses.
+pub async fn create_missing(
+    cfg: &KafkaConfig,
+    topics: &[(String, bool)],
+) -> Result<Vec<String>, TopicError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.producer {
+        c.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let partitions_of = |name: &str| {
+        md.topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+    };
+    let partitions = cfg
+        .input_topics
+        .first()
+        .and_then(|t| partitions_of(t))
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    let missing: Vec<&(String, bool)> = topics
+        .iter()
+        .filter(|(t, _)| partitions_of(t).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|(t, compacted)| {
+            let topic = NewTopic::new(
+                t,
+                partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            );
+            if *compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(15)))
+        .operation_timeout(Some(Duration::from_secs(15)));
+    let results = admin.create_topics(&new, &options).await.map_err(|e| {
+        let names: Vec<&str> = missing.iter().map(|(t, _)| t.as_str()).collect();
+        TopicError::Create {
+            topic: names.join(", "),
+            why: format!(
+                "{e} (a broker without the CreateTopics API, such as librdkafka's mock cluster, never answers: create them by hand)"
+            ),
+        }
+    })?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(t) => {
+                info!(message = "Created missing topic.", topic = %t, partitions);
+                created.push(t);
+            }
+            Err((t, code)) if code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists => {
+                created.push(t);
+            }
+            Err((topic, code)) => {
+                return Err(TopicError::Create {
+                    topic,
+                    why: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(created)
+}
