@@ -98,7 +98,7 @@ pub async fn create_missing(
                 info!(message = "Created missing topic.", topic = %t, partitions);
                 created.push(t);
             }
-            Err((t, code)) if code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists => {
+            Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
                 created.push(t);
             }
             Err((topic, code)) => {
