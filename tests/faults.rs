@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -44,47 +42,6 @@ fn uncommitted(h: &Harness) -> Vec<(i32, i64, i64)> {
             (at != high).then_some((p, at, high))
         })
         .collect()
-}
-
-/// A child process and where it serves `/readyz`.
-struct Sampler {
-    child: Child,
-    telemetry: SocketAddr,
-}
-
-/// `tailsift run -c` as a child process with config `yaml`, its log appended to `log`.
-fn spawn(dir: &Path, yaml: &str, log: &Path) -> Sampler {
-    // A free port for its telemetry, so the test can see when it is ready.
-    let telemetry = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
-    let config = dir.join(format!("tailsift-{}.yaml", telemetry.port()));
-    let yaml = yaml.replace("127.0.0.1:0", &telemetry.to_string());
-    std::fs::write(&config, yaml).expect("config written");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info,librdkafka=off,rdkafka::client=off")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("tailsift starts");
-    Sampler { child, telemetry }
-}
-
-/// The counter `name` from the sampler's `/metrics`, 0 if it is not up.
-fn metric_of(s: &Sampler, name: &str) -> f64 {
-    let (code, text) = http_get(s.telemetry, "/metrics");
-    if code == 200 {
-        tailsift::demo::metric(&text, name)
-    } else {
-        0.0
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

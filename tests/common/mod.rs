@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -285,3 +286,44 @@ pub fn testdata_truth() -> HashMap<TraceId, (usize, bool, u64)> {
 }
 
 pub const ERRORS_SLOW_AND: &str = "  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n  - {name: slow, type: latency, latency: {threshold_ms: 1000}}\n";
+
+/// A child process and where it serves `/readyz`.
+pub struct Sampler {
+    pub child: Child,
+    pub telemetry: SocketAddr,
+}
+
+/// `tailsift run -c` as a child process with config `yaml`, its log appended to `log`.
+pub fn spawn(dir: &Path, yaml: &str, log: &Path) -> Sampler {
+    // A free port for its telemetry, so the test can see when it is ready.
+    let telemetry = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let config = dir.join(format!("tailsift-{}.yaml", telemetry.port()));
+    let yaml = yaml.replace("127.0.0.1:0", &telemetry.to_string());
+    std::fs::write(&config, yaml).expect("config written");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info,librdkafka=off,rdkafka::client=off")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("tailsift starts");
+    Sampler { child, telemetry }
+}
+
+/// The counter `name` from the sampler's `/metrics`, 0 if it is not up.
+pub fn metric_of(s: &Sampler, name: &str) -> f64 {
+    let (code, text) = http_get(s.telemetry, "/metrics");
+    if code == 200 {
+        tailsift::demo::metric(&text, name)
+    } else {
+        0.0
+    }
+}
