@@ -163,13 +163,22 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 cfg.shard_count()
             );
             println!(
-                "policies (a drop policy vetoes; otherwise a trace is kept when any votes to sample, the first such naming it):"
+                "policies, in order (OTel precedence: a drop wins, then an inverted match vetoes, then any sample keeps and the first sampler names the trace, then an inverted sample keeps unless a policy voted not to){}:",
+                if cfg.sample_on_first_match {
+                    "; evaluation stops at the first sample (sample_on_first_match)"
+                } else {
+                    ""
+                }
             );
             let mut tree = String::new();
             for c in &cfg.policies {
                 c.describe(2, &mut tree);
             }
             print!("{tree}");
+            println!(
+                "kept spans annotated with policy and probability: {}",
+                if cfg.annotate { "yes" } else { "no" }
+            );
             println!(
                 "attribute predicates tested while scanning: {}",
                 set.keys.len()

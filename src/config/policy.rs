@@ -407,11 +407,29 @@ impl PolicyConfig {
             )),
             (_, _, Some(n)) => Some((vec![&*n.not_sub_policy], "none of".into())),
             _ => self.composite.as_ref().map(|c| {
+                let ordered = c.ordered();
+                let names: Vec<&str> = ordered.iter().map(|p| p.name.as_str()).collect();
+                let allocation: Vec<(&str, u32)> = c
+                    .rate_allocation
+                    .iter()
+                    .map(|a| (a.policy.as_str(), a.percent))
+                    .collect();
+                let shares = crate::policy::composite_shares(
+                    &names,
+                    &allocation,
+                    c.max_total_spans_per_second,
+                );
+                let each: Vec<String> = names
+                    .iter()
+                    .zip(shares)
+                    .map(|(n, s)| format!("{n} {s}"))
+                    .collect();
                 (
-                    c.ordered(),
+                    ordered,
                     format!(
-                        "the first of, within {} spans/s",
-                        c.max_total_spans_per_second
+                        "the first of, within {} spans/s (spans/s each: {})",
+                        c.max_total_spans_per_second,
+                        each.join(", ")
                     ),
                 )
             }),

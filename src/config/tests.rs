@@ -389,7 +389,7 @@ fn the_otel_readme_example_loads_verbatim() {
         p.describe(0, &mut tree);
     }
     assert!(
-        tree.contains("- composite-policy-1 [composite] the first of, within 1000 spans/s:"),
+        tree.contains("- composite-policy-1 [composite] the first of, within 1000 spans/s (spans/s each: test-composite-policy-1 500, test-composite-policy-2 250, test-composite-policy-3 250):"),
         "{tree}"
     );
 }

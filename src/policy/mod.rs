@@ -36,7 +36,7 @@ pub use always_sample::AlwaysSample;
 pub use and::And;
 pub use boolean_attribute::BooleanAttribute;
 pub use bytes_limiting::BytesLimiting;
-pub use composite::Composite;
+pub use composite::{shares as composite_shares, Composite};
 pub use drop::DropPolicy;
 pub use dynamic::Dynamic;
 pub use latency::Latency;
