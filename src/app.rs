@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::buffer::{MemoryBudget, TraceLimits};
 use crate::config::Config;
@@ -96,20 +96,24 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         server = Some(task);
     }
 
+    let mut topics = vec![
+        (cfg.kafka.output_topic.clone(), false),
+        (cfg.kafka.dead_letter_topic.clone(), false),
+    ];
+    if let Some(d) = &cfg.kafka.decisions_topic {
+        topics.push((d.clone(), true));
+    }
+    for p in &cfg.policies {
+        if let Some(t) = &p.topic {
+            topics.push((t.clone(), false));
+        }
+    }
     if cfg.kafka.create_missing_topics {
-        let mut topics = vec![
-            (cfg.kafka.output_topic.clone(), false),
-            (cfg.kafka.dead_letter_topic.clone(), false),
-        ];
-        if let Some(d) = &cfg.kafka.decisions_topic {
-            topics.push((d.clone(), true));
-        }
-        for p in &cfg.policies {
-            if let Some(t) = &p.topic {
-                topics.push((t.clone(), false));
-            }
-        }
         crate::sink::create_missing(&cfg.kafka, &topics).await?;
+    } else {
+        for topic in crate::sink::missing(&cfg.kafka, &topics).await {
+            warn!(message = "A topic tailsift writes does not exist; its records wait (input uncommitted, nothing lost) until it is created, unless the broker creates topics on first use. Set kafka.create_missing_topics to create it.", topic = %topic);
+        }
     }
     let split = cfg.memory.split();
     let budget = MemoryBudget::new(

@@ -29,7 +29,7 @@ use crate::decide::DecisionRecord;
 use crate::source::{Pin, Releases};
 use crate::telemetry::{names, Health};
 
-pub use topics::{create_missing, TopicError};
+pub use topics::{create_missing, missing, TopicError};
 
 /// Header on kept-trace records naming the policy that kept the trace.
 pub const HEADER_POLICY: &str = "tailsift.policy";

@@ -26,6 +26,37 @@ pub enum TopicError {
     },
 }
 
+/// Those of `topics` the broker does not have (none if it cannot be asked: the
+/// pipeline's own clients will report an unreachable broker).
+pub async fn missing(cfg: &KafkaConfig, topics: &[(String, bool)]) -> Vec<String> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.producer {
+        c.set(k, v);
+    }
+    let Ok(admin) = c.create::<AdminClient<DefaultClientContext>>() else {
+        return Vec::new();
+    };
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        // All topics: asking for one by name may create it on brokers that auto-create.
+        let Ok(md) = admin.inner().fetch_metadata(None, Duration::from_secs(3)) else {
+            return Vec::new();
+        };
+        topics
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|t| {
+                !md.topics()
+                    .iter()
+                    .any(|m| m.name() == t && m.error().is_none())
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// Creates those of `topics` the broker does not have: as many partitions as the first
 /// input topic (1 if it has none yet), `compacted` ones with `cleanup.policy=compact`.
 /// Returns the topics created.
