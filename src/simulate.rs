@@ -104,8 +104,8 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
         }
     }
     for (id, t) in traces.iter_mut() {
-        if t.root_duration_ns.is_none() {
-            t.host_window_ns = hosts
+        if t.one_clock_ns.is_none() {
+            t.one_clock_ns = hosts
                 .get(id)
                 .and_then(|w| w.iter().map(|(_, a, b)| b.saturating_sub(*a)).max());
         }

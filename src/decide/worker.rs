@@ -403,8 +403,8 @@ impl ShardWorker {
         mut entry: TraceEntry,
         forced: Option<Forced>,
     ) -> Result<(), Closed> {
-        if entry.summary.root_duration_ns.is_none() {
-            entry.summary.host_window_ns = Some(entry.longest_host_window_ns());
+        if entry.summary.one_clock_ns.is_none() {
+            entry.summary.one_clock_ns = Some(entry.longest_host_window_ns());
         }
         self.metrics
             .latency

@@ -38,7 +38,7 @@ mod tests {
         let mut t = TraceSummary::new(TraceId([1; 16]));
         t.min_start_ns = 1_000_000_000;
         t.max_end_ns = t.min_start_ns + window_ms * 1_000_000;
-        t.root_duration_ns = root_ms.map(|ms| ms * 1_000_000);
+        t.one_clock_ns = root_ms.map(|ms| ms * 1_000_000);
         t
     }
 

@@ -15,11 +15,10 @@ pub struct TraceSummary {
     pub min_start_ns: u64,
     /// Latest span end (ns since epoch).
     pub max_end_ns: u64,
-    /// The root span's own duration, once the root span has arrived.
-    pub root_duration_ns: Option<u64>,
-    /// Without a root span: the longest window one host saw (set when decided, see
+    /// The trace's duration on one clock: the root span's own duration once the root
+    /// has arrived; at decision, without a root, the longest window one host saw (see
     /// `buffer::TraceEntry::longest_host_window_ns`).
-    pub host_window_ns: Option<u64>,
+    pub one_clock_ns: Option<u64>,
     /// Spans with status ERROR.
     pub error_spans: u32,
     /// Spans with status OK.
@@ -44,8 +43,7 @@ impl TraceSummary {
             span_bytes: 0,
             min_start_ns: u64::MAX,
             max_end_ns: 0,
-            root_duration_ns: None,
-            host_window_ns: None,
+            one_clock_ns: None,
             error_spans: 0,
             ok_spans: 0,
             unset_spans: 0,
@@ -62,7 +60,7 @@ impl TraceSummary {
         self.min_start_ns = self.min_start_ns.min(span.start_ns);
         self.max_end_ns = self.max_end_ns.max(span.end_ns);
         if span.is_root {
-            self.root_duration_ns = Some(span.end_ns.saturating_sub(span.start_ns));
+            self.one_clock_ns = Some(span.end_ns.saturating_sub(span.start_ns));
         }
         match span.status {
             StatusCode::Error => self.error_spans += 1,
@@ -82,8 +80,7 @@ impl TraceSummary {
     /// resource); otherwise (not computed) the span window over all spans, as the
     /// OTel processor uses.
     pub fn duration_ns(&self) -> u64 {
-        self.root_duration_ns
-            .or(self.host_window_ns)
+        self.one_clock_ns
             .unwrap_or_else(|| self.max_end_ns.saturating_sub(self.min_start_ns))
     }
 
