@@ -214,6 +214,20 @@ pub struct RateAllocationConfig {
 }
 
 impl CompositeConfig {
+    /// The sub-policies in evaluation order, each with its spans-per-second share.
+    pub fn with_shares(&self) -> Vec<(&PolicyConfig, u64)> {
+        let ordered = self.ordered();
+        let names: Vec<&str> = ordered.iter().map(|p| p.name.as_str()).collect();
+        let allocation: Vec<(&str, u32)> = self
+            .rate_allocation
+            .iter()
+            .map(|a| (a.policy.as_str(), a.percent))
+            .collect();
+        let shares =
+            crate::policy::composite_shares(&names, &allocation, self.max_total_spans_per_second);
+        ordered.into_iter().zip(shares).collect()
+    }
+
     /// The sub-policies in evaluation order.
     pub fn ordered(&self) -> Vec<&PolicyConfig> {
         let mut out: Vec<&PolicyConfig> = self
@@ -407,25 +421,13 @@ impl PolicyConfig {
             )),
             (_, _, Some(n)) => Some((vec![&*n.not_sub_policy], "none of".into())),
             _ => self.composite.as_ref().map(|c| {
-                let ordered = c.ordered();
-                let names: Vec<&str> = ordered.iter().map(|p| p.name.as_str()).collect();
-                let allocation: Vec<(&str, u32)> = c
-                    .rate_allocation
+                let with_shares = c.with_shares();
+                let each: Vec<String> = with_shares
                     .iter()
-                    .map(|a| (a.policy.as_str(), a.percent))
-                    .collect();
-                let shares = crate::policy::composite_shares(
-                    &names,
-                    &allocation,
-                    c.max_total_spans_per_second,
-                );
-                let each: Vec<String> = names
-                    .iter()
-                    .zip(shares)
-                    .map(|(n, s)| format!("{n} {s}"))
+                    .map(|(p, s)| format!("{} {s}", p.name))
                     .collect();
                 (
-                    ordered,
+                    with_shares.into_iter().map(|(p, _)| p).collect(),
                     format!(
                         "the first of, within {} spans/s (spans/s each: {})",
                         c.max_total_spans_per_second,

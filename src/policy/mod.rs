@@ -293,17 +293,9 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
         }
         PolicyType::Composite => {
             let s = c.composite.as_ref().ok_or_else(missing)?;
-            let ordered = s.ordered();
-            let names: Vec<&str> = ordered.iter().map(|p| p.name.as_str()).collect();
-            let allocation: Vec<(&str, u32)> = s
-                .rate_allocation
-                .iter()
-                .map(|a| (a.policy.as_str(), a.percent))
-                .collect();
-            let shares = composite::shares(&names, &allocation, s.max_total_spans_per_second);
-            let subs = ordered
+            let subs = s
+                .with_shares()
                 .into_iter()
-                .zip(shares)
                 .map(|(p, share)| Ok((build_one(p, keys)?, share)))
                 .collect::<Result<Vec<_>, PolicyError>>()?;
             Box::new(Composite::new(subs, s.max_total_spans_per_second))
