@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::decide::LivePolicies;
@@ -32,13 +32,17 @@ pub enum ReloadError {
     Policy(#[from] crate::policy::PolicyError),
 }
 
-/// Loads `path` and puts its policies in force; returns the new generation.
+/// Loads `path` and puts its policies in force; returns the new generation and the
+/// policies' topics (to check they exist).
 ///
 /// # Errors
 /// [`ReloadError`]; the policies in force stay.
-pub fn reload(path: &std::path::Path, policies: &LivePolicies) -> Result<u64, ReloadError> {
+pub fn reload(
+    path: &std::path::Path,
+    policies: &LivePolicies,
+) -> Result<(u64, Config), ReloadError> {
     let cfg = Config::load(path)?;
-    Ok(policies.replace(&cfg)?)
+    Ok((policies.replace(&cfg)?, cfg))
 }
 
 /// Watches `path` until `shutdown`: reloads on SIGHUP and whenever its contents
@@ -68,10 +72,18 @@ pub async fn watch(
             }
         };
         match reload(&path, &policies) {
-            Ok(generation) => {
+            Ok((generation, cfg)) => {
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
                 metrics::gauge!(names::POLICY_GENERATION).set(generation as f64);
                 info!(message = "Policies reloaded; they decide every trace from now on. Settings other than the policies need a restart.", trigger = why, path = %path.display(), generation);
+                let topics: Vec<(String, bool)> = cfg
+                    .policies
+                    .iter()
+                    .filter_map(|p| p.topic.clone().map(|t| (t, false)))
+                    .collect();
+                for topic in crate::sink::missing(&cfg.kafka, &topics).await {
+                    warn!(message = "A reloaded policy's topic does not exist; its traces wait (input uncommitted) until it is created.", topic = %topic);
+                }
             }
             Err(e) => {
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "error").increment(1);
