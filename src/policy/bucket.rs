@@ -3,6 +3,44 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::{Decision, Policy, TraceSummary};
+
+/// A policy that keeps a trace when a token bucket holds what the trace costs, and
+/// takes it: `rate_limiting` (a span per token) and `bytes_limiting` (a byte per token)
+/// are this with their cost. Every policy votes on every trace, so it spends its
+/// budget on traces other policies keep too (as in OTel).
+#[derive(Debug)]
+pub struct Limiting {
+    bucket: TokenBucket,
+    cost: fn(&TraceSummary) -> u64,
+}
+
+impl Limiting {
+    /// A bucket refilling `per_second` tokens, holding `burst` (0: one second's worth),
+    /// charging `cost` per trace.
+    pub(super) fn new(per_second: u64, burst: u64, cost: fn(&TraceSummary) -> u64) -> Self {
+        Limiting {
+            bucket: TokenBucket::new(per_second, burst),
+            cost,
+        }
+    }
+
+    pub(super) fn evaluate_at(&self, t: &TraceSummary, now: Instant) -> Decision {
+        Decision::sampled_if(self.bucket.take_at((self.cost)(t), now))
+    }
+}
+
+impl Policy for Limiting {
+    fn evaluate(&self, t: &TraceSummary) -> Decision {
+        self.evaluate_at(t, Instant::now())
+    }
+
+    /// Depends on the traffic: unknown.
+    fn probability(&self, _t: &TraceSummary) -> Option<f64> {
+        None
+    }
+}
+
 /// Tokens refilled at a fixed rate up to a capacity; shared by every shard worker
 /// (a lock held for a few arithmetic operations per trace).
 #[derive(Debug)]

@@ -1,50 +1,27 @@
 //! `bytes_limiting`: keeps traces while a bytes-per-second budget lasts.
 
-use std::time::Instant;
-
-use super::bucket::TokenBucket;
-use super::{Decision, Policy, TraceSummary};
+use super::bucket::Limiting;
+use super::TraceSummary;
 use crate::config::BytesLimitingConfig;
 
-/// Votes to keep a trace when the bucket holds as many tokens as the trace has encoded
-/// bytes, and takes them.
-#[derive(Debug)]
-pub struct BytesLimiting {
-    bucket: TokenBucket,
-}
-
-impl BytesLimiting {
-    /// From its config block.
-    pub fn new(c: &BytesLimitingConfig) -> Self {
-        BytesLimiting {
-            bucket: TokenBucket::new(c.bytes_per_second, c.burst_capacity),
-        }
-    }
-
-    fn evaluate_at(&self, t: &TraceSummary, now: Instant) -> Decision {
-        Decision::sampled_if(self.bucket.take_at(t.span_bytes, now))
-    }
-}
-
-impl Policy for BytesLimiting {
-    fn evaluate(&self, t: &TraceSummary) -> Decision {
-        self.evaluate_at(t, Instant::now())
-    }
-
-    /// Depends on the traffic: unknown.
-    fn probability(&self, _t: &TraceSummary) -> Option<f64> {
-        None
-    }
+/// The policy: a token per encoded byte of the trace (see [`Limiting`]).
+pub fn new(c: &BytesLimitingConfig) -> Limiting {
+    Limiting::new(c.bytes_per_second, c.burst_capacity, |t: &TraceSummary| {
+        t.span_bytes
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
     use crate::codec::TraceId;
+    use crate::policy::Decision;
 
     #[test]
     fn a_trace_larger_than_the_burst_is_never_kept() {
-        let p = BytesLimiting::new(&BytesLimitingConfig {
+        let p = new(&BytesLimitingConfig {
             bytes_per_second: 1000,
             burst_capacity: 5000,
         });

@@ -35,7 +35,7 @@ use crate::config::{PolicyConfig, PolicyType};
 pub use always_sample::AlwaysSample;
 pub use and::And;
 pub use boolean_attribute::BooleanAttribute;
-pub use bytes_limiting::BytesLimiting;
+pub use bucket::Limiting;
 pub use composite::{shares as composite_shares, Composite};
 pub use drop::DropPolicy;
 pub use dynamic::Dynamic;
@@ -44,7 +44,6 @@ pub use not::Not;
 pub use numeric_attribute::NumericAttribute;
 pub use ottl_condition::OttlCondition;
 pub use probabilistic::Probabilistic;
-pub use rate_limiting::RateLimiting;
 pub use span_count::SpanCount;
 pub use status_code::StatusCodeFilter;
 pub use string_attribute::StringAttribute;
@@ -307,10 +306,10 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
             let s = c.and.as_ref().ok_or_else(missing)?;
             Box::new(And::new(build_all(&s.and_sub_policy, keys)?))
         }
-        PolicyType::RateLimiting => Box::new(RateLimiting::new(
+        PolicyType::RateLimiting => Box::new(rate_limiting::new(
             c.rate_limiting.as_ref().ok_or_else(missing)?,
         )),
-        PolicyType::BytesLimiting => Box::new(BytesLimiting::new(
+        PolicyType::BytesLimiting => Box::new(bytes_limiting::new(
             c.bytes_limiting.as_ref().ok_or_else(missing)?,
         )),
         PolicyType::Not => {
