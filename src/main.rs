@@ -130,6 +130,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             tokio::spawn(tailsift::reload::watch(
                 config.clone(),
                 std::sync::Arc::clone(&running.policies),
+                cfg.kafka.clone(),
                 trigger.subscribe(),
                 tailsift::reload::POLL,
             ));

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, KafkaConfig};
 use crate::decide::LivePolicies;
 use crate::shutdown::Shutdown;
 use crate::telemetry::names;
@@ -46,10 +46,12 @@ pub fn reload(
 }
 
 /// Watches `path` until `shutdown`: reloads on SIGHUP and whenever its contents
-/// change (checked every `poll`).
+/// change (checked every `poll`). `kafka` is the running connection (a reload does
+/// not change it), used to check that new policies' topics exist.
 pub async fn watch(
     path: PathBuf,
     policies: Arc<LivePolicies>,
+    kafka: KafkaConfig,
     mut shutdown: Shutdown,
     poll: Duration,
 ) {
@@ -81,7 +83,7 @@ pub async fn watch(
                     .iter()
                     .filter_map(|p| p.topic.clone().map(|t| (t, false)))
                     .collect();
-                for topic in crate::sink::missing(&cfg.kafka, &topics).await {
+                for topic in crate::sink::missing(&kafka, &topics).await {
                     warn!(message = "A reloaded policy's topic does not exist; its traces wait (input uncommitted) until it is created.", topic = %topic);
                 }
             }
