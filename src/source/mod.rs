@@ -27,7 +27,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::buffer::MemoryBudget;
+use crate::buffer::{Charge, MemoryBudget};
 use crate::codec::FrameInterner;
 use crate::config::{KafkaConfig, MemorySplit};
 use crate::decide::{LivePolicies, ShardMsg};
@@ -111,6 +111,9 @@ pub struct Source {
 struct Loaded {
     parts: Vec<(String, i32)>,
     decisions: Vec<Restored>,
+    /// The decisions' memory, charged until they are handed to the shards (whose
+    /// caches then charge what they keep).
+    _charge: Charge,
 }
 
 /// Where the source sends what it reads.
@@ -381,13 +384,24 @@ impl Source {
         self.loading.extend(parts.iter().cloned());
         let topic = topic.clone();
         let done = self.loaded.0.clone();
+        let budget = self.budget.clone();
         tokio::task::spawn_blocking(move || {
             let numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
             let decisions = topic.load(&numbers).unwrap_or_else(|e| {
                 warn!(message = "Cannot read decisions back; late spans of earlier traces will be decided afresh.", error = %e);
                 Vec::new()
             });
-            let _ = done.send(Loaded { parts, decisions });
+            let bytes = decisions.capacity() * std::mem::size_of::<Restored>()
+                + decisions
+                    .iter()
+                    .filter_map(|d| d.1.as_ref().map(|p| p.len() + 16))
+                    .sum::<usize>();
+            let _charge = Charge::new(&budget, bytes as u64);
+            let _ = done.send(Loaded {
+                parts,
+                decisions,
+                _charge,
+            });
         });
     }
 
