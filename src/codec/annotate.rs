@@ -115,7 +115,7 @@ impl<'a> Annotated<'a> {
         let mut out = Vec::with_capacity(spans.len());
         for s in spans {
             let start = bytes.len();
-            bytes.extend_from_slice(s.bytes());
+            copy_without_annotation(s.bytes(), &mut bytes);
             bytes.extend_from_slice(&tail);
             if let Some(p) = a.probability {
                 let existing = trace_state(s.bytes());
@@ -138,6 +138,51 @@ impl<'a> Annotated<'a> {
             })
             .collect()
     }
+}
+
+/// Copies an encoded span, leaving out attributes named like the annotation's (a span
+/// annotated by an earlier tail sampler would otherwise carry the key twice).
+fn copy_without_annotation(span: &[u8], out: &mut Vec<u8>) {
+    const PREFIX: &[u8] = b"tailsampling.";
+    if !span.windows(PREFIX.len()).any(|w| w == PREFIX) {
+        out.extend_from_slice(span);
+        return;
+    }
+    let before = out.len();
+    let mut r = Reader::new(span, 0);
+    while !r.at_end() {
+        let at = r.offset();
+        let Ok((field, wt)) = r.key() else { break };
+        let ours = field == 9
+            && wt == LEN
+            && {
+                let mut probe = Reader::new(&span[r.offset()..], 0);
+                matches!(probe.len_delimited(), Ok((_, kv)) if attribute_key(kv)
+                .is_some_and(|k| k == POLICY_ATTRIBUTE.as_bytes() || k == PROBABILITY_ATTRIBUTE.as_bytes()))
+            };
+        if r.skip(field, wt).is_err() {
+            // Cannot happen for a span that scanned; keep it whole rather than cut it.
+            out.truncate(before);
+            out.extend_from_slice(span);
+            return;
+        }
+        if !ours {
+            out.extend_from_slice(&span[at..r.offset()]);
+        }
+    }
+}
+
+/// The key of an encoded `KeyValue`.
+fn attribute_key(kv: &[u8]) -> Option<&[u8]> {
+    let mut r = Reader::new(kv, 0);
+    while !r.at_end() {
+        let (field, wt) = r.key().ok()?;
+        if field == 1 && wt == LEN {
+            return r.len_delimited().ok().map(|(_, k)| k);
+        }
+        r.skip(field, wt).ok()?;
+    }
+    None
 }
 
 /// The span's `trace_state` (last one wins, as for any singular field); empty if
@@ -204,6 +249,44 @@ mod tests {
         }
         assert_eq!(probability_of("xyz"), None);
         assert_eq!(probability_of("123456789abcdef"), None);
+    }
+
+    #[test]
+    fn an_earlier_annotation_is_replaced_not_repeated() {
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+        use opentelemetry_proto::tonic::trace::v1::Span;
+        use prost::Message as _;
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        };
+        let span = Span {
+            trace_id: vec![1; 16],
+            name: "op".into(),
+            attributes: vec![kv("a", "1"), kv(POLICY_ATTRIBUTE, "upstream"), kv("b", "2")],
+            ..Default::default()
+        };
+        let frame = ScopeFrame::new(bytes::Bytes::new());
+        let encoded = span.encode_to_vec();
+        let input = [SpanRef {
+            frame: &frame,
+            bytes: &encoded,
+        }];
+        let a = Annotated::new(
+            &input,
+            &Annotation {
+                policy: "errors",
+                probability: None,
+            },
+        );
+        let out = Span::decode(a.spans()[0].bytes).expect("valid span");
+        let keys: Vec<&str> = out.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", POLICY_ATTRIBUTE]);
+        assert_eq!(out.name, "op");
+        assert_eq!(out.trace_id, vec![1; 16]);
     }
 
     #[test]
