@@ -15,7 +15,7 @@
 //! [`app`] wires them with bounded channels; [`config`] is the YAML schema;
 //! [`telemetry`] the metrics and health endpoints; [`gen`] and [`demo`] the synthetic
 //! traffic and the zero-setup demo on the embedded broker; [`simulate`] runs a policy
-//! set over recorded OTLP offline.
+//! set over recorded OTLP offline; [`reload`] replaces the policy set while running.
 
 #![warn(missing_docs)]
 
