@@ -2,7 +2,7 @@
 //! offsets.
 //!
 //! The source reads messages in partition order, pins each, and deals them to its
-//! [`scanner`] tasks, which decode them (codec) in parallel and send each shard its
+//! `scanner` tasks, which decode them (codec) in parallel and send each shard its
 //! spans; undecodable messages go to the sink as dead letters. It tracks one pin per
 //! (message, trace) and commits, per partition, only below the lowest pinned offset
 //! ([`OffsetTracker`]); workers and the sink send releases back through
