@@ -295,12 +295,13 @@ pub struct AndConfig {
     pub and_sub_policy: Vec<PolicyConfig>,
 }
 
-/// `latency`: keep traces whose duration is at least `threshold_ms` (and at most
-/// `upper_threshold_ms` when that is set).
+/// `latency`: keep traces whose duration is at least `threshold_ms`; with
+/// `upper_threshold_ms` set, above `threshold_ms` and at most the upper bound (OTel's
+/// comparisons, in whole milliseconds).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LatencyConfig {
-    /// Lower bound, milliseconds, inclusive.
+    /// Lower bound, milliseconds: inclusive alone, exclusive with an upper bound (as OTel).
     pub threshold_ms: i64,
     /// Upper bound, milliseconds, inclusive; `0` or absent: none.
     #[serde(default)]

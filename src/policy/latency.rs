@@ -3,29 +3,33 @@
 use super::{Decision, Policy, TraceSummary};
 use crate::config::LatencyConfig;
 
-/// Votes to keep traces whose duration ([`TraceSummary::duration_ns`]) is within
-/// `[threshold, upper]`.
+/// Votes to keep traces whose duration ([`TraceSummary::duration_ns`]), in whole
+/// milliseconds, is at least `threshold_ms`; with an upper bound, above `threshold_ms`
+/// and at most `upper_threshold_ms` (OTel's comparisons, lower bound exclusive then).
 #[derive(Debug)]
 pub struct Latency {
-    threshold_ns: u64,
-    upper_ns: Option<u64>,
+    threshold_ms: u64,
+    upper_ms: Option<u64>,
 }
 
 impl Latency {
     /// From a validated config block.
     pub fn new(c: &LatencyConfig) -> Self {
-        let ms_to_ns = |ms: i64| u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000);
+        let ms = |v: i64| u64::try_from(v).unwrap_or(0);
         Latency {
-            threshold_ns: ms_to_ns(c.threshold_ms),
-            upper_ns: (c.upper_threshold_ms > 0).then(|| ms_to_ns(c.upper_threshold_ms)),
+            threshold_ms: ms(c.threshold_ms),
+            upper_ms: (c.upper_threshold_ms > 0).then(|| ms(c.upper_threshold_ms)),
         }
     }
 }
 
 impl Policy for Latency {
     fn evaluate(&self, trace: &TraceSummary) -> Decision {
-        let d = trace.duration_ns();
-        Decision::sampled_if(d >= self.threshold_ns && self.upper_ns.is_none_or(|u| d <= u))
+        let ms = trace.duration_ns() / 1_000_000;
+        Decision::sampled_if(match self.upper_ms {
+            None => ms >= self.threshold_ms,
+            Some(upper) => self.threshold_ms < ms && ms <= upper,
+        })
     }
 }
 
@@ -43,13 +47,23 @@ mod tests {
     }
 
     #[test]
-    fn threshold_and_upper_bound_are_inclusive() {
+    fn bounds_compare_whole_milliseconds_as_otel_does() {
+        let open = Latency::new(&LatencyConfig {
+            threshold_ms: 100,
+            upper_threshold_ms: 0,
+        });
+        assert_eq!(open.evaluate(&trace(Some(99), 99)), Decision::NotSampled);
+        assert_eq!(open.evaluate(&trace(Some(100), 100)), Decision::Sampled);
+        let mut t = trace(None, 0);
+        t.one_clock_ns = Some(99_999_999); // 99.99 ms is 99 whole ms
+        assert_eq!(open.evaluate(&t), Decision::NotSampled);
+        // With an upper bound OTel's lower bound is exclusive.
         let p = Latency::new(&LatencyConfig {
             threshold_ms: 100,
             upper_threshold_ms: 200,
         });
-        assert_eq!(p.evaluate(&trace(Some(99), 99)), Decision::NotSampled);
-        assert_eq!(p.evaluate(&trace(Some(100), 100)), Decision::Sampled);
+        assert_eq!(p.evaluate(&trace(Some(100), 100)), Decision::NotSampled);
+        assert_eq!(p.evaluate(&trace(Some(101), 101)), Decision::Sampled);
         assert_eq!(p.evaluate(&trace(Some(200), 200)), Decision::Sampled);
         assert_eq!(p.evaluate(&trace(Some(201), 201)), Decision::NotSampled);
     }
