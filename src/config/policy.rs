@@ -578,12 +578,12 @@ impl PolicyConfig {
                         "a number of milliseconds >= 0",
                     ));
                 }
-                if c.upper_threshold_ms != 0 && c.upper_threshold_ms < c.threshold_ms {
+                if c.upper_threshold_ms != 0 && c.upper_threshold_ms <= c.threshold_ms {
                     return Err(ConfigError::invalid(
                         format!("{at}.latency.upper_threshold_ms"),
                         c.upper_threshold_ms,
                         format!(
-                            "0 (no upper bound) or at least threshold_ms ({})",
+                            "0 (no upper bound) or above threshold_ms ({}): the lower bound is exclusive then, so nothing would match",
                             c.threshold_ms
                         ),
                     ));

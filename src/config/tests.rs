@@ -95,7 +95,7 @@ fn bad_values_name_field_value_and_expectation() {
         ),
         (
             "{name: l, type: latency, latency: {threshold_ms: 500, upper_threshold_ms: 100}}",
-            "config field `policies[0].latency.upper_threshold_ms` = 100: expected 0 (no upper bound) or at least threshold_ms (500)",
+            "config field `policies[0].latency.upper_threshold_ms` = 100: expected 0 (no upper bound) or above threshold_ms (500): the lower bound is exclusive then, so nothing would match",
         ),
         (
             "{name: r, type: string_attribute, string_attribute: {key: k, values: ['('], enabled_regex_matching: true}}",
