@@ -90,7 +90,11 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
                     .entry(s.trace_id)
                     .or_insert_with(|| TraceSummary::new(s.trace_id))
                     .add(s);
-                // Per host (resource) windows, for traces without a root span.
+                // Per host (resource) windows, for traces without a root span, when a
+                // latency policy reads them.
+                if !decider.reads_duration() {
+                    continue;
+                }
                 let resource = message.frame(s).resource().unwrap_or_default();
                 let windows = hosts.entry(s.trace_id).or_default();
                 match windows.iter_mut().find(|w| w.0 == resource) {

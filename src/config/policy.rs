@@ -512,7 +512,11 @@ pub(super) fn validate_all(policies: &[PolicyConfig]) -> Result<(), ConfigError>
     }
     let mut dynamic = Vec::new();
     for (i, p) in policies.iter().enumerate() {
-        p.find_dynamic(&format!("policies[{i}]"), &mut dynamic);
+        p.walk(&format!("policies[{i}]"), &mut |at, q| {
+            if q.kind == PolicyType::Dynamic {
+                dynamic.push(at.to_string());
+            }
+        });
     }
     if let Some(second) = dynamic.get(1) {
         return Err(ConfigError::invalid(
@@ -778,11 +782,10 @@ impl PolicyConfig {
 }
 
 impl PolicyConfig {
-    /// Collects where `dynamic` policies are, this one and its sub-policies.
-    fn find_dynamic(&self, at: &str, out: &mut Vec<String>) {
-        if self.kind == PolicyType::Dynamic {
-            out.push(at.to_string());
-        }
+    /// Calls `f(field path, policy)` for this policy (at `at`) and every sub-policy
+    /// under it.
+    fn walk(&self, at: &str, f: &mut dyn FnMut(&str, &PolicyConfig)) {
+        f(at, self);
         let subs: Vec<(&str, &[PolicyConfig])> = [
             self.and
                 .as_ref()
@@ -808,9 +811,16 @@ impl PolicyConfig {
         .collect();
         for (field, list) in subs {
             for (j, s) in list.iter().enumerate() {
-                s.find_dynamic(&format!("{at}.{field}[{j}]"), out);
+                s.walk(&format!("{at}.{field}[{j}]"), f);
             }
         }
+    }
+
+    /// Whether this policy or one of its sub-policies is of type `kind`.
+    pub fn uses(&self, kind: PolicyType) -> bool {
+        let mut found = false;
+        self.walk("", &mut |_, p| found |= p.kind == kind);
+        found
     }
 
     fn validate_composite(&self, at: &str, c: &CompositeConfig) -> Result<(), ConfigError> {

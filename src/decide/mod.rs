@@ -121,6 +121,11 @@ impl Decider {
             .probability(trace)
     }
 
+    /// Whether a policy reads trace durations (see `PolicySet::reads_duration`).
+    pub fn reads_duration(&self) -> bool {
+        self.set.reads_duration
+    }
+
     /// Policies in the set.
     pub fn len(&self) -> usize {
         self.set.policies.len()

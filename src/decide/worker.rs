@@ -403,7 +403,8 @@ impl ShardWorker {
         mut entry: TraceEntry,
         forced: Option<Forced>,
     ) -> Result<(), Closed> {
-        if entry.summary.one_clock_ns.is_none() {
+        // Measured only when a latency policy will read it: it re-reads every span.
+        if entry.summary.one_clock_ns.is_none() && self.policies.get().decider.reads_duration() {
             entry.summary.one_clock_ns = Some(entry.longest_host_window_ns());
         }
         self.metrics

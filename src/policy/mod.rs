@@ -182,6 +182,9 @@ pub struct PolicySet {
     pub policies: Vec<NamedPolicy>,
     /// The attribute predicates of the attribute policies, tested by the codec.
     pub keys: AttrMatchers,
+    /// Whether a `latency` policy reads the traces' durations (so a trace without a
+    /// root span needs its per-host windows measured when decided).
+    pub reads_duration: bool,
 }
 
 impl PolicySet {
@@ -214,7 +217,11 @@ impl PolicySet {
                 policy: build_one(c, &mut keys)?,
             });
         }
-        Ok(PolicySet { policies, keys })
+        Ok(PolicySet {
+            policies,
+            keys,
+            reads_duration: configs.iter().any(|c| c.uses(PolicyType::Latency)),
+        })
     }
 }
 
