@@ -56,6 +56,13 @@ impl PartialEq for Matcher {
     }
 }
 
+/// The bits of the predicates in `list` that `v` satisfies.
+pub(super) fn hits_of(list: &[(u8, Matcher)], v: &AttrValue<'_>) -> u64 {
+    list.iter()
+        .filter(|(_, m)| m.matches(v))
+        .fold(0, |hits, (bit, _)| hits | 1 << bit)
+}
+
 /// The predicates on one key, each with its bit.
 type KeyMatchers = (Box<[u8]>, Vec<(u8, Matcher)>);
 
@@ -272,11 +279,7 @@ impl AttrMatchers {
             };
             let (key, value) = (&entry[..eq], &entry[eq + 1..]);
             if let Some((_, list)) = self.trace_state.iter().find(|(k, _)| &k[..] == key) {
-                for (bit, m) in list {
-                    if m.matches(&AttrValue::Str(value)) {
-                        hits |= 1 << bit;
-                    }
-                }
+                hits |= hits_of(list, &AttrValue::Str(value));
             }
         }
         hits

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::attrs::hits_of;
 use super::frames::FrameParts;
 use super::ottl::{Path, Record, Value};
 use super::wire::{Reader, FIXED32, FIXED64, LEN, VARINT};
@@ -469,10 +470,7 @@ fn scan_key_value_full<'a>(
         }
     }
     let hits = match (keys.for_key(key), &value) {
-        (Some(m), Some(v)) => m
-            .iter()
-            .filter(|(_, m)| m.matches(v))
-            .fold(0, |h, (bit, _)| h | 1 << bit),
+        (Some(m), Some(v)) => hits_of(m, v),
         _ => 0,
     };
     Ok((key, value, hits))
@@ -503,10 +501,7 @@ fn scan_key_value(kv: Msg<'_>, keys: &AttrMatchers) -> Result<u64, CodecError> {
     let Some(v) = scan_any_value(&value)? else {
         return Ok(0);
     };
-    Ok(matchers
-        .iter()
-        .filter(|(_, m)| m.matches(&v))
-        .fold(0, |hits, (bit, _)| hits | 1 << bit))
+    Ok(hits_of(matchers, &v))
 }
 
 fn scan_any_value<'a>(v: &Msg<'a>) -> Result<Option<AttrValue<'a>>, CodecError> {

@@ -16,10 +16,16 @@ use crate::sink::{DroppedTrace, KeptTrace, SinkMsg};
 use crate::source::{Pin, Releases};
 use crate::telemetry::names;
 
-use super::{DecisionCache, PolicyWatch, Verdict};
+use super::{Decider, DecisionCache, PolicyWatch, Verdict};
 
 /// Policy index of a restored kept decision whose policy is not in the set any more.
 const RESTORED_POLICY: u16 = u16::MAX - 1;
+
+/// The index of policy `name` in `decider`'s set, or [`RESTORED_POLICY`] if it is
+/// not there (any more).
+fn index_or_restored(decider: &Decider, name: &str) -> u16 {
+    decider.policy_index(name).unwrap_or(RESTORED_POLICY)
+}
 
 /// Traces decided early per round under memory pressure, between yields.
 const EVICTION_BATCH: usize = 64;
@@ -245,10 +251,7 @@ impl ShardWorker {
         };
         let new = &self.policies.get().decider;
         let renumber: Vec<u16> = (0..old.decider.len())
-            .map(|i| {
-                let name = old.decider.policy_name(i as u16);
-                new.policy_index(&name).unwrap_or(RESTORED_POLICY)
-            })
+            .map(|i| index_or_restored(new, &old.decider.policy_name(i as u16)))
             .collect();
         self.cache.remap(|i| {
             renumber
@@ -288,13 +291,9 @@ impl ShardWorker {
             if self.shard.contains(&id) {
                 continue; // being buffered again: it will be decided whole
             }
-            let verdict = Verdict::new(policy.map(|name| {
-                self.policies
-                    .get()
-                    .decider
-                    .policy_index(&name)
-                    .unwrap_or(RESTORED_POLICY)
-            }));
+            let verdict = Verdict::new(
+                policy.map(|name| index_or_restored(&self.policies.get().decider, &name)),
+            );
             self.cache.insert(&id, verdict);
             if let Some(output) = output.filter(|_| self.skip_reread) {
                 self.cache.set_output(&id, output);
