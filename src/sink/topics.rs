@@ -1,11 +1,13 @@
 //! Creating the topics tailsift writes, when the broker lacks them and
 //! `kafka.create_missing_topics` is on (brokers such as tansu create none on first use).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 use tracing::info;
 
 use crate::config::KafkaConfig;
@@ -26,35 +28,51 @@ pub enum TopicError {
     },
 }
 
-/// Those of `topics` the broker does not have (none if it cannot be asked: the
-/// pipeline's own clients will report an unreachable broker).
-pub async fn missing(cfg: &KafkaConfig, topics: &[(String, bool)]) -> Vec<String> {
+/// An admin client with tailsift's producer settings (TLS, SASL, ...).
+fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, TopicError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
     for (k, v) in &cfg.producer {
         c.set(k, v);
     }
-    let Ok(admin) = c.create::<AdminClient<DefaultClientContext>>() else {
-        return Vec::new();
-    };
-    let topics = topics.to_vec();
+    Ok(c.create()?)
+}
+
+/// Every topic the broker has, with its partition count (asked for all topics: asking
+/// for one by name may create it on brokers that auto-create). The metadata request
+/// blocks, so it runs on the blocking pool; the client comes back with the answer.
+async fn partitions(
+    admin: AdminClient<DefaultClientContext>,
+    timeout: Duration,
+) -> Result<(AdminClient<DefaultClientContext>, HashMap<String, i32>), TopicError> {
     tokio::task::spawn_blocking(move || {
-        // All topics: asking for one by name may create it on brokers that auto-create.
-        let Ok(md) = admin.inner().fetch_metadata(None, Duration::from_secs(3)) else {
-            return Vec::new();
-        };
-        topics
-            .into_iter()
-            .map(|(t, _)| t)
-            .filter(|t| {
-                !md.topics()
-                    .iter()
-                    .any(|m| m.name() == t && m.error().is_none())
-            })
-            .collect()
+        let md = admin.inner().fetch_metadata(None, timeout)?;
+        let topics = md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+            .collect();
+        Ok((admin, topics))
     })
     .await
-    .unwrap_or_default()
+    .unwrap_or(Err(TopicError::Admin(KafkaError::Canceled)))
+}
+
+/// Those of `topics` the broker does not have (none if it cannot be asked: the
+/// pipeline's own clients will report an unreachable broker).
+pub async fn missing(cfg: &KafkaConfig, topics: &[(String, bool)]) -> Vec<String> {
+    let Ok(admin) = admin(cfg) else {
+        return Vec::new();
+    };
+    let Ok((_, have)) = partitions(admin, Duration::from_secs(3)).await else {
+        return Vec::new();
+    };
+    topics
+        .iter()
+        .filter(|(t, _)| !have.contains_key(t))
+        .map(|(t, _)| t.clone())
+        .collect()
 }
 
 /// Creates those of `topics` the broker does not have: as many partitions as the first
@@ -67,30 +85,16 @@ pub async fn create_missing(
     cfg: &KafkaConfig,
     topics: &[(String, bool)],
 ) -> Result<Vec<String>, TopicError> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in &cfg.producer {
-        c.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = c.create()?;
-    let md = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))?;
-    let partitions_of = |name: &str| {
-        md.topics()
-            .iter()
-            .find(|t| t.name() == name && t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-    };
+    let (admin, have) = partitions(admin(cfg)?, Duration::from_secs(10)).await?;
     let partitions = cfg
         .input_topics
         .first()
-        .and_then(|t| partitions_of(t))
+        .and_then(|t| have.get(t).copied())
         .filter(|&n| n > 0)
         .unwrap_or(1);
     let missing: Vec<&(String, bool)> = topics
         .iter()
-        .filter(|(t, _)| partitions_of(t).is_none())
+        .filter(|(t, _)| !have.contains_key(t))
         .collect();
     if missing.is_empty() {
         return Ok(Vec::new());
