@@ -84,8 +84,8 @@ pub struct KeptTrace {
     pub spans: usize,
     /// The payloads' memory charge, released when the trace is delivered.
     pub charge: crate::buffer::Charge,
-    /// Whether its decision is to be recorded (not for late spans of a trace whose
-    /// decision is recorded already).
+    /// Whether its decision is to be recorded (with a decisions topic; late spans of a
+    /// kept trace are recorded too, moving the output offset of its record forward).
     pub record_decision: bool,
 }
 
@@ -123,8 +123,8 @@ pub enum SinkError {
     /// librdkafka refused the configuration.
     #[error("cannot create Kafka producer: {0}")]
     Create(#[from] KafkaError),
-    /// The decisions topic is missing (tailsift does not create it: it must be
-    /// compacted and partitioned like the input).
+    /// The decisions topic is missing or unusable (create it compacted and partitioned
+    /// like the input, or let `kafka.create_missing_topics` do so).
     #[error("decisions topic `{topic}` cannot be used: {why}")]
     DecisionsTopic {
         /// The topic.
