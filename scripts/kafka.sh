@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Starts and stops Apache Kafka (KRaft, combined broker+controller nodes) on 127.0.0.1,
+# fetched from Maven Central with Maven: no tarball, no Docker.
+#
+#   scripts/kafka.sh start [--nodes N]   # prints the bootstrap address on stdout
+#   scripts/kafka.sh stop                # stops exactly the processes it started
+#   scripts/kafka.sh kill NODE           # SIGKILLs one node (cluster tests)
+#   scripts/kafka.sh restart NODE        # starts a killed node again on its data
+#
+# Environment: KAFKA_VERSION (default 4.1.1), TAILSIFT_KAFKA_CACHE (jars, default
+# ~/.cache/tailsift/kafka-$KAFKA_VERSION), TAILSIFT_KAFKA_DIR (state: data, logs, pids;
+# default /tmp/tailsift-kafka), KAFKA_BASE_PORT (default 19092: node i listens on
+# base+10*i for PLAINTEXT, +1 controller).
+set -euo pipefail
+
+VERSION="${KAFKA_VERSION:-4.1.1}"
+CACHE="${TAILSIFT_KAFKA_CACHE:-$HOME/.cache/tailsift/kafka-$VERSION}"
+STATE="${TAILSIFT_KAFKA_DIR:-/tmp/tailsift-kafka}"
+BASE="${KAFKA_BASE_PORT:-19092}"
+HEAP="${KAFKA_HEAP:-384m}"
+
+die() { echo "kafka.sh: $*" >&2; exit 1; }
+
+fetch() {
+  if [ -f "$CACHE/.complete" ]; then return; fi
+  command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch Kafka"
+  mkdir -p "$CACHE"
+  cat >"$CACHE/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>tailsift</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.24.3</version></dependency>
+  </dependencies>
+</project>
+POM
+  echo "kafka.sh: fetching Apache Kafka $VERSION with Maven into $CACHE" >&2
+  mvn -q -B -f "$CACHE/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$CACHE/libs" >&2 || die "Maven could not fetch org.apache.kafka:kafka_2.13:$VERSION"
+  touch "$CACHE/.complete"
+}
+
+port() { echo $((BASE + 10 * $1 + $2)); }
+
+write_config() {
+  local i=$1 n=$2 dir="$STATE/node$i"
+  local voters="" j
+  for ((j = 0; j < n; j++)); do
+    voters+="${voters:+,}$((j + 1))@127.0.0.1:$(port "$j" 1)"
+  done
+  local rf=$(( n >= 3 ? 3 : 1 )) isr=$(( n >= 3 ? 2 : 1 ))
+  mkdir -p "$dir/data"
+  cat >"$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=$((i + 1))
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$(port "$i" 0),CONTROLLER://127.0.0.1:$(port "$i" 1)
+advertised.listeners=PLAINTEXT://127.0.0.1:$(port "$i" 0)
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=4
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+transaction.state.log.num.partitions=8
+default.replication.factor=$rf
+min.insync.replicas=$isr
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=2097152
+auto.create.topics.enable=true
+PROPS
+  if [ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]; then
+    printf '%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$dir/server.properties"
+  fi
+  cat >"$dir/log4j2.properties" <<LOG
+status = error
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $dir/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+LOG
+}
+
+java_run() {
+  local dir=$1; shift
+  java -Xmx"$HEAP" -Xms64m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+    -cp "$CACHE/libs/*" "$@"
+}
+
+start_node() {
+  local i=$1 dir="$STATE/node$i"
+  nohup java -Xmx"$HEAP" -Xms64m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+    -cp "$CACHE/libs/*" kafka.Kafka "$dir/server.properties" \
+    >"$dir/stdout.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+}
+
+wait_ready() {
+  local i=$1 dir="$STATE/node$i" deadline=$((SECONDS + 120))
+  while ((SECONDS < deadline)); do
+    if grep -q "Kafka Server started\|\[KafkaRaftServer nodeId=.*\] Kafka Server started" "$dir/server.log" 2>/dev/null \
+       || grep -q "Kafka Server started" "$dir/stdout.log" 2>/dev/null; then
+      return 0
+    fi
+    kill -0 "$(cat "$dir/pid")" 2>/dev/null || { tail -20 "$dir/stdout.log" "$dir/server.log" >&2 2>/dev/null; die "node $i exited during start"; }
+    sleep 0.5
+  done
+  die "node $i did not start within 120 s (see $dir/server.log)"
+}
+
+bootstrap() {
+  local n; n=$(cat "$STATE/nodes")
+  local out="" j
+  for ((j = 0; j < n; j++)); do out+="${out:+,}127.0.0.1:$(port "$j" 0)"; done
+  echo "$out"
+}
+
+cmd_start() {
+  local n=1
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --nodes) n="$2"; shift 2 ;;
+      *) die "unknown option $1" ;;
+    esac
+  done
+  command -v java >/dev/null || die "Java 17+ is needed"
+  if [ -f "$STATE/nodes" ]; then cmd_stop; fi
+  fetch
+  rm -rf "$STATE"; mkdir -p "$STATE"
+  echo "$n" >"$STATE/nodes"
+  local id i
+  id=$(java_run "$STATE" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+  [ -n "$id" ] || die "StorageTool random-uuid printed nothing"
+  for ((i = 0; i < n; i++)); do
+    write_config "$i" "$n"
+    java_run "$STATE/node$i" kafka.tools.StorageTool format -t "$id" \
+      -c "$STATE/node$i/server.properties" >"$STATE/node$i/format.log" 2>&1 \
+      || { cat "$STATE/node$i/format.log" >&2; die "storage format failed for node $i"; }
+  done
+  for ((i = 0; i < n; i++)); do start_node "$i"; done
+  for ((i = 0; i < n; i++)); do wait_ready "$i"; done
+  bootstrap
+}
+
+cmd_stop() {
+  [ -d "$STATE" ] || return 0
+  local d pid
+  for d in "$STATE"/node*; do
+    [ -f "$d/pid" ] || continue
+    pid=$(cat "$d/pid")
+    kill "$pid" 2>/dev/null || true
+  done
+  for d in "$STATE"/node*; do
+    [ -f "$d/pid" ] || continue
+    pid=$(cat "$d/pid")
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$d/pid"
+  done
+  rm -f "$STATE/nodes"
+}
+
+cmd_kill() {
+  local dir="$STATE/node$1"
+  [ -f "$dir/pid" ] || die "node $1 is not running"
+  kill -9 "$(cat "$dir/pid")" 2>/dev/null || true
+  rm -f "$dir/pid"
+}
+
+cmd_restart() {
+  local dir="$STATE/node$1"
+  [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null && die "node $1 is running"
+  : >"$dir/server.log"; start_node "$1"; wait_ready "$1"
+}
+
+case "${1:-}" in
+  start) shift; cmd_start "$@" ;;
+  stop) cmd_stop ;;
+  kill) cmd_kill "$2" ;;
+  restart) cmd_restart "$2" ;;
+  bootstrap) bootstrap ;;
+  fetch) fetch ;;
+  *) die "usage: kafka.sh start [--nodes N] | stop | kill NODE | restart NODE | bootstrap | fetch" ;;
+esac
