@@ -14,17 +14,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::buffer::{MemoryBudget, TraceLimits};
+use crate::clock::StreamClocks;
 use crate::config::Config;
 use crate::decide::{Generation, LivePolicies, ShardWorker, WorkerConfig};
 use crate::policy::PolicyError;
 use crate::shutdown::Shutdown;
 use crate::sink::{Sink, SinkError};
-use crate::source::{Outputs, Releases, Source, SourceError};
+use crate::source::{Outputs, Releases, Source, SourceError, StreamTime};
 use crate::telemetry::{self, Health, ServerError};
 
 /// Capacity of each shard's input channel, in messages.
@@ -131,6 +133,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         sink_rx,
         releases.clone(),
     )?;
+    let clocks = Arc::new(StreamClocks::new());
     let worker_cfg = WorkerConfig {
         decision_wait: cfg.buffer.decision_wait.0,
         after_root: cfg.buffer.decision_wait_after_root_received.map(|d| d.0),
@@ -144,6 +147,19 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         record_decisions: cfg.kafka.decisions_topic.is_some(),
         annotate: cfg.annotate,
         skip_reread: cfg.kafka.decisions_topic.is_some() && cfg.kafka.input_topics.len() == 1,
+        remember_output: cfg.kafka.input_topics.len() == 1,
+        clocks: Arc::clone(&clocks),
+    };
+    let shortest = worker_cfg
+        .after_root
+        .unwrap_or(worker_cfg.decision_wait)
+        .min(worker_cfg.decision_wait);
+    let stream = StreamTime {
+        clocks,
+        max_skew: cfg.buffer.max_timestamp_skew.0,
+        idle_delay: cfg.buffer.idle_delay.0,
+        probe_interval: (shortest / 10)
+            .clamp(Duration::from_millis(100), Duration::from_millis(500)),
     };
     let mut shard_txs = Vec::new();
     let mut workers = Vec::new();
@@ -165,6 +181,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         budget,
         Arc::clone(&health),
         &policies,
+        stream,
         Outputs {
             shards: shard_txs,
             sink: sink_tx,

@@ -7,7 +7,8 @@
 //! * [`source`]: Kafka consumer group; reads messages, tracks and commits offsets;
 //!   its scanner tasks run the codec in parallel and deal spans to the shards.
 //! * [`codec`]: scans OTLP protobuf without building objects; re-encodes kept traces.
-//! * [`buffer`]: sharded store of spans grouped by trace id, with due queues.
+//! * [`buffer`]: sharded store of spans grouped by trace id, with due queues in
+//!   each input partition's stream time ([`clock`]).
 //! * [`decide`]: the worker owning each shard; runs the [`policy`] set on due traces.
 //! * [`sink`]: Kafka producer for kept traces, dead letters and decisions;
 //!   acknowledges pins.
@@ -21,6 +22,7 @@
 
 pub mod app;
 pub mod buffer;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod decide;

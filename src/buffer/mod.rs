@@ -3,9 +3,12 @@
 //! Each [`Shard`] is owned by exactly one decide worker; traces are assigned to shards
 //! by a hash of their id, so no lock is shared on the hot path. A trace is due
 //! `decision_wait` after its first span, or `decision_wait_after_root_received` after
-//! its root span when that is earlier. Both deadlines grow in arrival order, so two
-//! FIFO queues give the due traces in O(1) each. A trace reaching the per-trace limits
-//! is due at once; under memory pressure the oldest traces are taken early.
+//! its root span when that is earlier, both in the *stream time* of the input
+//! partition its first span came from (see [`crate::clock`]): the deadline is that
+//! partition's stream time when the span was read, plus the wait. A partition's stream
+//! time only grows, so per partition two FIFO queues give the due traces in O(1) each.
+//! A trace reaching the per-trace limits is due at once; under memory pressure the
+//! traces closest to their deadline are taken early.
 //!
 //! A buffered trace owns compact copies of its spans: per input message, one
 //! exact-size block of encoded span bodies and one record per span (its end in the
@@ -34,7 +37,7 @@ pub use memory::{Charge, MemoryBudget};
 /// Bytes of one slot of the trace table: the entry and its control byte.
 const TABLE_SLOT_BYTES: usize = size_of::<(TraceId, TraceEntry)>() + 1;
 /// Bytes of one place in a due queue.
-const QUEUE_SLOT_BYTES: usize = size_of::<(Instant, TraceId)>();
+const QUEUE_SLOT_BYTES: usize = size_of::<(u64, TraceId)>();
 /// Book-keeping bytes of one buffered span besides its encoded bytes.
 pub const SPAN_OVERHEAD_BYTES: usize = size_of::<SpanRecord>();
 /// What the allocator adds to each allocation (glibc: an 8-byte header, 16-byte
@@ -123,9 +126,14 @@ pub struct TraceEntry {
     chunks: Vec<Chunk>,
     /// Heap bytes of the chunks.
     chunk_bytes: usize,
-    /// When its first span arrived.
+    /// When its first span arrived (wall clock, for the decision latency metric).
     pub first_seen: Instant,
-    root_deadline: Option<Instant>,
+    /// The partition slot whose stream time it is due by (its first span's).
+    home: u32,
+    /// Due at this stream time (ms): its first span's stream time plus the wait.
+    deadline: u64,
+    /// Due at this stream time (ms) after its root span arrived, when earlier (0: none).
+    root_deadline: u64,
 }
 
 impl TraceEntry {
@@ -189,8 +197,8 @@ impl TraceEntry {
 #[derive(Debug)]
 pub struct Shard {
     traces: HashMap<TraceId, TraceEntry, BuildHasherDefault<TraceIdHasher>>,
-    by_first_span: VecDeque<(Instant, TraceId)>,
-    by_root_span: VecDeque<(Instant, TraceId)>,
+    /// Due queues per partition slot, deadlines in stream time.
+    queues: Vec<Queues>,
     decision_wait: Duration,
     after_root: Option<Duration>,
     limits: TraceLimits,
@@ -200,13 +208,20 @@ pub struct Shard {
     held: usize,
 }
 
+/// One partition's due queues: `(deadline, trace)` in the order they were buffered,
+/// which is deadline order as the partition's stream time only grows.
+#[derive(Debug, Default)]
+struct Queues {
+    by_first_span: VecDeque<(u64, TraceId)>,
+    by_root_span: VecDeque<(u64, TraceId)>,
+}
+
 impl Shard {
     /// An empty shard with the configured waits and per-trace limits.
     pub fn new(decision_wait: Duration, after_root: Option<Duration>, limits: TraceLimits) -> Self {
         Shard {
             traces: HashMap::default(),
-            by_first_span: VecDeque::new(),
-            by_root_span: VecDeque::new(),
+            queues: Vec::new(),
             decision_wait,
             after_root: after_root.filter(|d| *d < decision_wait),
             limits,
@@ -243,27 +258,31 @@ impl Shard {
     }
 
     /// Adds the spans of one trace from one input message (copying them out of it),
-    /// with that message's pin.
+    /// with that message's pin; `at` is the stream time (ms) of the message's
+    /// partition once the message was read.
     pub fn insert(
         &mut self,
         trace_id: TraceId,
         message: &Message,
         spans: &[Span],
         pin: Pin,
-        now: Instant,
+        at: u64,
     ) {
         let mut is_new = false;
+        let wait = self.decision_wait.as_millis() as u64;
         let entry = self.traces.entry(trace_id).or_insert_with(|| {
             is_new = true;
-            self.by_first_span.push_back((now, trace_id));
             TraceEntry {
                 summary: TraceSummary::new(trace_id),
                 chunks: Vec::new(),
                 chunk_bytes: 0,
-                first_seen: now,
-                root_deadline: None,
+                first_seen: Instant::now(),
+                home: pin.slot,
+                deadline: at.saturating_add(wait),
+                root_deadline: 0,
             }
         });
+        let (home, deadline) = (entry.home, entry.deadline);
         let held_before = if is_new { 0 } else { entry.held_bytes() };
         let was_over = self.limits.reached(&entry.summary);
         let mut root = false;
@@ -279,12 +298,13 @@ impl Shard {
             entry.chunks.reserve_exact(1);
         }
         entry.chunks.push(chunk);
-        if root && entry.root_deadline.is_none() {
+        let mut root_deadline = None;
+        if root && entry.root_deadline == 0 && pin.slot == home {
             if let Some(after) = self.after_root {
-                let deadline = now + after;
-                if deadline < entry.first_seen + self.decision_wait {
-                    entry.root_deadline = Some(deadline);
-                    self.by_root_span.push_back((deadline, trace_id));
+                let d = at.saturating_add(after.as_millis() as u64);
+                if d < deadline {
+                    entry.root_deadline = d;
+                    root_deadline = Some(d);
                 }
             }
         }
@@ -294,6 +314,21 @@ impl Shard {
         if !was_over && self.limits.reached(&entry.summary) {
             self.over_limit.push(trace_id);
         }
+        let q = self.queues_of(home);
+        if is_new {
+            q.by_first_span.push_back((deadline, trace_id));
+        }
+        if let Some(d) = root_deadline {
+            q.by_root_span.push_back((d, trace_id));
+        }
+    }
+
+    fn queues_of(&mut self, slot: u32) -> &mut Queues {
+        let i = slot as usize;
+        if self.queues.len() <= i {
+            self.queues.resize_with(i + 1, Queues::default);
+        }
+        &mut self.queues[i]
     }
 
     /// Moves traces that reached a per-trace limit into `out`.
@@ -303,18 +338,47 @@ impl Shard {
         }
     }
 
-    /// Moves up to `n` of the oldest traces into `out`, due or not (memory pressure).
-    pub fn take_oldest(&mut self, n: usize, out: &mut Vec<TraceEntry>) {
+    /// Moves up to `n` traces into `out`, due or not (memory pressure): those closest
+    /// to their deadline in their partition's stream time (`clock`), the ones most
+    /// likely complete.
+    pub fn take_oldest(
+        &mut self,
+        n: usize,
+        clock: impl Fn(u32) -> Option<u64>,
+        out: &mut Vec<TraceEntry>,
+    ) {
         let mut taken = 0;
         while taken < n {
-            let Some((seen, id)) = self.by_first_span.pop_front() else {
+            let mut best: Option<(u64, usize)> = None;
+            for (slot, q) in self.queues.iter().enumerate() {
+                let Some(&(deadline, _)) = q.by_first_span.front() else {
+                    continue;
+                };
+                let now = clock(slot as u32).unwrap_or(0);
+                let left = deadline.saturating_sub(now);
+                if best.is_none_or(|(b, _)| left < b) {
+                    best = Some((left, slot));
+                }
+            }
+            let Some((_, slot)) = best else {
                 break;
             };
-            if self.traces.get(&id).is_some_and(|e| e.first_seen == seen) {
+            let Some((deadline, id)) = self.queues[slot].by_first_span.pop_front() else {
+                break;
+            };
+            if self.is_due_entry(&id, slot as u32, deadline) {
                 out.extend(self.remove(&id));
                 taken += 1;
             }
         }
+    }
+
+    /// Whether `id` is buffered with home `slot` and first-span deadline `deadline`
+    /// (queues keep entries of traces decided since, skipped when they come up).
+    fn is_due_entry(&self, id: &TraceId, slot: u32, deadline: u64) -> bool {
+        self.traces
+            .get(id)
+            .is_some_and(|e| e.home == slot && e.deadline == deadline)
     }
 
     /// Whether the trace is buffered here.
@@ -322,28 +386,34 @@ impl Shard {
         self.traces.contains_key(trace_id)
     }
 
-    /// Moves every trace due at `now` into `out`, oldest first.
-    pub fn take_due(&mut self, now: Instant, out: &mut Vec<TraceEntry>) {
-        while let Some(&(deadline, id)) = self.by_root_span.front() {
-            if deadline > now {
-                break;
+    /// Moves every trace due by its partition's stream time (`clock`, `None` while a
+    /// partition has none yet) into `out`, oldest first per partition.
+    pub fn take_due(&mut self, clock: impl Fn(u32) -> Option<u64>, out: &mut Vec<TraceEntry>) {
+        for slot in 0..self.queues.len() {
+            let Some(now) = clock(slot as u32) else {
+                continue;
+            };
+            while let Some(&(deadline, id)) = self.queues[slot].by_root_span.front() {
+                if deadline > now {
+                    break;
+                }
+                self.queues[slot].by_root_span.pop_front();
+                if self
+                    .traces
+                    .get(&id)
+                    .is_some_and(|e| e.home == slot as u32 && e.root_deadline == deadline)
+                {
+                    out.extend(self.remove(&id));
+                }
             }
-            self.by_root_span.pop_front();
-            if self
-                .traces
-                .get(&id)
-                .is_some_and(|e| e.root_deadline == Some(deadline))
-            {
-                out.extend(self.remove(&id));
-            }
-        }
-        while let Some(&(seen, id)) = self.by_first_span.front() {
-            if seen + self.decision_wait > now {
-                break;
-            }
-            self.by_first_span.pop_front();
-            if self.traces.get(&id).is_some_and(|e| e.first_seen == seen) {
-                out.extend(self.remove(&id));
+            while let Some(&(deadline, id)) = self.queues[slot].by_first_span.front() {
+                if deadline > now {
+                    break;
+                }
+                self.queues[slot].by_first_span.pop_front();
+                if self.is_due_entry(&id, slot as u32, deadline) {
+                    out.extend(self.remove(&id));
+                }
             }
         }
     }
@@ -351,8 +421,7 @@ impl Shard {
     /// Forgets every trace undecided, e.g. at shutdown (their input is not committed,
     /// so it is read again).
     pub fn clear(&mut self) {
-        self.by_first_span.clear();
-        self.by_root_span.clear();
+        self.queues.clear();
         self.over_limit.clear();
         self.spans = 0;
         self.held = 0;
@@ -360,9 +429,15 @@ impl Shard {
     }
 
     /// Forgets traces whose every pin is on a revoked partition assignment: the new
-    /// owner of the partition re-reads them from the committed offset. Returns how
-    /// many traces were released.
-    pub fn release_partition(&mut self, slot: u32, epoch: u32) -> usize {
+    /// owner of the partition re-reads them from the committed offset. A trace that
+    /// also has spans from another partition stays, due by that partition's stream
+    /// time (`clock`) from now on. Returns how many traces were released.
+    pub fn release_partition(
+        &mut self,
+        slot: u32,
+        epoch: u32,
+        clock: impl Fn(u32) -> Option<u64>,
+    ) -> usize {
         let ids: Vec<TraceId> = self
             .traces
             .iter()
@@ -376,6 +451,25 @@ impl Shard {
         for id in &ids {
             self.remove(id);
         }
+        if let Some(q) = self.queues.get_mut(slot as usize) {
+            *q = Queues::default();
+        }
+        let wait = self.decision_wait.as_millis() as u64;
+        let mut moved = Vec::new();
+        for (id, e) in self.traces.iter_mut().filter(|(_, e)| e.home == slot) {
+            let Some(other) = e.chunks.iter().find(|c| c.pin.slot != slot) else {
+                continue;
+            };
+            // The new home's stream time is at least every deadline already queued
+            // there minus the wait, so its queue stays in deadline order.
+            e.home = other.pin.slot;
+            e.deadline = clock(e.home).unwrap_or(0).saturating_add(wait);
+            e.root_deadline = 0;
+            moved.push((e.home, e.deadline, *id));
+        }
+        for (home, deadline, id) in moved {
+            self.queues_of(home).by_first_span.push_back((deadline, id));
+        }
         ids.len()
     }
 
@@ -384,6 +478,11 @@ impl Shard {
         self.spans -= e.summary.span_count as usize;
         self.held -= e.held_bytes();
         Some(e)
+    }
+
+    /// One more than the highest partition slot with a due queue here.
+    pub fn partition_slots(&self) -> usize {
+        self.queues.len()
     }
 
     /// Traces buffered.
@@ -408,7 +507,13 @@ impl Shard {
         };
         self.held
             + buckets * TABLE_SLOT_BYTES
-            + (self.by_first_span.capacity() + self.by_root_span.capacity()) * QUEUE_SLOT_BYTES
+            + self
+                .queues
+                .iter()
+                .map(|q| q.by_first_span.capacity() + q.by_root_span.capacity())
+                .sum::<usize>()
+                * QUEUE_SLOT_BYTES
+            + self.queues.capacity() * size_of::<Queues>()
             + self.over_limit.capacity() * size_of::<TraceId>()
     }
 }

@@ -22,6 +22,14 @@ fn span(trace: u8, root: bool) -> Span {
     s
 }
 
+/// A stream time well after the epoch.
+const T0: u64 = 1_700_000_000_000;
+
+/// A clock at `ms` for every partition.
+fn now(ms: u64) -> impl Fn(u32) -> Option<u64> {
+    move |_| Some(ms)
+}
+
 fn pin(offset: i64) -> Pin {
     Pin {
         slot: 0,
@@ -33,33 +41,32 @@ fn pin(offset: i64) -> Pin {
 
 #[test]
 fn traces_are_due_after_decision_wait_in_order() {
-    let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), T0);
     s.insert(
         TraceId([2; 16]),
         &message(),
         &[span(2, false)],
         pin(1),
-        t0 + Duration::from_secs(1),
+        T0 + 1000,
     );
     s.insert(
         TraceId([1; 16]),
         &message(),
         &[span(1, true)],
         pin(2),
-        t0 + Duration::from_secs(5),
+        T0 + 5000,
     );
     assert_eq!((s.traces(), s.spans()), (2, 3));
     let mut out = Vec::new();
-    s.take_due(t0 + Duration::from_millis(9_999), &mut out);
+    s.take_due(now(T0 + 9_999), &mut out);
     assert!(out.is_empty());
-    s.take_due(t0 + Duration::from_secs(10), &mut out);
+    s.take_due(now(T0 + 10000), &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].summary.trace_id, TraceId([1; 16]));
     assert_eq!(out[0].spans().len(), 2);
     assert_eq!(out[0].pins(), vec![pin(0), pin(2)]);
-    s.take_due(t0 + Duration::from_secs(11), &mut out);
+    s.take_due(now(T0 + 11000), &mut out);
     assert_eq!(out.len(), 2);
     assert_eq!(
         (s.traces(), s.spans(), s.held),
@@ -70,68 +77,64 @@ fn traces_are_due_after_decision_wait_in_order() {
 
 #[test]
 fn root_span_shortens_the_wait() {
-    let t0 = Instant::now();
     let mut s = Shard::new(
         Duration::from_secs(30),
         Some(Duration::from_secs(2)),
         TraceLimits::default(),
     );
-    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), T0);
     s.insert(
         TraceId([2; 16]),
         &message(),
         &[span(2, true)],
         pin(1),
-        t0 + Duration::from_secs(1),
+        T0 + 1000,
     );
     let mut out = Vec::new();
-    s.take_due(t0 + Duration::from_secs(3), &mut out);
+    s.take_due(now(T0 + 3000), &mut out);
     assert_eq!(out.len(), 1, "only the trace with a root is due");
     assert_eq!(out[0].summary.trace_id, TraceId([2; 16]));
-    s.take_due(t0 + Duration::from_secs(30), &mut out);
+    s.take_due(now(T0 + 30000), &mut out);
     assert_eq!(out.len(), 2);
 }
 
 #[test]
 fn a_new_entry_for_a_decided_id_gets_its_own_deadline() {
-    let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), T0);
     let mut out = Vec::new();
-    s.take_due(t0 + Duration::from_secs(10), &mut out);
+    s.take_due(now(T0 + 10000), &mut out);
     s.insert(
         TraceId([1; 16]),
         &message(),
         &[span(1, false)],
         pin(1),
-        t0 + Duration::from_secs(12),
+        T0 + 12000,
     );
-    s.take_due(t0 + Duration::from_secs(13), &mut out);
+    s.take_due(now(T0 + 13000), &mut out);
     assert_eq!(out.len(), 1, "the second entry is not due yet");
-    s.take_due(t0 + Duration::from_secs(22), &mut out);
+    s.take_due(now(T0 + 22000), &mut out);
     assert_eq!(out.len(), 2);
 }
 
 #[test]
 fn releasing_a_partition_forgets_only_its_traces() {
-    let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), T0);
     let other = Pin {
         slot: 1,
         epoch: 1,
         offset: 0,
         partition: 0,
     };
-    s.insert(TraceId([2; 16]), &message(), &[span(2, false)], other, t0);
-    assert_eq!(s.release_partition(0, 1), 1);
+    s.insert(TraceId([2; 16]), &message(), &[span(2, false)], other, T0);
+    assert_eq!(s.release_partition(0, 1, now(T0)), 1);
     assert!(s.contains(&TraceId([2; 16])));
     assert!(!s.contains(&TraceId([1; 16])));
 }
 
 #[test]
 fn a_trace_reaching_a_limit_is_taken_at_once() {
-    let t0 = Instant::now();
     let limits = TraceLimits {
         max_spans: 3,
         max_bytes: u64::MAX,
@@ -142,12 +145,12 @@ fn a_trace_reaching_a_limit_is_taken_at_once() {
         &message(),
         &[span(1, false), span(1, false)],
         pin(0),
-        t0,
+        T0,
     );
     let mut out = Vec::new();
     s.take_over_limit(&mut out);
     assert!(out.is_empty());
-    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(1), t0);
+    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(1), T0);
     s.take_over_limit(&mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].spans().len(), 3);
@@ -156,7 +159,6 @@ fn a_trace_reaching_a_limit_is_taken_at_once() {
 
 #[test]
 fn oldest_traces_can_be_taken_early() {
-    let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
     for i in 1..=5u8 {
         s.insert(
@@ -164,11 +166,11 @@ fn oldest_traces_can_be_taken_early() {
             &message(),
             &[span(i, false)],
             pin(i.into()),
-            t0 + Duration::from_millis(i.into()),
+            T0 + u64::from(i),
         );
     }
     let mut out = Vec::new();
-    s.take_oldest(2, &mut out);
+    s.take_oldest(2, now(T0), &mut out);
     let ids: Vec<_> = out.iter().map(|e| e.summary.trace_id).collect();
     assert_eq!(ids, vec![TraceId([1; 16]), TraceId([2; 16])]);
     assert_eq!(s.traces(), 3);
@@ -177,20 +179,120 @@ fn oldest_traces_can_be_taken_early() {
 
 #[test]
 fn spans_are_copied_out_of_their_message_exactly() {
-    let t0 = Instant::now();
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
     let spans = [span(1, false), span(1, true)];
-    s.insert(TraceId([1; 16]), &message(), &spans, pin(0), t0);
+    s.insert(TraceId([1; 16]), &message(), &spans, pin(0), T0);
     let held = s.bytes();
     let mut out = Vec::new();
-    s.take_due(t0 + Duration::from_secs(10), &mut out);
+    s.take_due(now(T0 + 10000), &mut out);
     let got = out[0].spans();
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|b| b.bytes() == [7u8; 100]));
     // The table's four buckets, the due queue's first four places, one chunk with
     // the two 100-byte bodies in one allocation, two 8-byte records in another and
     // the one frame reference in a third: nothing else.
-    let table = 4 * TABLE_SLOT_BYTES + 4 * QUEUE_SLOT_BYTES;
+    let table =
+        4 * TABLE_SLOT_BYTES + 4 * QUEUE_SLOT_BYTES + s.queues.capacity() * size_of::<Queues>();
     let chunk = size_of::<Chunk>() + (200 + 16) + (2 * 8 + 16) + (8 + 16);
     assert_eq!(held, table + chunk);
+}
+
+fn pin_on(slot: u32, offset: i64) -> Pin {
+    Pin {
+        slot,
+        epoch: 1,
+        offset,
+        partition: slot as i32,
+    }
+}
+
+#[test]
+fn each_trace_is_due_by_its_own_partitions_stream_time() {
+    let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
+    s.insert(
+        TraceId([1; 16]),
+        &message(),
+        &[span(1, false)],
+        pin_on(0, 0),
+        T0,
+    );
+    s.insert(
+        TraceId([2; 16]),
+        &message(),
+        &[span(2, false)],
+        pin_on(1, 0),
+        T0,
+    );
+    let mut out = Vec::new();
+    // Partition 0 has read 20 s further; partition 1 stands still (its broker is
+    // down, say), and partition 2 has no clock yet.
+    let clock = |slot: u32| match slot {
+        0 => Some(T0 + 20_000),
+        1 => Some(T0 + 9_999),
+        _ => None,
+    };
+    s.take_due(clock, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].summary.trace_id, TraceId([1; 16]));
+    s.take_due(now(T0 + 10_000), &mut out);
+    assert_eq!(out.len(), 2, "partition 1 caught up");
+}
+
+#[test]
+fn a_trace_left_on_a_revoked_partition_follows_its_other_partition() {
+    let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
+    s.insert(
+        TraceId([1; 16]),
+        &message(),
+        &[span(1, false)],
+        pin_on(0, 0),
+        T0,
+    );
+    s.insert(
+        TraceId([1; 16]),
+        &message(),
+        &[span(1, false)],
+        pin_on(1, 0),
+        T0 + 500,
+    );
+    assert_eq!(
+        s.release_partition(0, 1, now(T0 + 3_000)),
+        0,
+        "it has spans elsewhere"
+    );
+    let mut out = Vec::new();
+    s.take_due(now(T0 + 12_999), &mut out);
+    assert!(
+        out.is_empty(),
+        "due a full wait after the move, by partition 1"
+    );
+    s.take_due(|slot| (slot == 1).then_some(T0 + 13_000), &mut out);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn memory_pressure_takes_the_traces_closest_to_their_deadline() {
+    let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
+    s.insert(
+        TraceId([1; 16]),
+        &message(),
+        &[span(1, false)],
+        pin_on(0, 0),
+        T0,
+    );
+    s.insert(
+        TraceId([2; 16]),
+        &message(),
+        &[span(2, false)],
+        pin_on(1, 0),
+        T0 + 5_000,
+    );
+    let mut out = Vec::new();
+    // Partition 1 has read 9 s on since its trace arrived, partition 0 only 1 s.
+    s.take_oldest(
+        1,
+        |slot| Some(if slot == 0 { T0 + 1_000 } else { T0 + 14_000 }),
+        &mut out,
+    );
+    assert_eq!(out[0].summary.trace_id, TraceId([2; 16]));
 }

@@ -205,6 +205,26 @@ pub struct BufferConfig {
     /// trace's decision (kept: forwarded; dropped: dropped).
     #[serde(default = "default_decision_cache")]
     pub decision_cache_traces: usize,
+    /// Record timestamps further ahead of the wall clock than this do not move a
+    /// partition's stream time (a producer with a broken clock must not make every
+    /// buffered trace due at once); counted in `tailsift_future_timestamps_total`.
+    #[serde(default = "default_max_timestamp_skew")]
+    pub max_timestamp_skew: ConfigDuration,
+    /// How long a caught-up partition must have had no new record, confirmed by the
+    /// broker, before its stream time follows the wall clock, and how far behind the
+    /// wall clock it then stays: the last traces of a quiet partition are decided
+    /// this much after their wait, and producers cut off by the same outage get this
+    /// long to deliver what they held.
+    #[serde(default = "default_idle_delay")]
+    pub idle_delay: ConfigDuration,
+}
+
+fn default_max_timestamp_skew() -> ConfigDuration {
+    ConfigDuration::from_millis(60_000)
+}
+
+fn default_idle_delay() -> ConfigDuration {
+    ConfigDuration::from_millis(1_000)
 }
 
 fn default_decision_wait() -> ConfigDuration {
@@ -222,6 +242,8 @@ impl Default for BufferConfig {
             decision_wait_after_root_received: None,
             shards: 0,
             decision_cache_traces: default_decision_cache(),
+            max_timestamp_skew: default_max_timestamp_skew(),
+            idle_delay: default_idle_delay(),
         }
     }
 }

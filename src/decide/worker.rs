@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
+use crate::clock::StreamClocks;
 use crate::codec::{
     encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, Span, SpanRef, TraceId,
 };
@@ -61,6 +61,8 @@ pub enum ShardMsg {
         message: Message,
         /// The spans.
         spans: Vec<Span>,
+        /// The stream time (ms) of the message's partition once it was read.
+        at: u64,
         /// The policy generation whose attribute predicates the spans were tested
         /// with (see `LivePolicies`).
         generation: u64,
@@ -132,6 +134,12 @@ pub struct WorkerConfig {
     /// Whether spans re-read below a restored decision's output offset are dropped as
     /// already output (decisions topic, one input topic: offsets name one partition).
     pub skip_reread: bool,
+    /// Whether this worker remembers where its own kept traces' output ends in their
+    /// input partition, so a partition it is given back after a rebalance (a session
+    /// lost in a broker outage, say) is not written out twice (one input topic).
+    pub remember_output: bool,
+    /// Each input partition's stream time, by which traces are due.
+    pub clocks: Arc<StreamClocks>,
 }
 
 /// A decision read back from the decisions topic: the trace, the policy that kept it
@@ -151,6 +159,8 @@ pub struct ShardWorker {
     max_message_bytes: usize,
     annotate: bool,
     skip_reread: bool,
+    remember_output: bool,
+    clocks: Arc<StreamClocks>,
     /// This shard's share of the low watermark, in bytes.
     fair_share: usize,
     record_decisions: bool,
@@ -190,6 +200,8 @@ impl ShardWorker {
             max_message_bytes: cfg.max_message_bytes,
             annotate: cfg.annotate,
             skip_reread: cfg.skip_reread,
+            remember_output: cfg.remember_output,
+            clocks: Arc::clone(&cfg.clocks),
             fair_share,
             record_decisions: cfg.record_decisions,
             // Decide within ~10% of the wait, but never spin.
@@ -216,19 +228,7 @@ impl ShardWorker {
                 }
                 _ = tick.tick() => self.on_tick().await,
                 msg = self.rx.recv() => match msg {
-                    Some(ShardMsg::Spans { pin, message, mut spans, generation }) => {
-                        self.retest(generation, &message, &mut spans);
-                        self.insert(pin, message, spans).await
-                    }
-                    Some(ShardMsg::Decisions(decisions)) => {
-                        self.restore(decisions);
-                        Ok(())
-                    }
-                    Some(ShardMsg::Revoked { slot, epoch }) => {
-                        self.shard.release_partition(slot, epoch);
-                        self.publish();
-                        Ok(())
-                    }
+                    Some(msg) => self.handle(msg).await,
                     None => break,
                 },
             };
@@ -239,6 +239,31 @@ impl ShardWorker {
         self.shard.clear();
         self.cache = DecisionCache::new(0);
         self.publish();
+    }
+
+    async fn handle(&mut self, msg: ShardMsg) -> Result<(), Closed> {
+        match msg {
+            ShardMsg::Spans {
+                pin,
+                message,
+                mut spans,
+                at,
+                generation,
+            } => {
+                self.retest(generation, &message, &mut spans);
+                self.insert(pin, message, spans, at).await
+            }
+            ShardMsg::Decisions(decisions) => {
+                self.restore(decisions);
+                Ok(())
+            }
+            ShardMsg::Revoked { slot, epoch } => {
+                let clocks = &self.clocks;
+                self.shard.release_partition(slot, epoch, |s| clocks.get(s));
+                self.publish();
+                Ok(())
+            }
+        }
     }
 
     /// Switches to the newest policy set: remembered decisions are renumbered to
@@ -302,9 +327,23 @@ impl ShardWorker {
         self.publish();
     }
 
+    /// Decides the traces due by their partitions' stream time. The clocks are read
+    /// first, then every message already queued for this shard is taken in: a
+    /// partition's clock is published only after its spans were sent here, so each
+    /// span the clock covers is buffered before its trace is judged.
     async fn on_tick(&mut self) -> Result<(), Closed> {
+        let clocks: Vec<Option<u64>> = (0..self.shard.partition_slots())
+            .map(|s| self.clocks.get(s as u32))
+            .collect();
+        for _ in 0..self.rx.len() {
+            match self.rx.try_recv() {
+                Ok(msg) => self.handle(msg).await?,
+                Err(_) => break,
+            }
+        }
         let mut due = std::mem::take(&mut self.due);
-        self.shard.take_due(Instant::now(), &mut due);
+        self.shard
+            .take_due(|s| clocks.get(s as usize).copied().flatten(), &mut due);
         for entry in due.drain(..) {
             self.decide(entry, None).await?;
         }
@@ -324,7 +363,9 @@ impl ShardWorker {
         }
         let mut due = std::mem::take(&mut self.due);
         while !self.budget.below_low() && self.shard.bytes() > self.fair_share {
-            self.shard.take_oldest(EVICTION_BATCH, &mut due);
+            let clocks = &self.clocks;
+            self.shard
+                .take_oldest(EVICTION_BATCH, |s| clocks.get(s), &mut due);
             if due.is_empty() {
                 break;
             }
@@ -338,12 +379,17 @@ impl ShardWorker {
         Ok(())
     }
 
-    async fn insert(&mut self, pin: Pin, message: Message, spans: Vec<Span>) -> Result<(), Closed> {
-        let now = Instant::now();
+    async fn insert(
+        &mut self,
+        pin: Pin,
+        message: Message,
+        spans: Vec<Span>,
+        at: u64,
+    ) -> Result<(), Closed> {
         for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
             let id = group[0].trace_id;
             match self.cache.get(&id) {
-                None => self.shard.insert(id, &message, group, pin, now),
+                None => self.shard.insert(id, &message, group, pin, at),
                 Some(verdict) => self.late(id, verdict, &message, group, pin).await?,
             }
         }
@@ -385,6 +431,16 @@ impl ShardWorker {
             return Ok(());
         }
         late.increment(group.len() as u64);
+        if verdict.keep() && self.remember_output {
+            let below = match self.cache.output(&id) {
+                Some((partition, below)) if partition == pin.partition => below.max(pin.offset + 1),
+                Some(_) => 0,
+                None => pin.offset + 1,
+            };
+            if below > 0 {
+                self.cache.set_output(&id, (pin.partition, below));
+            }
+        }
         if verdict.keep() {
             let spans: Vec<SpanRef<'_>> = group.iter().map(|s| message.span_ref(s)).collect();
             let summary = TraceSummary::new(id);
@@ -426,6 +482,18 @@ impl ShardWorker {
         }
         let record = self.record_decisions;
         if verdict.keep() {
+            if self.remember_output {
+                let pins = entry.pins();
+                if let Some(first) = pins.first() {
+                    let below = pins
+                        .iter()
+                        .filter(|p| p.partition == first.partition)
+                        .map(|p| p.offset + 1)
+                        .max()
+                        .unwrap_or(0);
+                    self.cache.set_output(&id, (first.partition, below));
+                }
+            }
             self.send_kept(
                 &entry.summary,
                 &entry.spans(),

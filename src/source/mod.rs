@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::buffer::{Charge, MemoryBudget};
+use crate::clock::{wall_ms, IdleTracker, PartitionTime, StreamClocks};
 use crate::codec::FrameInterner;
 use crate::config::{KafkaConfig, MemorySplit};
 use crate::decide::{LivePolicies, ShardMsg};
@@ -46,6 +47,22 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(35);
 const PRESSURE_CHECK: Duration = Duration::from_millis(50);
 /// Capacity of each scanner's input channel, in messages.
 const SCAN_CHANNEL: usize = 16;
+/// How long an idle probe waits for the broker's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How the source keeps each partition's stream time (see [`crate::clock`]).
+#[derive(Debug, Clone)]
+pub struct StreamTime {
+    /// The table the scanners publish to and the shard workers read.
+    pub clocks: Arc<StreamClocks>,
+    /// Record timestamps further ahead of the wall clock are ignored.
+    pub max_skew: Duration,
+    /// How long a partition must be confirmed caught up before its stream time
+    /// follows the wall clock (and how far behind it stays).
+    pub idle_delay: Duration,
+    /// How often caught-up partitions are probed.
+    pub probe_interval: Duration,
+}
 
 /// The sending side of the release path: decided or delivered pins go back to the
 /// source. Unbounded on purpose: its length is bounded by the pins outstanding, and a
@@ -105,6 +122,20 @@ pub struct Source {
     paused: bool,
     /// Messages and bytes received (handles registered once).
     received: [Counter; 2],
+    /// Stream time per partition slot.
+    times: Vec<PartitionTime>,
+    stream: StreamTime,
+    /// Finished idle probes come back here; `probing` while one runs.
+    probed: (mpsc::UnboundedSender<Probe>, mpsc::UnboundedReceiver<Probe>),
+    probing: bool,
+    future_timestamps: Counter,
+}
+
+/// The answer to one idle probe: per partition `(slot, epoch, records read by then,
+/// caught up?)`, `None` when the broker could not be asked.
+struct Probe {
+    started_ms: u64,
+    parts: Vec<(u32, u32, u64, Option<bool>)>,
 }
 
 /// Decisions read back for some newly assigned partitions.
@@ -137,6 +168,7 @@ impl Source {
         budget: MemoryBudget,
         health: Arc<Health>,
         policies: &LivePolicies,
+        stream: StreamTime,
         out: Outputs,
     ) -> Result<Self, SourceError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
@@ -184,6 +216,7 @@ impl Source {
                     }),
                     shards: out.shards.clone(),
                     sink: out.sink.clone(),
+                    clocks: Arc::clone(&stream.clocks),
                 };
                 (tx, scanner)
             })
@@ -214,6 +247,11 @@ impl Source {
                 counter!(names::MESSAGES_RECEIVED),
                 counter!(names::BYTES_RECEIVED),
             ],
+            times: Vec::new(),
+            stream,
+            probed: mpsc::unbounded_channel(),
+            probing: false,
+            future_timestamps: counter!(names::FUTURE_TIMESTAMPS),
         })
     }
 
@@ -224,10 +262,14 @@ impl Source {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pressure_tick = tokio::time::interval(PRESSURE_CHECK);
         pressure_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe_tick = tokio::time::interval(self.stream.probe_interval);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         gauge!(names::MEMORY_BUDGET).set(self.budget.capacity() as f64);
         for s in self.idle.drain(..) {
             tokio::spawn(s.run());
         }
+        // A handle of its own: a message borrows the consumer while `self` changes.
+        let consumer = Arc::clone(&self.consumer);
         loop {
             // Partitions assigned by the last poll wait, paused, for their decisions.
             self.start_loads();
@@ -240,12 +282,18 @@ impl Source {
                     self.start_commit();
                 }
                 Some(done) = self.loaded.1.recv() => self.finish_load(done).await,
+                Some(probe) = self.probed.1.recv() => {
+                    if self.apply_probe(probe).await.is_err() {
+                        break;
+                    }
+                }
                 _ = pressure_tick.tick() => self.apply_backpressure(),
+                _ = probe_tick.tick() => self.start_probe(),
                 // Polled even while paused: rebalances and statistics arrive here.
-                m = self.consumer.recv() => match m {
+                m = consumer.recv() => match m {
                     Ok(m) => {
                         self.forward_revocations().await;
-                        if self.handle(&m).await.is_err() {
+                        if self.handle(m).await.is_err() {
                             break;
                         }
                         if !self.paused && self.budget.pressure() {
@@ -447,7 +495,7 @@ impl Source {
 
     /// Reads one message and hands it to the next scanner. `Err` only when the
     /// pipeline is shutting down.
-    async fn handle(&self, m: &BorrowedMessage<'_>) -> Result<(), ()> {
+    async fn handle(&mut self, m: BorrowedMessage<'_>) -> Result<(), ()> {
         // One copy out of librdkafka's buffer, charged to the budget until the shards
         // have copied its spans out (or its dead letter is delivered).
         let payload = self
@@ -459,17 +507,155 @@ impl Source {
         let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), 1) else {
             return Ok(()); // from a partition revoked meanwhile
         };
+        let at = {
+            let max_skew = self.stream.max_skew;
+            let t = self.time_of(pin.slot, pin.epoch);
+            let in_time = t.record(m.timestamp().to_millis(), max_skew);
+            let at = t.stream_ms;
+            if !in_time {
+                self.future_timestamps.increment(1);
+            }
+            at
+        };
         let job = ScanJob::Message(Input {
             payload,
             key: m.key().map(Bytes::copy_from_slice),
             pin,
+            at,
         });
         // Dealt by partition: a partition's messages (and so a trace's, as input is
         // keyed by trace id) reach the shards in the order they were read. Dealing
         // them by offset spread a trace over scanners that could be held up unequally
         // by full shard channels, so its last spans could come after its decision.
         let i = (m.partition() as usize) % self.scanners.len();
+        drop(m);
         self.scanners[i].send(job).await.map_err(drop)
+    }
+
+    /// The stream time of a partition slot in assignment `epoch` (a new assignment
+    /// starts over).
+    fn time_of(&mut self, slot: u32, epoch: u32) -> &mut PartitionTime {
+        let i = slot as usize;
+        if self.times.len() <= i {
+            self.times.resize_with(i + 1, PartitionTime::default);
+        }
+        let t = &mut self.times[i];
+        if t.epoch != epoch {
+            *t = PartitionTime::new(epoch);
+        }
+        t
+    }
+
+    /// Asks the broker, on the blocking pool, how far each assigned partition goes,
+    /// to let caught-up idle partitions' stream time follow the wall clock. Not while
+    /// input is paused (nothing is read, so nothing is caught up) or one still runs.
+    fn start_probe(&mut self) {
+        self.publish_stream_lag();
+        if self.probing || self.paused {
+            return;
+        }
+        let parts: Vec<_> = lock(&self.tracker)
+            .assigned_partitions()
+            .into_iter()
+            .filter(|(t, p, ..)| !self.loading.iter().any(|(lt, lp)| **t == **lt && lp == p))
+            .collect();
+        if parts.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = parts
+            .iter()
+            .map(|&(_, _, slot, epoch, _)| {
+                let t = self.time_of(slot, epoch);
+                t.seq
+            })
+            .collect();
+        self.probing = true;
+        let consumer = Arc::clone(&self.consumer);
+        let done = self.probed.0.clone();
+        tokio::task::spawn_blocking(move || {
+            // Taken before the request: whatever was appended before this instant is
+            // below the end offset the broker reports.
+            let started_ms = wall_ms();
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition, ..) in &parts {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::End);
+            }
+            let ends = consumer.offsets_for_times(tpl, PROBE_TIMEOUT).ok();
+            let positions = consumer.position().ok();
+            let answers = parts
+                .iter()
+                .zip(seqs)
+                .map(|((topic, partition, slot, epoch, next), seq)| {
+                    let end = ends.as_ref().and_then(|e| {
+                        let e = e.find_partition(topic, *partition)?;
+                        match (e.error(), e.offset()) {
+                            (Ok(()), Offset::Offset(o)) => Some(o),
+                            _ => None,
+                        }
+                    });
+                    let position = positions.as_ref().and_then(|p| {
+                        match p.find_partition(topic, *partition)?.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        }
+                    });
+                    let caught_up = end.map(|end| caught_up(end, *next, position));
+                    (*slot, *epoch, seq, caught_up)
+                })
+                .collect();
+            let _ = done.send(Probe {
+                started_ms,
+                parts: answers,
+            });
+        });
+    }
+
+    /// Moves the stream time of partitions an idle probe found caught up long enough,
+    /// through their scanner, after the messages already given to it.
+    async fn apply_probe(&mut self, probe: Probe) -> Result<(), ()> {
+        self.probing = false;
+        let idle = IdleTracker {
+            delay: self.stream.idle_delay,
+        };
+        for (slot, epoch, seq, caught_up) in probe.parts {
+            if !lock(&self.tracker).is_current(slot, epoch) {
+                continue;
+            }
+            let t = self.time_of(slot, epoch);
+            let Some(at) = idle.apply(t, seq, probe.started_ms, caught_up) else {
+                continue;
+            };
+            let partition = lock(&self.tracker)
+                .origin(Pin {
+                    slot,
+                    epoch,
+                    offset: 0,
+                    partition: 0,
+                })
+                .map_or(0, |(_, p)| p);
+            let i = (partition as usize) % self.scanners.len();
+            self.scanners[i]
+                .send(ScanJob::Clock { slot, epoch, at })
+                .await
+                .map_err(drop)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes each assigned partition's stream-time lag (wall clock minus stream
+    /// time).
+    fn publish_stream_lag(&mut self) {
+        let now = wall_ms();
+        let parts = lock(&self.tracker).assigned_partitions();
+        for (topic, partition, slot, epoch, _) in parts {
+            let t = self.time_of(slot, epoch);
+            if t.stream_ms == 0 {
+                continue;
+            }
+            let lag = now.saturating_sub(t.stream_ms) as f64 / 1000.0;
+            gauge!(names::STREAM_TIME_LAG, "topic" => topic.to_string(), "partition" => partition.to_string())
+                .set(lag);
+        }
     }
 
     /// Safe offsets that moved since they were last committed, marked as committed
@@ -501,6 +687,17 @@ impl Source {
             commit(&consumer, &tracker, &offsets);
             committing.store(false, Ordering::Release);
         });
+    }
+}
+
+/// Whether a partition whose end offset is `end` has been read to its end: `next`
+/// (one past the last message read) reached it, or, with nothing read yet or one
+/// transaction marker left at the end, librdkafka's fetch `position` did.
+fn caught_up(end: i64, next: Option<i64>, position: Option<i64>) -> bool {
+    let fetched = position.is_some_and(|p| p >= end);
+    match next {
+        Some(n) => n >= end || (n + 1 == end && fetched),
+        None => fetched,
     }
 }
 

@@ -207,6 +207,32 @@ impl OffsetTracker {
         }
     }
 
+    /// Every assigned partition as `(topic, partition, slot, epoch, next)`: `next` is
+    /// one past the last message read in this assignment, if any was.
+    pub fn assigned_partitions(&self) -> Vec<(Arc<str>, i32, u32, u32, Option<i64>)> {
+        self.parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.assigned)
+            .map(|(slot, p)| {
+                (
+                    Arc::clone(&p.topic),
+                    p.partition,
+                    slot as u32,
+                    p.epoch,
+                    p.next,
+                )
+            })
+            .collect()
+    }
+
+    /// Whether `(slot, epoch)` is a current assignment.
+    pub fn is_current(&self, slot: u32, epoch: u32) -> bool {
+        self.parts
+            .get(slot as usize)
+            .is_some_and(|p| p.assigned && p.epoch == epoch)
+    }
+
     /// Partitions currently assigned.
     pub fn assigned(&self) -> usize {
         self.parts.iter().filter(|p| p.assigned).count()

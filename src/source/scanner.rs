@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{lock, OffsetTracker, Pin};
+use crate::clock::StreamClocks;
 use crate::codec::{scan, CodecError, FrameInterner, Span, TraceId};
 use crate::decide::{PolicyWatch, ShardMsg};
 use crate::sink::{DeadLetter, SinkMsg};
@@ -30,6 +31,8 @@ pub(super) struct Input {
     pub(super) key: Option<Bytes>,
     /// The guard pin.
     pub(super) pin: Pin,
+    /// Its partition's stream time (ms) once it was read.
+    pub(super) at: u64,
 }
 
 /// Work for a scanner.
@@ -45,6 +48,16 @@ pub(super) enum ScanJob {
         /// Assignment epoch.
         epoch: u32,
     },
+    /// An idle partition's stream time moved on: published after the messages before
+    /// it, like a message's.
+    Clock {
+        /// Tracker slot.
+        slot: u32,
+        /// Assignment epoch.
+        epoch: u32,
+        /// Stream time, ms since the epoch.
+        at: u64,
+    },
 }
 
 /// One scanner task's state.
@@ -57,6 +70,8 @@ pub(super) struct Scanner {
     pub(super) frames: FrameInterner,
     pub(super) shards: Vec<mpsc::Sender<ShardMsg>>,
     pub(super) sink: mpsc::Sender<SinkMsg>,
+    /// Where partitions' stream time is published once their spans are handed on.
+    pub(super) clocks: Arc<StreamClocks>,
 }
 
 impl Scanner {
@@ -68,6 +83,12 @@ impl Scanner {
             let step = match job {
                 ScanJob::Message(input) => self.message(input, &mut spans, &spans_received).await,
                 ScanJob::Revoked { slot, epoch } => self.revoked(slot, epoch).await,
+                ScanJob::Clock { slot, epoch, at } => {
+                    if lock(&self.tracker).is_current(slot, epoch) {
+                        self.clocks.publish(slot, at);
+                    }
+                    Ok(())
+                }
             };
             if step.is_err() {
                 break;
@@ -96,9 +117,14 @@ impl Scanner {
         // scanned with the new predicates.
         self.policies.refresh();
         let keys = &self.policies.get().keys;
+        let at = input.at;
         let message = match scan(&input.payload, keys, &mut self.frames, spans) {
             Ok(m) => m,
-            Err(e) => return self.dead_letter(input, e).await,
+            Err(e) => {
+                self.dead_letter(input, e).await?;
+                self.clocks.publish(pin.slot, at);
+                return Ok(());
+            }
         };
         spans_received.increment(spans.len() as u64);
         let n = self.shards.len();
@@ -125,11 +151,15 @@ impl Scanner {
                     pin,
                     message: message.clone(),
                     spans: chunk,
+                    at,
                     generation,
                 })
                 .await
                 .map_err(drop)?;
         }
+        // Only now, with every span of the message in a shard's channel, may the
+        // shards act on its stream time.
+        self.clocks.publish(pin.slot, at);
         Ok(())
     }
 

@@ -42,6 +42,12 @@ pub const PINNED_MESSAGES: &str = "tailsift_pinned_messages";
 /// Messages not yet read, summed over assigned partitions, label `topic` (gauge).
 /// Messages read but not yet committed are `tailsift_pinned_messages`.
 pub const CONSUMER_LAG: &str = "tailsift_consumer_lag_messages";
+/// Wall clock minus stream time per input partition, labels `topic` and `partition`
+/// (gauge, seconds): how far behind its input's own clock decisions are running.
+pub const STREAM_TIME_LAG: &str = "tailsift_stream_time_lag_seconds";
+/// Input records whose timestamp was too far ahead of the wall clock to move stream
+/// time (counter).
+pub const FUTURE_TIMESTAMPS: &str = "tailsift_future_timestamps_total";
 /// 1 when at least one broker connection is up, else 0 (gauge).
 pub const KAFKA_UP: &str = "tailsift_kafka_up";
 /// Partitions assigned to this instance (gauge).

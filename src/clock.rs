@@ -1,0 +1,243 @@
+//! Stream time: how far each input partition has been read, on the records' own clock.
+//!
+//! A trace is due `decision_wait` after its first span *in stream time*, not on the
+//! wall clock. A partition's stream time is the newest record timestamp read from it
+//! so far (CreateTime or LogAppendTime, whichever the topic keeps), as in Kafka
+//! Streams. It stands still while nothing can be read: the broker is down, the
+//! consumer is paused, rebalancing, frozen (SIGSTOP, a VM pause) or behind, so no
+//! trace is decided before the rest of its spans could have been read. Only a
+//! partition confirmed caught up and idle follows the wall clock (see
+//! [`IdleTracker`]), so the last traces of a quiet partition are still decided on time.
+//!
+//! The source computes each partition's stream time as it reads ([`PartitionTime`]);
+//! the scanner that delivers the partition's spans publishes it to [`StreamClocks`]
+//! *after* handing them to the shards, and a shard worker reads the clocks before it
+//! drains its channel, so every span a published value covers has reached the shard
+//! when the shard acts on it. The source is the only writer of a partition's value
+//! (through that partition's one scanner); shard workers only read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Slots per lazily allocated segment of the clock table.
+const SEGMENT: usize = 1024;
+/// Segments: at most `SEGMENT * SEGMENTS` partitions over a process's life.
+const SEGMENTS: usize = 64;
+
+/// Now on the wall clock, in milliseconds since the epoch.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Per-partition stream time, indexed by the offset tracker's partition slot, shared
+/// by the source (writer) and the shard workers (readers). Lock-free: one atomic per
+/// partition, allocated in segments on first use.
+#[derive(Debug)]
+pub struct StreamClocks {
+    segments: [OnceLock<Box<[AtomicU64]>>; SEGMENTS],
+}
+
+impl Default for StreamClocks {
+    fn default() -> Self {
+        StreamClocks::new()
+    }
+}
+
+impl StreamClocks {
+    /// An empty table: every partition's stream time unknown.
+    pub fn new() -> Self {
+        StreamClocks {
+            segments: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// Sets `slot`'s stream time (ms since the epoch). Values of one assignment only
+    /// grow; a new assignment starts over from its first record.
+    pub fn publish(&self, slot: u32, ms: u64) {
+        if let Some(cell) = self.cell(slot, true) {
+            cell.store(ms, Ordering::Release);
+        }
+    }
+
+    /// `slot`'s stream time, `None` before its first record. Slots past the table's
+    /// end (more than 65,536 partitions in one process's life) follow the wall clock.
+    pub fn get(&self, slot: u32) -> Option<u64> {
+        if slot as usize >= SEGMENT * SEGMENTS {
+            return Some(wall_ms());
+        }
+        let v = self.cell(slot, false)?.load(Ordering::Acquire);
+        (v != 0).then_some(v)
+    }
+
+    fn cell(&self, slot: u32, create: bool) -> Option<&AtomicU64> {
+        let (seg, at) = (slot as usize / SEGMENT, slot as usize % SEGMENT);
+        let segment = self.segments.get(seg)?;
+        let cells = if create {
+            segment.get_or_init(|| (0..SEGMENT).map(|_| AtomicU64::new(0)).collect())
+        } else {
+            segment.get()?
+        };
+        cells.get(at)
+    }
+}
+
+/// What the source knows of one partition's stream time within one assignment.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionTime {
+    /// The assignment epoch this belongs to; a new one starts over.
+    pub epoch: u32,
+    /// Stream time, ms since the epoch (0: nothing read yet).
+    pub stream_ms: u64,
+    /// Records read in this assignment: an idle probe that started before the last
+    /// one proves nothing.
+    pub seq: u64,
+    /// Wall time of the first probe of the current idle streak.
+    idle_since: Option<u64>,
+}
+
+impl PartitionTime {
+    /// A partition's stream time at the start of assignment `epoch`: unknown.
+    pub fn new(epoch: u32) -> Self {
+        PartitionTime {
+            epoch,
+            ..PartitionTime::default()
+        }
+    }
+
+    /// Takes a record's timestamp into account (`None`: the record has none, and its
+    /// arrival on the wall clock stands in). A timestamp more than `max_skew` ahead of
+    /// the wall clock is ignored (`false`): a producer with a broken clock must not
+    /// decide every buffered trace at once.
+    pub fn record(&mut self, timestamp_ms: Option<i64>, max_skew: Duration) -> bool {
+        let wall = wall_ms();
+        self.seq += 1;
+        self.idle_since = None;
+        let ts = match timestamp_ms {
+            Some(t) if t > 0 => t as u64,
+            _ => wall,
+        };
+        if ts > wall.saturating_add(max_skew.as_millis() as u64) {
+            return false;
+        }
+        self.stream_ms = self.stream_ms.max(ts);
+        true
+    }
+}
+
+/// Decides when an idle partition's stream time may follow the wall clock.
+///
+/// The source probes partitions with no recent record: it notes the wall time `W`,
+/// then asks the broker for the partition's end offset (the last stable offset under
+/// `read_committed`). If everything up to it has been read, nothing stamped before
+/// `W` is missing. Only a streak of such probes, with no record and no failed probe
+/// in between, lasting `delay`, lets stream time move, to `W - delay`: a producer that
+/// was cut off by the same outage gets `delay` to deliver what it held. A failed probe
+/// (broker unreachable), a probe that finds unread records, or a new record ends the
+/// streak; a probe answered after the process was frozen still carries the `W` from
+/// before the freeze, so a freeze never advances stream time past what was read.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleTracker {
+    /// How long a partition must have been confirmed caught up before its stream time
+    /// follows the wall clock, and how far behind it then stays.
+    pub delay: Duration,
+}
+
+impl IdleTracker {
+    /// Applies a probe that started at wall time `probe_ms`, saw `seq_at_probe` records
+    /// read by then, and found the partition caught up (`Some(true)`), behind
+    /// (`Some(false)`) or could not reach the broker (`None`). Returns the partition's
+    /// new stream time when it moved.
+    pub fn apply(
+        &self,
+        t: &mut PartitionTime,
+        seq_at_probe: u64,
+        probe_ms: u64,
+        caught_up: Option<bool>,
+    ) -> Option<u64> {
+        if t.seq != seq_at_probe || caught_up != Some(true) {
+            t.idle_since = None;
+            return None;
+        }
+        let since = *t.idle_since.get_or_insert(probe_ms);
+        let delay = self.delay.as_millis() as u64;
+        if probe_ms.saturating_sub(since) < delay {
+            return None;
+        }
+        let floor = probe_ms - delay;
+        if floor > t.stream_ms {
+            t.stream_ms = floor;
+            Some(floor)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_start_unknown_and_hold_what_was_published() {
+        let c = StreamClocks::new();
+        assert_eq!(c.get(3), None);
+        c.publish(3, 1_000);
+        assert_eq!(c.get(3), Some(1_000));
+        c.publish(2_000, 5);
+        assert_eq!(c.get(2_000), Some(5), "a second segment");
+        assert_eq!(c.get(2_001), None);
+    }
+
+    #[test]
+    fn records_move_stream_time_forward_only_and_not_from_the_future() {
+        let mut t = PartitionTime::default();
+        let now = wall_ms() as i64;
+        assert!(t.record(Some(now - 10_000), Duration::from_secs(60)));
+        assert_eq!(t.stream_ms, (now - 10_000) as u64);
+        assert!(t.record(Some(now - 20_000), Duration::from_secs(60)));
+        assert_eq!(t.stream_ms, (now - 10_000) as u64, "never backwards");
+        assert!(!t.record(Some(now + 3_600_000), Duration::from_secs(60)));
+        assert_eq!(
+            t.stream_ms,
+            (now - 10_000) as u64,
+            "an hour ahead is ignored"
+        );
+        assert!(t.record(None, Duration::from_secs(60)));
+        assert!(t.stream_ms >= now as u64, "no timestamp: its arrival");
+    }
+
+    #[test]
+    fn only_an_unbroken_idle_streak_moves_stream_time_and_stays_behind() {
+        let idle = IdleTracker {
+            delay: Duration::from_secs(1),
+        };
+        let mut t = PartitionTime {
+            stream_ms: 10_000,
+            seq: 5,
+            ..PartitionTime::default()
+        };
+        assert_eq!(
+            idle.apply(&mut t, 5, 20_000, Some(true)),
+            None,
+            "streak starts"
+        );
+        assert_eq!(idle.apply(&mut t, 5, 20_500, Some(true)), None, "too short");
+        assert_eq!(idle.apply(&mut t, 5, 21_000, Some(true)), Some(20_000));
+        // The broker becomes unreachable: nothing moves, the streak starts over.
+        assert_eq!(idle.apply(&mut t, 5, 30_000, None), None);
+        assert_eq!(idle.apply(&mut t, 5, 30_100, Some(true)), None);
+        assert_eq!(idle.apply(&mut t, 5, 30_600, Some(true)), None);
+        // Unread records found, then a record read during a probe.
+        assert_eq!(idle.apply(&mut t, 5, 31_200, Some(false)), None);
+        assert_eq!(idle.apply(&mut t, 5, 31_300, Some(true)), None);
+        assert_eq!(
+            idle.apply(&mut t, 4, 32_400, Some(true)),
+            None,
+            "stale probe"
+        );
+        assert_eq!(t.stream_ms, 20_000);
+    }
+}
