@@ -245,6 +245,160 @@ async fn feed_to(
         .0
 }
 
+/// Feeds generated traces in the background at `rate` traces/s, each trace's messages
+/// spread evenly over `spread` with its root's message last (so the root span, which
+/// the latency policy reads, and an error span anywhere in the trace can both come
+/// late), each stamped (CreateTime) when sent. The handle yields the ground truth.
+pub fn spread_traffic(
+    bootstrap: &str,
+    traces: usize,
+    rate: u64,
+    seed: u64,
+    spread: Duration,
+) -> tokio::task::JoinHandle<Vec<Truth>> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let bootstrap = bootstrap.to_string();
+    tokio::spawn(async move {
+        let producer = gen::producer(&bootstrap, "lz4").expect("producer");
+        let mut g = gen::Generator::new(gen::GenConfig {
+            seed,
+            ..gen::GenConfig::default()
+        });
+        let start = tokio::time::Instant::now();
+        let mut truths = Vec::with_capacity(traces);
+        // (when, sequence) -> (key, payload)
+        let mut pending: BinaryHeap<Reverse<(tokio::time::Instant, u64)>> = BinaryHeap::new();
+        let mut payloads: HashMap<u64, (String, Vec<u8>)> = HashMap::new();
+        let mut seq = 0u64;
+        let mut next_trace = 0usize;
+        loop {
+            let trace_due = (next_trace < traces)
+                .then(|| start + Duration::from_secs_f64(next_trace as f64 / rate as f64));
+            let send_due = pending.peek().map(|Reverse((at, _))| *at);
+            let wake = match (trace_due, send_due) {
+                (None, None) => break,
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+            };
+            tokio::time::sleep_until(wake).await;
+            if trace_due.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                let t = g.next_trace(gen::now_ns());
+                let key = t.truth.trace_id.to_hex();
+                let n = t.messages.len();
+                let now = tokio::time::Instant::now();
+                for (k, m) in t.messages.into_iter().rev().enumerate() {
+                    let at = if n > 1 {
+                        now + spread.mul_f64(k as f64 / (n - 1) as f64)
+                    } else {
+                        now
+                    };
+                    pending.push(Reverse((at, seq)));
+                    payloads.insert(seq, (key.clone(), m));
+                    seq += 1;
+                }
+                truths.push(t.truth);
+                next_trace += 1;
+            }
+            while let Some(Reverse((at, s))) = pending.peek().copied() {
+                if at > tokio::time::Instant::now() {
+                    break;
+                }
+                pending.pop();
+                let (key, m) = payloads.remove(&s).expect("scheduled payload");
+                gen::send(&producer, INPUT, key.as_bytes(), &m)
+                    .await
+                    .expect("send");
+            }
+        }
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            p.flush(Duration::from_secs(60))
+        })
+        .await
+        .expect("flush task")
+        .expect("flushed");
+        truths
+    })
+}
+
+/// Every input partition's committed offset for the test group, against its end:
+/// `(partition, committed, end)` of those not committed to their end.
+pub fn uncommitted(h: &Harness) -> Vec<(i32, i64, i64)> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &h.bootstrap)
+        .set("group.id", "test-group")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..h.input_partitions {
+        tpl.add_partition(INPUT, p);
+    }
+    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return vec![(-1, -1, -1)];
+    };
+    (0..h.input_partitions)
+        .filter_map(|p| {
+            let (_, high) = c
+                .fetch_watermarks(INPUT, p, Duration::from_secs(5))
+                .unwrap_or((0, -1));
+            let at = match committed.find_partition(INPUT, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            (at != high).then_some((p, at, high))
+        })
+        .collect()
+}
+
+/// Exactly-once output of whole traces: every error and slow trace out with all its
+/// spans, in one record, once; nothing else out but what a policy asked for.
+pub fn assert_kept_whole_once(truths: &[Truth], got: &HashMap<TraceId, OutputTrace>, what: &str) {
+    let missing = missing_kept(truths, got);
+    assert!(
+        missing.is_empty(),
+        "{what}: {} of {} error/slow traces lost or incomplete: {missing:?}",
+        missing.len(),
+        truths.iter().filter(|t| t.error || t.slow).count()
+    );
+    assert_whole_records(truths, got);
+    let twice: Vec<_> = got
+        .iter()
+        .filter(|(_, o)| o.records != 1 || o.spans != o.distinct_spans)
+        .map(|(id, o)| (*id, o.records))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{what}: {} traces written out more than once (or in pieces): {twice:?}",
+        twice.len()
+    );
+}
+
+/// Sends a signal to a child process with `kill`.
+pub fn signal(child: &Child, sig: &str) {
+    let pid = child.id().to_string();
+    let ok = Command::new("kill").args([sig, &pid]).status();
+    assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+}
+
+/// The largest value of a (labelled) gauge in a sampler's `/metrics`.
+pub fn max_metric_of(s: &Sampler, name: &str) -> f64 {
+    let (code, text) = http_get(s.telemetry, "/metrics");
+    if code != 200 {
+        return 0.0;
+    }
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
+}
+
 /// Reads a length-prefixed record file from shared/testdata.
 pub fn testdata(name: &str) -> Vec<Vec<u8>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

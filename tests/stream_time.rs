@@ -1,0 +1,214 @@
+//! Decisions on the input's own clock: a trace is due when its partition's records
+//! have moved `decision_wait` past its first span, whatever the wall clock did in
+//! between. Each test runs `tailsift run` as a child process against the embedded
+//! broker, with traces whose pieces are sent over 1.5 s, root last, and checks the
+//! output against the generator's ground truth: every error and slow trace out,
+//! complete, in one record, exactly once (no sampler process dies in these tests, so
+//! nothing may come out twice).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tailsift::gen;
+use tailsift::telemetry::names;
+
+/// How long each trace's pieces take to arrive.
+const SPREAD: Duration = Duration::from_millis(1500);
+
+fn workdir(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tailsift-st-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let log = dir.join("tailsift.log");
+    (dir, log)
+}
+
+async fn wait_ready(s: &Sampler, log: &std::path::Path) {
+    let ready = wait_until(Duration::from_secs(40), || {
+        http_get(s.telemetry, "/readyz").0 == 200
+    })
+    .await;
+    assert!(ready, "sampler not ready; log: {}", log.display());
+}
+
+/// Records in the output topic, summed over partitions.
+fn output_end(h: &Harness) -> usize {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &h.bootstrap)
+        .create()
+        .expect("consumer");
+    (0..h.output_partitions)
+        .map(|p| {
+            c.fetch_watermarks(OUTPUT, p, Duration::from_secs(5))
+                .map_or(0, |(low, high)| (high - low) as usize)
+        })
+        .sum()
+}
+
+/// Waits until the sampler has committed all its input (so every decision is made
+/// and every kept trace acknowledged by the broker) and the collector has read the
+/// whole output; then stops the sampler with SIGTERM.
+async fn settle(
+    h: &Harness,
+    out: &tailsift::demo::Collector,
+    mut s: Sampler,
+    log: &std::path::Path,
+) {
+    let committed = wait_until(Duration::from_secs(120), || uncommitted(h).is_empty()).await;
+    let read = wait_until(Duration::from_secs(30), || out.len() >= output_end(h)).await;
+    signal(&s.child, "-TERM");
+    let _ = tokio::task::spawn_blocking(move || s.child.wait()).await;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        committed,
+        "input never fully committed: {:?}; log:\n{text}",
+        uncommitted(h)
+    );
+    assert!(read, "collector did not read the whole output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_longer_than_the_wait_loses_nothing_and_writes_nothing_twice() {
+    let h = Harness::new(8, 4);
+    let (dir, log) = workdir("outage");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "2s", None);
+    let out = h.collector();
+    let sampler = spawn(&dir, &yaml, &log);
+    wait_ready(&sampler, &log).await;
+    let feed = spread_traffic(&h.bootstrap, 400, 40, 71, SPREAD);
+    // Mid-stream, the broker goes away for 2.5x decision_wait: traces whose first
+    // pieces were read before it must wait for the rest, read after it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.broker.cluster().broker_down(-1).expect("broker down");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.broker.cluster().broker_up(-1).expect("broker up");
+    let truths = feed.await.expect("traffic");
+    settle(&h, &out, sampler, &log).await;
+    assert_kept_whole_once(&truths, &out.traces(), "broker outage");
+    h.assert_no_broker_truncation();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampler_frozen_for_twice_the_wait_loses_nothing() {
+    let h = Harness::new(8, 4);
+    let (dir, log) = workdir("sigstop");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "2s", None);
+    let out = h.collector();
+    let sampler = spawn(&dir, &yaml, &log);
+    wait_ready(&sampler, &log).await;
+    let feed = spread_traffic(&h.bootstrap, 600, 40, 73, SPREAD);
+    // What a long GC or VM pause looks like: frozen for 2x decision_wait, twice,
+    // while traffic goes on (inside the 6 s session timeout: no rebalance).
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        signal(&sampler.child, "-STOP");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        signal(&sampler.child, "-CONT");
+    }
+    let truths = feed.await.expect("traffic");
+    settle(&h, &out, sampler, &log).await;
+    assert_kept_whole_once(&truths, &out.traces(), "SIGSTOP");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_starved_three_waits_behind_catches_up_losing_nothing() {
+    let h = Harness::new(8, 4);
+    let (dir, log) = workdir("starved");
+    // Fetches of one small batch per partition, each taking 300 ms: the consumer
+    // reads far slower than the traffic comes in.
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "2s", None).replace(
+        "consumer: {",
+        "consumer: {fetch.max.bytes: \"1000\", message.max.bytes: \"1000\", max.partition.fetch.bytes: \"1000\", ",
+    );
+    let out = h.collector();
+    let sampler = spawn(&dir, &yaml, &log);
+    wait_ready(&sampler, &log).await;
+    h.broker
+        .cluster()
+        .broker_round_trip_time(1, Duration::from_millis(300))
+        .expect("slow broker");
+    let feed = spread_traffic(&h.bootstrap, 400, 40, 79, SPREAD);
+    let behind = wait_until(Duration::from_secs(30), || {
+        max_metric_of(&sampler, names::STREAM_TIME_LAG) >= 6.0
+    })
+    .await;
+    h.broker
+        .cluster()
+        .broker_round_trip_time(1, Duration::ZERO)
+        .expect("broker fast again");
+    let truths = feed.await.expect("traffic");
+    settle(&h, &out, sampler, &log).await;
+    assert!(behind, "the consumer never fell 3x decision_wait behind");
+    assert_kept_whole_once(&truths, &out.traces(), "starved consumer");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_on_a_backlog_of_ten_waits_decides_it_in_stream_time() {
+    let h = Harness::new(8, 4);
+    let (dir, log) = workdir("backlog");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "1s", None);
+    let out = h.collector();
+    // 10 s of traffic (10x decision_wait) waiting in Kafka before the sampler starts.
+    let truths = spread_traffic(&h.bootstrap, 300, 30, 83, Duration::from_millis(700))
+        .await
+        .expect("traffic");
+    let sampler = spawn(&dir, &yaml, &log);
+    wait_ready(&sampler, &log).await;
+    settle(&h, &out, sampler, &log).await;
+    assert_kept_whole_once(&truths, &out.traces(), "backlog");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_partitions_last_trace_is_decided_on_time() {
+    let h = Harness::new(4, 1);
+    let (dir, log) = workdir("idle");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "2s", None);
+    let out = h.collector();
+    let sampler = spawn(&dir, &yaml, &log);
+    wait_ready(&sampler, &log).await;
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed: 89,
+        error_rate: 1.0,
+        ..gen::GenConfig::default()
+    });
+    let t = g.next_trace(gen::now_ns());
+    let producer = h.producer("none");
+    let key = t.truth.trace_id.to_hex();
+    let sent = std::time::Instant::now();
+    for m in &t.messages {
+        gen::send(&producer, INPUT, key.as_bytes(), m)
+            .await
+            .expect("send");
+    }
+    // Then nothing more arrives: only the wall clock, confirmed by the broker, can
+    // move the partition's stream time past the trace's deadline.
+    let decided = wait_until(Duration::from_secs(15), || {
+        out.traces().contains_key(&t.truth.trace_id)
+    })
+    .await;
+    let took = sent.elapsed();
+    settle(&h, &out, sampler, &log).await;
+    assert!(
+        decided,
+        "the last trace of an idle partition was never decided"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "decided after {took:?}, before its decision_wait"
+    );
+    // decision_wait + idle_delay (1 s) + probe interval and delivery.
+    assert!(
+        took <= Duration::from_secs(5),
+        "decided only after {took:?}: idle stream time did not follow the wall clock"
+    );
+    assert_kept_whole_once(&[t.truth], &out.traces(), "idle partition");
+    let _ = std::fs::remove_dir_all(&dir);
+}
