@@ -21,7 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::codec::TraceId;
 use crate::config::{KafkaConfig, MemorySplit};
@@ -44,6 +44,10 @@ pub const HEADER_SOURCE_TOPIC: &str = "tailsift.source.topic";
 pub const HEADER_SOURCE_PARTITION: &str = "tailsift.source.partition";
 /// Header on dead letters: the input offset.
 pub const HEADER_SOURCE_OFFSET: &str = "tailsift.source.offset";
+/// Header on a dead letter whose payload the broker refused as too large: the
+/// payload's size in bytes. The record then carries no payload; the original stays
+/// at the source coordinates in the headers.
+pub const HEADER_PAYLOAD_OMITTED: &str = "tailsift.payload.omitted";
 
 /// Largest record the producer sends, whatever `max_message_bytes` says: room for a
 /// span that alone exceeds it (input messages are rarely allowed more than this).
@@ -52,6 +56,8 @@ const MAX_RECORD_BYTES: usize = 64 << 20;
 const MAX_IN_FLIGHT: usize = 20_000;
 /// How long a shutdown waits for outstanding deliveries.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A delivery pending longer than this means output is stalled (`/readyz` 503).
+const STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// What the sink is asked to deliver.
 #[derive(Debug)]
@@ -134,13 +140,20 @@ pub enum SinkError {
     },
 }
 
-/// Where the sink writes.
+/// Where the sink writes, and the gate in front of librdkafka's queue.
 #[derive(Debug)]
 struct Topics {
     output: Arc<str>,
     dead_letter: Arc<str>,
     /// The decisions topic and its partition count.
     decisions: Option<(Arc<str>, i32)>,
+    /// KiB of records handed to librdkafka and not yet acknowledged, bounded by the
+    /// producer's share of the memory limit. librdkafka's own queue is sized for the
+    /// largest record, or a record bigger than the share would be refused with
+    /// `QueueFull` forever; this gate keeps the share the bound for everything else
+    /// (a record bigger than the share takes the whole gate and goes alone).
+    gate: tokio::sync::Semaphore,
+    gate_kib: u32,
 }
 
 /// Logs producer errors and feeds the health flag.
@@ -164,6 +177,7 @@ pub struct Sink {
     topics: Arc<Topics>,
     rx: mpsc::Receiver<SinkMsg>,
     releases: Releases,
+    health: Arc<Health>,
 }
 
 impl Sink {
@@ -196,16 +210,20 @@ impl Sink {
             // librdkafka gives up on a message after this; the sink then retries it
             // itself, so a long outage never loses a kept trace.
             .set("message.timeout.ms", "60000")
-            // The producer queue is part of the memory limit.
+            // The producer queue is part of the memory limit; the sink's gate holds
+            // it to its share, and librdkafka's own limit must admit the largest record.
             .set(
                 "queue.buffering.max.kbytes",
-                (memory.producer_queue / 1024).max(1).to_string(),
+                ((memory.producer_queue.max(MAX_RECORD_BYTES as u64) / 1024) + 1024).to_string(),
             );
         for (k, v) in &cfg.producer {
             c.set(k, v);
         }
-        let producer: FutureProducer<ProducerContext> =
-            c.create_with_context(ProducerContext { health })?;
+        let producer: FutureProducer<ProducerContext> = c.create_with_context(ProducerContext {
+            health: Arc::clone(&health),
+        })?;
+        let gate_kib =
+            u32::try_from((memory.producer_queue / 1024).max(1)).unwrap_or(u32::MAX >> 4);
         let decisions = match &cfg.decisions_topic {
             Some(topic) => {
                 let partitions =
@@ -223,9 +241,12 @@ impl Sink {
                 output: cfg.output_topic.as_str().into(),
                 dead_letter: cfg.dead_letter_topic.as_str().into(),
                 decisions,
+                gate: tokio::sync::Semaphore::new(gate_kib as usize),
+                gate_kib,
             }),
             rx,
             releases,
+            health,
         })
     }
 
@@ -233,23 +254,58 @@ impl Sink {
     /// deliveries and flushes the producer.
     pub async fn run(mut self) {
         let mut in_flight = FuturesUnordered::new();
+        // When each delivery still in flight started, by sequence number: the oldest
+        // tells whether output is progressing.
+        let mut pending: std::collections::BTreeMap<u64, tokio::time::Instant> =
+            std::collections::BTreeMap::new();
+        let mut seq = 0u64;
+        let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
+        stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stalled = false;
         loop {
             tokio::select! {
                 biased;
-                Some(pins) = in_flight.next(), if !in_flight.is_empty() => self.releases.release(pins),
+                Some((n, pins)) = in_flight.next(), if !in_flight.is_empty() => {
+                    pending.remove(&n);
+                    self.releases.release(pins);
+                }
+                _ = stall_tick.tick() => {
+                    let age = pending.values().next().map_or(Duration::ZERO, |t| t.elapsed());
+                    metrics::gauge!(names::PRODUCE_OLDEST_PENDING).set(age.as_secs_f64());
+                    let now_stalled = age > STALL_AFTER;
+                    if now_stalled != stalled {
+                        stalled = now_stalled;
+                        if stalled {
+                            let why = format!("a delivery has waited {} s for its acknowledgement ({} pending); see the produce errors", age.as_secs(), pending.len());
+                            error!(message = "Output stalled: input is not committed past it.", pending = pending.len(), oldest_s = age.as_secs());
+                            self.health.set_produce_stalled(Some(why));
+                        } else {
+                            info!(message = "Output progressing again.");
+                            self.health.set_produce_stalled(None);
+                        }
+                    }
+                }
                 msg = self.rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match msg {
-                    Some(m) => in_flight.push(deliver(self.producer.clone(), Arc::clone(&self.topics), m)),
+                    Some(m) => {
+                        seq += 1;
+                        pending.insert(seq, tokio::time::Instant::now());
+                        let (producer, topics, n) = (self.producer.clone(), Arc::clone(&self.topics), seq);
+                        in_flight.push(async move { (n, deliver(producer, topics, m).await) });
+                    }
                     None => break,
                 },
             }
         }
         let drain = async {
-            while let Some(pins) = in_flight.next().await {
+            while let Some((_, pins)) = in_flight.next().await {
                 self.releases.release(pins);
             }
         };
         if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
             warn!(message = "Shutdown before all kept traces were acknowledged; their input is not committed and will be re-read.");
+            self.health.set_produce_stalled(Some(
+                "shutdown before every delivery was acknowledged".to_string(),
+            ));
         }
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
@@ -281,11 +337,17 @@ async fn deliver(
                 });
             }
             let output = kept.topic.as_deref().unwrap_or(output);
-            let results = futures_util::future::join_all(
-                kept.payloads
-                    .iter()
-                    .map(|p| produce(&producer, output, None, Some(key.as_bytes()), p, &headers)),
-            )
+            let results = futures_util::future::join_all(kept.payloads.iter().map(|p| {
+                produce(
+                    &producer,
+                    &topics,
+                    output,
+                    None,
+                    Some(key.as_bytes()),
+                    p,
+                    &headers,
+                )
+            }))
             .await;
             let bytes: usize = kept.payloads.iter().map(Vec::len).sum();
             let mut failed = false;
@@ -304,6 +366,7 @@ async fn deliver(
                         });
                     dead_letter(
                         &producer,
+                        &topics,
                         dlq,
                         Some(key.as_bytes()),
                         payload,
@@ -344,6 +407,7 @@ async fn deliver(
                 });
             dead_letter(
                 &producer,
+                &topics,
                 dlq,
                 d.key.as_deref(),
                 &d.payload,
@@ -358,20 +422,47 @@ async fn deliver(
 
 async fn dead_letter(
     producer: &FutureProducer<ProducerContext>,
+    topics: &Topics,
     dlq: &str,
     key: Option<&[u8]>,
     payload: &[u8],
     headers: &OwnedHeaders,
     reason: &'static str,
 ) {
-    match produce(producer, dlq, None, key, payload, headers).await {
-        Ok(()) => counter!(names::MESSAGES_DEAD_LETTERED, "reason" => reason).increment(1),
-        Err(e) => {
-            // Nothing more can be done with it; say so loudly.
-            counter!(names::MESSAGES_DEAD_LETTERED, "reason" => "dead_letter_refused").increment(1);
-            error!(message = "The dead-letter topic refused a message; it is lost.", topic = dlq, error = %e);
+    let e = match produce(producer, topics, dlq, None, key, payload, headers).await {
+        Ok(()) => {
+            counter!(names::MESSAGES_DEAD_LETTERED, "reason" => reason).increment(1);
+            return;
+        }
+        Err(e) => e,
+    };
+    if matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+    ) {
+        // Too large for the dead-letter topic too: the headers go without the
+        // payload, which stays in the input topic at the coordinates they name.
+        let size = payload.len().to_string();
+        let headers = headers.clone().insert(Header {
+            key: HEADER_PAYLOAD_OMITTED,
+            value: Some(size.as_bytes()),
+        });
+        if produce(producer, topics, dlq, None, key, &[], &headers)
+            .await
+            .is_ok()
+        {
+            counter!(names::MESSAGES_DEAD_LETTERED, "reason" => reason).increment(1);
+            warn!(
+                message = "Dead letter too large for its topic; sent without its payload.",
+                topic = dlq,
+                bytes = payload.len()
+            );
+            return;
         }
     }
+    // Nothing more can be done with it; say so loudly.
+    counter!(names::MESSAGES_DEAD_LETTERED, "reason" => "dead_letter_refused").increment(1);
+    error!(message = "The dead-letter topic refused a message; it is lost.", topic = dlq, error = %e);
 }
 
 /// Produces one record, retrying retriable errors with backoff until the broker
@@ -381,6 +472,7 @@ async fn dead_letter(
 /// Errors that no retry can fix (record too large, not authorised).
 async fn produce(
     producer: &FutureProducer<ProducerContext>,
+    gate: &Topics,
     topic: &str,
     partition: Option<i32>,
     key: Option<&[u8]>,
@@ -388,6 +480,15 @@ async fn produce(
     headers: &OwnedHeaders,
 ) -> Result<(), KafkaError> {
     let mut backoff = Duration::from_millis(100);
+    let kib = u32::try_from(payload.len() / 1024 + 1)
+        .unwrap_or(u32::MAX)
+        .min(gate.gate_kib);
+    // Held until the broker answers: what librdkafka holds stays within its share.
+    let _permit = gate
+        .gate
+        .acquire_many(kib)
+        .await
+        .map_err(|_| KafkaError::Canceled)?;
     loop {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic)
             .payload(payload)
@@ -461,6 +562,7 @@ async fn record_decision(
     };
     match produce(
         producer,
+        topics,
         topic,
         Some(partition),
         Some(&trace_id.0),

@@ -22,6 +22,8 @@ pub struct Health {
     kafka_up: AtomicBool,
     assigned: AtomicUsize,
     last_error: std::sync::Mutex<String>,
+    /// Why output cannot progress, while it cannot.
+    produce_stalled: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -55,6 +57,19 @@ impl Health {
     /// Partitions assigned.
     pub fn assigned(&self) -> usize {
         self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// Records that output has stopped progressing (`Some(why)`) or moves again.
+    pub fn set_produce_stalled(&self, why: Option<String>) {
+        metrics::gauge!(names::PRODUCE_STALLED).set(if why.is_some() { 1.0 } else { 0.0 });
+        if let Ok(mut s) = self.produce_stalled.lock() {
+            *s = why;
+        }
+    }
+
+    /// Why output cannot progress, while it cannot.
+    pub fn produce_stalled(&self) -> Option<String> {
+        self.produce_stalled.lock().ok().and_then(|s| s.clone())
     }
 
     /// The last Kafka error seen.

@@ -31,6 +31,11 @@ pub const SPANS_PRODUCED: &str = "tailsift_spans_produced_total";
 pub const BYTES_PRODUCED: &str = "tailsift_produced_bytes_total";
 /// Failed produce attempts (retried), label `error` (counter).
 pub const PRODUCE_ERRORS: &str = "tailsift_produce_errors_total";
+/// 1 while the oldest delivery (kept trace, dead letter or decision) has waited for
+/// its acknowledgement longer than 10 s, else 0 (gauge); `/readyz` answers 503 then.
+pub const PRODUCE_STALLED: &str = "tailsift_produce_stalled";
+/// Age of the oldest delivery awaiting acknowledgement (gauge, seconds; 0 when none).
+pub const PRODUCE_OLDEST_PENDING: &str = "tailsift_produce_oldest_pending_seconds";
 /// Offset commits, label `result` (`ok` / `error`) (counter).
 pub const COMMITS: &str = "tailsift_offset_commits_total";
 /// Decisions written to the decisions topic, label `decision` (counter).

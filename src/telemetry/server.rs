@@ -97,7 +97,13 @@ async fn respond(mut stream: TcpStream, handle: PrometheusHandle, health: Arc<He
             }
         }
         "/readyz" => {
-            if health.kafka_up() && health.assigned() > 0 {
+            if let Some(why) = health.produce_stalled() {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("not ready: output stalled: {why}\n"),
+                )
+            } else if health.kafka_up() && health.assigned() > 0 {
                 (
                     "200 OK",
                     "text/plain",

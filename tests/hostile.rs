@@ -1,0 +1,179 @@
+//! Regressions of defects found by hostile testing: records larger than the producer's
+//! share of memory, output that cannot progress, and what must be refused at start.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use tailsift::codec::TraceId;
+use tailsift::gen;
+use tailsift::sink::{HEADER_ERROR, HEADER_SOURCE_OFFSET};
+
+/// A producer that may send input messages of up to 64 MB.
+fn big_producer(h: &Harness, compression: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &h.bootstrap)
+        .set("compression.codec", compression)
+        .set("message.max.bytes", "67108864")
+        .create()
+        .expect("producer")
+}
+
+/// One error span of about `bytes` encoded bytes (a large attribute), as a request.
+fn error_span_request(id: [u8; 16], bytes: usize) -> Vec<u8> {
+    let span = Span {
+        trace_id: id.to_vec(),
+        span_id: vec![1, 2, 3, 4, 5, 6, 7, 8],
+        name: "big".into(),
+        start_time_unix_nano: 1_000_000_000,
+        end_time_unix_nano: 1_001_000_000,
+        attributes: vec![KeyValue {
+            key: "blob".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("x".repeat(bytes))),
+            }),
+            ..KeyValue::default()
+        }],
+        status: Some(Status {
+            code: status::StatusCode::Error as i32,
+            message: String::new(),
+        }),
+        ..Span::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource::default()),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..ScopeSpans::default()
+            }],
+            schema_url: String::new(),
+        }],
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_span_larger_than_the_producer_queue_goes_out() {
+    let h = Harness::new(2, 2);
+    // memory.limit 16MiB: the producer's share is 1 MiB, the span 1.5 MB.
+    let yaml = h
+        .config_yaml(ERRORS_SLOW_AND, "500ms", None)
+        .replace("telemetry:", "memory:\n  limit: 16MiB\ntelemetry:");
+    let cfg = tailsift::config::Config::from_yaml(&yaml).expect("config");
+    let out = h.collector();
+    let sampler = Instance::start(&cfg).await;
+    sampler.wait_assigned().await;
+    let id = [0x5a; 16];
+    let payload = error_span_request(id, 1_500_000);
+    gen::send(&big_producer(&h, "lz4"), INPUT, b"big", &payload)
+        .await
+        .expect("send");
+    let got = wait_until(Duration::from_secs(30), || {
+        out.traces().contains_key(&TraceId(id))
+    })
+    .await;
+    let committed = wait_until(Duration::from_secs(20), || uncommitted(&h).is_empty()).await;
+    sampler.stop().await;
+    assert!(got, "the 1.5 MB error span never came out");
+    assert!(
+        committed,
+        "its input was never committed: {:?}",
+        uncommitted(&h)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_larger_than_the_producer_queue_goes_out() {
+    let h = Harness::new(2, 2);
+    // memory.limit 128MiB: the producer's share is 8 MiB; the garbage is 20 MB
+    // (gzip makes it a few kB on the wire).
+    let yaml = h
+        .config_yaml(ERRORS_SLOW_AND, "500ms", None)
+        .replace("telemetry:", "memory:\n  limit: 128MiB\ntelemetry:");
+    let cfg = tailsift::config::Config::from_yaml(&yaml).expect("config");
+    let dlq = h.dead_letters();
+    let sampler = Instance::start(&cfg).await;
+    sampler.wait_assigned().await;
+    let garbage = vec![0xffu8; 20_000_000];
+    gen::send(&big_producer(&h, "gzip"), INPUT, b"garbage", &garbage)
+        .await
+        .expect("send");
+    let got = wait_until(Duration::from_secs(60), || !dlq.is_empty()).await;
+    let committed = wait_until(Duration::from_secs(20), || uncommitted(&h).is_empty()).await;
+    sampler.stop().await;
+    assert!(got, "the 20 MB dead letter never came out");
+    let r = &dlq.records()[0];
+    assert_eq!(r.payload.len(), garbage.len(), "unchanged");
+    assert!(r.header(HEADER_ERROR).is_some_and(|e| !e.is_empty()));
+    assert_eq!(r.header(HEADER_SOURCE_OFFSET).as_deref(), Some("0"));
+    assert!(
+        committed,
+        "its input was never committed: {:?}",
+        uncommitted(&h)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_cannot_progress_shows_in_readyz_and_a_metric_then_recovers() {
+    let h = Harness::new(2, 2);
+    let cfg = h.config(ERRORS_SLOW_AND, "500ms", None);
+    let out = h.collector();
+    let sampler = Instance::start(&cfg).await;
+    let addr = sampler.running.telemetry_addr.expect("telemetry");
+    sampler.wait_assigned().await;
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed: 3,
+        error_rate: 1.0,
+        ..gen::GenConfig::default()
+    });
+    let t = g.next_trace(gen::now_ns());
+    let key = t.truth.trace_id.to_hex();
+    let p = h.producer("none");
+    for m in &t.messages {
+        gen::send(&p, INPUT, key.as_bytes(), m).await.expect("send");
+    }
+    let flushed = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        p.flush(Duration::from_secs(10))
+    })
+    .await
+    .expect("flush task");
+    assert!(flushed.is_ok(), "input delivered");
+    // From now on every produce request fails (retriably): the kept trace cannot
+    // get out.
+    h.broker.cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 500],
+    );
+    let stalled = wait_until(Duration::from_secs(25), || {
+        let (code, body) = http_get(addr, "/readyz");
+        code == 503 && body.contains("output stalled")
+    })
+    .await;
+    let (_, metrics) = http_get(addr, "/metrics");
+    let gauge = tailsift::demo::metric(&metrics, tailsift::telemetry::names::PRODUCE_STALLED);
+    h.broker
+        .cluster()
+        .clear_request_errors(RDKafkaApiKey::Produce);
+    let recovered = wait_until(Duration::from_secs(60), || {
+        http_get(addr, "/readyz").0 == 200 && out.traces().contains_key(&t.truth.trace_id)
+    })
+    .await;
+    sampler.stop().await;
+    assert!(stalled, "/readyz never said output is stalled");
+    assert_eq!(gauge, 1.0, "tailsift_produce_stalled while stalled");
+    assert!(
+        recovered,
+        "the kept trace did not come out once produce worked again"
+    );
+}
