@@ -97,6 +97,26 @@ enum Command {
     },
 }
 
+/// `println!` that ends the process quietly when stdout is a closed pipe
+/// (`tailsift check -c F | head -1`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
+
+fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{args}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -124,7 +144,11 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             let mut cfg = Config::load(&config)?;
             if let Some(b) = brokers {
                 cfg.kafka.brokers = b;
+                // `--brokers ""` or an empty TAILSIFT_BROKERS is refused like the file's.
+                cfg.validate()?;
             }
+            cfg.kafka.check_clients()?;
+            cfg.warn_if_memory_exceeds_machine();
             let trigger = ShutdownTrigger::new();
             let running = app::start(&cfg, trigger.subscribe()).await?;
             tokio::spawn(tailsift::reload::watch(
@@ -142,9 +166,11 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
         }
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
+            cfg.kafka.check_clients()?;
+            cfg.warn_if_memory_exceeds_machine();
             let set = PolicySet::build(&cfg.policies)?;
-            println!("config {} is valid", config.display());
-            println!(
+            out!("config {} is valid", config.display());
+            out!(
                 "input {:?} -> output {} (dead letters: {}; decisions: {}), group {}",
                 cfg.kafka.input_topics,
                 cfg.kafka.output_topic,
@@ -155,7 +181,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                     .unwrap_or("in memory only"),
                 cfg.kafka.group_id
             );
-            println!(
+            out!(
                 "decision_wait {}, after root {}, {} shards",
                 cfg.buffer.decision_wait,
                 cfg.buffer
@@ -163,7 +189,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                     .map_or("off".to_string(), |d| d.to_string()),
                 cfg.shard_count()
             );
-            println!(
+            out!(
                 "policies, in order (OTel precedence: a drop wins, then an inverted match vetoes, then any sample keeps and the first sampler names the trace, then an inverted sample keeps unless a policy voted not to){}:",
                 if cfg.sample_on_first_match {
                     "; evaluation stops at the first sample (sample_on_first_match)"
@@ -176,11 +202,11 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 c.describe(2, &mut tree);
             }
             print!("{tree}");
-            println!(
+            out!(
                 "kept spans annotated with policy and probability: {}",
                 if cfg.annotate { "yes" } else { "no" }
             );
-            println!(
+            out!(
                 "attribute predicates tested while scanning: {}",
                 set.keys.len()
             );
@@ -191,7 +217,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             let r = tailsift::simulate::run(&cfg, &inputs)?;
             let mib = |b: u64| b as f64 / 1048576.0;
             let pct = |a: f64, b: f64| if b > 0.0 { 100.0 * a / b } else { 0.0 };
-            println!(
+            out!(
                 "read {} requests ({} undecodable): {} traces, {} spans, {:.1} MiB of spans",
                 r.messages,
                 r.undecodable,
@@ -199,7 +225,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 r.spans,
                 mib(r.bytes)
             );
-            println!(
+            out!(
                 "kept {} traces ({:.1}%), {} spans, {:.1} MiB -> volume reduced by {:.1}%",
                 r.kept_traces,
                 pct(r.kept_traces as f64, r.traces as f64),
@@ -208,23 +234,21 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 100.0 - pct(r.kept_bytes as f64, r.bytes as f64)
             );
             for (policy, n) in &r.per_policy {
-                println!("  kept by {policy}: {n}");
+                out!("  kept by {policy}: {n}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { traces, rate, seed } => {
-            let report = demo::run(&DemoOptions { traces, rate, seed }, |line| {
-                println!("{line}")
-            })
-            .await?;
+            let report =
+                demo::run(&DemoOptions { traces, rate, seed }, |line| out!("{line}")).await?;
             for l in &report.lines {
-                println!("{l}");
+                out!("{l}");
             }
             if report.passed {
-                println!("demo passed: every check against the ground truth holds.");
+                out!("demo passed: every check against the ground truth holds.");
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!("demo FAILED: see the checks above.");
+                out!("demo FAILED: see the checks above.");
                 Ok(ExitCode::FAILURE)
             }
         }
@@ -257,9 +281,13 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             .context("producing generated traces")?;
             let errors = truths.iter().filter(|t| t.error).count();
             let slow = truths.iter().filter(|t| t.slow).count();
-            println!(
+            out!(
                 "sent {} traces ({} error, {} slow), {} spans, {} bytes to {topic}",
-                stats.traces, errors, slow, stats.spans, stats.bytes
+                stats.traces,
+                errors,
+                slow,
+                stats.spans,
+                stats.bytes
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -274,7 +302,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 })?;
                 broker.create_topic(name, parts)?;
             }
-            println!("{}", broker.bootstrap_servers());
+            out!("{}", broker.bootstrap_servers());
             eprintln!("embedded broker running; Ctrl-C to stop");
             wait_for_signal().await;
             Ok(ExitCode::SUCCESS)

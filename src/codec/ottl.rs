@@ -130,6 +130,7 @@ impl Condition {
             pos: 0,
             context,
             end: source.len(),
+            depth: 0,
         };
         let expr = p.or()?;
         if let Some((at, t)) = p.tokens.get(p.pos) {
@@ -342,11 +343,18 @@ fn tokenize(s: &str) -> Result<Vec<(usize, Token)>, OttlError> {
     Ok(out)
 }
 
+/// Deepest nesting of parentheses and `not`s accepted: the parser and evaluator
+/// recurse once per level, and a condition of thousands of levels would overflow the
+/// stack of the thread that loads (or reloads) the config.
+pub const MAX_NESTING: usize = 64;
+
 struct Parser {
     tokens: Vec<(usize, Token)>,
     pos: usize,
     context: OttlContext,
     end: usize,
+    /// Parentheses and `not`s open at this point.
+    depth: usize,
 }
 
 impl Parser {
@@ -409,16 +417,32 @@ impl Parser {
 
     fn not(&mut self) -> Result<Expr, OttlError> {
         if self.keyword("not") {
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            self.enter()?;
+            let e = Expr::Not(Box::new(self.not()?));
+            self.depth -= 1;
+            return Ok(e);
         }
         self.primary()
+    }
+
+    /// One level deeper, refused past [`MAX_NESTING`].
+    fn enter(&mut self) -> Result<(), OttlError> {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            return self.fail(format!(
+                "at most {MAX_NESTING} nested parentheses and `not`s"
+            ));
+        }
+        Ok(())
     }
 
     fn primary(&mut self) -> Result<Expr, OttlError> {
         if self.peek() == Some(&Token::LParen) {
             self.pos += 1;
+            self.enter()?;
             let e = self.or()?;
             self.expect(Token::RParen, "`)`")?;
+            self.depth -= 1;
             return Ok(e);
         }
         if matches!(self.peek(), Some(Token::Ident(i)) if i == "IsMatch") {
@@ -608,6 +632,20 @@ mod tests {
         );
         assert!(eval("true"));
         assert!(!eval("not true or false"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let ok = format!("{}true{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+        assert!(Condition::parse(&ok, OttlContext::Span).is_ok());
+        for deep in [
+            format!("{}true{}", "(".repeat(2500), ")".repeat(2500)),
+            format!("{}true{}", "(".repeat(10_000), ")".repeat(10_000)),
+            format!("{}true", "not ".repeat(5000)),
+        ] {
+            let e = Condition::parse(&deep, OttlContext::Span).expect_err("too deep");
+            assert!(e.to_string().contains("nested"), "{e}");
+        }
     }
 
     #[test]

@@ -37,20 +37,29 @@ impl fmt::Display for ConfigDuration {
 
 /// Parses `30s`, `250ms`, `1m30s`, `1.5s`; `0` alone is zero.
 pub fn parse_duration(s: &str) -> Option<Duration> {
+    parse_duration_explained(s).ok()
+}
+
+/// The longest duration accepted (about 31 years).
+const MAX_SECONDS: f64 = 1e9;
+
+/// [`parse_duration`], saying why a text is refused.
+fn parse_duration_explained(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
-        return Some(Duration::ZERO);
+        return Ok(Duration::ZERO);
     }
+    let malformed = || format!("{s:?} is not a duration such as `30s`, `250ms` or `1m30s`");
     let mut total = 0f64;
     let mut rest = s;
     if rest.is_empty() {
-        return None;
+        return Err(malformed());
     }
     while !rest.is_empty() {
         let num_end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
-        let num: f64 = rest[..num_end].parse().ok()?;
+        let num: f64 = rest[..num_end].parse().map_err(|_| malformed())?;
         rest = &rest[num_end..];
         let unit_end = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -62,15 +71,24 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            _ => return None,
+            "" => {
+                return Err(format!(
+                    "{s:?} has a number without a unit (ns, us, ms, s, m, h)"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unsupported unit {other:?} in {s:?}: use ns, us, ms, s, m or h"
+                ))
+            }
         };
         rest = &rest[unit_end..];
         total += num * scale;
     }
-    if !total.is_finite() || total > 1e9 {
-        return None;
+    if !total.is_finite() || total > MAX_SECONDS {
+        return Err(format!("{s} is too long (at most {MAX_SECONDS:e} s)"));
     }
-    Some(Duration::from_secs_f64(total))
+    Ok(Duration::from_secs_f64(total))
 }
 
 impl serde::Serialize for ConfigDuration {
@@ -88,15 +106,17 @@ impl<'de> Deserialize<'de> for ConfigDuration {
                 f.write_str("a duration such as `30s`, `250ms` or `1m30s`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ConfigDuration, E> {
-                parse_duration(v)
+                parse_duration_explained(v)
                     .map(ConfigDuration)
-                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+                    .map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ConfigDuration, E> {
                 if v == 0 {
                     Ok(ConfigDuration(Duration::ZERO))
                 } else {
-                    Err(E::invalid_value(de::Unexpected::Unsigned(v), &self))
+                    Err(E::custom(format!(
+                        "{v} is a number without a unit: write e.g. `{v}s` or `{v}ms`"
+                    )))
                 }
             }
         }

@@ -152,6 +152,21 @@ impl KafkaConfig {
             ));
         }
         check_topic("kafka.dead_letter_topic", &self.dead_letter_topic)?;
+        // A topic tailsift writes that it also reads would feed itself forever.
+        if self.input_topics.contains(&self.dead_letter_topic) {
+            return Err(ConfigError::invalid(
+                "kafka.dead_letter_topic",
+                &self.dead_letter_topic,
+                "a topic that is not also an input topic (its dead letters would be read back and dead-lettered again, forever)",
+            ));
+        }
+        if self.dead_letter_topic == self.output_topic {
+            return Err(ConfigError::invalid(
+                "kafka.dead_letter_topic",
+                &self.dead_letter_topic,
+                "a topic other than kafka.output_topic (readers of the output would get undecodable records)",
+            ));
+        }
         if let Some(d) = &self.decisions_topic {
             check_topic("kafka.decisions_topic", d)?;
             if self.input_topics.contains(d)
@@ -190,8 +205,54 @@ impl KafkaConfig {
             if RESERVED_CONSUMER_KEYS.contains(&k.as_str()) {
                 return Err(ConfigError::invalid(
                     format!("kafka.consumer.{k}"),
-                    &self.consumer[k],
+                    VALUE_NOT_SHOWN,
                     "no value: tailsift manages this property for at-least-once delivery (use kafka.group_id for the group)",
+                ));
+            }
+        }
+        check_properties("kafka.consumer", &self.consumer)?;
+        check_properties("kafka.producer", &self.producer)
+    }
+}
+
+impl KafkaConfig {
+    /// Makes, and drops, a consumer and a producer with the passed-through
+    /// properties and no bootstrap servers (so nothing is contacted), for what
+    /// librdkafka checks only when a client is made: SASL mechanisms, certificate
+    /// files, combinations. `check` and `run` call it, so `check` refuses what `run`
+    /// would. The error names the section, never a value.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `kafka.consumer` or `kafka.producer`.
+    pub fn check_clients(&self) -> Result<(), ConfigError> {
+        use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::producer::BaseProducer;
+        for (section, props) in [
+            ("kafka.consumer", &self.consumer),
+            ("kafka.producer", &self.producer),
+        ] {
+            let mut c = ClientConfig::new();
+            // Only this check's own "no bootstrap servers" notice would be logged.
+            c.set_log_level(RDKafkaLogLevel::Emerg);
+            for (k, v) in props {
+                c.set(k, v);
+            }
+            let made = if section == "kafka.consumer" {
+                c.set("group.id", &self.group_id);
+                c.create::<BaseConsumer>().map(drop)
+            } else {
+                c.create::<BaseProducer>().map(drop)
+            };
+            if let Err(e) = made {
+                let mut why = e.to_string();
+                for v in props.values().filter(|v| v.len() >= 3) {
+                    why = why.replace(v.as_str(), VALUE_NOT_SHOWN);
+                }
+                return Err(ConfigError::invalid(
+                    section,
+                    VALUE_NOT_SHOWN,
+                    format!("properties librdkafka accepts together; it says: {why}"),
                 ));
             }
         }
@@ -199,8 +260,54 @@ impl KafkaConfig {
     }
 }
 
-fn check_topic(field: &str, t: &str) -> Result<(), ConfigError> {
+/// What an error shows instead of a librdkafka property's value: any of them may be
+/// a secret (`sasl.password`, `ssl.key.password`, or a value under a misspelt key).
+pub const VALUE_NOT_SHOWN: &str = "(value not shown)";
+
+/// Checks each passed-through librdkafka property the way librdkafka itself will when
+/// the client is created (name known, value of the right form), without connecting,
+/// so `check` refuses what `run` would. The error names the property, never its value.
+fn check_properties(section: &str, props: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaConfRes;
+    for (k, v) in props {
+        let mut c = ClientConfig::new();
+        c.set(k, v);
+        // librdkafka logs nothing here: only `rd_kafka_conf_set` runs.
+        match c.create_native_config() {
+            Ok(_) => {}
+            Err(KafkaError::ClientConfig(res, ..)) => {
+                let expected = match res {
+                    RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN => {
+                        "a librdkafka property name (see librdkafka's CONFIGURATION.md): this one is unknown"
+                    }
+                    _ => "a value librdkafka accepts for this property (see librdkafka's CONFIGURATION.md)",
+                };
+                return Err(ConfigError::invalid(
+                    format!("{section}.{k}"),
+                    VALUE_NOT_SHOWN,
+                    expected,
+                ));
+            }
+            Err(_) => {
+                return Err(ConfigError::invalid(
+                    format!("{section}.{k}"),
+                    VALUE_NOT_SHOWN,
+                    "a property librdkafka accepts",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_topic(field: &str, t: &str) -> Result<(), ConfigError> {
+    // Kafka refuses `.` and `..` (they name directories) besides the length and
+    // character rules.
     let ok = !t.is_empty()
+        && t != "."
+        && t != ".."
         && t.len() <= 249
         && t.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -210,7 +317,7 @@ fn check_topic(field: &str, t: &str) -> Result<(), ConfigError> {
         Err(ConfigError::invalid(
             field,
             format!("{t:?}"),
-            "a Kafka topic name: 1-249 characters of [a-zA-Z0-9._-]",
+            "a Kafka topic name: 1-249 characters of [a-zA-Z0-9._-], not `.` or `..`",
         ))
     }
 }

@@ -23,27 +23,61 @@ impl fmt::Display for ByteSize {
     }
 }
 
-/// Parses `512MiB`, `2GiB`, `64MB`, `1.5GiB`, `4096`; `KB`/`MB`/`GB` are powers of
-/// 1000, `KiB`/`MiB`/`GiB` of 1024.
+/// Parses `512MiB`, `2GiB`, `64MB`, `1.5GiB`, `4096`; `KB`/`MB`/`GB`/`TB` are powers
+/// of 1000, `KiB`/`MiB`/`GiB`/`TiB` (and Kubernetes' `Ki`/`Mi`/`Gi`/`Ti`) of 1024.
 pub fn parse_bytes(s: &str) -> Option<u64> {
+    parse_bytes_explained(s).ok()
+}
+
+/// [`parse_bytes`], saying why a text is refused.
+fn parse_bytes_explained(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: f64 = num.parse().ok()?;
+    let num: f64 = num.parse().map_err(|_| {
+        format!("{s:?}: expected a size such as `512MiB`, `2Gi` or a number of bytes")
+    })?;
     let scale: u64 = match unit.trim() {
         "" | "B" => 1,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return None,
+        "KB" | "kB" | "k" => 1_000,
+        "MB" | "M" => 1_000_000,
+        "GB" | "G" => 1_000_000_000,
+        "TB" | "T" => 1_000_000_000_000,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        "TiB" | "Ti" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unsupported unit {other:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (or Ki, Mi, Gi, Ti)"
+            ))
+        }
     };
     let v = num * scale as f64;
-    (0.0..1e18).contains(&v).then_some(v as u64)
+    if !(0.0..1e18).contains(&v) {
+        return Err(format!("{s} is too large (at most 1e18 bytes)"));
+    }
+    Ok(v as u64)
+}
+
+/// The memory this process may use: the cgroup's limit if one is set, else the
+/// machine's (Linux; `None` elsewhere or when unreadable).
+pub fn machine_memory() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    match (cgroup, total) {
+        (Some(c), Some(t)) => Some(c.min(t)),
+        (c, t) => c.or(t),
+    }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
@@ -55,9 +89,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a size such as `512MiB`, `2GiB` or a number of bytes")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                parse_bytes(v)
-                    .map(ByteSize)
-                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+                parse_bytes_explained(v).map(ByteSize).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))

@@ -29,20 +29,22 @@ pub use policy::{
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    // The causes are part of the message, not `#[source]`s: an error chain printed
+    // whole (`{:#}`) would repeat them.
+    #[error("cannot read config file {path}: {error}")]
     Read {
         /// The path given.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The YAML does not match the schema (unknown field, wrong type, ...).
-    #[error("config {path}: {source}")]
+    #[error("config {path}: {error}")]
     Parse {
         /// The path given.
         path: String,
         /// What serde found, with the field path and line.
-        source: serde_yaml::Error,
+        error: serde_yaml::Error,
     },
     /// A value is out of range or inconsistent with another.
     #[error("config field `{field}` = {value}: expected {expected}")]
@@ -276,14 +278,14 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the field, the value and the expectation.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::from_yaml(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse { error, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
-                source,
+                error,
             },
             other => other,
         })
@@ -294,9 +296,9 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the field, the value and the expectation.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let mut cfg: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut cfg: Config = serde_yaml::from_str(text).map_err(|error| ConfigError::Parse {
             path: "<text>".into(),
-            source,
+            error,
         })?;
         cfg.merge_tail_sampling()?;
         cfg.validate()?;
@@ -405,7 +407,37 @@ impl Config {
         }
         self.memory.validate()?;
         self.trace.validate(&self.memory)?;
-        policy::validate_all(&self.policies)
+        policy::validate_all(&self.policies)?;
+        for (i, p) in self.policies.iter().enumerate() {
+            let Some(t) = &p.topic else {
+                continue;
+            };
+            let field = format!("policies[{i}].topic");
+            kafka::check_topic(&field, t)?;
+            if self.kafka.input_topics.contains(t) || *t == self.kafka.dead_letter_topic {
+                return Err(ConfigError::invalid(
+                    field,
+                    t,
+                    "a topic that is not an input or the dead-letter topic (kept traces would be read back as input, forever)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Warns when `memory.limit` is above the memory this machine (or its cgroup)
+    /// has: the limit could never hold, and the kernel would kill the process first.
+    pub fn warn_if_memory_exceeds_machine(&self) {
+        let Some(available) = memory::machine_memory() else {
+            return;
+        };
+        if self.memory.limit.0 > available {
+            tracing::warn!(
+                message = "memory.limit is above this machine's memory; the kernel would end the process before the limit is reached.",
+                limit = %self.memory.limit,
+                machine = %memory::ByteSize(available)
+            );
+        }
     }
 
     /// The number of buffer shards to run.

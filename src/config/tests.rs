@@ -126,7 +126,7 @@ fn bad_values_name_field_value_and_expectation() {
     let e = err(&MINIMAL.replace("output_topic: sampled", "output_topic: spans"));
     assert!(e.contains("`kafka.output_topic` = spans"), "{e}");
     let e = err(&format!("{MINIMAL}buffer: {{decision_wait: 10parsecs}}\n"));
-    assert!(e.contains("expected a duration such as `30s`"), "{e}");
+    assert!(e.contains("unsupported unit \"parsecs\""), "{e}");
     let e = err(&MINIMAL.replace(
         "brokers: localhost:9092",
         "brokers: localhost:9092\n  consumer: {enable.auto.commit: 'true'}",
@@ -391,5 +391,137 @@ fn the_otel_readme_example_loads_verbatim() {
     assert!(
         tree.contains("- composite-policy-1 [composite] the first of, within 1000 spans/s (spans/s each: test-composite-policy-1 500, test-composite-policy-2 250, test-composite-policy-3 250):"),
         "{tree}"
+    );
+}
+
+#[test]
+fn topics_that_would_feed_themselves_or_that_kafka_refuses_are_refused() {
+    let dlq_is_input = MINIMAL.replace(
+        "output_topic: sampled",
+        "output_topic: sampled\n  dead_letter_topic: spans",
+    );
+    let e = err(&dlq_is_input);
+    assert!(
+        e.contains("kafka.dead_letter_topic") && e.contains("input topic"),
+        "{e}"
+    );
+    let dlq_is_output = MINIMAL.replace(
+        "output_topic: sampled",
+        "output_topic: sampled\n  dead_letter_topic: sampled",
+    );
+    let e = err(&dlq_is_output);
+    assert!(
+        e.contains("kafka.dead_letter_topic") && e.contains("output_topic"),
+        "{e}"
+    );
+    let policy_to_input =
+        MINIMAL.replace("type: always_sample}", "type: always_sample, topic: spans}");
+    let e = err(&policy_to_input);
+    assert!(
+        e.contains("policies[0].topic") && e.contains("input"),
+        "{e}"
+    );
+    for bad in [".", "..", "bad topic!"] {
+        let yaml = MINIMAL.replace("output_topic: sampled", &format!("output_topic: {bad:?}"));
+        let e = err(&yaml);
+        assert!(
+            e.contains("kafka.output_topic") && e.contains("[a-zA-Z0-9._-]"),
+            "{bad}: {e}"
+        );
+        let yaml = MINIMAL.replace(
+            "type: always_sample}",
+            &format!("type: always_sample, topic: {bad:?}}}"),
+        );
+        let e = err(&yaml);
+        assert!(e.contains("policies[0].topic"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn librdkafka_properties_are_checked_at_load_and_their_values_never_shown() {
+    let secret = "hunter2-SECRET";
+    for (section, key) in [
+        ("consumer", "sasl.passwrod"),
+        ("producer", "compression.codec"),
+    ] {
+        let yaml = MINIMAL.replace(
+            "output_topic: sampled",
+            &format!("output_topic: sampled\n  {section}: {{{key}: {secret}}}"),
+        );
+        let e = err(&yaml);
+        assert!(e.contains(&format!("kafka.{section}.{key}")), "{e}");
+        assert!(!e.contains(secret), "the value leaked: {e}");
+    }
+    // Some values librdkafka only checks when a client is made (no broker is
+    // contacted: no bootstrap servers are given to it).
+    let yaml = MINIMAL.replace(
+        "output_topic: sampled",
+        &format!("output_topic: sampled\n  producer: {{security.protocol: sasl_plaintext, sasl.mechanism: {secret}}}"),
+    );
+    let cfg = Config::from_yaml(&yaml).expect("each property is well-formed alone");
+    let e = cfg
+        .kafka
+        .check_clients()
+        .expect_err("refused by librdkafka")
+        .to_string();
+    assert!(e.contains("kafka.producer") && !e.contains(secret), "{e}");
+    let reserved = MINIMAL.replace(
+        "output_topic: sampled",
+        &format!("output_topic: sampled\n  consumer: {{group.id: {secret}}}"),
+    );
+    let e = err(&reserved);
+    assert!(
+        e.contains("kafka.consumer.group.id") && !e.contains(secret),
+        "{e}"
+    );
+    let fine = MINIMAL.replace(
+        "output_topic: sampled",
+        "output_topic: sampled\n  consumer: {security.protocol: sasl_ssl, sasl.mechanism: SCRAM-SHA-512, sasl.username: u, sasl.password: p}",
+    );
+    assert!(Config::from_yaml(&fine).is_ok());
+}
+
+#[test]
+fn sizes_and_durations_say_unsupported_or_too_large_not_malformed() {
+    let with =
+        |key: &str, v: &str| MINIMAL.replace("policies:", &format!("{key}\n  {v}\npolicies:"));
+    let e = err(&with("memory:", "limit: 1PiB"));
+    assert!(e.contains("unsupported unit") && e.contains("PiB"), "{e}");
+    let yaml = with("memory:", "limit: 1TiB");
+    let cfg = Config::from_yaml(&yaml).expect("TiB is a unit");
+    assert_eq!(cfg.memory.limit.0, 1 << 40);
+    assert_eq!(
+        Config::from_yaml(&with("memory:", "limit: 2Gi"))
+            .expect("Kubernetes units")
+            .memory
+            .limit
+            .0,
+        2 << 30
+    );
+    let e = err(&with("buffer:", "decision_wait: 1000000h"));
+    assert!(e.contains("too long"), "{e}");
+    let e = err(&with("buffer:", "decision_wait: 30"));
+    assert!(e.contains("without a unit"), "{e}");
+    let e = err(&with("buffer:", "decision_wait: 3 parsecs"));
+    assert!(e.contains("unsupported unit"), "{e}");
+}
+
+#[test]
+fn file_errors_say_their_cause_once() {
+    let e = Config::load(std::path::Path::new("/nonexistent/tailsift.yaml")).expect_err("no file");
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+    let dir = std::env::temp_dir().join(format!("tailsift-cfg-{}.yaml", std::process::id()));
+    std::fs::write(&dir, "kafka: [").expect("write");
+    let e = Config::load(&dir).expect_err("bad YAML");
+    let _ = std::fs::remove_file(&dir);
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    let first_line = chain.lines().next().unwrap_or_default().to_string();
+    assert_eq!(
+        chain
+            .matches(&first_line[first_line.len().saturating_sub(20)..])
+            .count(),
+        1,
+        "{chain}"
     );
 }
