@@ -117,6 +117,10 @@ fn print_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Exit status of a `run` whose shutdown gave up (timeout or a second signal) with
+/// traces undecided or unacknowledged.
+const EXIT_DRAIN_INCOMPLETE: i32 = 3;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -159,9 +163,24 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 tailsift::reload::POLL,
             ));
             wait_for_signal().await;
-            tracing::info!(message = "Shutdown requested.");
+            tracing::info!(
+                message = "Shutdown requested: draining (a second signal stops at once)."
+            );
             trigger.trigger();
-            running.wait().await;
+            let health = std::sync::Arc::clone(&running.health);
+            tokio::select! {
+                _ = running.wait() => {}
+                _ = wait_for_signal() => {
+                    // Nothing is lost: what was not committed is read again by the
+                    // partitions' next owner.
+                    tracing::error!(message = "Second signal: stopping at once; undecided and unacknowledged input stays uncommitted and will be re-read.");
+                    std::process::exit(EXIT_DRAIN_INCOMPLETE);
+                }
+            }
+            if health.drain_incomplete() {
+                tracing::error!(message = "Stopped before every kept trace was acknowledged; their input is uncommitted and will be re-read (nothing lost).");
+                return Ok(ExitCode::from(EXIT_DRAIN_INCOMPLETE as u8));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {

@@ -177,3 +177,117 @@ async fn output_that_cannot_progress_shows_in_readyz_and_a_metric_then_recovers(
         "the kept trace did not come out once produce worked again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_garbage_is_dead_lettered_with_its_headers_and_logged_a_few_times() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let h = Harness::new(2, 2);
+    let dir = std::env::temp_dir().join(format!("tailsift-flood-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("tailsift.log");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "500ms", None);
+    let dlq = h.dead_letters();
+    let mut sampler = spawn(&dir, &yaml, &log);
+    let ready = wait_until(Duration::from_secs(40), || {
+        http_get(sampler.telemetry, "/readyz").0 == 200
+    })
+    .await;
+    assert!(ready, "sampler not ready");
+    let p = h.producer("lz4");
+    const N: usize = 2000;
+    for i in 0..N {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "origin",
+            value: Some(format!("client-{i}").as_bytes()),
+        });
+        let record = FutureRecord::to(INPUT)
+            .key("k")
+            .payload(b"\xff\xfe not protobuf".as_slice())
+            .headers(headers);
+        p.send(record, Duration::from_secs(10)).await.expect("send");
+    }
+    let all = wait_until(Duration::from_secs(60), || dlq.len() >= N).await;
+    signal(&sampler.child, "-TERM");
+    let _ = sampler.child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(all, "{} of {N} dead letters", dlq.len());
+    let r = &dlq.records()[0];
+    assert!(
+        r.header("origin").is_some_and(|v| v.starts_with("client-")),
+        "the original header is kept: {:?}",
+        r.headers
+    );
+    assert!(r.header(HEADER_ERROR).is_some(), "and tailsift's added");
+    let lines = text.matches("Undecodable message").count();
+    assert!(
+        (1..=5).contains(&lines),
+        "{lines} log lines for {N} undecodable messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_a_stuck_drain_at_once_with_a_failure_status() {
+    let h = Harness::new(2, 2);
+    let dir = std::env::temp_dir().join(format!("tailsift-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("tailsift.log");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "500ms", None);
+    let mut sampler = spawn(&dir, &yaml, &log);
+    let ready = wait_until(Duration::from_secs(40), || {
+        http_get(sampler.telemetry, "/readyz").0 == 200
+    })
+    .await;
+    assert!(ready, "sampler not ready");
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed: 5,
+        error_rate: 1.0,
+        ..gen::GenConfig::default()
+    });
+    let t = g.next_trace(gen::now_ns());
+    let key = t.truth.trace_id.to_hex();
+    let p = h.producer("none");
+    for m in &t.messages {
+        gen::send(&p, INPUT, key.as_bytes(), m).await.expect("send");
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        p.flush(Duration::from_secs(10))
+    })
+    .await;
+    // The kept trace cannot be written: the drain would wait for it.
+    h.broker.cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 1000],
+    );
+    let stuck = wait_until(Duration::from_secs(20), || {
+        metric_of(&sampler, tailsift::telemetry::names::PRODUCE_OLDEST_PENDING) >= 2.0
+    })
+    .await;
+    signal(&sampler.child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&sampler.child, "-TERM");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = sampler.child.try_wait().expect("status") {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = sampler.child.kill();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    h.broker
+        .cluster()
+        .clear_request_errors(RDKafkaApiKey::Produce);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(stuck, "the kept trace was never held up in the producer");
+    let status = status.expect("exited within 10 s of the second signal");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exit status after an incomplete drain"
+    );
+}

@@ -111,6 +111,8 @@ pub struct DeadLetter {
     pub payload: Bytes,
     /// The original key.
     pub key: Option<Bytes>,
+    /// The original headers, kept ahead of tailsift's own.
+    pub headers: Option<OwnedHeaders>,
     /// Why it was refused.
     pub reason: String,
     /// Where it came from.
@@ -388,7 +390,10 @@ async fn deliver(
             kept.pins
         }
         SinkMsg::DeadLetter(d) => {
-            let headers = OwnedHeaders::new()
+            let headers = d
+                .headers
+                .clone()
+                .unwrap_or_default()
                 .insert(Header {
                     key: HEADER_ERROR,
                     value: Some(d.reason.as_bytes()),

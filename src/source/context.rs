@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use metrics::gauge;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -11,7 +12,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::{lock, OffsetTracker};
-use crate::telemetry::{names, Health};
+use crate::telemetry::{names, Health, LogLimiter};
 
 /// Callbacks of the input consumer. Shares the offset tracker with the source task
 /// so a revoke can commit what is safe before the partition moves.
@@ -63,7 +64,10 @@ impl ClientContext for SourceContext {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health.set_kafka_up(false, Some(reason.to_string()));
         }
-        warn!(message = "Kafka consumer error.", error = %error, reason);
+        static LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
+        if let Some(suppressed) = LOG.allow() {
+            warn!(message = "Kafka consumer error.", error = %error, reason, suppressed_since_last = suppressed);
+        }
     }
 }
 

@@ -129,6 +129,7 @@ pub struct Source {
     probed: (mpsc::UnboundedSender<Probe>, mpsc::UnboundedReceiver<Probe>),
     probing: bool,
     future_timestamps: Counter,
+    health: Arc<Health>,
 }
 
 /// The answer to one idle probe: per partition `(slot, epoch, records read by then,
@@ -198,7 +199,11 @@ impl Source {
         for (k, v) in &cfg.consumer {
             c.set(k, v);
         }
-        let ctx = SourceContext::new(Arc::clone(&tracker), health, cfg.decisions_topic.is_some());
+        let ctx = SourceContext::new(
+            Arc::clone(&tracker),
+            Arc::clone(&health),
+            cfg.decisions_topic.is_some(),
+        );
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(ctx)?;
         let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -252,6 +257,7 @@ impl Source {
             probed: mpsc::unbounded_channel(),
             probing: false,
             future_timestamps: counter!(names::FUTURE_TIMESTAMPS),
+            health,
         })
     }
 
@@ -301,7 +307,8 @@ impl Source {
                         }
                     }
                     Err(e) => {
-                        warn!(message = "Kafka consumer error.", error = %e);
+                        // Already logged (rate-limited) by the context's error callback.
+                        tracing::debug!(message = "Kafka consumer error.", error = %e);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -325,6 +332,7 @@ impl Source {
         })
         .await;
         if drained.is_err() {
+            self.health.set_drain_incomplete();
             warn!(message = "Workers did not finish in time; committing what is safe.");
         }
         // The last commit: after any still running, with what is safe now.
@@ -520,6 +528,7 @@ impl Source {
         let job = ScanJob::Message(Input {
             payload,
             key: m.key().map(Bytes::copy_from_slice),
+            headers: m.headers().map(rdkafka::message::BorrowedHeaders::detach),
             pin,
             at,
         });

@@ -9,6 +9,7 @@
 //! so it runs on as many tasks as there are shards instead of on the source's one.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use metrics::{counter, Counter};
@@ -20,7 +21,7 @@ use crate::clock::StreamClocks;
 use crate::codec::{scan, CodecError, FrameInterner, Span, TraceId};
 use crate::decide::{PolicyWatch, ShardMsg};
 use crate::sink::{DeadLetter, SinkMsg};
-use crate::telemetry::names;
+use crate::telemetry::{names, LogLimiter};
 
 /// One input message, pinned once (the guard).
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub(super) struct Input {
     pub(super) payload: Bytes,
     /// The message key, kept for the dead-letter topic.
     pub(super) key: Option<Bytes>,
+    /// The message headers, kept for the dead-letter topic.
+    pub(super) headers: Option<rdkafka::message::OwnedHeaders>,
     /// The guard pin.
     pub(super) pin: Pin,
     /// Its partition's stream time (ms) once it was read.
@@ -169,10 +172,14 @@ impl Scanner {
         let Some((topic, partition)) = lock(&self.tracker).origin(pin) else {
             return Ok(()); // its partition was revoked meanwhile
         };
-        warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = %topic, partition, offset = pin.offset, error = %e);
+        static LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
+        if let Some(suppressed) = LOG.allow() {
+            warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = %topic, partition, offset = pin.offset, error = %e, suppressed_since_last = suppressed);
+        }
         let dl = DeadLetter {
             payload: input.payload,
             key: input.key,
+            headers: input.headers,
             reason: format!("{}: {e}", e.code()),
             topic,
             partition,

@@ -5,6 +5,7 @@
 //! `/metrics`, `/healthz` (process alive and a broker reachable) and `/readyz`
 //! (assigned partitions and a broker reachable).
 
+mod limit;
 pub mod names;
 mod server;
 
@@ -13,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub use limit::LogLimiter;
 pub use server::{serve, ServerError};
 
 /// Shared health flags, written by the Kafka clients' callbacks and read by the
@@ -24,6 +26,8 @@ pub struct Health {
     last_error: std::sync::Mutex<String>,
     /// Why output cannot progress, while it cannot.
     produce_stalled: std::sync::Mutex<Option<String>>,
+    /// Set when a shutdown gave up waiting for decisions or acknowledgements.
+    drain_incomplete: AtomicBool,
 }
 
 impl Health {
@@ -70,6 +74,17 @@ impl Health {
     /// Why output cannot progress, while it cannot.
     pub fn produce_stalled(&self) -> Option<String> {
         self.produce_stalled.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Records that a shutdown gave up with work outstanding (its input stays
+    /// uncommitted, so nothing is lost, but the exit status says so).
+    pub fn set_drain_incomplete(&self) {
+        self.drain_incomplete.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a shutdown gave up with work outstanding.
+    pub fn drain_incomplete(&self) -> bool {
+        self.drain_incomplete.load(Ordering::Relaxed)
     }
 
     /// The last Kafka error seen.
