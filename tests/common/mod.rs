@@ -399,10 +399,10 @@ pub fn max_metric_of(s: &Sampler, name: &str) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Reads a length-prefixed record file from shared/testdata.
+/// Reads a length-prefixed record file from tests/data (made by tests/data/make_otel_sdk_traces.py).
 pub fn testdata(name: &str) -> Vec<Vec<u8>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata")
+        .join("tests/data")
         .join(name);
     let bytes =
         std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -419,7 +419,7 @@ pub fn testdata(name: &str) -> Vec<Vec<u8>> {
 /// The OTel SDK ground truth: trace id -> (spans, error, root_ms).
 pub fn testdata_truth() -> HashMap<TraceId, (usize, bool, u64)> {
     let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/otel-sdk-truth.json");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/otel-sdk-truth.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let v: serde_json::Value = serde_json::from_str(&text).expect("truth is JSON");
