@@ -566,15 +566,20 @@ impl Source {
         let parts: Vec<_> = lock(&self.tracker)
             .assigned_partitions()
             .into_iter()
-            .filter(|(t, p, ..)| !self.loading.iter().any(|(lt, lp)| **t == **lt && lp == p))
+            .filter(|a| {
+                !self
+                    .loading
+                    .iter()
+                    .any(|(lt, lp)| *a.topic == **lt && *lp == a.partition)
+            })
             .collect();
         if parts.is_empty() {
             return;
         }
         let seqs: Vec<u64> = parts
             .iter()
-            .map(|&(_, _, slot, epoch, _)| {
-                let t = self.time_of(slot, epoch);
+            .map(|a| {
+                let t = self.time_of(a.slot, a.epoch);
                 t.seq
             })
             .collect();
@@ -586,15 +591,16 @@ impl Source {
             // below the end offset the broker reports.
             let started_ms = wall_ms();
             let mut tpl = TopicPartitionList::new();
-            for (topic, partition, ..) in &parts {
-                let _ = tpl.add_partition_offset(topic, *partition, Offset::End);
+            for a in &parts {
+                let _ = tpl.add_partition_offset(&a.topic, a.partition, Offset::End);
             }
             let ends = consumer.offsets_for_times(tpl, PROBE_TIMEOUT).ok();
             let positions = consumer.position().ok();
             let answers = parts
                 .iter()
                 .zip(seqs)
-                .map(|((topic, partition, slot, epoch, next), seq)| {
+                .map(|(a, seq)| {
+                    let (topic, partition) = (&a.topic, &a.partition);
                     let end = ends.as_ref().and_then(|e| {
                         let e = e.find_partition(topic, *partition)?;
                         match (e.error(), e.offset()) {
@@ -608,8 +614,8 @@ impl Source {
                             _ => None,
                         }
                     });
-                    let caught_up = end.map(|end| caught_up(end, *next, position));
-                    (*slot, *epoch, seq, caught_up)
+                    let caught_up = end.map(|end| caught_up(end, a.next, position));
+                    (a.slot, a.epoch, seq, caught_up)
                 })
                 .collect();
             let _ = done.send(Probe {
@@ -656,8 +662,9 @@ impl Source {
     fn publish_stream_lag(&mut self) {
         let now = wall_ms();
         let parts = lock(&self.tracker).assigned_partitions();
-        for (topic, partition, slot, epoch, _) in parts {
-            let t = self.time_of(slot, epoch);
+        for a in parts {
+            let (topic, partition) = (a.topic, a.partition);
+            let t = self.time_of(a.slot, a.epoch);
             if t.stream_ms == 0 {
                 continue;
             }

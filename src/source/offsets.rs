@@ -23,6 +23,21 @@ pub struct Pin {
     pub partition: i32,
 }
 
+/// An assigned partition, as [`OffsetTracker::assigned_partitions`] lists it.
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    /// Its topic.
+    pub topic: Arc<str>,
+    /// Its number.
+    pub partition: i32,
+    /// Its tracker slot.
+    pub slot: u32,
+    /// Its assignment epoch.
+    pub epoch: u32,
+    /// One past the last message read in this assignment, if any was.
+    pub next: Option<i64>,
+}
+
 #[derive(Debug)]
 struct Partition {
     topic: Arc<str>,
@@ -207,21 +222,18 @@ impl OffsetTracker {
         }
     }
 
-    /// Every assigned partition as `(topic, partition, slot, epoch, next)`: `next` is
-    /// one past the last message read in this assignment, if any was.
-    pub fn assigned_partitions(&self) -> Vec<(Arc<str>, i32, u32, u32, Option<i64>)> {
+    /// Every assigned partition.
+    pub fn assigned_partitions(&self) -> Vec<Assigned> {
         self.parts
             .iter()
             .enumerate()
             .filter(|(_, p)| p.assigned)
-            .map(|(slot, p)| {
-                (
-                    Arc::clone(&p.topic),
-                    p.partition,
-                    slot as u32,
-                    p.epoch,
-                    p.next,
-                )
+            .map(|(slot, p)| Assigned {
+                topic: Arc::clone(&p.topic),
+                partition: p.partition,
+                slot: slot as u32,
+                epoch: p.epoch,
+                next: p.next,
             })
             .collect()
     }

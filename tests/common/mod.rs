@@ -418,8 +418,7 @@ pub fn testdata(name: &str) -> Vec<Vec<u8>> {
 
 /// The OTel SDK ground truth: trace id -> (spans, error, root_ms).
 pub fn testdata_truth() -> HashMap<TraceId, (usize, bool, u64)> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/otel-sdk-truth.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/otel-sdk-truth.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let v: serde_json::Value = serde_json::from_str(&text).expect("truth is JSON");
