@@ -9,40 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{Offset, TopicPartitionList};
 use tailsift::gen;
 use tailsift::telemetry::names;
-
-/// Every input partition's committed offset for the test group, against its end.
-fn uncommitted(h: &Harness) -> Vec<(i32, i64, i64)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &h.bootstrap)
-        .set("group.id", "test-group")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..h.input_partitions {
-        tpl.add_partition(INPUT, p);
-    }
-    let committed = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    (0..h.input_partitions)
-        .filter_map(|p| {
-            let (_, high) = c
-                .fetch_watermarks(INPUT, p, Duration::from_secs(5))
-                .expect("watermarks");
-            let at = match committed.find_partition(INPUT, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => 0,
-            };
-            (at != high).then_some((p, at, high))
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_repeatedly_and_restarted_it_loses_no_kept_trace_then_stops_cleanly() {

@@ -62,6 +62,29 @@ fn error_span_request(id: [u8; 16], bytes: usize) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Sends one generated error trace and waits until the broker has it.
+async fn send_error_trace(h: &Harness, seed: u64) -> gen::GeneratedTrace {
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed,
+        error_rate: 1.0,
+        ..gen::GenConfig::default()
+    });
+    let t = g.next_trace(gen::now_ns());
+    let key = t.truth.trace_id.to_hex();
+    let p = h.producer("none");
+    for m in &t.messages {
+        gen::send(&p, INPUT, key.as_bytes(), m).await.expect("send");
+    }
+    let flushed = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        p.flush(Duration::from_secs(10))
+    })
+    .await
+    .expect("flush task");
+    assert!(flushed.is_ok(), "input delivered");
+    t
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_span_larger_than_the_producer_queue_goes_out() {
     let h = Harness::new(2, 2);
@@ -131,24 +154,7 @@ async fn output_that_cannot_progress_shows_in_readyz_and_a_metric_then_recovers(
     let sampler = Instance::start(&cfg).await;
     let addr = sampler.running.telemetry_addr.expect("telemetry");
     sampler.wait_assigned().await;
-    let mut g = gen::Generator::new(gen::GenConfig {
-        seed: 3,
-        error_rate: 1.0,
-        ..gen::GenConfig::default()
-    });
-    let t = g.next_trace(gen::now_ns());
-    let key = t.truth.trace_id.to_hex();
-    let p = h.producer("none");
-    for m in &t.messages {
-        gen::send(&p, INPUT, key.as_bytes(), m).await.expect("send");
-    }
-    let flushed = tokio::task::spawn_blocking(move || {
-        use rdkafka::producer::Producer;
-        p.flush(Duration::from_secs(10))
-    })
-    .await
-    .expect("flush task");
-    assert!(flushed.is_ok(), "input delivered");
+    let t = send_error_trace(&h, 3).await;
     // From now on every produce request fails (retriably): the kept trace cannot
     // get out.
     h.broker.cluster().request_errors(
@@ -240,22 +246,7 @@ async fn a_second_signal_ends_a_stuck_drain_at_once_with_a_failure_status() {
     })
     .await;
     assert!(ready, "sampler not ready");
-    let mut g = gen::Generator::new(gen::GenConfig {
-        seed: 5,
-        error_rate: 1.0,
-        ..gen::GenConfig::default()
-    });
-    let t = g.next_trace(gen::now_ns());
-    let key = t.truth.trace_id.to_hex();
-    let p = h.producer("none");
-    for m in &t.messages {
-        gen::send(&p, INPUT, key.as_bytes(), m).await.expect("send");
-    }
-    let _ = tokio::task::spawn_blocking(move || {
-        use rdkafka::producer::Producer;
-        p.flush(Duration::from_secs(10))
-    })
-    .await;
+    send_error_trace(&h, 5).await;
     // The kept trace cannot be written: the drain would wait for it.
     h.broker.cluster().request_errors(
         RDKafkaApiKey::Produce,
