@@ -137,7 +137,7 @@ fn readme_lists_every_metric() {
 fn simulate_reports_what_the_policies_would_keep_of_recorded_traffic() {
     let data = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/otel-sdk-by-trace.bin"
+        "/tests/data/otel-sdk-by-trace.bin"
     );
     simulate_matches_the_sdk_truth(std::path::Path::new(data), "protobuf");
 }

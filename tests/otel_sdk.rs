@@ -1,4 +1,4 @@
-//! OTLP written by the real OpenTelemetry SDK (shared/testdata), with its ground truth.
+//! OTLP written by the real OpenTelemetry SDK (tests/data, made by tests/data/make_otel_sdk_traces.py), with its ground truth.
 
 mod common;
 
