@@ -13,7 +13,7 @@ use crate::codec::{
 };
 use crate::policy::TraceSummary;
 use crate::sink::{DroppedTrace, KeptTrace, SinkMsg};
-use crate::source::{Pin, Releases};
+use crate::source::{output_reach, Pin, Releases};
 use crate::telemetry::names;
 
 use super::{Decider, DecisionCache, PolicyWatch, Verdict};
@@ -425,10 +425,15 @@ impl ShardWorker {
                 .output(&id)
                 .is_some_and(|(partition, below)| partition == pin.partition && pin.offset < below)
         {
-            // Re-read after a crash or a move: the last owner wrote these out already.
+            // Re-read after a crash or a move: the last owner (or this worker) wrote
+            // these out already, or is writing them: the sink releases the pin once
+            // that output is acknowledged.
             self.metrics.late_output.increment(group.len() as u64);
-            self.releases.release(vec![pin]);
-            return Ok(());
+            return self
+                .sink
+                .send(SinkMsg::AfterOutput { trace_id: id, pin })
+                .await
+                .map_err(|_| Closed);
         }
         late.increment(group.len() as u64);
         if verdict.keep() && self.remember_output {
@@ -482,22 +487,16 @@ impl ShardWorker {
         }
         let record = self.record_decisions;
         if verdict.keep() {
+            let pins = entry.pins();
             if self.remember_output {
-                let pins = entry.pins();
-                if let Some(first) = pins.first() {
-                    let below = pins
-                        .iter()
-                        .filter(|p| p.partition == first.partition)
-                        .map(|p| p.offset + 1)
-                        .max()
-                        .unwrap_or(0);
-                    self.cache.set_output(&id, (first.partition, below));
+                if let Some(reach) = output_reach(&pins) {
+                    self.cache.set_output(&id, reach);
                 }
             }
             self.send_kept(
                 &entry.summary,
                 &entry.spans(),
-                entry.pins(),
+                pins,
                 verdict,
                 forced,
                 record,

@@ -8,6 +8,7 @@
 
 mod topics;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::codec::TraceId;
 use crate::config::{KafkaConfig, MemorySplit};
 use crate::decide::DecisionRecord;
-use crate::source::{Pin, Releases};
+use crate::source::{output_reach, Pin, Releases};
 use crate::telemetry::{names, Health};
 
 pub use topics::{create_missing, missing, TopicError};
@@ -69,6 +70,16 @@ pub enum SinkMsg {
     Dropped(DroppedTrace),
     /// An input message that could not be decoded.
     DeadLetter(DeadLetter),
+    /// A re-read input message whose spans of `trace_id` are already in the output
+    /// (or on their way there): its pin is released once no delivery of that trace is
+    /// still awaiting its acknowledgement, so the commit never passes input whose
+    /// output could still be lost.
+    AfterOutput {
+        /// The kept trace.
+        trace_id: TraceId,
+        /// The re-read message's pin.
+        pin: Pin,
+    },
 }
 
 /// A kept trace, encoded.
@@ -264,12 +275,24 @@ impl Sink {
         let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
         stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stalled = false;
+        // Kept traces with deliveries in flight: how many, and pins waiting for them.
+        let mut delivering: HashMap<TraceId, (u32, Vec<Pin>)> = HashMap::new();
         loop {
             tokio::select! {
                 biased;
-                Some((n, pins)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((n, trace, pins)) = in_flight.next(), if !in_flight.is_empty() => {
                     pending.remove(&n);
                     self.releases.release(pins);
+                    if let Some(id) = trace {
+                        if let Some((count, waiting)) = delivering.get_mut(&id) {
+                            *count -= 1;
+                            if *count == 0 {
+                                let waiting = std::mem::take(waiting);
+                                delivering.remove(&id);
+                                self.releases.release(waiting);
+                            }
+                        }
+                    }
                 }
                 _ = stall_tick.tick() => {
                     let age = pending.values().next().map_or(Duration::ZERO, |t| t.elapsed());
@@ -288,19 +311,38 @@ impl Sink {
                     }
                 }
                 msg = self.rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match msg {
+                    Some(SinkMsg::AfterOutput { trace_id, pin }) => match delivering.get_mut(&trace_id) {
+                        Some((_, waiting)) => waiting.push(pin),
+                        None => self.releases.release(vec![pin]),
+                    },
                     Some(m) => {
+                        let trace = match &m {
+                            SinkMsg::Kept(k) => {
+                                delivering.entry(k.trace_id).or_default().0 += 1;
+                                Some(k.trace_id)
+                            }
+                            _ => None,
+                        };
                         seq += 1;
                         pending.insert(seq, tokio::time::Instant::now());
                         let (producer, topics, n) = (self.producer.clone(), Arc::clone(&self.topics), seq);
-                        in_flight.push(async move { (n, deliver(producer, topics, m).await) });
+                        in_flight.push(async move { (n, trace, deliver(producer, topics, m).await) });
                     }
                     None => break,
                 },
             }
         }
         let drain = async {
-            while let Some((_, pins)) = in_flight.next().await {
+            while let Some((_, trace, pins)) = in_flight.next().await {
                 self.releases.release(pins);
+                let done = trace.and_then(|id| {
+                    let (count, waiting) = delivering.get_mut(&id)?;
+                    *count -= 1;
+                    (*count == 0).then(|| std::mem::take(waiting))
+                });
+                if let Some(waiting) = done {
+                    self.releases.release(waiting);
+                }
             }
         };
         if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
@@ -322,6 +364,7 @@ async fn deliver(
 ) -> Vec<Pin> {
     let (output, dlq) = (&*topics.output, &*topics.dead_letter);
     match msg {
+        SinkMsg::AfterOutput { pin, .. } => vec![pin],
         SinkMsg::Dropped(d) => {
             record_decision(&producer, &topics, d.trace_id, None, &d.pins).await;
             d.pins
@@ -539,15 +582,8 @@ async fn record_decision(
     let (Some((topic, partitions)), Some(pin)) = (&topics.decisions, pins.first()) else {
         return;
     };
-    // What of the partition is in the output now: every message of it up to the
-    // last one holding spans of the trace (messages of a partition are read in order).
     let output_below_offset = match policy {
-        Some(_) => pins
-            .iter()
-            .filter(|p| p.partition == pin.partition)
-            .map(|p| p.offset + 1)
-            .max()
-            .unwrap_or(0),
+        Some(_) => output_reach(pins).map_or(0, |(_, below)| below),
         None => 0,
     };
     let record = DecisionRecord {

@@ -38,7 +38,7 @@ use crate::telemetry::{names, Health};
 
 pub use context::SourceContext;
 use decisions::{DecisionsTopic, Restored};
-pub use offsets::{OffsetTracker, Pin};
+pub use offsets::{output_reach, OffsetTracker, Pin};
 use scanner::{shard_of_id, Input, ScanJob, Scanner};
 
 /// How long a shutdown waits for workers and the sink to hand back their pins.
@@ -132,11 +132,11 @@ pub struct Source {
     health: Arc<Health>,
 }
 
-/// The answer to one idle probe: per partition `(slot, epoch, records read by then,
-/// caught up?)`, `None` when the broker could not be asked.
+/// The answer to one idle probe: per partition `(partition, slot, epoch, records
+/// read by then, caught up?)`, `None` when the broker could not be asked.
 struct Probe {
     started_ms: u64,
-    parts: Vec<(u32, u32, u64, Option<bool>)>,
+    parts: Vec<(i32, u32, u32, u64, Option<bool>)>,
 }
 
 /// Decisions read back for some newly assigned partitions.
@@ -536,9 +536,15 @@ impl Source {
         // keyed by trace id) reach the shards in the order they were read. Dealing
         // them by offset spread a trace over scanners that could be held up unequally
         // by full shard channels, so its last spans could come after its decision.
-        let i = (m.partition() as usize) % self.scanners.len();
+        let partition = m.partition();
         drop(m);
-        self.scanners[i].send(job).await.map_err(drop)
+        self.scanner_of(partition).send(job).await.map_err(drop)
+    }
+
+    /// The scanner a partition's messages (and its clock updates) go through: always
+    /// the same one, so they reach the shards in the order they were read.
+    fn scanner_of(&self, partition: i32) -> &mpsc::Sender<ScanJob> {
+        &self.scanners[(partition.unsigned_abs() as usize) % self.scanners.len()]
     }
 
     /// The stream time of a partition slot in assignment `epoch` (a new assignment
@@ -615,7 +621,7 @@ impl Source {
                         }
                     });
                     let caught_up = end.map(|end| caught_up(end, a.next, position));
-                    (a.slot, a.epoch, seq, caught_up)
+                    (a.partition, a.slot, a.epoch, seq, caught_up)
                 })
                 .collect();
             let _ = done.send(Probe {
@@ -632,7 +638,7 @@ impl Source {
         let idle = IdleTracker {
             delay: self.stream.idle_delay,
         };
-        for (slot, epoch, seq, caught_up) in probe.parts {
+        for (partition, slot, epoch, seq, caught_up) in probe.parts {
             if !lock(&self.tracker).is_current(slot, epoch) {
                 continue;
             }
@@ -640,16 +646,8 @@ impl Source {
             let Some(at) = idle.apply(t, seq, probe.started_ms, caught_up) else {
                 continue;
             };
-            let partition = lock(&self.tracker)
-                .origin(Pin {
-                    slot,
-                    epoch,
-                    offset: 0,
-                    partition: 0,
-                })
-                .map_or(0, |(_, p)| p);
-            let i = (partition as usize) % self.scanners.len();
-            self.scanners[i]
+            // After the messages already given to the partition's scanner.
+            self.scanner_of(partition)
                 .send(ScanJob::Clock { slot, epoch, at })
                 .await
                 .map_err(drop)?;

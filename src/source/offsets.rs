@@ -23,6 +23,20 @@ pub struct Pin {
     pub partition: i32,
 }
 
+/// How far a trace's input is in the output once its record is written: the first
+/// pin's partition and one past its last message there holding spans of the trace
+/// (messages of a partition are read in order). `None` without pins.
+pub fn output_reach(pins: &[Pin]) -> Option<(i32, i64)> {
+    let first = pins.first()?;
+    let below = pins
+        .iter()
+        .filter(|p| p.partition == first.partition)
+        .map(|p| p.offset + 1)
+        .max()
+        .unwrap_or(0);
+    Some((first.partition, below))
+}
+
 /// An assigned partition, as [`OffsetTracker::assigned_partitions`] lists it.
 #[derive(Debug, Clone)]
 pub struct Assigned {
