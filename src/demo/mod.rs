@@ -96,14 +96,18 @@ pub struct DemoReport {
 
 /// Sums every series of a metric in Prometheus text output.
 pub fn metric(text: &str, name: &str) -> f64 {
+    metric_values(text, name).fold(0.0, |a, b| a + b)
+}
+
+/// Every sample of metric `name` in Prometheus text `text`, one per label set.
+pub fn metric_values<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = f64> + 'a {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
+        .filter(move |l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b)
 }
 
 /// Runs the demo, printing progress through `out`.

@@ -389,14 +389,7 @@ pub fn max_metric_of(s: &Sampler, name: &str) -> f64 {
     if code != 200 {
         return 0.0;
     }
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, f64::max)
+    tailsift::demo::metric_values(&text, name).fold(0.0, f64::max)
 }
 
 /// Reads a length-prefixed record file from tests/data (made by tests/data/make_otel_sdk_traces.py).
