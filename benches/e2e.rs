@@ -180,7 +180,7 @@ async fn main() {
     let cfg = Config::from_yaml(&format!(
         r#"
 kafka: {{brokers: "{bootstrap}", group_id: bench, input_topics: [{INPUT}], output_topic: bench-out}}
-buffer: {{decision_wait: 1s, decision_wait_after_root_received: 200ms}}
+buffer: {{decision_wait: 1s, decision_wait_after_root_received: 200ms, idle_delay: 200ms}}
 telemetry: {{listen: ""}}
 policies:
   - {{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}
