@@ -6,6 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use opentelemetry_proto::tonic as otlp;
+use otlp::collector::trace::v1::ExportTraceServiceRequest as Request;
+use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -26,13 +29,12 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_and_the_rest_flows() {
     let good = g.next_trace(gen::now_ns());
     let truncated = good.messages[0][..good.messages[0].len() / 2].to_vec();
     let mut zero_trace_id = good.messages[0].clone();
-    // Overwrite the first span's trace id (16 bytes after its 0x0a 0x10 key) with zeros.
+    // Overwrite every span's trace id with zeros: no span of it can be grouped, so the
+    // message goes as it came.
     let id = good.truth.trace_id.0;
-    let at = zero_trace_id
-        .windows(16)
-        .position(|w| w == id)
-        .expect("trace id in payload");
-    zero_trace_id[at..at + 16].fill(0);
+    while let Some(at) = zero_trace_id.windows(16).position(|w| w == id) {
+        zero_trace_id[at..at + 16].fill(0);
+    }
     let bad: Vec<(&str, Vec<u8>)> = vec![
         (
             "garbage",
@@ -196,4 +198,186 @@ async fn a_kept_trace_with_a_span_over_the_record_limit_still_comes_out_whole() 
         o.is_some_and(|o| o.records >= 2),
         "the big span went alone, the rest within the limit"
     );
+}
+
+/// A trace of at least `n` spans, its messages decoded.
+fn trace_of_at_least(g: &mut gen::Generator, n: usize) -> (gen::Truth, Vec<Request>) {
+    loop {
+        let t = g.next_trace(gen::now_ns());
+        if t.truth.spans >= n {
+            let requests = t
+                .messages
+                .iter()
+                .map(|m| Request::decode(&m[..]).expect("generated OTLP"))
+                .collect();
+            return (t.truth, requests);
+        }
+    }
+}
+
+/// The spans of `requests` in order, mutable.
+fn spans_mut(requests: &mut [Request]) -> Vec<&mut otlp::trace::v1::Span> {
+    requests
+        .iter_mut()
+        .flat_map(|r| &mut r.resource_spans)
+        .flat_map(|rs| &mut rs.scope_spans)
+        .flat_map(|ss| &mut ss.spans)
+        .collect()
+}
+
+/// An attribute whose value is `levels` any values nested in arrays.
+fn nested(levels: usize) -> otlp::common::v1::KeyValue {
+    use otlp::common::v1::{any_value::Value, AnyValue, ArrayValue, KeyValue};
+    let mut v = AnyValue {
+        value: Some(Value::StringValue("leaf".into())),
+    };
+    for _ in 1..levels {
+        v = AnyValue {
+            value: Some(Value::ArrayValue(ArrayValue { values: vec![v] })),
+        };
+    }
+    KeyValue {
+        key: "deep".into(),
+        value: Some(v),
+        ..Default::default()
+    }
+}
+
+/// Kept spans that standard decoders would refuse (defect 11 of the hostile-testing
+/// issue) leave for the dead-letter topic with the reason; the rest of their trace is
+/// output in records prost decodes. A span without a valid trace id is set aside alone
+/// and the valid trace beside it in the same message is sampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_decoders_would_refuse_are_dead_lettered_and_the_rest_of_the_trace_flows() {
+    let h = Harness::new(2, 2);
+    let cfg = h.config("  - {name: all, type: always_sample}\n", "500ms", None);
+    let out = h.collector();
+    let dlq = h.dead_letters();
+    let sampler = Instance::start(&cfg).await;
+    sampler.wait_assigned().await;
+    let mut g = gen::Generator::new(gen::GenConfig::default());
+
+    // Trace t: three of its spans are refused by decoders, each for another reason.
+    let (t, mut t_msgs) = trace_of_at_least(&mut g, 5);
+    {
+        let mut spans = spans_mut(&mut t_msgs);
+        spans[0].name = "\u{1}NOTUTF8\u{1}".into(); // turned into invalid UTF-8 below
+        spans[1].span_id = vec![1, 2, 3];
+        spans[2].attributes.push(nested(60));
+    }
+    let t_payloads: Vec<Vec<u8>> = t_msgs
+        .iter()
+        .map(|r| {
+            let mut b = r.encode_to_vec();
+            if let Some(at) = b.windows(9).position(|w| w == b"\x01NOTUTF8\x01") {
+                b[at..at + 9].copy_from_slice(b"caf\xc3\x28\xff\xfe!!");
+            }
+            b
+        })
+        .collect();
+
+    // Trace u: its first message also carries a span whose trace id is all zero.
+    let (u, mut u_msgs) = trace_of_at_least(&mut g, 2);
+    let mut orphan = spans_mut(&mut u_msgs)[0].clone();
+    orphan.trace_id = vec![0; 16];
+    orphan.span_id = vec![9; 8];
+    u_msgs[0].resource_spans[0].scope_spans[0]
+        .spans
+        .push(orphan);
+
+    let p = h.producer("none");
+    for (truth, payloads) in [
+        (&t, t_payloads),
+        (&u, u_msgs.iter().map(|r| r.encode_to_vec()).collect()),
+    ] {
+        let key = truth.trace_id.to_hex();
+        for m in &payloads {
+            gen::send(&p, INPUT, key.as_bytes(), m).await.expect("send");
+        }
+    }
+    let ok = wait_until(Duration::from_secs(30), || {
+        let got = out.traces();
+        dlq.len() >= 2
+            && got
+                .get(&t.trace_id)
+                .is_some_and(|o| o.distinct_spans == t.spans - 3)
+            && got
+                .get(&u.trace_id)
+                .is_some_and(|o| o.distinct_spans == u.spans)
+    })
+    .await;
+    let got = out.traces();
+    let state = |id| {
+        got.get(id)
+            .map(|o: &tailsift::demo::OutputTrace| o.distinct_spans)
+    };
+    assert!(
+        ok,
+        "t: {:?} of {} - 3 spans, u: {:?} of {}, dead letters {}, undecodable output records {:?}",
+        state(&t.trace_id),
+        t.spans,
+        state(&u.trace_id),
+        u.spans,
+        dlq.len(),
+        got.get(&tailsift::codec::TraceId([0; 16]))
+            .map(|o| o.misplaced)
+    );
+    let committed = wait_until(Duration::from_secs(20), || {
+        committed_total(&h.bootstrap) == (t_msgs.len() + u_msgs.len()) as i64
+    })
+    .await;
+    assert!(committed, "every input message is committed");
+    sampler.stop().await;
+
+    for r in out.records() {
+        assert!(
+            Request::decode(&r.payload[..]).is_ok(),
+            "every output record decodes with prost's default limits"
+        );
+    }
+    assert_eq!(
+        got.len(),
+        2,
+        "no undecodable output record: {:?}",
+        got.keys()
+    );
+    let letters = dlq.records();
+    assert_eq!(letters.len(), 2);
+    let set_aside = |r: &tailsift::demo::Record| {
+        let (mut spans, mut rejected) = (Vec::new(), Vec::new());
+        tailsift::codec::scan_partial(
+            &bytes::Bytes::from(r.payload.clone()),
+            &Default::default(),
+            &mut Default::default(),
+            &mut spans,
+            &mut rejected,
+        )
+        .expect("a dead letter of spans is OTLP framing");
+        (spans, rejected)
+    };
+    let t_key = t.trace_id.to_hex();
+    let refused = letters
+        .iter()
+        .find(|r| r.key.as_deref() == Some(t_key.as_bytes()))
+        .expect("t's refused spans dead-lettered under its key");
+    let (spans, _) = set_aside(refused);
+    assert_eq!(spans.len(), 3, "exactly the three refused spans");
+    assert!(spans.iter().all(|s| s.trace_id == t.trace_id));
+    let why = refused.header(HEADER_ERROR).expect("reason");
+    assert!(
+        why.contains("3 of") && why.contains("refused by OTLP decoders"),
+        "{why}"
+    );
+    assert_eq!(refused.header("tailsift.policy").as_deref(), Some("all"));
+    let u_key = u.trace_id.to_hex();
+    let orphan = letters
+        .iter()
+        .find(|r| r.key.as_deref() == Some(u_key.as_bytes()))
+        .expect("the zero-id span dead-lettered under its message's key");
+    let (spans, rejected) = set_aside(orphan);
+    assert!(spans.is_empty());
+    assert_eq!(rejected.len(), 1, "only the span without a trace id");
+    let why = orphan.header(HEADER_ERROR).expect("reason");
+    assert!(why.starts_with("bad_trace_id: 1 of"), "{why}");
+    assert_eq!(orphan.header(HEADER_SOURCE_TOPIC).as_deref(), Some(INPUT));
 }

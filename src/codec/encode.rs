@@ -12,6 +12,18 @@ pub trait EncodedSpan {
     fn bytes(&self) -> &[u8];
 }
 
+/// A borrowed span encodes as the span: a subset of a trace's spans can be encoded
+/// without copying them.
+impl<T: EncodedSpan + ?Sized> EncodedSpan for &T {
+    fn frame(&self) -> &ScopeFrame {
+        (**self).frame()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        (**self).bytes()
+    }
+}
+
 /// Encodes `spans` as OTLP `ExportTraceServiceRequest` payloads of at most
 /// `max_bytes` each: one payload unless the trace is larger than that.
 ///

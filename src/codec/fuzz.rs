@@ -140,4 +140,26 @@ proptest! {
         got.sort();
         prop_assert_eq!(got, spans_of(&decoded), "every span out as it came in");
     }
+
+    #[test]
+    fn spans_that_pass_the_check_always_encode_to_what_prost_decodes(
+        seed in 0u64..1000,
+        edits in proptest::collection::vec(edit(), 1..4),
+    ) {
+        let payload = Bytes::from(apply(valid_payload(seed), &edits));
+        let Some((msg, spans)) = scan_checked(&payload) else {
+            return Ok(());
+        };
+        let passed: Vec<SpanRef> = spans
+            .iter()
+            .map(|s| msg.span_ref(s))
+            .filter(|r| check_span(r).is_ok())
+            .collect();
+        for p in encode_trace(&passed, usize::MAX) {
+            prop_assert!(
+                ExportTraceServiceRequest::decode(&p[..]).is_ok(),
+                "a checked span made an output record prost refuses"
+            );
+        }
+    }
 }

@@ -17,6 +17,7 @@ mod frames;
 mod json;
 mod ottl;
 mod scan;
+mod validate;
 mod wire;
 
 use std::fmt;
@@ -33,7 +34,8 @@ pub use encode::{encode_trace, EncodedSpan};
 pub use frames::FrameInterner;
 pub use json::{json_to_protobuf, JsonError};
 pub use ottl::{Condition, OttlContext, OttlError};
-pub use scan::{rescan, scan, span_times};
+pub use scan::{rescan, scan, scan_partial, span_times, RejectedSpan};
+pub use validate::{check_span, SpanDefect, MAX_DEPTH};
 
 /// A W3C / OTLP trace id: 16 bytes, never all zero.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,6 +150,9 @@ pub struct ScopeFrame {
     /// Bits of the attribute predicates the resource's attributes satisfy (OTel looks
     /// at resource and span attributes).
     pub resource_hits: u64,
+    /// Whether standard decoders accept the resource and scope: checked once, when
+    /// the first kept span under the frame is.
+    checked: std::sync::OnceLock<Result<(), SpanDefect>>,
 }
 
 impl ScopeFrame {
@@ -174,7 +179,16 @@ impl ScopeFrame {
             scope,
             scope_schema_url,
             resource_hits,
+            checked: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `check(self)`, computed on the first call and remembered.
+    pub(crate) fn checked(
+        &self,
+        check: impl FnOnce(&ScopeFrame) -> Result<(), SpanDefect>,
+    ) -> Result<(), SpanDefect> {
+        *self.checked.get_or_init(|| check(self))
     }
 
     fn get(&self, r: ByteRange) -> &[u8] {
@@ -347,7 +361,7 @@ impl EncodedSpan for SpanRef<'_> {
 }
 
 /// Why a payload could not be read. Carried to the dead-letter topic as its reason.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     /// The payload ends inside a field: a cut-off message.
     #[error("truncated protobuf at byte {0}")]

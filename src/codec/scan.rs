@@ -17,13 +17,51 @@ use super::{
 /// the [`Message`] they refer to; framing is shared through `frames`.
 ///
 /// # Errors
-/// Any malformed field fails the whole payload and leaves `out` as it was: a message
-/// is either read completely or sent to the dead-letter topic, never half-read.
+/// Any malformed field, or a span without a valid trace id, fails the whole payload
+/// and leaves `out` as it was. The pipeline uses [`scan_partial`], which sets aside
+/// spans without a valid trace id instead.
 pub fn scan(
     payload: &Bytes,
     keys: &AttrMatchers,
     frames: &mut FrameInterner,
     out: &mut Vec<Span>,
+) -> Result<Message, CodecError> {
+    let before = out.len();
+    let mut rejected = Vec::new();
+    let message = scan_partial(payload, keys, frames, out, &mut rejected)?;
+    match rejected.into_iter().next() {
+        None => Ok(message),
+        Some(r) => {
+            out.truncate(before);
+            Err(r.error)
+        }
+    }
+}
+
+/// A span the scan set aside: it parsed, but has no valid trace id, so it cannot be
+/// grouped. Its bytes stay in the message, for the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct RejectedSpan {
+    /// The span, its trace id zero.
+    pub span: Span,
+    /// Why it was set aside.
+    pub error: CodecError,
+}
+
+/// Like [`scan`], but a span whose framing is intact and whose trace id is missing,
+/// not 16 bytes or all zero is appended to `rejected` instead of failing the payload:
+/// the valid spans beside it are still sampled.
+///
+/// # Errors
+/// Any malformed field fails the whole payload and leaves `out` and `rejected` as
+/// they were: a message's framing is either read completely or the message goes to
+/// the dead-letter topic, never half-read.
+pub fn scan_partial(
+    payload: &Bytes,
+    keys: &AttrMatchers,
+    frames: &mut FrameInterner,
+    out: &mut Vec<Span>,
+    rejected: &mut Vec<RejectedSpan>,
 ) -> Result<Message, CodecError> {
     if u32::try_from(payload.len()).is_err() {
         return Err(CodecError::TooLarge(payload.len()));
@@ -33,9 +71,13 @@ pub fn scan(
         keys,
         interner: frames,
         frames: Vec::new(),
+        rejected: Vec::new(),
     };
     match scan_request(payload, &mut cx, out) {
-        Ok(()) => Ok(Message::new(payload.clone(), cx.frames)),
+        Ok(()) => {
+            rejected.append(&mut cx.rejected);
+            Ok(Message::new(payload.clone(), cx.frames))
+        }
         Err(e) => {
             out.truncate(before);
             Err(e)
@@ -95,6 +137,8 @@ struct Cx<'a> {
     interner: &'a mut FrameInterner,
     /// The message's framings so far; spans index them.
     frames: Vec<Arc<ScopeFrame>>,
+    /// Spans set aside for their trace id.
+    rejected: Vec<RejectedSpan>,
 }
 
 fn scan_request(payload: &Bytes, cx: &mut Cx<'_>, out: &mut Vec<Span>) -> Result<(), CodecError> {
@@ -151,11 +195,30 @@ fn scan_resource_spans(
         let index = u32::try_from(cx.frames.len()).map_err(|_| CodecError::TooLarge(0))?;
         cx.frames.push(frame);
         ss.each(&[2], |_, span| {
-            out.push(if full {
-                scan_span::<true>(span, index, &res, keys)?
+            let scanned = if full {
+                scan_span::<true>(span, index, &res, keys)
             } else {
-                scan_span::<false>(span, index, &res, keys)?
-            });
+                scan_span::<false>(span, index, &res, keys)
+            };
+            match scanned {
+                Ok(s) => out.push(s),
+                Err(error @ CodecError::BadTraceId { .. }) => cx.rejected.push(RejectedSpan {
+                    span: Span {
+                        trace_id: TraceId([0; 16]),
+                        is_root: false,
+                        start_ns: 0,
+                        end_ns: 0,
+                        status: StatusCode::Unset,
+                        sampled_flag: false,
+                        key_hash: 0,
+                        hits: 0,
+                        range: span.range(),
+                        frame: index,
+                    },
+                    error,
+                }),
+                Err(e) => return Err(e),
+            }
             Ok(())
         })
     })

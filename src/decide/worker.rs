@@ -9,10 +9,11 @@ use tokio::sync::mpsc;
 use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
 use crate::clock::StreamClocks;
 use crate::codec::{
-    encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, Span, SpanRef, TraceId,
+    check_span, encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, Span,
+    SpanDefect, SpanRef, TraceId,
 };
 use crate::policy::TraceSummary;
-use crate::sink::{DroppedTrace, KeptTrace, SinkMsg};
+use crate::sink::{DroppedTrace, KeptTrace, Rejected, SinkMsg};
 use crate::source::{output_reach, Pin, Releases};
 use crate::telemetry::names;
 
@@ -533,19 +534,53 @@ impl ShardWorker {
             || Arc::from(""),
             |i| self.policies.get().decider.policy_name(i),
         );
-        let payloads = if self.annotate && !policy.is_empty() {
-            let annotation = Annotation {
-                policy: &policy,
-                probability: verdict
-                    .policy()
-                    .and_then(|i| self.policies.get().decider.probability(i, summary)),
-            };
-            let annotated = Annotated::new(spans, &annotation);
-            encode_trace(&annotated.spans(), self.max_message_bytes)
+        let probability = verdict
+            .policy()
+            .and_then(|i| self.policies.get().decider.probability(i, summary));
+        // Spans standard decoders would refuse leave apart, to the dead-letter topic:
+        // in the record they would make the whole trace unreadable downstream.
+        let defects: Vec<(usize, SpanDefect)> = spans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| check_span(s).err().map(|d| (i, d)))
+            .collect();
+        let (payloads, rejected, kept_spans) = if defects.is_empty() {
+            (self.encode(spans, &policy, probability), None, spans.len())
         } else {
-            encode_trace(spans, self.max_message_bytes)
+            let mut bad = defects.iter().map(|&(i, _)| i).peekable();
+            let mut good = Vec::with_capacity(spans.len() - defects.len());
+            for (i, s) in spans.iter().enumerate() {
+                if bad.peek() == Some(&i) {
+                    bad.next();
+                } else {
+                    good.push(s);
+                }
+            }
+            let aside: Vec<&S> = defects.iter().map(|&(i, _)| &spans[i]).collect();
+            for (_, d) in &defects {
+                counter!(names::SPANS_REJECTED, "reason" => d.code()).increment(1);
+            }
+            let first = defects[0].1;
+            let rejected = Rejected {
+                payloads: encode_trace(&aside, self.max_message_bytes),
+                reason: format!(
+                    "{}: {} of {} kept spans would be refused by OTLP decoders, the others sent to the output: {first}",
+                    first.code(),
+                    defects.len(),
+                    spans.len()
+                ),
+            };
+            (
+                self.encode(&good, &policy, probability),
+                Some(rejected),
+                good.len(),
+            )
         };
-        let bytes = payloads.iter().map(|p| p.capacity() as u64).sum();
+        let bytes = payloads
+            .iter()
+            .chain(rejected.iter().flat_map(|r| &r.payloads))
+            .map(|p| p.capacity() as u64)
+            .sum();
         let kept = KeptTrace {
             trace_id,
             payloads,
@@ -555,7 +590,8 @@ impl ShardWorker {
                 .and_then(|i| self.policies.get().decider.topic(i)),
             policy,
             forced: forced.map(Forced::as_str),
-            spans: spans.len(),
+            spans: kept_spans,
+            rejected,
             charge: Charge::new(&self.budget, bytes),
             record_decision,
         };
@@ -563,6 +599,28 @@ impl ShardWorker {
             .send(SinkMsg::Kept(kept))
             .await
             .map_err(|_| Closed)
+    }
+
+    /// The payloads of kept `spans`, annotated with `policy` and `probability` unless
+    /// annotation is off.
+    fn encode<S: EncodedSpan>(
+        &self,
+        spans: &[S],
+        policy: &str,
+        probability: Option<f64>,
+    ) -> Vec<Vec<u8>> {
+        if spans.is_empty() {
+            Vec::new() // every span went to the dead-letter topic
+        } else if self.annotate && !policy.is_empty() {
+            let annotation = Annotation {
+                policy,
+                probability,
+            };
+            let annotated = Annotated::new(spans, &annotation);
+            encode_trace(&annotated.spans(), self.max_message_bytes)
+        } else {
+            encode_trace(spans, self.max_message_bytes)
+        }
     }
 
     /// Publishes gauge deltas and moves this worker's budget charge to what its

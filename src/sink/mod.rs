@@ -99,11 +99,23 @@ pub struct KeptTrace {
     pub forced: Option<&'static str>,
     /// Spans in the payloads.
     pub spans: usize,
+    /// Kept spans that standard OTLP decoders would refuse, bound for the dead-letter
+    /// topic instead of the output.
+    pub rejected: Option<Rejected>,
     /// The payloads' memory charge, released when the trace is delivered.
     pub charge: crate::buffer::Charge,
     /// Whether its decision is to be recorded (with a decisions topic; late spans of a
     /// kept trace are recorded too, moving the output offset of its record forward).
     pub record_decision: bool,
+}
+
+/// Spans of a kept trace set apart for the dead-letter topic, and why.
+#[derive(Debug)]
+pub struct Rejected {
+    /// OTLP payloads of the spans, under their resource and scope.
+    pub payloads: Vec<Vec<u8>>,
+    /// The dead letters' reason header.
+    pub reason: String,
 }
 
 /// A dropped trace, for the decisions topic.
@@ -126,6 +138,8 @@ pub struct DeadLetter {
     pub headers: Option<OwnedHeaders>,
     /// Why it was refused.
     pub reason: String,
+    /// The `reason` label of `tailsift_messages_dead_lettered_total`.
+    pub label: &'static str,
     /// Where it came from.
     pub topic: Arc<str>,
     /// Where it came from.
@@ -421,6 +435,28 @@ async fn deliver(
                     .await;
                 }
             }
+            for payload in kept.rejected.iter().flat_map(|r| &r.payloads) {
+                let reason = kept.rejected.as_ref().map_or("", |r| &r.reason);
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: HEADER_ERROR,
+                        value: Some(reason.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: HEADER_POLICY,
+                        value: Some(kept.policy.as_bytes()),
+                    });
+                dead_letter(
+                    &producer,
+                    &topics,
+                    dlq,
+                    Some(key.as_bytes()),
+                    payload,
+                    &headers,
+                    "invalid_spans",
+                )
+                .await;
+            }
             if !failed {
                 counter!(names::RECORDS_PRODUCED).increment(kept.payloads.len() as u64);
                 counter!(names::SPANS_PRODUCED).increment(kept.spans as u64);
@@ -460,7 +496,7 @@ async fn deliver(
                 d.key.as_deref(),
                 &d.payload,
                 &headers,
-                "undecodable",
+                d.label,
             )
             .await;
             vec![d.pin]

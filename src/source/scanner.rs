@@ -18,7 +18,9 @@ use tracing::warn;
 
 use super::{lock, OffsetTracker, Pin};
 use crate::clock::StreamClocks;
-use crate::codec::{scan, CodecError, FrameInterner, Span, TraceId};
+use crate::codec::{
+    encode_trace, scan_partial, CodecError, FrameInterner, Message, RejectedSpan, Span, TraceId,
+};
 use crate::decide::{PolicyWatch, ShardMsg};
 use crate::sink::{DeadLetter, SinkMsg};
 use crate::telemetry::{names, LogLimiter};
@@ -121,7 +123,18 @@ impl Scanner {
         self.policies.refresh();
         let keys = &self.policies.get().keys;
         let at = input.at;
-        let message = match scan(&input.payload, keys, &mut self.frames, spans) {
+        let mut rejected = Vec::new();
+        let scanned = scan_partial(&input.payload, keys, &mut self.frames, spans, &mut rejected);
+        let message = match scanned {
+            Ok(_) if spans.is_empty() && !rejected.is_empty() => {
+                // No span of it can be sampled: the message goes as it came.
+                let e = rejected.swap_remove(0).error;
+                counter!(names::SPANS_REJECTED, "reason" => e.code())
+                    .increment(1 + rejected.len() as u64);
+                self.dead_letter(input, e).await?;
+                self.clocks.publish(pin.slot, at);
+                return Ok(());
+            }
             Ok(m) => m,
             Err(e) => {
                 self.dead_letter(input, e).await?;
@@ -140,9 +153,15 @@ impl Scanner {
                 .filter(|w| w[0].trace_id != w[1].trace_id)
                 .count()
         };
-        if !lock(&self.tracker).repin(pin, traces as u32) {
+        // The spans set aside go to the dead-letter topic under one more pin.
+        let aside = u32::from(!rejected.is_empty());
+        if !lock(&self.tracker).repin(pin, traces as u32 + aside) {
             spans.clear();
             return Ok(()); // its partition was revoked meanwhile
+        }
+        if !rejected.is_empty() {
+            self.set_aside(&input, &message, &rejected, spans.len())
+                .await?;
         }
         let generation = self.policies.get().number;
         while let Some(last) = spans.last() {
@@ -168,19 +187,56 @@ impl Scanner {
 
     /// Sends an undecodable message to the dead-letter topic, its guard pin with it.
     async fn dead_letter(&self, input: Input, e: CodecError) -> Result<(), ()> {
+        let reason = format!("{}: {e}", e.code());
+        self.send_dead_letter(&input, input.payload.clone(), reason, "undecodable")
+            .await
+    }
+
+    /// Sends the spans of `message` set aside for their trace id to the dead-letter
+    /// topic, in one OTLP request under their own resource and scope; the message's
+    /// other `kept` spans are sampled. Carries one pin of the message.
+    async fn set_aside(
+        &self,
+        input: &Input,
+        message: &Message,
+        rejected: &[RejectedSpan],
+        kept: usize,
+    ) -> Result<(), ()> {
+        let refs: Vec<_> = rejected.iter().map(|r| message.span_ref(&r.span)).collect();
+        let payload = encode_trace(&refs, usize::MAX).concat();
+        let e = &rejected[0].error;
+        counter!(names::SPANS_REJECTED, "reason" => e.code()).increment(rejected.len() as u64);
+        let reason = format!(
+            "{}: {} of {} spans set aside, the others sampled: {e}",
+            e.code(),
+            rejected.len(),
+            rejected.len() + kept
+        );
+        self.send_dead_letter(input, Bytes::from(payload), reason, "invalid_spans")
+            .await
+    }
+
+    async fn send_dead_letter(
+        &self,
+        input: &Input,
+        payload: Bytes,
+        reason: String,
+        label: &'static str,
+    ) -> Result<(), ()> {
         let pin = input.pin;
         let Some((topic, partition)) = lock(&self.tracker).origin(pin) else {
             return Ok(()); // its partition was revoked meanwhile
         };
         static LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
         if let Some(suppressed) = LOG.allow() {
-            warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = %topic, partition, offset = pin.offset, error = %e, suppressed_since_last = suppressed);
+            warn!(message = "Undecodable message; sending it to the dead-letter topic.", topic = %topic, partition, offset = pin.offset, error = %reason, suppressed_since_last = suppressed);
         }
         let dl = DeadLetter {
-            payload: input.payload,
-            key: input.key,
-            headers: input.headers,
-            reason: format!("{}: {e}", e.code()),
+            payload,
+            key: input.key.clone(),
+            headers: input.headers.clone(),
+            reason,
+            label,
             topic,
             partition,
             offset: pin.offset,

@@ -8,6 +8,9 @@ pub const BYTES_RECEIVED: &str = "tailsift_received_bytes_total";
 pub const SPANS_RECEIVED: &str = "tailsift_spans_received_total";
 /// Input messages sent to the dead-letter topic, label `reason` (counter).
 pub const MESSAGES_DEAD_LETTERED: &str = "tailsift_messages_dead_lettered_total";
+/// Spans sent to the dead-letter topic apart from their message or trace, because
+/// grouping or standard OTLP decoders could not use them, label `reason` (counter).
+pub const SPANS_REJECTED: &str = "tailsift_spans_rejected_total";
 /// Traces decided, labels `policy` (first policy that sampled, or `none`) and
 /// `decision` (`sampled` / `not_sampled`) (counter).
 pub const TRACES_DECIDED: &str = "tailsift_traces_decided_total";
