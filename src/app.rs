@@ -186,6 +186,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
             shards: shard_txs,
             sink: sink_tx,
             releases: release_rx,
+            txn: sink.transactions(),
         },
     )?;
     // The source must not hold a release sender, or its drain would never end.

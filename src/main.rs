@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -153,35 +154,58 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             }
             cfg.kafka.check_clients()?;
             cfg.warn_if_memory_exceeds_machine();
-            let trigger = ShutdownTrigger::new();
-            let running = app::start(&cfg, trigger.subscribe()).await?;
-            tokio::spawn(tailsift::reload::watch(
-                config.clone(),
-                std::sync::Arc::clone(&running.policies),
-                cfg.kafka.clone(),
-                trigger.subscribe(),
-                tailsift::reload::POLL,
-            ));
-            wait_for_signal().await;
-            tracing::info!(
-                message = "Shutdown requested: draining (a second signal stops at once)."
-            );
-            trigger.trigger();
-            let health = std::sync::Arc::clone(&running.health);
-            tokio::select! {
-                _ = running.wait() => {}
-                _ = wait_for_signal() => {
-                    // Nothing is lost: what was not committed is read again by the
-                    // partitions' next owner.
-                    tracing::error!(message = "Second signal: stopping at once; undecided and unacknowledged input stays uncommitted and will be re-read.");
-                    std::process::exit(EXIT_DRAIN_INCOMPLETE);
+            let mut restarts = 0u32;
+            loop {
+                let trigger = ShutdownTrigger::new();
+                let running = app::start(&cfg, trigger.subscribe()).await?;
+                tokio::spawn(tailsift::reload::watch(
+                    config.clone(),
+                    std::sync::Arc::clone(&running.policies),
+                    cfg.kafka.clone(),
+                    trigger.subscribe(),
+                    tailsift::reload::POLL,
+                ));
+                let health = std::sync::Arc::clone(&running.health);
+                let signalled = tokio::select! {
+                    _ = wait_for_signal() => true,
+                    _ = health.wait_fatal() => false,
+                };
+                if !signalled {
+                    // Exactly-once mode after an aborted transaction: the buffers and
+                    // caches assumed output that is now invisible, so start over from
+                    // what was committed, as a restarted process would.
+                    restarts += 1;
+                    let backoff = Duration::from_secs(u64::from(restarts.min(5)));
+                    tracing::error!(message = "Pipeline stopped; starting it again from the committed offsets and decisions.", reason = %health.fatal().unwrap_or_default(), restarts, backoff_s = backoff.as_secs());
+                    trigger.trigger();
+                    tokio::select! {
+                        _ = running.wait() => {}
+                        _ = wait_for_signal() => std::process::exit(EXIT_DRAIN_INCOMPLETE),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => continue,
+                        _ = wait_for_signal() => return Ok(ExitCode::from(EXIT_DRAIN_INCOMPLETE as u8)),
+                    }
                 }
+                tracing::info!(
+                    message = "Shutdown requested: draining (a second signal stops at once)."
+                );
+                trigger.trigger();
+                tokio::select! {
+                    _ = running.wait() => {}
+                    _ = wait_for_signal() => {
+                        // Nothing is lost: what was not committed is read again by the
+                        // partitions' next owner.
+                        tracing::error!(message = "Second signal: stopping at once; undecided and unacknowledged input stays uncommitted and will be re-read.");
+                        std::process::exit(EXIT_DRAIN_INCOMPLETE);
+                    }
+                }
+                if health.drain_incomplete() || health.fatal().is_some() {
+                    tracing::error!(message = "Stopped before every kept trace was acknowledged; their input is uncommitted and will be re-read (nothing lost).");
+                    return Ok(ExitCode::from(EXIT_DRAIN_INCOMPLETE as u8));
+                }
+                return Ok(ExitCode::SUCCESS);
             }
-            if health.drain_incomplete() {
-                tracing::error!(message = "Stopped before every kept trace was acknowledged; their input is uncommitted and will be re-read (nothing lost).");
-                return Ok(ExitCode::from(EXIT_DRAIN_INCOMPLETE as u8));
-            }
-            Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
             let cfg = Config::load(&config)?;

@@ -91,6 +91,13 @@ pub struct KafkaConfig {
     /// Replication factor of topics tailsift creates; -1: the broker's default.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// Exactly-once output: kept traces, their decision records and dead letters are
+    /// produced in Kafka transactions that also commit the input offsets they cover,
+    /// so `read_committed` readers see each kept trace once. Needs
+    /// `decisions_topic` (a re-read trace whose decision committed is not output
+    /// again) and a broker with transactions (Kafka 2.5+). Off: at-least-once.
+    #[serde(default)]
+    pub exactly_once: bool,
 }
 
 fn default_replication_factor() -> i32 {
@@ -112,6 +119,9 @@ fn default_max_message_bytes() -> usize {
 fn default_commit_interval() -> ConfigDuration {
     ConfigDuration::from_millis(1_000)
 }
+
+/// Producer properties tailsift sets itself in exactly-once mode.
+const RESERVED_TXN_KEYS: &[&str] = &["transactional.id", "enable.idempotence"];
 
 /// Properties tailsift sets itself for its guarantees; overriding them is refused.
 const RESERVED_CONSUMER_KEYS: &[&str] =
@@ -200,6 +210,22 @@ impl KafkaConfig {
                 self.commit_interval,
                 "at least 1ms",
             ));
+        }
+        if self.exactly_once && self.decisions_topic.is_none() {
+            return Err(ConfigError::invalid(
+                "kafka.exactly_once",
+                true,
+                "kafka.decisions_topic set as well: a trace re-read after a crash or rebalance is known as output only through its committed decision record",
+            ));
+        }
+        for k in self.producer.keys() {
+            if self.exactly_once && RESERVED_TXN_KEYS.contains(&k.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("kafka.producer.{k}"),
+                    VALUE_NOT_SHOWN,
+                    "no value: with kafka.exactly_once tailsift makes each instance's transactional producer itself (a transactional.id shared by instances would fence them from each other)",
+                ));
+            }
         }
         for k in self.consumer.keys() {
             if RESERVED_CONSUMER_KEYS.contains(&k.as_str()) {

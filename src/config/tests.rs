@@ -525,3 +525,35 @@ fn file_errors_say_their_cause_once() {
         "{chain}"
     );
 }
+
+#[test]
+fn exactly_once_needs_a_decisions_topic_and_owns_the_transactional_id() {
+    let eos = MINIMAL.replace(
+        "  output_topic: sampled\n",
+        "  output_topic: sampled\n  exactly_once: true\n",
+    );
+    let e = err(&eos);
+    assert!(
+        e.contains("kafka.exactly_once") && e.contains("kafka.decisions_topic"),
+        "{e}"
+    );
+    let with_decisions = eos.replace(
+        "  exactly_once: true\n",
+        "  exactly_once: true\n  decisions_topic: decisions\n",
+    );
+    let cfg = Config::from_yaml(&with_decisions).expect("exactly-once with decisions");
+    assert!(cfg.kafka.exactly_once);
+    let shared_id = with_decisions.replace(
+        "  exactly_once: true\n",
+        "  exactly_once: true\n  producer: {transactional.id: \"secret-ish\"}\n",
+    );
+    let e = err(&shared_id);
+    assert!(e.contains("kafka.producer.transactional.id"), "{e}");
+    assert!(!e.contains("secret-ish"), "the value is never echoed: {e}");
+    assert!(
+        !Config::from_yaml(MINIMAL)
+            .expect("minimal")
+            .kafka
+            .exactly_once
+    );
+}

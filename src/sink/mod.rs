@@ -7,6 +7,7 @@
 //! (too large, not authorised) are sent to the dead-letter topic with the reason.
 
 mod topics;
+mod txn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::source::{output_reach, Pin, Releases};
 use crate::telemetry::{names, Health};
 
 pub use topics::{create_missing, missing, TopicError};
+pub use txn::{Transactions, TxnError};
 
 /// Header on kept-trace records naming the policy that kept the trace.
 pub const HEADER_POLICY: &str = "tailsift.policy";
@@ -156,6 +158,9 @@ pub enum SinkError {
     /// librdkafka refused the configuration.
     #[error("cannot create Kafka producer: {0}")]
     Create(#[from] KafkaError),
+    /// Exactly-once mode could not start its transactional producer.
+    #[error("cannot start transactions (kafka.exactly_once): {0}")]
+    Transactions(#[source] TxnError),
     /// The decisions topic is missing or unusable (create it compacted and partitioned
     /// like the input, or let `kafka.create_missing_topics` do so).
     #[error("decisions topic `{topic}` cannot be used: {why}")]
@@ -181,6 +186,33 @@ struct Topics {
     /// (a record bigger than the share takes the whole gate and goes alone).
     gate: tokio::sync::Semaphore,
     gate_kib: u32,
+    /// Exactly-once mode: the transaction records go into.
+    txn: Option<Arc<Transactions>>,
+    /// Exactly-once mode: records larger than this are refused locally.
+    local_limit: Option<usize>,
+}
+
+/// A `transactional.id` of this process's own: the group id, the host name and a
+/// random part. With KIP-447 fencing comes from the group generation, so instances
+/// need not share ids; a restart gets a new one.
+fn transactional_id(group: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{group}.{host}.{:016x}", h.finish())
+}
+
+impl Topics {
+    /// Exactly-once mode after a transaction was aborted: nothing more counts.
+    fn aborted(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.failed().is_some())
+    }
 }
 
 /// Logs producer errors and feeds the health flag.
@@ -243,12 +275,31 @@ impl Sink {
                 "queue.buffering.max.kbytes",
                 ((memory.producer_queue.max(MAX_RECORD_BYTES as u64) / 1024) + 1024).to_string(),
             );
+        if cfg.exactly_once {
+            // Within the decisions reader's patience (60 s): a frozen instance's open
+            // transaction holds back the next owner only this long.
+            let timeout = cfg
+                .producer
+                .get("transaction.timeout.ms")
+                .map_or("10000", String::as_str);
+            c.set("transactional.id", transactional_id(&cfg.group_id))
+                .set("transaction.timeout.ms", timeout)
+                // librdkafka requires deliveries to give up within a transaction.
+                .set("message.timeout.ms", timeout);
+        }
         for (k, v) in &cfg.producer {
             c.set(k, v);
         }
         let producer: FutureProducer<ProducerContext> = c.create_with_context(ProducerContext {
             health: Arc::clone(&health),
         })?;
+        let txn = if cfg.exactly_once {
+            Some(Arc::new(
+                Transactions::start(producer.clone()).map_err(SinkError::Transactions)?,
+            ))
+        } else {
+            None
+        };
         let gate_kib =
             u32::try_from((memory.producer_queue / 1024).max(1)).unwrap_or(u32::MAX >> 4);
         let decisions = match &cfg.decisions_topic {
@@ -270,11 +321,20 @@ impl Sink {
                 decisions,
                 gate: tokio::sync::Semaphore::new(gate_kib as usize),
                 gate_kib,
+                // A refused record would abort the whole transaction: refuse what
+                // is too large before the broker can.
+                local_limit: txn.as_ref().map(|_| cfg.max_message_bytes + 64 * 1024),
+                txn,
             }),
             rx,
             releases,
             health,
         })
+    }
+
+    /// Exactly-once mode: the transactions the source commits the input offsets in.
+    pub fn transactions(&self) -> Option<Arc<Transactions>> {
+        self.topics.txn.clone()
     }
 
     /// Delivers until the channel closes, then waits (bounded) for outstanding
@@ -377,6 +437,11 @@ async fn deliver(
     msg: SinkMsg,
 ) -> Vec<Pin> {
     let (output, dlq) = (&*topics.output, &*topics.dead_letter);
+    if topics.aborted() {
+        // Aborted: nothing of this transaction is visible and its input stays
+        // uncommitted; the pipeline is stopping.
+        return Vec::new();
+    }
     match msg {
         SinkMsg::AfterOutput { pin, .. } => vec![pin],
         SinkMsg::Dropped(d) => {
@@ -411,6 +476,9 @@ async fn deliver(
             let bytes: usize = kept.payloads.iter().map(Vec::len).sum();
             let mut failed = false;
             for (payload, result) in kept.payloads.iter().zip(results) {
+                if topics.aborted() {
+                    return Vec::new();
+                }
                 if let Err(e) = result {
                     failed = true;
                     error!(message = "Kept trace refused by the broker; sending it to the dead-letter topic.", trace_id = %kept.trace_id, error = %e);
@@ -544,6 +612,9 @@ async fn dead_letter(
             return;
         }
     }
+    if topics.aborted() {
+        return; // invisible with the rest of the aborted transaction
+    }
     // Nothing more can be done with it; say so loudly.
     counter!(names::MESSAGES_DEAD_LETTERED, "reason" => "dead_letter_refused").increment(1);
     error!(message = "The dead-letter topic refused a message; it is lost.", topic = dlq, error = %e);
@@ -583,7 +654,26 @@ async fn produce(
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        let error = match producer.send_result(record) {
+        if let Some(limit) = gate.local_limit.filter(|&l| payload.len() > l) {
+            return Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge,
+            ))
+            .inspect_err(|_| warn!(message = "Record larger than kafka.max_message_bytes refused before the broker could refuse it (which would abort the transaction).", topic, bytes = payload.len(), limit));
+        }
+        let sent = match &gate.txn {
+            None => producer.send_result(record),
+            Some(txn) => loop {
+                if txn.failed().is_some() {
+                    return Err(KafkaError::Canceled);
+                }
+                // Not while a commit runs: the record would miss its transaction.
+                if let Some(_open) = txn.try_enqueue() {
+                    break producer.send_result(record);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            },
+        };
+        let error = match sent {
             Ok(delivery) => match delivery.await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err((e, _))) => e,
@@ -649,6 +739,7 @@ async fn record_decision(
     .await
     {
         Ok(()) => counter!(names::DECISIONS_RECORDED, "decision" => label).increment(1),
+        Err(_) if topics.aborted() => {}
         Err(e) => {
             error!(message = "The decisions topic refused a decision; late spans of this trace may be decided afresh by the partition's next owner.", trace_id = %trace_id, error = %e);
         }

@@ -12,6 +12,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::{lock, OffsetTracker};
+use crate::sink::Transactions;
 use crate::telemetry::{names, Health, LogLimiter};
 
 /// Callbacks of the input consumer. Shares the offset tracker with the source task
@@ -21,6 +22,8 @@ pub struct SourceContext {
     health: Arc<Health>,
     /// Whether newly assigned partitions wait for their decisions to be read back.
     restore_decisions: bool,
+    /// Exactly-once mode: a revoke commits the transaction in progress.
+    txn: Option<Arc<Transactions>>,
 }
 
 impl SourceContext {
@@ -28,11 +31,13 @@ impl SourceContext {
         tracker: Arc<Mutex<OffsetTracker>>,
         health: Arc<Health>,
         restore_decisions: bool,
+        txn: Option<Arc<Transactions>>,
     ) -> Self {
         SourceContext {
             tracker,
             health,
             restore_decisions,
+            txn,
         }
     }
 }
@@ -81,7 +86,16 @@ impl ConsumerContext for SourceContext {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        let safe = lock(&self.tracker).safe_offsets(&parts);
+        if let Some(txn) = &self.txn {
+            // The transaction commits under the generation that owned the partitions:
+            // their next owner starts exactly where this output ends.
+            super::commit_transaction(consumer, &self.tracker, txn, &self.health);
+        }
+        let safe = if self.txn.is_some() {
+            Vec::new()
+        } else {
+            lock(&self.tracker).safe_offsets(&parts)
+        };
         if !safe.is_empty() {
             let mut commit = TopicPartitionList::new();
             for (t, p, o) in &safe {

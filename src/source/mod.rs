@@ -33,7 +33,7 @@ use crate::codec::FrameInterner;
 use crate::config::{KafkaConfig, MemorySplit};
 use crate::decide::{LivePolicies, ShardMsg};
 use crate::shutdown::Shutdown;
-use crate::sink::SinkMsg;
+use crate::sink::{SinkMsg, Transactions};
 use crate::telemetry::{names, Health};
 
 pub use context::SourceContext;
@@ -117,6 +117,8 @@ pub struct Source {
         mpsc::UnboundedReceiver<Loaded>,
     ),
     releases: mpsc::UnboundedReceiver<Vec<Pin>>,
+    /// Exactly-once mode: commits go through the sink's transactions.
+    txn: Option<Arc<Transactions>>,
     commit_interval: Duration,
     budget: MemoryBudget,
     paused: bool,
@@ -156,6 +158,8 @@ pub struct Outputs {
     pub sink: mpsc::Sender<SinkMsg>,
     /// Pins coming back from workers and the sink.
     pub releases: mpsc::UnboundedReceiver<Vec<Pin>>,
+    /// Exactly-once mode: the sink's transactions, which commit the input offsets.
+    pub txn: Option<Arc<Transactions>>,
 }
 
 impl Source {
@@ -176,7 +180,17 @@ impl Source {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Exactly-once: eager rebalancing, so every member commits its
+            // transaction on revoke, under its generation, and owns nothing while the
+            // group rebalances (no commit can then carry a stale generation).
+            .set(
+                "partition.assignment.strategy",
+                if out.txn.is_some() {
+                    "range,roundrobin"
+                } else {
+                    "cooperative-sticky"
+                },
+            )
             // Offsets are committed by tailsift only, and only below undecided spans.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -203,6 +217,7 @@ impl Source {
             Arc::clone(&tracker),
             Arc::clone(&health),
             cfg.decisions_topic.is_some(),
+            out.txn.clone(),
         );
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(ctx)?;
         let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
@@ -258,6 +273,7 @@ impl Source {
             probing: false,
             future_timestamps: counter!(names::FUTURE_TIMESTAMPS),
             health,
+            txn: out.txn,
         })
     }
 
@@ -285,6 +301,10 @@ impl Source {
                 Some(pins) = self.releases.recv() => self.release(pins),
                 _ = commit_tick.tick() => {
                     self.forward_revocations().await;
+                    if let Some(e) = self.txn.as_ref().and_then(|t| t.failed()) {
+                        self.health.set_fatal(e.to_string());
+                        break;
+                    }
                     self.start_commit();
                 }
                 Some(done) = self.loaded.1.recv() => self.finish_load(done).await,
@@ -342,9 +362,21 @@ impl Source {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let offsets = self.offsets_to_commit();
         let (consumer, tracker) = (Arc::clone(&self.consumer), Arc::clone(&self.tracker));
-        let _ = tokio::task::spawn_blocking(move || commit(&consumer, &tracker, &offsets)).await;
+        match self.txn.clone() {
+            Some(txn) => {
+                let health = Arc::clone(&self.health);
+                let _ = tokio::task::spawn_blocking(move || {
+                    commit_transaction(&*consumer, &tracker, &txn, &health);
+                })
+                .await;
+            }
+            None => {
+                let offsets = self.offsets_to_commit();
+                let _ = tokio::task::spawn_blocking(move || commit(&consumer, &tracker, &offsets))
+                    .await;
+            }
+        }
         self.consumer.unsubscribe();
         info!(message = "Source stopped.");
     }
@@ -690,6 +722,16 @@ impl Source {
         if self.committing.swap(true, Ordering::AcqRel) {
             return;
         }
+        if let Some(txn) = &self.txn {
+            let (consumer, tracker) = (Arc::clone(&self.consumer), Arc::clone(&self.tracker));
+            let (txn, health) = (Arc::clone(txn), Arc::clone(&self.health));
+            let committing = Arc::clone(&self.committing);
+            tokio::task::spawn_blocking(move || {
+                commit_transaction(&*consumer, &tracker, &txn, &health);
+                committing.store(false, Ordering::Release);
+            });
+            return;
+        }
         let offsets = self.offsets_to_commit();
         if offsets.is_empty() {
             self.committing.store(false, Ordering::Release);
@@ -739,6 +781,36 @@ fn commit(
             counter!(names::COMMITS, "result" => "error").increment(1);
             warn!(message = "Offset commit failed; retrying on the next round.", error = %e);
             lock(tracker).forget_committed(offsets);
+        }
+    }
+}
+
+/// Exactly-once mode: commits the transaction in progress with the safe offsets of
+/// every assigned partition (those that did not move too, so the group coordinator
+/// checks this member's generation on every commit). A failure stops the pipeline.
+pub(super) fn commit_transaction<C: Consumer<SourceContext>>(
+    consumer: &C,
+    tracker: &Mutex<OffsetTracker>,
+    txn: &Transactions,
+    health: &Health,
+) {
+    let offsets = lock(tracker).all_safe();
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in &offsets {
+        if tpl
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .is_err()
+        {
+            lock(tracker).forget_committed(&offsets);
+            return;
+        }
+    }
+    match txn.commit(&tpl, consumer.group_metadata().as_ref()) {
+        Ok(()) => counter!(names::COMMITS, "result" => "ok").increment(1),
+        Err(e) => {
+            counter!(names::COMMITS, "result" => "error").increment(1);
+            lock(tracker).forget_committed(&offsets);
+            health.set_fatal(e.to_string());
         }
     }
 }

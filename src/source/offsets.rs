@@ -208,6 +208,19 @@ impl OffsetTracker {
         out
     }
 
+    /// The safe offset of every assigned partition that has one, moved or not,
+    /// marked as committed (exactly-once mode sends them all in each transaction).
+    pub fn all_safe(&mut self) -> Vec<(Arc<str>, i32, i64)> {
+        let mut out = Vec::new();
+        for p in self.parts.iter_mut().filter(|p| p.assigned) {
+            if let Some(safe) = p.safe_offset() {
+                p.committed = Some(safe);
+                out.push((Arc::clone(&p.topic), p.partition, safe));
+            }
+        }
+        out
+    }
+
     /// Safe offsets of the given partitions, for a final commit before they are
     /// revoked.
     pub fn safe_offsets(&self, parts: &[(String, i32)]) -> Vec<(Arc<str>, i32, i64)> {

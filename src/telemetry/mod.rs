@@ -28,6 +28,10 @@ pub struct Health {
     produce_stalled: std::sync::Mutex<Option<String>>,
     /// Set when a shutdown gave up waiting for decisions or acknowledgements.
     drain_incomplete: AtomicBool,
+    /// Why the pipeline stopped by itself (an aborted transaction), once it has.
+    fatal: std::sync::Mutex<Option<String>>,
+    /// Woken when `fatal` is set.
+    fatal_set: tokio::sync::Notify,
 }
 
 impl Health {
@@ -85,6 +89,33 @@ impl Health {
     /// Whether a shutdown gave up with work outstanding.
     pub fn drain_incomplete(&self) -> bool {
         self.drain_incomplete.load(Ordering::Relaxed)
+    }
+
+    /// Records that the pipeline must stop and be started again from what was
+    /// committed (exactly-once mode after an aborted transaction).
+    pub fn set_fatal(&self, why: String) {
+        if let Ok(mut f) = self.fatal.lock() {
+            if f.is_none() {
+                *f = Some(why);
+            }
+        }
+        self.fatal_set.notify_waiters();
+        self.fatal_set.notify_one();
+    }
+
+    /// Why the pipeline stopped by itself, if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Waits until [`Health::set_fatal`] is called.
+    pub async fn wait_fatal(&self) {
+        loop {
+            if self.fatal().is_some() {
+                return;
+            }
+            self.fatal_set.notified().await;
+        }
     }
 
     /// The last Kafka error seen.
