@@ -45,7 +45,8 @@ POM
 port() { echo $((BASE + 10 * $1 + $2)); }
 
 write_config() {
-  local i=$1 n=$2 dir="$STATE/node$i"
+  local i=$1 n=$2
+  local dir="$STATE/node$i"
   local voters="" j
   for ((j = 0; j < n; j++)); do
     voters+="${voters:+,}$((j + 1))@127.0.0.1:$(port "$j" 1)"
@@ -99,7 +100,8 @@ java_run() {
 }
 
 start_node() {
-  local i=$1 dir="$STATE/node$i"
+  local i=$1
+  local dir="$STATE/node$i"
   nohup java -Xmx"$HEAP" -Xms64m -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$dir/log4j2.properties" \
     -cp "$CACHE/libs/*" kafka.Kafka "$dir/server.properties" \
@@ -108,7 +110,8 @@ start_node() {
 }
 
 wait_ready() {
-  local i=$1 dir="$STATE/node$i" deadline=$((SECONDS + 120))
+  local i=$1
+  local dir="$STATE/node$i" deadline=$((SECONDS + 120))
   while ((SECONDS < deadline)); do
     if grep -q "Kafka Server started\|\[KafkaRaftServer nodeId=.*\] Kafka Server started" "$dir/server.log" 2>/dev/null \
        || grep -q "Kafka Server started" "$dir/stdout.log" 2>/dev/null; then

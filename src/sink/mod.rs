@@ -226,7 +226,11 @@ impl ClientContext for ProducerContext {
             self.health
                 .set_kafka_up(false, Some(format!("producer: {reason}")));
         }
-        warn!(message = "Kafka producer error.", error = %error, reason);
+        static LOG: crate::telemetry::LogLimiter =
+            crate::telemetry::LogLimiter::new(Duration::from_secs(10));
+        if let Some(suppressed) = LOG.allow() {
+            warn!(message = "Kafka producer error.", error = %error, reason, suppressed_since_last = suppressed);
+        }
     }
 }
 

@@ -256,7 +256,20 @@ pub fn spread_traffic(
     seed: u64,
     spread: Duration,
 ) -> tokio::task::JoinHandle<Vec<Truth>> {
+    spread_traffic_to(bootstrap, INPUT, traces, rate, seed, spread)
+}
+
+/// [`spread_traffic`] to `topic`.
+pub fn spread_traffic_to(
+    bootstrap: &str,
+    topic: &str,
+    traces: usize,
+    rate: u64,
+    seed: u64,
+    spread: Duration,
+) -> tokio::task::JoinHandle<Vec<Truth>> {
     use std::cmp::Reverse;
+    let topic = topic.to_string();
     use std::collections::BinaryHeap;
     let bootstrap = bootstrap.to_string();
     tokio::spawn(async move {
@@ -306,7 +319,7 @@ pub fn spread_traffic(
                 }
                 pending.pop();
                 let (key, m) = payloads.remove(&s).expect("scheduled payload");
-                gen::send(&producer, INPUT, key.as_bytes(), &m)
+                gen::send(&producer, &topic, key.as_bytes(), &m)
                     .await
                     .expect("send");
             }
