@@ -6,6 +6,13 @@
 #   scripts/kafka.sh stop                # stops exactly the processes it started
 #   scripts/kafka.sh kill NODE           # SIGKILLs one node (cluster tests)
 #   scripts/kafka.sh restart NODE        # starts a killed node again on its data
+#   scripts/kafka.sh secure              # prints the secure listeners and credentials
+#
+# Every node also listens with SASL_SSL (SCRAM-SHA-512 and PLAIN) on base+10*i+2 and
+# with SSL requiring a client certificate on base+10*i+3. The keys, certificates (a CA,
+# the server's, a client's, and an unrelated CA for failure tests) and passwords are
+# made at start with openssl in the state folder, never kept elsewhere; `secure`
+# prints where they are as KEY=VALUE lines.
 #
 # Environment: KAFKA_VERSION (default 4.1.1), TAILSIFT_KAFKA_CACHE (jars, default
 # ~/.cache/tailsift/kafka-$KAFKA_VERSION), TAILSIFT_KAFKA_DIR (state: data, logs, pids;
@@ -44,6 +51,55 @@ POM
 
 port() { echo $((BASE + 10 * $1 + $2)); }
 
+SCRAM_USER=tailsift
+PLAIN_USER=tailsift-plain
+KEYSTORE_PASSWORD=keystore-pass
+
+# A CA, a server certificate for 127.0.0.1/localhost, a client certificate, an
+# unrelated CA, and random passwords, all in $STATE/tls.
+make_tls() {
+  command -v openssl >/dev/null || die "openssl is needed for the TLS listeners"
+  local t="$STATE/tls"
+  mkdir -p "$t"
+  (
+    cd "$t"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=tailsift test CA" \
+      -keyout ca.key -out ca.pem
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=unrelated CA" \
+      -keyout other-ca.key -out other-ca.pem
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile server.ext -out server.pem
+    openssl pkcs12 -export -in server.pem -inkey server.key -certfile ca.pem \
+      -name server -passout "pass:$KEYSTORE_PASSWORD" -out server.p12
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=tailsift-client" -keyout client.key -out client.csr
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem
+    head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >scram.password
+    head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >plain.password
+  ) >"$t/openssl.log" 2>&1 || { cat "$t/openssl.log" >&2; die "openssl could not make the test certificates"; }
+}
+
+cmd_secure() {
+  local t="$STATE/tls" n j sasl="" ssl=""
+  [ -f "$STATE/nodes" ] || die "no broker started"
+  n=$(cat "$STATE/nodes")
+  for ((j = 0; j < n; j++)); do
+    sasl+="${sasl:+,}127.0.0.1:$(port "$j" 2)"
+    ssl+="${ssl:+,}127.0.0.1:$(port "$j" 3)"
+  done
+  echo "SASL_SSL=$sasl"
+  echo "SSL=$ssl"
+  echo "CA=$t/ca.pem"
+  echo "OTHER_CA=$t/other-ca.pem"
+  echo "CLIENT_CERT=$t/client.pem"
+  echo "CLIENT_KEY=$t/client.key"
+  echo "SCRAM_USER=$SCRAM_USER"
+  echo "SCRAM_PASSWORD=$(cat "$t/scram.password")"
+  echo "PLAIN_USER=$PLAIN_USER"
+  echo "PLAIN_PASSWORD=$(cat "$t/plain.password")"
+}
+
 write_config() {
   local i=$1 n=$2
   local dir="$STATE/node$i"
@@ -57,11 +113,20 @@ write_config() {
 process.roles=broker,controller
 node.id=$((i + 1))
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$(port "$i" 0),CONTROLLER://127.0.0.1:$(port "$i" 1)
-advertised.listeners=PLAINTEXT://127.0.0.1:$(port "$i" 0)
+listeners=PLAINTEXT://127.0.0.1:$(port "$i" 0),CONTROLLER://127.0.0.1:$(port "$i" 1),SASL_SSL://127.0.0.1:$(port "$i" 2),SSL://127.0.0.1:$(port "$i" 3)
+advertised.listeners=PLAINTEXT://127.0.0.1:$(port "$i" 0),SASL_SSL://127.0.0.1:$(port "$i" 2),SSL://127.0.0.1:$(port "$i" 3)
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$PLAIN_USER="$PLAIN_PASSWORD";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$STATE/tls/server.p12
+ssl.keystore.password=$KEYSTORE_PASSWORD
+ssl.truststore.type=PEM
+ssl.truststore.location=$STATE/tls/ca.pem
+listener.name.ssl.ssl.client.auth=required
 log.dirs=$dir/data
 num.partitions=4
 offsets.topic.replication.factor=$rf
@@ -143,13 +208,17 @@ cmd_start() {
   fetch
   rm -rf "$STATE"; mkdir -p "$STATE"
   echo "$n" >"$STATE/nodes"
+  make_tls
+  PLAIN_PASSWORD=$(cat "$STATE/tls/plain.password")
+  local scram
+  scram="SCRAM-SHA-512=[name=$SCRAM_USER,password=$(cat "$STATE/tls/scram.password")]"
   local id i
   id=$(java_run "$STATE" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
   [ -n "$id" ] || die "StorageTool random-uuid printed nothing"
   for ((i = 0; i < n; i++)); do
     write_config "$i" "$n"
     java_run "$STATE/node$i" kafka.tools.StorageTool format -t "$id" \
-      -c "$STATE/node$i/server.properties" >"$STATE/node$i/format.log" 2>&1 \
+      -c "$STATE/node$i/server.properties" --add-scram "$scram" >"$STATE/node$i/format.log" 2>&1 \
       || { cat "$STATE/node$i/format.log" >&2; die "storage format failed for node $i"; }
   done
   for ((i = 0; i < n; i++)); do start_node "$i"; done
@@ -194,6 +263,7 @@ case "${1:-}" in
   kill) cmd_kill "$2" ;;
   restart) cmd_restart "$2" ;;
   bootstrap) bootstrap ;;
+  secure) cmd_secure ;;
   fetch) fetch ;;
-  *) die "usage: kafka.sh start [--nodes N] | stop | kill NODE | restart NODE | bootstrap | fetch" ;;
+  *) die "usage: kafka.sh start [--nodes N] | stop | kill NODE | restart NODE | bootstrap | secure | fetch" ;;
 esac

@@ -106,6 +106,23 @@ impl Scenario {
         self.topic("dead")
     }
 
+    /// A config that reaches the broker at `brokers` with librdkafka `props` for its
+    /// consumer and producer (security settings), keeping every trace.
+    fn yaml_via(&self, brokers: &str, props: &[(String, String)]) -> String {
+        let map = props
+            .iter()
+            .map(|(k, v)| format!("{k}: \"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "kafka:\n  brokers: \"{brokers}\"\n  group_id: {n}-group\n  input_topics: [{i}]\n  output_topic: {o}\n  dead_letter_topic: {d}\n  consumer: {{session.timeout.ms: \"6000\", {map}}}\n  producer: {{{map}}}\nbuffer:\n  decision_wait: 500ms\n  shards: 2\ntelemetry:\n  listen: \"127.0.0.1:0\"\npolicies:\n  - {{name: all, type: always_sample}}\n",
+            n = self.name,
+            i = self.input(),
+            o = self.output(),
+            d = self.dlq(),
+        )
+    }
+
     /// A `tailsift run` config for this scenario: exactly-once (with the decisions
     /// topic it needs), or at-least-once as configured by default (no decisions topic).
     fn yaml(&self, exactly_once: bool, decision_wait: &str) -> String {
@@ -423,4 +440,173 @@ async fn the_broker_killed_twice_mid_stream_loses_nothing() {
     stop(a);
     assert!(settled, "input not committed: {:?}", s.uncommitted());
     assert_kept_whole_once(&truths, &out.traces(), "two broker SIGKILLs, exactly-once");
+}
+
+/// The secure listeners and credentials `scripts/kafka.sh secure` reports, if the
+/// script started the broker the suite was given.
+fn secure(bootstrap: &str) -> Option<HashMap<String, String>> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+    broker_script(bootstrap, &["bootstrap"])?;
+    let out = std::process::Command::new(script)
+        .arg("secure")
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
+}
+
+fn props(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The secure listeners, or `None` (skipped, or failed when required).
+fn secure_or_skip(bootstrap: &str) -> Option<HashMap<String, String>> {
+    let s = secure(bootstrap);
+    if s.is_none() {
+        assert!(
+            std::env::var_os("TAILSIFT_KAFKA_REQUIRED").is_none(),
+            "the security tests need the broker started by scripts/kafka.sh (its TLS and SASL listeners)"
+        );
+        eprintln!("skipped: {bootstrap} was not started by scripts/kafka.sh, which sets up the TLS and SASL listeners");
+    }
+    s
+}
+
+/// tailsift reaches the broker over SASL_SSL with SCRAM-SHA-512 and with PLAIN (the
+/// server's certificate verified against the test CA), and over SSL with a client
+/// certificate (mTLS): in each, every trace fed comes out whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_plain_and_mtls_each_carry_traces_end_to_end() {
+    let Some(bootstrap) = broker() else { return };
+    let Some(sec) = secure_or_skip(&bootstrap) else {
+        return;
+    };
+    let setups = [
+        (
+            "scram",
+            &sec["SASL_SSL"],
+            props(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", &sec["SCRAM_USER"]),
+                ("sasl.password", &sec["SCRAM_PASSWORD"]),
+                ("ssl.ca.location", &sec["CA"]),
+            ]),
+        ),
+        (
+            "plain",
+            &sec["SASL_SSL"],
+            props(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "PLAIN"),
+                ("sasl.username", &sec["PLAIN_USER"]),
+                ("sasl.password", &sec["PLAIN_PASSWORD"]),
+                ("ssl.ca.location", &sec["CA"]),
+            ]),
+        ),
+        (
+            "mtls",
+            &sec["SSL"],
+            props(&[
+                ("security.protocol", "SSL"),
+                ("ssl.ca.location", &sec["CA"]),
+                ("ssl.certificate.location", &sec["CLIENT_CERT"]),
+                ("ssl.key.location", &sec["CLIENT_KEY"]),
+            ]),
+        ),
+    ];
+    for (what, brokers, p) in setups {
+        let s = Scenario::new(&bootstrap, what, 2).await;
+        let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+        let a = s.spawn(&s.yaml_via(brokers, &p), what);
+        ready(&a).await;
+        let truths = s.traffic(60, 0, 59).await.expect("traffic");
+        let all = wait_until(Duration::from_secs(60), || {
+            let got = out.traces();
+            truths.iter().all(|t| {
+                got.get(&t.trace_id)
+                    .is_some_and(|o| o.distinct_spans == t.spans)
+            })
+        })
+        .await;
+        stop(a);
+        let log = log_of(&s.log(what));
+        assert!(all, "{what}: not every trace came out; log:\n{log}");
+        for (_, v) in p.iter().filter(|(k, _)| k == "sasl.password") {
+            assert!(
+                !log.contains(v.as_str()),
+                "{what}: the password is in the log"
+            );
+        }
+    }
+}
+
+/// A wrong password and an untrusted server certificate each give a clear error
+/// naming the broker and the mechanism or check, in `/healthz` and the log, and the
+/// password appears in no log line, metric or health answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_and_an_untrusted_certificate_are_named_and_never_leak() {
+    let Some(bootstrap) = broker() else { return };
+    let Some(sec) = secure_or_skip(&bootstrap) else {
+        return;
+    };
+    let wrong = "not-the-password-4f1c";
+    let cases = [
+        (
+            "wrong-password",
+            props(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", &sec["SCRAM_USER"]),
+                ("sasl.password", wrong),
+                ("ssl.ca.location", &sec["CA"]),
+            ]),
+            ["SASL authentication", "SCRAM-SHA-512"],
+        ),
+        (
+            "untrusted-ca",
+            props(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", &sec["SCRAM_USER"]),
+                ("sasl.password", wrong),
+                ("ssl.ca.location", &sec["OTHER_CA"]),
+            ]),
+            ["SSL handshake failed", "certificate verify failed"],
+        ),
+    ];
+    let broker_addr = &sec["SASL_SSL"];
+    for (what, p, expect) in cases {
+        let s = Scenario::new(&bootstrap, what, 2).await;
+        let a = s.spawn(&s.yaml_via(broker_addr, &p), what);
+        let mut body = String::new();
+        let named = wait_until(Duration::from_secs(30), || {
+            let (code, b) = http_get(a.telemetry, "/healthz");
+            body = b;
+            code == 503
+                && expect.iter().all(|e| body.contains(e))
+                && body.contains(broker_addr.as_str())
+        })
+        .await;
+        let (_, metrics) = http_get(a.telemetry, "/metrics");
+        let (_, ready) = http_get(a.telemetry, "/readyz");
+        stop(a);
+        let log = log_of(&s.log(what));
+        assert!(named, "{what}: /healthz did not name the failure: {body:?}");
+        assert!(
+            expect.iter().all(|e| log.contains(e)),
+            "{what}: the log does not name the failure:\n{log}"
+        );
+        for text in [&body, &metrics, &ready, &log] {
+            assert!(!text.contains(wrong), "{what}: the password leaked");
+        }
+    }
 }

@@ -222,10 +222,8 @@ pub struct ProducerContext {
 
 impl ClientContext for ProducerContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.health
-                .set_kafka_up(false, Some(format!("producer: {reason}")));
-        }
+        self.health
+            .note_error(&error, &format!("producer: {reason}"));
         static LOG: crate::telemetry::LogLimiter =
             crate::telemetry::LogLimiter::new(Duration::from_secs(10));
         if let Some(suppressed) = LOG.allow() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use metrics::gauge;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -45,8 +45,9 @@ impl SourceContext {
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
         let up = stats.brokers.values().any(|b| b.state == "UP");
-        self.health
-            .set_kafka_up(up, (!up).then(|| "no broker connection is up".to_string()));
+        let why = (!up && self.health.last_error().is_empty())
+            .then(|| "no broker connection is up".to_string());
+        self.health.set_kafka_up(up, why);
         let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
         for (name, topic) in &stats.topics {
             // Messages not yet read: high watermark minus the position handed to
@@ -66,9 +67,7 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.health.set_kafka_up(false, Some(reason.to_string()));
-        }
+        self.health.note_error(&error, reason);
         static LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
         if let Some(suppressed) = LOG.allow() {
             warn!(message = "Kafka consumer error.", error = %error, reason, suppressed_since_last = suppressed);

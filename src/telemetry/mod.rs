@@ -44,10 +44,29 @@ impl Health {
     pub fn set_kafka_up(&self, up: bool, error: Option<String>) {
         self.kafka_up.store(up, Ordering::Relaxed);
         metrics::gauge!(names::KAFKA_UP).set(if up { 1.0 } else { 0.0 });
-        if let Some(e) = error {
+        if up {
+            // Connected: an earlier failure's reason no longer applies.
+            if let Ok(mut l) = self.last_error.lock() {
+                l.clear();
+            }
+        } else if let Some(e) = error {
             if let Ok(mut l) = self.last_error.lock() {
                 *l = e;
             }
+        }
+    }
+
+    /// Records a client error for `/healthz`: librdkafka's reason names the broker
+    /// and, for authentication and TLS failures, the mechanism or the certificate
+    /// check (never a credential). "All brokers down" marks Kafka down but keeps the
+    /// more specific reason seen before it.
+    pub fn note_error(&self, error: &rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::RDKafkaErrorCode;
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            let keep = self.last_error.lock().is_ok_and(|l| !l.is_empty());
+            self.set_kafka_up(false, (!keep).then(|| reason.to_string()));
+        } else if let Ok(mut l) = self.last_error.lock() {
+            *l = reason.to_string();
         }
     }
 
