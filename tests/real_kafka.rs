@@ -123,6 +123,21 @@ impl Scenario {
         )
     }
 
+    /// [`Scenario::yaml`] with the group protocol given: `classic` (the classic
+    /// protocol, session timeout 6 s) or `consumer` (KIP-848; its session timeout is
+    /// the broker's).
+    fn yaml_protocol(&self, exactly_once: bool, decision_wait: &str, protocol: &str) -> String {
+        let yaml = self.yaml(exactly_once, decision_wait);
+        if protocol == "consumer" {
+            yaml.replace(
+                "consumer: {session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}",
+                "consumer: {group.protocol: consumer}",
+            )
+        } else {
+            yaml
+        }
+    }
+
     /// A `tailsift run` config for this scenario: exactly-once (with the decisions
     /// topic it needs), or at-least-once as configured by default (no decisions topic).
     fn yaml(&self, exactly_once: bool, decision_wait: &str) -> String {
@@ -343,8 +358,14 @@ async fn a_frozen_instance_whose_partitions_moved_is_fenced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescaling_one_to_three_to_one_exactly_once() {
     let Some(bootstrap) = broker() else { return };
-    let s = Scenario::new(&bootstrap, "rescale", 6).await;
-    let yaml = s.yaml(true, "2s");
+    for protocol in ["classic", "consumer"] {
+        rescale(&bootstrap, protocol).await;
+    }
+}
+
+async fn rescale(bootstrap: &str, protocol: &str) {
+    let s = Scenario::new(bootstrap, &format!("rescale-{protocol}"), 6).await;
+    let yaml = s.yaml_protocol(true, "2s", protocol);
     let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
     let a = s.spawn(&yaml, "a");
     ready(&a).await;
@@ -357,7 +378,10 @@ async fn rescaling_one_to_three_to_one_exactly_once() {
         n.iter().all(|&x| x > 0.0) && n.iter().sum::<f64>() == 6.0
     })
     .await;
-    assert!(spread, "three instances did not share the partitions");
+    assert!(
+        spread,
+        "{protocol}: three instances did not share the partitions"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop(b);
     stop(c);
@@ -373,7 +397,11 @@ async fn rescaling_one_to_three_to_one_exactly_once() {
     let settled = s.settle(&out).await;
     stop(a);
     assert!(settled, "input not committed: {:?}", s.uncommitted());
-    assert_kept_whole_once(&truths, &out.traces(), "1 -> 3 -> 1 exactly-once");
+    assert_kept_whole_once(
+        &truths,
+        &out.traces(),
+        &format!("1 -> 3 -> 1 exactly-once, group.protocol={protocol}"),
+    );
 }
 
 /// Runs `scripts/kafka.sh` on the broker the suite was given, if that script started

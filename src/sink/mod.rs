@@ -287,7 +287,10 @@ impl Sink {
             c.set("transactional.id", transactional_id(&cfg.group_id))
                 .set("transaction.timeout.ms", timeout)
                 // librdkafka requires deliveries to give up within a transaction.
-                .set("message.timeout.ms", timeout);
+                .set("message.timeout.ms", timeout)
+                // A kept trace's records are enqueued together or not at all: the
+                // queue's count must never be what refuses one (bytes are gated).
+                .set("queue.buffering.max.messages", "2000000");
         }
         for (k, v) in &cfg.producer {
             c.set(k, v);
@@ -443,6 +446,9 @@ async fn deliver(
         // Aborted: nothing of this transaction is visible and its input stays
         // uncommitted; the pipeline is stopping.
         return Vec::new();
+    }
+    if let Some(txn) = &topics.txn {
+        return txn::deliver(&producer, &topics, txn, msg).await;
     }
     match msg {
         SinkMsg::AfterOutput { pin, .. } => vec![pin],
@@ -656,25 +662,7 @@ async fn produce(
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        if let Some(limit) = gate.local_limit.filter(|&l| payload.len() > l) {
-            return Err(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageSizeTooLarge,
-            ))
-            .inspect_err(|_| warn!(message = "Record larger than kafka.max_message_bytes refused before the broker could refuse it (which would abort the transaction).", topic, bytes = payload.len(), limit));
-        }
-        let sent = match &gate.txn {
-            None => producer.send_result(record),
-            Some(txn) => loop {
-                if txn.failed().is_some() {
-                    return Err(KafkaError::Canceled);
-                }
-                // Not while a commit runs: the record would miss its transaction.
-                if let Some(_open) = txn.try_enqueue() {
-                    break producer.send_result(record);
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            },
-        };
+        let sent = producer.send_result(record);
         let error = match sent {
             Ok(delivery) => match delivery.await {
                 Ok(Ok(_)) => return Ok(()),
@@ -707,8 +695,47 @@ async fn record_decision(
     policy: Option<&str>,
     pins: &[Pin],
 ) {
-    let (Some((topic, partitions)), Some(pin)) = (&topics.decisions, pins.first()) else {
+    let Some(d) = decision_record(topics, trace_id, policy, pins) else {
         return;
+    };
+    match produce(
+        producer,
+        topics,
+        &d.topic,
+        Some(d.partition),
+        Some(&trace_id.0),
+        &d.payload,
+        &OwnedHeaders::new(),
+    )
+    .await
+    {
+        Ok(()) => counter!(names::DECISIONS_RECORDED, "decision" => d.label).increment(1),
+        Err(_) if topics.aborted() => {}
+        Err(e) => {
+            error!(message = "The decisions topic refused a decision; late spans of this trace may be decided afresh by the partition's next owner.", trace_id = %trace_id, error = %e);
+        }
+    }
+}
+
+/// A decision record, encoded, and where it goes.
+struct Decision {
+    topic: Arc<str>,
+    partition: i32,
+    payload: Vec<u8>,
+    /// `sampled` or `not_sampled`.
+    label: &'static str,
+}
+
+/// The decision record of a trace kept by `policy` (or dropped), if decisions are
+/// recorded: in the partition numbered like its input partition.
+fn decision_record(
+    topics: &Topics,
+    trace_id: TraceId,
+    policy: Option<&str>,
+    pins: &[Pin],
+) -> Option<Decision> {
+    let (Some((topic, partitions)), Some(pin)) = (&topics.decisions, pins.first()) else {
+        return None;
     };
     let output_below_offset = match policy {
         Some(_) => output_reach(pins).map_or(0, |(_, below)| below),
@@ -722,30 +749,16 @@ async fn record_decision(
         input_partition: pin.partition,
         output_below_offset,
     };
-    let partition = pin.partition.rem_euclid((*partitions).max(1));
-    let payload = record.encode_to_vec();
-    let label = if record.kept {
-        "sampled"
-    } else {
-        "not_sampled"
-    };
-    match produce(
-        producer,
-        topics,
-        topic,
-        Some(partition),
-        Some(&trace_id.0),
-        &payload,
-        &OwnedHeaders::new(),
-    )
-    .await
-    {
-        Ok(()) => counter!(names::DECISIONS_RECORDED, "decision" => label).increment(1),
-        Err(_) if topics.aborted() => {}
-        Err(e) => {
-            error!(message = "The decisions topic refused a decision; late spans of this trace may be decided afresh by the partition's next owner.", trace_id = %trace_id, error = %e);
-        }
-    }
+    Some(Decision {
+        topic: Arc::clone(topic),
+        partition: pin.partition.rem_euclid((*partitions).max(1)),
+        payload: record.encode_to_vec(),
+        label: if record.kept {
+            "sampled"
+        } else {
+            "not_sampled"
+        },
+    })
 }
 
 /// Partitions of `topic`, from the broker's metadata (blocking, at startup).

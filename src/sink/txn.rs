@@ -21,15 +21,26 @@
 //! that output, is rebuilt from what was committed: the instance exits with status 4
 //! for its supervisor to restart it.
 
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use metrics::counter;
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::TopicPartitionList;
-use tracing::error;
+use tracing::{error, warn};
 
-use super::ProducerContext;
+use super::{
+    decision_record, ProducerContext, SinkMsg, Topics, HEADER_ERROR, HEADER_FORCED,
+    HEADER_PAYLOAD_OMITTED, HEADER_POLICY, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+};
+use crate::source::Pin;
+use crate::telemetry::names;
+
+/// Whether any of a message's pins still belongs to a current assignment.
+type PinCheck = Box<dyn Fn(&[Pin]) -> bool + Send + Sync>;
 
 /// How long one transactional call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +63,9 @@ pub struct Transactions {
     gate: RwLock<()>,
     /// Set once a transaction could not be committed: nothing more is produced.
     failed: Mutex<Option<TxnError>>,
+    /// Set by the source: records of traces whose partitions were revoked must not
+    /// enter a transaction committed after the revoke.
+    current: OnceLock<PinCheck>,
 }
 
 impl Transactions {
@@ -71,13 +85,87 @@ impl Transactions {
             producer,
             gate: RwLock::new(()),
             failed: Mutex::new(None),
+            current: OnceLock::new(),
         })
     }
 
-    /// The gate for enqueuing one record: `None` while a commit runs (try again
-    /// shortly) or once the transactions failed (see [`Transactions::failed`]).
-    pub(super) fn try_enqueue(&self) -> Option<RwLockReadGuard<'_, ()>> {
-        self.gate.try_read().ok()
+    /// Tells the transactions which pins are current (the source's offset tracker).
+    pub fn set_pin_check(&self, check: impl Fn(&[Pin]) -> bool + Send + Sync + 'static) {
+        let _ = self.current.set(Box::new(check));
+    }
+
+    /// Enqueues `records` into the open transaction together (no commit between
+    /// them), provided some pin of theirs is still current, then waits for their
+    /// deliveries. `false`: not sent (stale, or the transactions failed) or not all
+    /// delivered; the caller then releases nothing, as the transaction will abort or
+    /// the partition's next owner decides the trace again.
+    async fn send_together(
+        &self,
+        producer: &FutureProducer<ProducerContext>,
+        records: &[Rec<'_>],
+        pins: &[Pin],
+    ) -> bool {
+        let deliveries = loop {
+            if self.failed().is_some() {
+                return false;
+            }
+            match self.enqueue_all(producer, records, pins) {
+                Enqueue::Sent(d) => break d,
+                Enqueue::Stale => return false,
+                Enqueue::Gated => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        };
+        let mut ok = true;
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    counter!(names::PRODUCE_ERRORS, "error" => super::error_label(&e)).increment(1);
+                    warn!(message = "Delivery in a transaction failed; the transaction will abort.", error = %e);
+                    ok = false;
+                }
+                Err(_) => ok = false,
+            }
+        }
+        ok
+    }
+
+    /// Enqueues every record under one hold of the gate.
+    fn enqueue_all(
+        &self,
+        producer: &FutureProducer<ProducerContext>,
+        records: &[Rec<'_>],
+        pins: &[Pin],
+    ) -> Enqueue {
+        let Ok(_open) = self.gate.try_read() else {
+            return Enqueue::Gated;
+        };
+        if !self.current.get().is_none_or(|current| current(pins)) {
+            return Enqueue::Stale;
+        }
+        let mut deliveries = Vec::with_capacity(records.len());
+        for r in records {
+            let mut record = FutureRecord::<[u8], [u8]>::to(r.topic)
+                .payload(r.payload)
+                .headers(r.headers.clone());
+            if let Some(k) = r.key {
+                record = record.key(k);
+            }
+            if let Some(p) = r.partition {
+                record = record.partition(p);
+            }
+            match producer.send_result(record) {
+                Ok(d) => deliveries.push(d),
+                Err((e, _)) => {
+                    // Part of the batch may be in the transaction already: it must
+                    // not commit without the rest.
+                    drop(_open);
+                    self.abandon(&format!("cannot enqueue a record: {e}"));
+                    return Enqueue::Stale;
+                }
+            }
+        }
+        Enqueue::Sent(deliveries)
     }
 
     /// Why the transactions stopped, once they have.
@@ -168,5 +256,170 @@ fn step(step: &'static str, e: &rdkafka::error::KafkaError) -> TxnError {
     TxnError {
         step,
         error: e.to_string(),
+    }
+}
+
+/// One record of a batch sent together.
+struct Rec<'a> {
+    topic: &'a str,
+    partition: Option<i32>,
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+    headers: OwnedHeaders,
+}
+
+enum Enqueue {
+    Sent(Vec<rdkafka::producer::DeliveryFuture>),
+    /// A commit holds the gate.
+    Gated,
+    /// Not sent: the pins are stale, or the transactions failed.
+    Stale,
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
+}
+
+/// Delivers one message in exactly-once mode and returns the pins to release. A kept
+/// trace's records, its spans set apart for the dead-letter topic and its decision
+/// record go into one transaction together, so no commit (on revoke, say) can make
+/// the output visible without the decision that keeps the next owner from writing it
+/// again. A record over the local limit is dead-lettered without its payload rather
+/// than sent, as a broker refusal would abort the transaction.
+pub(super) async fn deliver(
+    producer: &FutureProducer<ProducerContext>,
+    topics: &Arc<Topics>,
+    txn: &Transactions,
+    msg: SinkMsg,
+) -> Vec<Pin> {
+    let limit = topics.local_limit.unwrap_or(usize::MAX);
+    let omitted = |len: usize| len.to_string();
+    match msg {
+        SinkMsg::AfterOutput { pin, .. } => vec![pin],
+        SinkMsg::Dropped(d) => {
+            let Some(dec) = decision_record(topics, d.trace_id, None, &d.pins) else {
+                return d.pins;
+            };
+            let rec = Rec {
+                topic: &dec.topic,
+                partition: Some(dec.partition),
+                key: Some(&d.trace_id.0),
+                payload: &dec.payload,
+                headers: OwnedHeaders::new(),
+            };
+            if txn.send_together(producer, &[rec], &d.pins).await {
+                counter!(names::DECISIONS_RECORDED, "decision" => dec.label).increment(1);
+                d.pins
+            } else {
+                Vec::new()
+            }
+        }
+        SinkMsg::Kept(kept) => {
+            let key = kept.trace_id.to_hex();
+            let mut headers = OwnedHeaders::new().insert(header(HEADER_POLICY, &kept.policy));
+            if let Some(reason) = kept.forced {
+                headers = headers.insert(header(HEADER_FORCED, reason));
+            }
+            let output = kept.topic.as_deref().unwrap_or(&topics.output);
+            let (dlq, sizes): (&str, Vec<String>) = (
+                &topics.dead_letter,
+                kept.payloads.iter().map(|p| omitted(p.len())).collect(),
+            );
+            let too_large = format!("record larger than kafka.max_message_bytes for {output}");
+            let mut records = Vec::new();
+            for (p, size) in kept.payloads.iter().zip(&sizes) {
+                if p.len() <= limit {
+                    records.push(Rec {
+                        topic: output,
+                        partition: None,
+                        key: Some(key.as_bytes()),
+                        payload: p,
+                        headers: headers.clone(),
+                    });
+                } else {
+                    warn!(message = "Kept record over kafka.max_message_bytes: dead-lettered without its payload (a broker refusal would abort the transaction).", trace_id = %kept.trace_id, bytes = p.len());
+                    records.push(Rec {
+                        topic: dlq,
+                        partition: None,
+                        key: Some(key.as_bytes()),
+                        payload: &[],
+                        headers: headers
+                            .clone()
+                            .insert(header(HEADER_ERROR, &too_large))
+                            .insert(header(HEADER_PAYLOAD_OMITTED, size)),
+                    });
+                }
+            }
+            let reason = kept.rejected.as_ref().map_or("", |r| r.reason.as_str());
+            for p in kept.rejected.iter().flat_map(|r| &r.payloads) {
+                records.push(Rec {
+                    topic: dlq,
+                    partition: None,
+                    key: Some(key.as_bytes()),
+                    payload: if p.len() <= limit { p } else { &[] },
+                    headers: OwnedHeaders::new()
+                        .insert(header(HEADER_ERROR, reason))
+                        .insert(header(HEADER_POLICY, &kept.policy)),
+                });
+            }
+            let decision = kept
+                .record_decision
+                .then(|| decision_record(topics, kept.trace_id, Some(&kept.policy), &kept.pins))
+                .flatten();
+            if let Some(d) = &decision {
+                records.push(Rec {
+                    topic: &d.topic,
+                    partition: Some(d.partition),
+                    key: Some(&kept.trace_id.0),
+                    payload: &d.payload,
+                    headers: OwnedHeaders::new(),
+                });
+            }
+            if !txn.send_together(producer, &records, &kept.pins).await {
+                return Vec::new();
+            }
+            let bytes: usize = kept.payloads.iter().map(Vec::len).sum();
+            counter!(names::RECORDS_PRODUCED).increment(kept.payloads.len() as u64);
+            counter!(names::SPANS_PRODUCED).increment(kept.spans as u64);
+            counter!(names::BYTES_PRODUCED).increment(bytes as u64);
+            if let Some(d) = decision {
+                counter!(names::DECISIONS_RECORDED, "decision" => d.label).increment(1);
+            }
+            kept.pins
+        }
+        SinkMsg::DeadLetter(d) => {
+            let (partition, offset) = (d.partition.to_string(), d.offset.to_string());
+            let mut headers = d
+                .headers
+                .clone()
+                .unwrap_or_default()
+                .insert(header(HEADER_ERROR, &d.reason))
+                .insert(header(HEADER_SOURCE_TOPIC, &d.topic))
+                .insert(header(HEADER_SOURCE_PARTITION, &partition))
+                .insert(header(HEADER_SOURCE_OFFSET, &offset));
+            let size = omitted(d.payload.len());
+            let payload: &[u8] = if d.payload.len() <= limit {
+                &d.payload
+            } else {
+                headers = headers.insert(header(HEADER_PAYLOAD_OMITTED, &size));
+                &[]
+            };
+            let rec = Rec {
+                topic: &topics.dead_letter,
+                partition: None,
+                key: d.key.as_deref(),
+                payload,
+                headers,
+            };
+            if txn.send_together(producer, &[rec], &[d.pin]).await {
+                counter!(names::MESSAGES_DEAD_LETTERED, "reason" => d.label).increment(1);
+                vec![d.pin]
+            } else {
+                Vec::new()
+            }
+        }
     }
 }

@@ -88,7 +88,7 @@ impl ConsumerContext for SourceContext {
         if let Some(txn) = &self.txn {
             // The transaction commits under the generation that owned the partitions:
             // their next owner starts exactly where this output ends.
-            super::commit_transaction(consumer, &self.tracker, txn, &self.health);
+            super::commit_transaction(consumer, &self.tracker, txn, &self.health, &parts);
         }
         let safe = if self.txn.is_some() {
             Vec::new()

@@ -180,17 +180,6 @@ impl Source {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
-            // Exactly-once: eager rebalancing, so every member commits its
-            // transaction on revoke, under its generation, and owns nothing while the
-            // group rebalances (no commit can then carry a stale generation).
-            .set(
-                "partition.assignment.strategy",
-                if out.txn.is_some() {
-                    "range,roundrobin"
-                } else {
-                    "cooperative-sticky"
-                },
-            )
             // Offsets are committed by tailsift only, and only below undecided spans.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -210,8 +199,34 @@ impl Source {
             // by this much (default 1 s): at full speed the queue empties in well
             // under that, and the default left the source idle most of the time.
             .set("fetch.queue.backoff.ms", "10");
+        // The new group protocol (KIP-848, `group.protocol: consumer`) assigns on
+        // the broker, incrementally; the classic one takes a client-side strategy.
+        // Exactly-once with the classic protocol rebalances eagerly, so every member
+        // commits its transaction on revoke, under its generation, and owns nothing
+        // while the group rebalances (no commit can then carry a stale generation).
+        if !cfg
+            .consumer
+            .get("group.protocol")
+            .is_some_and(|p| p == "consumer")
+        {
+            c.set(
+                "partition.assignment.strategy",
+                if out.txn.is_some() {
+                    "range,roundrobin"
+                } else {
+                    "cooperative-sticky"
+                },
+            );
+        }
         for (k, v) in &cfg.consumer {
             c.set(k, v);
+        }
+        if let Some(txn) = &out.txn {
+            let tracker = Arc::clone(&tracker);
+            txn.set_pin_check(move |pins| {
+                let t = lock(&tracker);
+                pins.iter().any(|p| t.is_current(p.slot, p.epoch))
+            });
         }
         let ctx = SourceContext::new(
             Arc::clone(&tracker),
@@ -367,7 +382,7 @@ impl Source {
             Some(txn) => {
                 let health = Arc::clone(&self.health);
                 let _ = tokio::task::spawn_blocking(move || {
-                    commit_transaction(&*consumer, &tracker, &txn, &health);
+                    commit_transaction(&*consumer, &tracker, &txn, &health, &[]);
                 })
                 .await;
             }
@@ -727,7 +742,7 @@ impl Source {
             let (txn, health) = (Arc::clone(txn), Arc::clone(&self.health));
             let committing = Arc::clone(&self.committing);
             tokio::task::spawn_blocking(move || {
-                commit_transaction(&*consumer, &tracker, &txn, &health);
+                commit_transaction(&*consumer, &tracker, &txn, &health, &[]);
                 committing.store(false, Ordering::Release);
             });
             return;
@@ -788,13 +803,25 @@ fn commit(
 /// Exactly-once mode: commits the transaction in progress with the safe offsets of
 /// every assigned partition (those that did not move too, so the group coordinator
 /// checks this member's generation on every commit). A failure stops the pipeline.
+///
+/// `revoking`: partitions being revoked. Their safe offsets are taken, then they are
+/// marked revoked before the commit, so that no record of their traces enters the
+/// transaction after it (the sink refuses records with stale pins).
 pub(super) fn commit_transaction<C: Consumer<SourceContext>>(
     consumer: &C,
     tracker: &Mutex<OffsetTracker>,
     txn: &Transactions,
     health: &Health,
+    revoking: &[(String, i32)],
 ) {
-    let offsets = lock(tracker).all_safe();
+    let offsets = {
+        let mut t = lock(tracker);
+        let offsets = t.all_safe();
+        for (topic, partition) in revoking {
+            t.revoke(topic, *partition);
+        }
+        offsets
+    };
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in &offsets {
         if tpl
