@@ -204,10 +204,10 @@ impl Source {
         // Exactly-once with the classic protocol rebalances eagerly, so every member
         // commits its transaction on revoke, under its generation, and owns nothing
         // while the group rebalances (no commit can then carry a stale generation).
-        if !cfg
+        if cfg
             .consumer
             .get("group.protocol")
-            .is_some_and(|p| p == "consumer")
+            .is_none_or(|p| p != "consumer")
         {
             c.set(
                 "partition.assignment.strategy",
