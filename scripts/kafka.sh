@@ -138,7 +138,7 @@ default.replication.factor=$rf
 min.insync.replicas=$isr
 group.initial.rebalance.delay.ms=0
 log.cleaner.dedupe.buffer.size=2097152
-auto.create.topics.enable=true
+auto.create.topics.enable=false
 PROPS
   if [ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]; then
     printf '%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$dir/server.properties"

@@ -148,6 +148,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         annotate: cfg.annotate,
         skip_reread: cfg.kafka.decisions_topic.is_some() && cfg.kafka.input_topics.len() == 1,
         remember_output: cfg.kafka.input_topics.len() == 1,
+        forget_on_revoke: cfg.kafka.exactly_once,
         clocks: Arc::clone(&clocks),
     };
     let shortest = worker_cfg

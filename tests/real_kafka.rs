@@ -58,6 +58,17 @@ struct Scenario {
 
 impl Scenario {
     async fn new(bootstrap: &str, test: &str, input_partitions: i32) -> Scenario {
+        Scenario::with_output(bootstrap, test, input_partitions, Some(&[])).await
+    }
+
+    /// A scenario whose output topic is made with `output_configs`, or not at
+    /// all (`None`).
+    async fn with_output(
+        bootstrap: &str,
+        test: &str,
+        input_partitions: i32,
+        output_configs: Option<&[(&str, &str)]>,
+    ) -> Scenario {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -76,13 +87,19 @@ impl Scenario {
             .expect("admin client");
         let (decisions, input, output, dlq) =
             (s.topic("decisions"), s.input(), s.output(), s.dlq());
-        let topics = [
+        let mut topics = vec![
             NewTopic::new(&input, input_partitions, TopicReplication::Fixed(-1)),
-            NewTopic::new(&output, 2, TopicReplication::Fixed(-1)),
             NewTopic::new(&dlq, 1, TopicReplication::Fixed(-1)),
             NewTopic::new(&decisions, input_partitions, TopicReplication::Fixed(-1))
                 .set("cleanup.policy", "compact"),
         ];
+        if let Some(configs) = output_configs {
+            let mut t = NewTopic::new(&output, 2, TopicReplication::Fixed(-1));
+            for (k, v) in configs {
+                t = t.set(k, v);
+            }
+            topics.push(t);
+        }
         let results = admin
             .create_topics(topics.iter(), &AdminOptions::new())
             .await
@@ -417,7 +434,11 @@ fn broker_script(bootstrap: &str, args: &[&str]) -> Option<std::process::ExitSta
     if !ours {
         return None;
     }
-    std::process::Command::new(&script).args(args).status().ok()
+    std::process::Command::new(&script)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| o.status)
 }
 
 /// The broker SIGKILLed twice for ~3 s while traces whose pieces arrive over 1.5 s
@@ -637,4 +658,162 @@ async fn a_wrong_password_and_an_untrusted_certificate_are_named_and_never_leak(
             assert!(!text.contains(wrong), "{what}: the password leaked");
         }
     }
+}
+
+/// Creates the scenario's output topic (for the test that starts without it).
+async fn create_output(s: &Scenario) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &s.bootstrap)
+        .create()
+        .expect("admin client");
+    let output = s.output();
+    let t = NewTopic::new(&output, 2, TopicReplication::Fixed(-1));
+    for r in admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .expect("create topic")
+    {
+        r.unwrap_or_else(|(t, e)| panic!("topic {t} not created: {e}"));
+    }
+}
+
+/// Static membership: an instance restarted (SIGTERM, start) within its session
+/// timeout with the same `group.instance.id` gets its partitions back without a
+/// rebalance; the other instance never sees one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarted_within_its_session_keeps_its_partitions() {
+    let Some(bootstrap) = broker() else { return };
+    let s = Scenario::new(&bootstrap, "static", 4).await;
+    let yaml = |id: &str| {
+        s.yaml(false, "1s").replace(
+            "consumer: {session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}",
+            &format!("consumer: {{session.timeout.ms: \"45000\", heartbeat.interval.ms: \"500\", group.instance.id: \"{id}\"}}"),
+        )
+    };
+    let a = s.spawn(&yaml("static-a"), "a");
+    let b = s.spawn(&yaml("static-b"), "b");
+    let shared = wait_until(Duration::from_secs(60), || {
+        let (x, y) = (
+            max_metric_of(&a, "tailsift_assigned_partitions"),
+            max_metric_of(&b, "tailsift_assigned_partitions"),
+        );
+        x > 0.0 && y > 0.0 && x + y == 4.0
+    })
+    .await;
+    assert!(shared, "two static members did not share the partitions");
+    let held = max_metric_of(&b, "tailsift_assigned_partitions");
+    let rebalances = |log: &str| log.matches("Partitions revoked").count();
+    let a_before = rebalances(&log_of(&s.log("a")));
+    stop(b);
+    let b = s.spawn(&yaml("static-b"), "b2");
+    ready(&b).await;
+    assert_eq!(
+        max_metric_of(&b, "tailsift_assigned_partitions"),
+        held,
+        "the restarted member got another assignment"
+    );
+    // Traffic still flows through both.
+    let truths = s.traffic(100, 0, 61).await.expect("traffic");
+    let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+    let ok = wait_until(Duration::from_secs(60), || {
+        missing_kept(&truths, &out.traces()).is_empty()
+    })
+    .await;
+    let a_after = rebalances(&log_of(&s.log("a")));
+    stop(a);
+    stop(b);
+    assert!(ok, "kept traces missing after the static restart");
+    assert_eq!(
+        a_after, a_before,
+        "the other member saw a rebalance when a static member restarted"
+    );
+}
+
+/// An output topic whose `max.message.bytes` is below the kept traces' records: the
+/// broker refuses them, each goes to the dead-letter topic with the reason, and the
+/// input is committed: nothing lost, nothing stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_output_topic_refuses_as_too_large_go_to_the_dead_letter_topic() {
+    let Some(bootstrap) = broker() else { return };
+    let s = Scenario::with_output(
+        &bootstrap,
+        "too-large",
+        2,
+        Some(&[("max.message.bytes", "2000")]),
+    )
+    .await;
+    let yaml = s
+        .yaml(false, "500ms")
+        .replace(ERRORS_SLOW_AND, "  - {name: all, type: always_sample}\n");
+    let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+    let dlq = Collector::start(&s.bootstrap, &s.dlq(), 1).expect("dead letters");
+    let a = s.spawn(&yaml, "a");
+    ready(&a).await;
+    let truths = s.traffic(40, 0, 67).await.expect("traffic");
+    let all = wait_until(Duration::from_secs(60), || {
+        let (got, letters) = (out.traces(), dlq.records());
+        truths.iter().all(|t| {
+            got.contains_key(&t.trace_id)
+                || letters
+                    .iter()
+                    .any(|r| r.key.as_deref() == Some(t.trace_id.to_hex().as_bytes()))
+        })
+    })
+    .await;
+    let committed = wait_until(Duration::from_secs(30), || s.uncommitted().is_empty()).await;
+    stop(a);
+    assert!(
+        all,
+        "a kept trace is neither in the output nor dead-lettered"
+    );
+    assert!(committed, "input not committed: {:?}", s.uncommitted());
+    let letters = dlq.records();
+    assert!(
+        !letters.is_empty(),
+        "nothing was refused: the test proves nothing"
+    );
+    for r in &letters {
+        let why = r.header(tailsift::sink::HEADER_ERROR).unwrap_or_default();
+        assert!(
+            why.contains(&s.output()) && why.to_lowercase().contains("too large"),
+            "reason {why:?}"
+        );
+    }
+}
+
+/// An output topic missing with the broker's auto-creation off: tailsift says so at
+/// start, kept traces wait (input uncommitted) and all come out once it is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_output_topic_holds_output_until_it_exists() {
+    let Some(bootstrap) = broker() else { return };
+    let s = Scenario::with_output(&bootstrap, "missing", 2, None).await;
+    let yaml = s
+        .yaml(false, "500ms")
+        .replace(ERRORS_SLOW_AND, "  - {name: all, type: always_sample}\n");
+    let a = s.spawn(&yaml, "a");
+    ready(&a).await;
+    let truths = s.traffic(30, 0, 71).await.expect("traffic");
+    let warned = wait_until(Duration::from_secs(20), || {
+        log_of(&s.log("a")).contains("does not exist")
+    })
+    .await;
+    assert!(warned, "no warning about the missing output topic");
+    assert!(
+        !s.uncommitted().is_empty(),
+        "input committed with no output"
+    );
+    create_output(&s).await;
+    let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+    let all = wait_until(Duration::from_secs(120), || {
+        let got = out.traces();
+        truths.iter().all(|t| got.contains_key(&t.trace_id))
+    })
+    .await;
+    let committed = wait_until(Duration::from_secs(30), || s.uncommitted().is_empty()).await;
+    stop(a);
+    assert!(
+        all,
+        "traces held for the missing topic did not all come out"
+    );
+    assert!(committed, "input not committed: {:?}", s.uncommitted());
 }

@@ -16,6 +16,10 @@ use super::Verdict;
 
 const DROPPED: u16 = u16::MAX;
 
+/// The slot of decisions read back from the decisions topic: committed, never
+/// forgotten on a revoke.
+pub const RESTORED: u32 = u32::MAX;
+
 /// A bounded map of trace id to verdict; the oldest decision is forgotten first.
 #[derive(Debug)]
 pub struct DecisionCache {
@@ -23,7 +27,9 @@ pub struct DecisionCache {
     /// For kept decisions read back from the decisions topic: (input partition,
     /// offset) below which the trace's spans are in the output already.
     output: HashMap<u64, (i32, i64), BuildHasherDefault<TraceIdHasher>>,
-    order: VecDeque<u64>,
+    /// Insertion order, with the partition slot each decision was made for
+    /// ([`RESTORED`] for decisions read back).
+    order: VecDeque<(u64, u32)>,
     capacity: usize,
 }
 
@@ -42,8 +48,8 @@ impl DecisionCache {
         }
     }
 
-    /// Records a decision.
-    pub fn insert(&mut self, id: &TraceId, verdict: Verdict) {
+    /// Records a decision made for a trace of partition slot `slot`.
+    pub fn insert(&mut self, id: &TraceId, verdict: Verdict, slot: u32) {
         if self.capacity == 0 {
             return;
         }
@@ -53,9 +59,9 @@ impl DecisionCache {
             .insert(fp, verdict.policy().unwrap_or(DROPPED))
             .is_none()
         {
-            self.order.push_back(fp);
+            self.order.push_back((fp, slot));
             if self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
+                if let Some((old, _)) = self.order.pop_front() {
                     self.map.remove(&old);
                     self.output.remove(&old);
                 }
@@ -93,6 +99,20 @@ impl DecisionCache {
         }
     }
 
+    /// Forgets the decisions made here for partition slot `slot` (exactly-once mode,
+    /// on revoke: some may never commit; those that did are read back from the
+    /// decisions topic if the partition comes back).
+    pub fn forget_slot(&mut self, slot: u32) {
+        let (map, output) = (&mut self.map, &mut self.output);
+        self.order.retain(|&(fp, s)| {
+            if s == slot {
+                map.remove(&fp);
+                output.remove(&fp);
+            }
+            s != slot
+        });
+    }
+
     /// Decisions remembered.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -108,7 +128,7 @@ impl DecisionCache {
     pub fn allocated_bytes(&self) -> usize {
         self.map.capacity() * (size_of::<(u64, u16)>() + 1) * 8 / 7
             + self.output.capacity() * (size_of::<(u64, (i32, i64))>() + 1) * 8 / 7
-            + self.order.capacity() * size_of::<u64>()
+            + self.order.capacity() * size_of::<(u64, u32)>()
     }
 }
 
@@ -120,13 +140,28 @@ mod tests {
     fn forgets_oldest_beyond_capacity() {
         let mut c = DecisionCache::new(2);
         for i in 1..=3u8 {
-            c.insert(&TraceId([i; 16]), Verdict::new(Some(0)));
+            c.insert(&TraceId([i; 16]), Verdict::new(Some(0)), 0);
         }
         assert_eq!(c.len(), 2);
         assert!(c.get(&TraceId([1; 16])).is_none());
         assert_eq!(c.get(&TraceId([3; 16])), Some(Verdict::new(Some(0))));
-        c.insert(&TraceId([4; 16]), Verdict::new(None));
+        c.insert(&TraceId([4; 16]), Verdict::new(None), 1);
         assert_eq!(c.get(&TraceId([4; 16])).map(|v| v.keep()), Some(false));
         assert!(c.allocated_bytes() > 0);
+    }
+
+    #[test]
+    fn a_revoke_forgets_that_partitions_local_decisions_only() {
+        let mut c = DecisionCache::new(10);
+        c.insert(&TraceId([1; 16]), Verdict::new(Some(0)), 3);
+        c.set_output(&TraceId([1; 16]), (3, 10));
+        c.insert(&TraceId([2; 16]), Verdict::new(Some(0)), 4);
+        c.insert(&TraceId([3; 16]), Verdict::new(None), RESTORED);
+        c.forget_slot(3);
+        assert!(c.get(&TraceId([1; 16])).is_none());
+        assert!(c.output(&TraceId([1; 16])).is_none());
+        assert!(c.get(&TraceId([2; 16])).is_some());
+        assert!(c.get(&TraceId([3; 16])).is_some());
+        assert_eq!(c.len(), 2);
     }
 }

@@ -17,6 +17,7 @@ use crate::sink::{DroppedTrace, KeptTrace, Rejected, SinkMsg};
 use crate::source::{output_reach, Pin, Releases};
 use crate::telemetry::names;
 
+use super::cache::RESTORED;
 use super::{Decider, DecisionCache, PolicyWatch, Verdict};
 
 /// Policy index of a restored kept decision whose policy is not in the set any more.
@@ -139,6 +140,10 @@ pub struct WorkerConfig {
     /// input partition, so a partition it is given back after a rebalance (a session
     /// lost in a broker outage, say) is not written out twice (one input topic).
     pub remember_output: bool,
+    /// Exactly-once mode: a revoke forgets the decisions made here for the partition,
+    /// as the sink refuses their records once it is revoked (the decisions that did
+    /// commit are read back if the partition comes back).
+    pub forget_on_revoke: bool,
     /// Each input partition's stream time, by which traces are due.
     pub clocks: Arc<StreamClocks>,
 }
@@ -161,6 +166,7 @@ pub struct ShardWorker {
     annotate: bool,
     skip_reread: bool,
     remember_output: bool,
+    forget_on_revoke: bool,
     clocks: Arc<StreamClocks>,
     /// This shard's share of the low watermark, in bytes.
     fair_share: usize,
@@ -202,6 +208,7 @@ impl ShardWorker {
             annotate: cfg.annotate,
             skip_reread: cfg.skip_reread,
             remember_output: cfg.remember_output,
+            forget_on_revoke: cfg.forget_on_revoke,
             clocks: Arc::clone(&cfg.clocks),
             fair_share,
             record_decisions: cfg.record_decisions,
@@ -261,6 +268,9 @@ impl ShardWorker {
             ShardMsg::Revoked { slot, epoch } => {
                 let clocks = &self.clocks;
                 self.shard.release_partition(slot, epoch, |s| clocks.get(s));
+                if self.forget_on_revoke {
+                    self.cache.forget_slot(slot);
+                }
                 self.publish();
                 Ok(())
             }
@@ -320,7 +330,7 @@ impl ShardWorker {
             let verdict = Verdict::new(
                 policy.map(|name| index_or_restored(&self.policies.get().decider, &name)),
             );
-            self.cache.insert(&id, verdict);
+            self.cache.insert(&id, verdict, RESTORED);
             if let Some(output) = output.filter(|_| self.skip_reread) {
                 self.cache.set_output(&id, output);
             }
@@ -484,7 +494,8 @@ impl ShardWorker {
         // spans (an error, say) are judged afresh rather than dropped unseen. Every
         // other decision binds the trace's late spans.
         if verdict.keep() || forced != Some(Forced::Memory) {
-            self.cache.insert(&id, verdict);
+            let slot = entry.pins().first().map_or(RESTORED, |p| p.slot);
+            self.cache.insert(&id, verdict, slot);
         }
         let record = self.record_decisions;
         if verdict.keep() {

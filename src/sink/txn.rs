@@ -111,7 +111,14 @@ impl Transactions {
             }
             match self.enqueue_all(producer, records, pins) {
                 Enqueue::Sent(d) => break d,
-                Enqueue::Stale => return false,
+                Enqueue::Stale => {
+                    static LOG: crate::telemetry::LogLimiter =
+                        crate::telemetry::LogLimiter::new(Duration::from_secs(10));
+                    if let Some(suppressed) = LOG.allow() {
+                        tracing::info!(message = "Not sending records of a trace whose partition was revoked; its next owner decides it.", suppressed_since_last = suppressed, pins = ?pins.first());
+                    }
+                    return false;
+                }
                 Enqueue::Gated => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         };
