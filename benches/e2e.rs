@@ -9,6 +9,10 @@
 //! (~5 MiB/partition), so nothing is truncated: the bench checks the low watermarks.
 //!
 //! `cargo bench --bench e2e` (env `E2E_SPANS` to change the input size).
+//!
+//! On Apache Kafka instead (no retention limit; the broker is another process, so
+//! CPU and RSS are tailsift's and the copier's alone):
+//! `E2E_KAFKA=$(scripts/kafka.sh start) cargo bench --bench e2e`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,8 +29,68 @@ use tailsift::gen::{self, GenConfig, Generator};
 use tailsift::shutdown::ShutdownTrigger;
 use tailsift::telemetry::{self, names};
 
-const INPUT: &str = "bench-in";
 const PARTITIONS: i32 = 256;
+
+/// The broker the bench runs on and the topics it made there.
+struct Bench {
+    bootstrap: String,
+    /// The embedded broker, kept alive; `None` on a real broker.
+    _embedded: Option<EmbeddedBroker>,
+    input: String,
+    output: String,
+    copy_output: String,
+    group: String,
+}
+
+impl Bench {
+    async fn start() -> Bench {
+        if let Ok(bootstrap) = std::env::var("E2E_KAFKA") {
+            use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+            let run = std::process::id();
+            let b = Bench {
+                bootstrap: bootstrap.clone(),
+                _embedded: None,
+                input: format!("bench-in-{run}"),
+                output: format!("bench-out-{run}"),
+                copy_output: format!("bench-copy-out-{run}"),
+                group: format!("bench-{run}"),
+            };
+            let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()
+                .expect("admin");
+            let topics = [
+                NewTopic::new(&b.input, PARTITIONS, TopicReplication::Fixed(-1)),
+                NewTopic::new(&b.output, 16, TopicReplication::Fixed(-1)),
+                NewTopic::new(&b.copy_output, 16, TopicReplication::Fixed(-1)),
+            ];
+            for r in admin
+                .create_topics(topics.iter(), &AdminOptions::new())
+                .await
+                .expect("create topics")
+            {
+                r.expect("topic created");
+            }
+            return b;
+        }
+        let broker = EmbeddedBroker::start(1).expect("broker");
+        broker.create_topic("bench-in", PARTITIONS).expect("topic");
+        broker.create_topic("bench-out", 16).expect("topic");
+        broker.create_topic("bench-copy-out", 16).expect("topic");
+        Bench {
+            bootstrap: broker.bootstrap_servers(),
+            _embedded: Some(broker),
+            input: "bench-in".into(),
+            output: "bench-out".into(),
+            copy_output: "bench-copy-out".into(),
+            group: "bench".into(),
+        }
+    }
+
+    fn embedded(&self) -> bool {
+        self._embedded.is_some()
+    }
+}
 
 /// CPU seconds (user + system) of this process so far.
 fn cpu_seconds() -> f64 {
@@ -91,10 +155,11 @@ async fn measured<F: std::future::Future<Output = (u64, Option<Instant>)>>(
 
 /// Copies until every input message was read; returns the bytes produced and the time
 /// of the first message (the 3 s group join before it is not copying).
-async fn copier(bootstrap: &str, total_msgs: usize, ratio: f64) -> (u64, Option<Instant>) {
+async fn copier(bench: &Bench, total_msgs: usize, ratio: f64) -> (u64, Option<Instant>) {
+    let bootstrap = bench.bootstrap.as_str();
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bench-copier")
+        .set("group.id", format!("{}-copier", bench.group))
         .set("auto.offset.reset", "earliest")
         // The same prefetch tailsift gives its consumer at the default memory.limit
         // (512MiB / 8), so both read the broker the same way.
@@ -105,7 +170,7 @@ async fn copier(bootstrap: &str, total_msgs: usize, ratio: f64) -> (u64, Option<
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[INPUT]).expect("subscribe");
+    consumer.subscribe(&[&bench.input]).expect("subscribe");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("compression.codec", "lz4")
@@ -124,9 +189,14 @@ async fn copier(bootstrap: &str, total_msgs: usize, ratio: f64) -> (u64, Option<
         in_bytes += payload.len() as u64;
         // Forward whole messages until the output matches tailsift's byte ratio.
         if (out_bytes as f64) < ratio * in_bytes as f64 {
-            gen::send(&producer, "bench-copy-out", m.key().unwrap_or(&[]), payload)
-                .await
-                .expect("send");
+            gen::send(
+                &producer,
+                &bench.copy_output,
+                m.key().unwrap_or(&[]),
+                payload,
+            )
+            .await
+            .expect("send");
             out_bytes += payload.len() as u64;
         }
     }
@@ -147,11 +217,9 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let broker = EmbeddedBroker::start(1).expect("broker");
-    broker.create_topic(INPUT, PARTITIONS).expect("topic");
-    broker.create_topic("bench-out", 16).expect("topic");
-    broker.create_topic("bench-copy-out", 16).expect("topic");
-    let bootstrap = broker.bootstrap_servers();
+    let bench = Bench::start().await;
+    let bootstrap = bench.bootstrap.clone();
+    let input = bench.input.as_str();
 
     // Pre-produce the input: generated traces, ~20 spans each, one message per
     // service, keyed by trace id.
@@ -163,7 +231,7 @@ async fn main() {
         batch_spans,
     };
     let t = Instant::now();
-    let (_truths, fed) = gen::feed(&bootstrap, INPUT, &mut g, &opts, |_| {})
+    let (_truths, fed) = gen::feed(&bootstrap, input, &mut g, &opts, |_| {})
         .await
         .expect("feed");
     eprintln!(
@@ -179,7 +247,7 @@ async fn main() {
     // (b) tailsift.
     let cfg = Config::from_yaml(&format!(
         r#"
-kafka: {{brokers: "{bootstrap}", group_id: bench, input_topics: [{INPUT}], output_topic: bench-out}}
+kafka: {{brokers: "{bootstrap}", group_id: {group}, input_topics: [{input}], output_topic: {output}}}
 buffer: {{decision_wait: 1s, decision_wait_after_root_received: 200ms, idle_delay: 200ms}}
 telemetry: {{listen: ""}}
 policies:
@@ -187,7 +255,9 @@ policies:
   - {{name: slow, type: latency, latency: {{threshold_ms: 1000}}}}
   - {{name: server-errors, type: numeric_attribute, numeric_attribute: {{key: http.status_code, min_value: 500, max_value: 599}}}}
   - {{name: baseline, type: probabilistic, probabilistic: {{sampling_percentage: 5}}}}
-"#
+"#,
+        group = bench.group,
+        output = bench.output,
     ))
     .expect("bench config");
     let prometheus = telemetry::install();
@@ -229,7 +299,7 @@ policies:
 
     // (a) the copier, producing as many bytes as tailsift did.
     let ratio = sampled.out_bytes as f64 / fed.bytes as f64;
-    let copy = measured("copier", copier(&bootstrap, fed.messages, ratio)).await;
+    let copy = measured("copier", copier(&bench, fed.messages, ratio)).await;
 
     let check: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -237,7 +307,7 @@ policies:
         .expect("consumer");
     for p in 0..PARTITIONS {
         let (low, _) = check
-            .fetch_watermarks(INPUT, p, Duration::from_secs(5))
+            .fetch_watermarks(input, p, Duration::from_secs(5))
             .expect("watermarks");
         assert_eq!(
             low, 0,
@@ -246,7 +316,12 @@ policies:
     }
 
     println!(
-        "\nend-to-end on the embedded broker, {} spans ({:.1} MiB) of input:",
+        "\nend-to-end on {}, {} spans ({:.1} MiB) of input:",
+        if bench.embedded() {
+            "the embedded broker".to_string()
+        } else {
+            format!("Apache Kafka at {bootstrap}")
+        },
         fed.spans,
         fed.bytes as f64 / 1048576.0
     );
@@ -269,5 +344,11 @@ policies:
         "ratio tailsift/copier: {:.2}x (tailsift's time includes its last decision wait, 200 ms after the last root span; the copier's starts at its first message)",
         copy.seconds / sampled.seconds
     );
-    println!("CPU and RSS are the whole process, embedded broker included, for both runs.");
+    if bench.embedded() {
+        println!("CPU and RSS are the whole process, embedded broker included, for both runs.");
+    } else {
+        println!(
+            "CPU and RSS are this process's (tailsift or the copier), the broker being another."
+        );
+    }
 }

@@ -139,6 +139,8 @@ min.insync.replicas=$isr
 group.initial.rebalance.delay.ms=0
 log.cleaner.dedupe.buffer.size=2097152
 auto.create.topics.enable=false
+# A killed producer's open transaction is aborted within this of its timeout.
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 PROPS
   if [ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]; then
     printf '%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$dir/server.properties"

@@ -167,6 +167,9 @@ pub struct ShardWorker {
     skip_reread: bool,
     remember_output: bool,
     forget_on_revoke: bool,
+    /// The latest assignment epoch revoked per partition slot, to act on each revoke
+    /// once.
+    revoked_epochs: Vec<Option<u32>>,
     clocks: Arc<StreamClocks>,
     /// This shard's share of the low watermark, in bytes.
     fair_share: usize,
@@ -209,6 +212,7 @@ impl ShardWorker {
             skip_reread: cfg.skip_reread,
             remember_output: cfg.remember_output,
             forget_on_revoke: cfg.forget_on_revoke,
+            revoked_epochs: Vec::new(),
             clocks: Arc::clone(&cfg.clocks),
             fair_share,
             record_decisions: cfg.record_decisions,
@@ -266,6 +270,19 @@ impl ShardWorker {
                 Ok(())
             }
             ShardMsg::Revoked { slot, epoch } => {
+                // Every scanner passes each revoke on, and only the copy from the
+                // partition's own scanner is ordered before the new assignment's
+                // spans: act on the first copy, which comes no later than that one,
+                // and ignore the rest, which may come after new spans of the slot
+                // (acting on them wiped those traces' due entries: never decided).
+                let seen = &mut self.revoked_epochs;
+                if seen.len() <= slot as usize {
+                    seen.resize(slot as usize + 1, None);
+                }
+                if seen[slot as usize].is_some_and(|e| e >= epoch) {
+                    return Ok(());
+                }
+                seen[slot as usize] = Some(epoch);
                 let clocks = &self.clocks;
                 self.shard.release_partition(slot, epoch, |s| clocks.get(s));
                 if self.forget_on_revoke {

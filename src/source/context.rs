@@ -111,7 +111,7 @@ impl ConsumerContext for SourceContext {
             t.revoke(topic, *partition);
         }
         self.health.set_assigned(t.assigned());
-        info!(message = "Partitions revoked.", count = parts.len());
+        info!(message = "Partitions revoked.", count = parts.len(), partitions = ?parts.iter().map(|(_, p)| *p).collect::<Vec<_>>());
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -140,7 +140,8 @@ impl ConsumerContext for SourceContext {
                 info!(
                     message = "Partitions assigned.",
                     count = tpl.count(),
-                    total = t.assigned()
+                    total = t.assigned(),
+                    partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>()
                 );
             }
             Rebalance::Revoke(_) => {}

@@ -144,6 +144,10 @@ struct Probe {
 /// Decisions read back for some newly assigned partitions.
 struct Loaded {
     parts: Vec<(String, i32)>,
+    /// The assignment epoch each part was loaded for: a load finishing after its
+    /// partition was revoked and assigned again must not resume it (the newer load,
+    /// with decisions committed since, has not reached the caches yet).
+    epochs: Vec<Option<u32>>,
     decisions: Vec<Restored>,
     /// The decisions' memory, charged until they are handed to the shards (whose
     /// caches then charge what they keep).
@@ -480,7 +484,12 @@ impl Source {
         let Some(topic) = &self.decisions else {
             return;
         };
-        let parts = lock(&self.tracker).take_loading();
+        let (parts, epochs) = {
+            let mut t = lock(&self.tracker);
+            let parts = t.take_loading();
+            let epochs: Vec<Option<u32>> = parts.iter().map(|(tp, p)| t.epoch_of(tp, *p)).collect();
+            (parts, epochs)
+        };
         if parts.is_empty() {
             return;
         }
@@ -502,6 +511,7 @@ impl Source {
             let _charge = Charge::new(&budget, bytes as u64);
             let _ = done.send(Loaded {
                 parts,
+                epochs,
                 decisions,
                 _charge,
             });
@@ -514,7 +524,7 @@ impl Source {
         counter!(names::DECISIONS_LOADED).increment(done.decisions.len() as u64);
         info!(
             message = "Decisions read back.",
-            partitions = done.parts.len(),
+            partitions = ?done.parts.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
             decisions = done.decisions.len()
         );
         let n = self.shards.len();
@@ -527,19 +537,24 @@ impl Source {
                 let _ = shard.send(ShardMsg::Decisions(decisions)).await;
             }
         }
+        // Only the parts still in the assignment they were loaded for are done.
+        let current: Vec<&(String, i32)> = {
+            let t = lock(&self.tracker);
+            done.parts
+                .iter()
+                .zip(&done.epochs)
+                .filter(|((topic, p), e)| e.is_some() && t.epoch_of(topic, *p) == **e)
+                .map(|(part, _)| part)
+                .collect()
+        };
         self.loading
-            .retain(|(t, p)| !done.parts.iter().any(|(dt, dp)| dt == t && dp == p));
+            .retain(|(t, p)| !current.iter().any(|(dt, dp)| dt == t && dp == p));
         if self.paused {
             return; // resumed with the rest when the pressure is over
         }
         let mut resume = TopicPartitionList::new();
-        {
-            let t = lock(&self.tracker);
-            for (topic, p) in &done.parts {
-                if t.is_assigned(topic, *p) {
-                    resume.add_partition(topic, *p);
-                }
-            }
+        for (topic, p) in current {
+            resume.add_partition(topic, *p);
         }
         if resume.count() > 0 {
             if let Err(e) = self.consumer.resume(&resume) {
@@ -560,6 +575,16 @@ impl Source {
         self.received[1].increment(payload.len() as u64);
         // The guard pin: held until a scanner knows how many traces the message feeds.
         let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), 1) else {
+            static LOG: crate::telemetry::LogLimiter =
+                crate::telemetry::LogLimiter::new(Duration::from_secs(10));
+            if let Some(suppressed) = LOG.allow() {
+                tracing::debug!(
+                    message = "Skipping a message of a partition not assigned (revoked meanwhile).",
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    suppressed_since_last = suppressed
+                );
+            }
             return Ok(()); // from a partition revoked meanwhile
         };
         let at = {
@@ -816,7 +841,9 @@ pub(super) fn commit_transaction<C: Consumer<SourceContext>>(
 ) {
     let offsets = {
         let mut t = lock(tracker);
+        gauge!(names::PINNED_MESSAGES).set(t.pending_messages() as f64);
         let offsets = t.all_safe();
+        tracing::debug!(message = "Committing the transaction.", offsets = ?offsets.iter().map(|(_, p, o)| (*p, *o)).collect::<Vec<_>>(), pending = ?t.lowest_pending());
         for (topic, partition) in revoking {
             t.revoke(topic, *partition);
         }

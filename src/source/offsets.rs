@@ -118,6 +118,12 @@ impl OffsetTracker {
         std::mem::take(&mut self.loading)
     }
 
+    /// The current assignment epoch of a partition, if it is assigned here.
+    pub fn epoch_of(&self, topic: &str, partition: i32) -> Option<u32> {
+        let p = &self.parts[self.find(topic, partition)? as usize];
+        p.assigned.then_some(p.epoch)
+    }
+
     /// Whether a partition is currently assigned here.
     pub fn is_assigned(&self, topic: &str, partition: i32) -> bool {
         self.find(topic, partition)
@@ -206,6 +212,18 @@ impl OffsetTracker {
             }
         }
         out
+    }
+
+    /// Per assigned partition, its lowest pinned offset and that offset's pin count.
+    pub fn lowest_pending(&self) -> Vec<(i32, i64, u32)> {
+        self.parts
+            .iter()
+            .filter(|p| p.assigned)
+            .filter_map(|p| {
+                let (o, n) = p.pending.iter().next()?;
+                Some((p.partition, *o, *n))
+            })
+            .collect()
     }
 
     /// The safe offset of every assigned partition that has one, moved or not,

@@ -469,7 +469,11 @@ pub fn spawn(dir: &Path, yaml: &str, log: &Path) -> Sampler {
     let child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
         .args(["run", "-c"])
         .arg(&config)
-        .env("RUST_LOG", "info,librdkafka=off,rdkafka::client=off")
+        .env(
+            "RUST_LOG",
+            std::env::var("TAILSIFT_TEST_LOG")
+                .unwrap_or_else(|_| "info,librdkafka=off,rdkafka::client=off".into()),
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
