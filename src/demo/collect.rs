@@ -70,6 +70,10 @@ impl Collector {
             .set("group.id", format!("tailsift-collector-{topic}"))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
+            // A leader change can answer a fetch with "offset out of range"; the
+            // default reset (latest) would then skip records. Start over instead and
+            // drop what was read already (by partition and offset, below).
+            .set("auto.offset.reset", "earliest")
             .create()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
@@ -79,8 +83,10 @@ impl Collector {
         let records = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&records);
         let task = tokio::spawn(async move {
+            let mut read: std::collections::HashSet<(i32, i64)> = Default::default();
             loop {
                 match consumer.recv().await {
+                    Ok(m) if !read.insert((m.partition(), m.offset())) => {}
                     Ok(m) => {
                         let headers = m
                             .headers()

@@ -66,7 +66,11 @@ impl DecisionsTopic {
         c.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.reader_group)
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // An "offset out of range" during a leader change must not skip
+            // decisions (the default reset is to the end); reading some twice is
+            // harmless.
+            .set("auto.offset.reset", "earliest");
         for (k, v) in &self.properties {
             c.set(k, v);
         }
