@@ -7,6 +7,8 @@
 #   scripts/kafka.sh kill NODE           # SIGKILLs one node (cluster tests)
 #   scripts/kafka.sh restart NODE        # starts a killed node again on its data
 #   scripts/kafka.sh secure              # prints the secure listeners and credentials
+#   scripts/kafka.sh acl ARGS            # Kafka's AclCommand (StandardAuthorizer is on;
+#                                        # every user but `limited` is a super user)
 #
 # Every node also listens with SASL_SSL (SCRAM-SHA-512 and PLAIN) on base+10*i+2 and
 # with SSL requiring a client certificate on base+10*i+3. The keys, certificates (a CA,
@@ -29,7 +31,8 @@ HEAP="${KAFKA_HEAP:-384m}"
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
 fetch() {
-  if [ -f "$CACHE/.complete" ]; then return; fi
+  # .complete-2: the fetch includes kafka-tools (AclCommand) since the ACL tests.
+  if [ -f "$CACHE/.complete-2" ]; then return; fi
   command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch Kafka"
   mkdir -p "$CACHE"
   cat >"$CACHE/pom.xml" <<POM
@@ -39,6 +42,7 @@ fetch() {
   <packaging>pom</packaging>
   <dependencies>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.24.3</version></dependency>
   </dependencies>
 </project>
@@ -46,12 +50,14 @@ POM
   echo "kafka.sh: fetching Apache Kafka $VERSION with Maven into $CACHE" >&2
   mvn -q -B -f "$CACHE/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
     -DoutputDirectory="$CACHE/libs" >&2 || die "Maven could not fetch org.apache.kafka:kafka_2.13:$VERSION"
-  touch "$CACHE/.complete"
+  touch "$CACHE/.complete-2"
 }
 
 port() { echo $((BASE + 10 * $1 + $2)); }
 
 SCRAM_USER=tailsift
+# A SCRAM user that is not a super user: what it may do is what ACLs grant it.
+LIMITED_USER=limited
 PLAIN_USER=tailsift-plain
 KEYSTORE_PASSWORD=keystore-pass
 
@@ -77,6 +83,7 @@ make_tls() {
     openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem
     head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >scram.password
     head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >plain.password
+    head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >limited.password
   ) >"$t/openssl.log" 2>&1 || { cat "$t/openssl.log" >&2; die "openssl could not make the test certificates"; }
 }
 
@@ -98,6 +105,17 @@ cmd_secure() {
   echo "SCRAM_PASSWORD=$(cat "$t/scram.password")"
   echo "PLAIN_USER=$PLAIN_USER"
   echo "PLAIN_PASSWORD=$(cat "$t/plain.password")"
+  echo "LIMITED_USER=$LIMITED_USER"
+  echo "LIMITED_PASSWORD=$(cat "$t/limited.password")"
+}
+
+# Runs Kafka's AclCommand against the first node, e.g.
+#   kafka.sh acl --add --allow-principal User:limited --operation Read --topic t
+cmd_acl() {
+  [ -f "$STATE/nodes" ] || die "no broker started"
+  java_run "$STATE" org.apache.kafka.tools.AclCommand \
+    --bootstrap-server "127.0.0.1:$(port 0 0)" "$@" >"$STATE/acl.log" 2>&1 \
+    || { cat "$STATE/acl.log" >&2; die "AclCommand failed"; }
 }
 
 write_config() {
@@ -126,6 +144,8 @@ ssl.keystore.location=$STATE/tls/server.p12
 ssl.keystore.password=$KEYSTORE_PASSWORD
 ssl.truststore.type=PEM
 ssl.truststore.location=$STATE/tls/ca.pem
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:$SCRAM_USER;User:$PLAIN_USER;User:CN=tailsift-client
 listener.name.ssl.ssl.client.auth=required
 log.dirs=$dir/data
 num.partitions=4
@@ -214,13 +234,15 @@ cmd_start() {
   PLAIN_PASSWORD=$(cat "$STATE/tls/plain.password")
   local scram
   scram="SCRAM-SHA-512=[name=$SCRAM_USER,password=$(cat "$STATE/tls/scram.password")]"
+  local limited
+  limited="SCRAM-SHA-512=[name=$LIMITED_USER,password=$(cat "$STATE/tls/limited.password")]"
   local id i
   id=$(java_run "$STATE" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
   [ -n "$id" ] || die "StorageTool random-uuid printed nothing"
   for ((i = 0; i < n; i++)); do
     write_config "$i" "$n"
     java_run "$STATE/node$i" kafka.tools.StorageTool format -t "$id" \
-      -c "$STATE/node$i/server.properties" --add-scram "$scram" >"$STATE/node$i/format.log" 2>&1 \
+      -c "$STATE/node$i/server.properties" --add-scram "$scram" --add-scram "$limited" >"$STATE/node$i/format.log" 2>&1 \
       || { cat "$STATE/node$i/format.log" >&2; die "storage format failed for node $i"; }
   done
   for ((i = 0; i < n; i++)); do start_node "$i"; done
@@ -266,6 +288,7 @@ case "${1:-}" in
   restart) cmd_restart "$2" ;;
   bootstrap) bootstrap ;;
   secure) cmd_secure ;;
+  acl) shift; cmd_acl "$@" ;;
   fetch) fetch ;;
-  *) die "usage: kafka.sh start [--nodes N] | stop | kill NODE | restart NODE | bootstrap | secure | fetch" ;;
+  *) die "usage: kafka.sh start [--nodes N] | stop | kill NODE | restart NODE | bootstrap | secure | acl ARGS | fetch" ;;
 esac

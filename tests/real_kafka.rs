@@ -965,3 +965,110 @@ async fn killing_partition_leaders_of_a_three_node_cluster_loses_nothing() {
         &format!("leaders {input_leader} (input) and {output_leader} (output) killed"),
     );
 }
+
+/// A SCRAM user the broker's StandardAuthorizer lets read the input and write the
+/// dead-letter topic but not write the output: each kept trace is refused with a
+/// clear error, goes to the dead-letter topic with the reason, and the input is
+/// committed: nothing lost, nothing stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_write_permission_on_the_output_loses_nothing() {
+    let Some(bootstrap) = broker() else { return };
+    let Some(sec) = secure_or_skip(&bootstrap) else {
+        return;
+    };
+    let s = Scenario::new(&bootstrap, "acl", 2).await;
+    let user = format!("User:{}", sec["LIMITED_USER"]);
+    let group = format!("{}-group", s.name);
+    for args in [
+        vec![
+            "--add",
+            "--allow-principal",
+            &user,
+            "--operation",
+            "Read",
+            "--operation",
+            "Describe",
+            "--topic",
+            &s.input(),
+        ],
+        vec![
+            "--add",
+            "--allow-principal",
+            &user,
+            "--operation",
+            "Read",
+            "--group",
+            &group,
+        ],
+        vec![
+            "--add",
+            "--allow-principal",
+            &user,
+            "--operation",
+            "Write",
+            "--operation",
+            "Describe",
+            "--topic",
+            &s.dlq(),
+        ],
+        vec![
+            "--add",
+            "--allow-principal",
+            &user,
+            "--operation",
+            "Describe",
+            "--topic",
+            &s.output(),
+        ],
+    ] {
+        let mut all = vec!["acl"];
+        all.extend(args.iter().copied());
+        let ok = broker_script(&bootstrap, &all);
+        assert!(ok.is_some_and(|st| st.success()), "acl {args:?}");
+    }
+    let p = props(&[
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.mechanism", "SCRAM-SHA-512"),
+        ("sasl.username", &sec["LIMITED_USER"]),
+        ("sasl.password", &sec["LIMITED_PASSWORD"]),
+        ("ssl.ca.location", &sec["CA"]),
+    ]);
+    let dlq = Collector::start(&s.bootstrap, &s.dlq(), 1).expect("dead letters");
+    let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+    let a = s.spawn(&s.yaml_via(&sec["SASL_SSL"], &p), "a");
+    ready(&a).await;
+    let truths = s.traffic(30, 0, 79).await.expect("traffic");
+    let all = wait_until(Duration::from_secs(90), || {
+        let letters = dlq.records();
+        truths.iter().all(|t| {
+            letters
+                .iter()
+                .any(|r| r.key.as_deref() == Some(t.trace_id.to_hex().as_bytes()))
+        })
+    })
+    .await;
+    let committed = wait_until(Duration::from_secs(30), || s.uncommitted().is_empty()).await;
+    stop(a);
+    let log = log_of(&s.log("a"));
+    assert!(
+        all,
+        "not every refused trace reached the dead-letter topic; log:\n{log}"
+    );
+    assert!(committed, "input not committed: {:?}", s.uncommitted());
+    assert!(out.is_empty(), "the output took records without permission");
+    assert!(
+        log.contains("Kept trace refused by the broker") && log.contains("uthoriz"),
+        "no clear authorisation error in the log:\n{log}"
+    );
+    let why = dlq.records()[0]
+        .header(tailsift::sink::HEADER_ERROR)
+        .unwrap_or_default();
+    assert!(
+        why.contains(&s.output()) && why.contains("uthoriz"),
+        "reason {why:?}"
+    );
+    assert!(
+        !log.contains(sec["LIMITED_PASSWORD"].as_str()),
+        "password in the log"
+    );
+}

@@ -489,7 +489,11 @@ async fn deliver(
                 }
                 if let Err(e) = result {
                     failed = true;
-                    error!(message = "Kept trace refused by the broker; sending it to the dead-letter topic.", trace_id = %kept.trace_id, error = %e);
+                    static LOG: crate::telemetry::LogLimiter =
+                        crate::telemetry::LogLimiter::new(Duration::from_secs(10));
+                    if let Some(suppressed) = LOG.allow() {
+                        error!(message = "Kept trace refused by the broker; sending it to the dead-letter topic.", topic = output, trace_id = %kept.trace_id, error = %e, suppressed_since_last = suppressed);
+                    }
                     let headers = OwnedHeaders::new()
                         .insert(Header {
                             key: HEADER_ERROR,
