@@ -930,7 +930,7 @@ impl Drop for Cluster {
 /// SIGKILLed mid-stream and restarted: in exactly-once mode no kept trace is lost,
 /// split or written twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect: fails on leader kills (exactly-once, 3 nodes): 2 of 100 kept traces lost once, commits stalled after the restart once; run with --ignored"]
+#[ignore = "open defect: fails on leader kills (exactly-once, 3 nodes): 2 of 100 kept traces lost (twice), commits stalled after the restart (once); run with --ignored"]
 async fn killing_partition_leaders_of_a_three_node_cluster_loses_nothing() {
     if broker().is_none() {
         return; // no Java here: the suite is off
