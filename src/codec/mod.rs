@@ -262,6 +262,23 @@ pub struct Span {
 }
 
 impl Span {
+    /// A span of `trace_id` whose body is at `range` under frame `frame`, every
+    /// scanned field at its default.
+    pub(crate) fn bare(trace_id: TraceId, range: ByteRange, frame: u32) -> Span {
+        Span {
+            trace_id,
+            is_root: false,
+            start_ns: 0,
+            end_ns: 0,
+            status: StatusCode::Unset,
+            sampled_flag: false,
+            key_hash: 0,
+            hits: 0,
+            range,
+            frame,
+        }
+    }
+
     /// Its encoded size.
     pub fn len(&self) -> usize {
         self.range.len as usize
@@ -297,18 +314,7 @@ impl Message {
     pub fn span_at(&self, trace_id: TraceId, start: usize, len: usize, frame: u32) -> Option<Span> {
         (start.checked_add(len)? <= self.payload.len() && (frame as usize) < self.frames.len())
             .then_some(())?;
-        Some(Span {
-            trace_id,
-            is_root: false,
-            start_ns: 0,
-            end_ns: 0,
-            status: StatusCode::Unset,
-            sampled_flag: false,
-            key_hash: 0,
-            hits: 0,
-            range: ByteRange::new(start, len)?,
-            frame,
-        })
+        Some(Span::bare(trace_id, ByteRange::new(start, len)?, frame))
     }
 
     /// The encoded body of `span`, one of this message's spans.

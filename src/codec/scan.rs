@@ -203,18 +203,7 @@ fn scan_resource_spans(
             match scanned {
                 Ok(s) => out.push(s),
                 Err(error @ CodecError::BadTraceId { .. }) => cx.rejected.push(RejectedSpan {
-                    span: Span {
-                        trace_id: TraceId([0; 16]),
-                        is_root: false,
-                        start_ns: 0,
-                        end_ns: 0,
-                        status: StatusCode::Unset,
-                        sampled_flag: false,
-                        key_hash: 0,
-                        hits: 0,
-                        range: span.range(),
-                        frame: index,
-                    },
+                    span: Span::bare(TraceId([0; 16]), span.range(), index),
                     error,
                 }),
                 Err(e) => return Err(e),

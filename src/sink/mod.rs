@@ -458,16 +458,7 @@ async fn deliver(
         }
         SinkMsg::Kept(kept) => {
             let key = kept.trace_id.to_hex();
-            let mut headers = OwnedHeaders::new().insert(Header {
-                key: HEADER_POLICY,
-                value: Some(kept.policy.as_bytes()),
-            });
-            if let Some(reason) = kept.forced {
-                headers = headers.insert(Header {
-                    key: HEADER_FORCED,
-                    value: Some(reason.as_bytes()),
-                });
-            }
+            let headers = kept_headers(&kept);
             let output = kept.topic.as_deref().unwrap_or(output);
             let results = futures_util::future::join_all(kept.payloads.iter().map(|p| {
                 produce(
@@ -494,15 +485,8 @@ async fn deliver(
                     if let Some(suppressed) = LOG.allow() {
                         error!(message = "Kept trace refused by the broker; sending it to the dead-letter topic.", topic = output, trace_id = %kept.trace_id, error = %e, suppressed_since_last = suppressed);
                     }
-                    let headers = OwnedHeaders::new()
-                        .insert(Header {
-                            key: HEADER_ERROR,
-                            value: Some(format!("produce to {output} failed: {e}").as_bytes()),
-                        })
-                        .insert(Header {
-                            key: HEADER_POLICY,
-                            value: Some(kept.policy.as_bytes()),
-                        });
+                    let headers =
+                        refused_headers(&format!("produce to {output} failed: {e}"), &kept.policy);
                     dead_letter(
                         &producer,
                         &topics,
@@ -517,15 +501,7 @@ async fn deliver(
             }
             for payload in kept.rejected.iter().flat_map(|r| &r.payloads) {
                 let reason = kept.rejected.as_ref().map_or("", |r| &r.reason);
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: HEADER_ERROR,
-                        value: Some(reason.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: HEADER_POLICY,
-                        value: Some(kept.policy.as_bytes()),
-                    });
+                let headers = refused_headers(reason, &kept.policy);
                 dead_letter(
                     &producer,
                     &topics,
@@ -549,26 +525,7 @@ async fn deliver(
             kept.pins
         }
         SinkMsg::DeadLetter(d) => {
-            let headers = d
-                .headers
-                .clone()
-                .unwrap_or_default()
-                .insert(Header {
-                    key: HEADER_ERROR,
-                    value: Some(d.reason.as_bytes()),
-                })
-                .insert(Header {
-                    key: HEADER_SOURCE_TOPIC,
-                    value: Some(d.topic.as_bytes()),
-                })
-                .insert(Header {
-                    key: HEADER_SOURCE_PARTITION,
-                    value: Some(d.partition.to_string().as_bytes()),
-                })
-                .insert(Header {
-                    key: HEADER_SOURCE_OFFSET,
-                    value: Some(d.offset.to_string().as_bytes()),
-                });
+            let headers = dead_letter_headers(&d);
             dead_letter(
                 &producer,
                 &topics,
@@ -582,6 +539,40 @@ async fn deliver(
             vec![d.pin]
         }
     }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
+}
+
+/// A kept trace's record headers: the deciding policy and, if forced, why.
+fn kept_headers(kept: &KeptTrace) -> OwnedHeaders {
+    let headers = OwnedHeaders::new().insert(header(HEADER_POLICY, &kept.policy));
+    match kept.forced {
+        Some(reason) => headers.insert(header(HEADER_FORCED, reason)),
+        None => headers,
+    }
+}
+
+/// Headers of a kept record (or spans) sent to the dead-letter topic instead.
+fn refused_headers(reason: &str, policy: &str) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(header(HEADER_ERROR, reason))
+        .insert(header(HEADER_POLICY, policy))
+}
+
+/// An undecodable input's headers: its own, then why and where it came from.
+fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {
+    d.headers
+        .clone()
+        .unwrap_or_default()
+        .insert(header(HEADER_ERROR, &d.reason))
+        .insert(header(HEADER_SOURCE_TOPIC, &d.topic))
+        .insert(header(HEADER_SOURCE_PARTITION, &d.partition.to_string()))
+        .insert(header(HEADER_SOURCE_OFFSET, &d.offset.to_string()))
 }
 
 async fn dead_letter(
@@ -607,10 +598,9 @@ async fn dead_letter(
         // Too large for the dead-letter topic too: the headers go without the
         // payload, which stays in the input topic at the coordinates they name.
         let size = payload.len().to_string();
-        let headers = headers.clone().insert(Header {
-            key: HEADER_PAYLOAD_OMITTED,
-            value: Some(size.as_bytes()),
-        });
+        let headers = headers
+            .clone()
+            .insert(header(HEADER_PAYLOAD_OMITTED, &size));
         if produce(producer, topics, dlq, None, key, &[], &headers)
             .await
             .is_ok()

@@ -26,15 +26,14 @@ use std::time::Duration;
 
 use metrics::counter;
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::TopicPartitionList;
 use tracing::{error, warn};
 
 use super::{
-    decision_record, ProducerContext, SinkMsg, Topics, HEADER_ERROR, HEADER_FORCED,
-    HEADER_PAYLOAD_OMITTED, HEADER_POLICY, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
-    HEADER_SOURCE_TOPIC,
+    dead_letter_headers, decision_record, header, kept_headers, refused_headers, ProducerContext,
+    SinkMsg, Topics, HEADER_ERROR, HEADER_PAYLOAD_OMITTED,
 };
 use crate::source::Pin;
 use crate::telemetry::names;
@@ -283,13 +282,6 @@ enum Enqueue {
     Stale,
 }
 
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
-    Header {
-        key,
-        value: Some(value.as_bytes()),
-    }
-}
-
 /// Delivers one message in exactly-once mode and returns the pins to release. A kept
 /// trace's records, its spans set apart for the dead-letter topic and its decision
 /// record go into one transaction together, so no commit (on revoke, say) can make
@@ -326,10 +318,7 @@ pub(super) async fn deliver(
         }
         SinkMsg::Kept(kept) => {
             let key = kept.trace_id.to_hex();
-            let mut headers = OwnedHeaders::new().insert(header(HEADER_POLICY, &kept.policy));
-            if let Some(reason) = kept.forced {
-                headers = headers.insert(header(HEADER_FORCED, reason));
-            }
+            let headers = kept_headers(&kept);
             let output = kept.topic.as_deref().unwrap_or(&topics.output);
             let (dlq, sizes): (&str, Vec<String>) = (
                 &topics.dead_letter,
@@ -367,9 +356,7 @@ pub(super) async fn deliver(
                     partition: None,
                     key: Some(key.as_bytes()),
                     payload: if p.len() <= limit { p } else { &[] },
-                    headers: OwnedHeaders::new()
-                        .insert(header(HEADER_ERROR, reason))
-                        .insert(header(HEADER_POLICY, &kept.policy)),
+                    headers: refused_headers(reason, &kept.policy),
                 });
             }
             let decision = kept
@@ -398,15 +385,7 @@ pub(super) async fn deliver(
             kept.pins
         }
         SinkMsg::DeadLetter(d) => {
-            let (partition, offset) = (d.partition.to_string(), d.offset.to_string());
-            let mut headers = d
-                .headers
-                .clone()
-                .unwrap_or_default()
-                .insert(header(HEADER_ERROR, &d.reason))
-                .insert(header(HEADER_SOURCE_TOPIC, &d.topic))
-                .insert(header(HEADER_SOURCE_PARTITION, &partition))
-                .insert(header(HEADER_SOURCE_OFFSET, &offset));
+            let mut headers = dead_letter_headers(&d);
             let size = omitted(d.payload.len());
             let payload: &[u8] = if d.payload.len() <= limit {
                 &d.payload
