@@ -29,7 +29,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tailsift::codec::TraceId;
 use tailsift::demo::{Collector, OutputTrace};
-use tailsift::gen::{self, Truth};
+use tailsift::gen::Truth;
 
 /// The broker to test against, or `None` (with the reason printed) when none is given.
 fn broker() -> Option<String> {
@@ -186,23 +186,7 @@ impl Scenario {
 
     /// Traffic in the background: `traces` at `rate` per second.
     fn traffic(&self, traces: usize, rate: u64, seed: u64) -> tokio::task::JoinHandle<Vec<Truth>> {
-        let (bootstrap, topic) = (self.bootstrap.clone(), self.input());
-        tokio::spawn(async move {
-            let mut g = gen::Generator::new(gen::GenConfig {
-                seed,
-                ..gen::GenConfig::default()
-            });
-            let opts = gen::FeedOptions {
-                traces,
-                rate,
-                compression: "lz4".into(),
-                batch_spans: 0,
-            };
-            gen::feed(&bootstrap, &topic, &mut g, &opts, |_| {})
-                .await
-                .expect("feed")
-                .0
-        })
+        traffic_to(&self.bootstrap, &self.input(), traces, rate, seed)
     }
 
     /// Input partitions whose committed offset (for the scenario's group) is not yet
@@ -549,6 +533,18 @@ fn props(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// librdkafka properties for SASL over TLS with `mechanism`, the server verified
+/// against the CA at `ca`.
+fn sasl_ssl(mechanism: &str, user: &str, password: &str, ca: &str) -> Vec<(String, String)> {
+    props(&[
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.mechanism", mechanism),
+        ("sasl.username", user),
+        ("sasl.password", password),
+        ("ssl.ca.location", ca),
+    ])
+}
+
 /// The secure listeners, or `None` (skipped, or failed when required).
 fn secure_or_skip(bootstrap: &str) -> Option<HashMap<String, String>> {
     let s = secure(bootstrap);
@@ -575,24 +571,22 @@ async fn scram_plain_and_mtls_each_carry_traces_end_to_end() {
         (
             "scram",
             &sec["SASL_SSL"],
-            props(&[
-                ("security.protocol", "SASL_SSL"),
-                ("sasl.mechanism", "SCRAM-SHA-512"),
-                ("sasl.username", &sec["SCRAM_USER"]),
-                ("sasl.password", &sec["SCRAM_PASSWORD"]),
-                ("ssl.ca.location", &sec["CA"]),
-            ]),
+            sasl_ssl(
+                "SCRAM-SHA-512",
+                &sec["SCRAM_USER"],
+                &sec["SCRAM_PASSWORD"],
+                &sec["CA"],
+            ),
         ),
         (
             "plain",
             &sec["SASL_SSL"],
-            props(&[
-                ("security.protocol", "SASL_SSL"),
-                ("sasl.mechanism", "PLAIN"),
-                ("sasl.username", &sec["PLAIN_USER"]),
-                ("sasl.password", &sec["PLAIN_PASSWORD"]),
-                ("ssl.ca.location", &sec["CA"]),
-            ]),
+            sasl_ssl(
+                "PLAIN",
+                &sec["PLAIN_USER"],
+                &sec["PLAIN_PASSWORD"],
+                &sec["CA"],
+            ),
         ),
         (
             "mtls",
@@ -644,24 +638,12 @@ async fn a_wrong_password_and_an_untrusted_certificate_are_named_and_never_leak(
     let cases = [
         (
             "wrong-password",
-            props(&[
-                ("security.protocol", "SASL_SSL"),
-                ("sasl.mechanism", "SCRAM-SHA-512"),
-                ("sasl.username", &sec["SCRAM_USER"]),
-                ("sasl.password", wrong),
-                ("ssl.ca.location", &sec["CA"]),
-            ]),
+            sasl_ssl("SCRAM-SHA-512", &sec["SCRAM_USER"], wrong, &sec["CA"]),
             ["SASL authentication", "SCRAM-SHA-512"],
         ),
         (
             "untrusted-ca",
-            props(&[
-                ("security.protocol", "SASL_SSL"),
-                ("sasl.mechanism", "SCRAM-SHA-512"),
-                ("sasl.username", &sec["SCRAM_USER"]),
-                ("sasl.password", wrong),
-                ("ssl.ca.location", &sec["OTHER_CA"]),
-            ]),
+            sasl_ssl("SCRAM-SHA-512", &sec["SCRAM_USER"], wrong, &sec["OTHER_CA"]),
             ["SSL handshake failed", "certificate verify failed"],
         ),
     ];
@@ -1051,13 +1033,12 @@ async fn a_user_without_write_permission_on_the_output_loses_nothing() {
         let ok = broker_script(&bootstrap, &all);
         assert!(ok.is_some_and(|st| st.success()), "acl {args:?}");
     }
-    let p = props(&[
-        ("security.protocol", "SASL_SSL"),
-        ("sasl.mechanism", "SCRAM-SHA-512"),
-        ("sasl.username", &sec["LIMITED_USER"]),
-        ("sasl.password", &sec["LIMITED_PASSWORD"]),
-        ("ssl.ca.location", &sec["CA"]),
-    ]);
+    let p = sasl_ssl(
+        "SCRAM-SHA-512",
+        &sec["LIMITED_USER"],
+        &sec["LIMITED_PASSWORD"],
+        &sec["CA"],
+    );
     let dlq = Collector::start(&s.bootstrap, &s.dlq(), 1).expect("dead letters");
     let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
     let a = s.spawn(&s.yaml_via(&sec["SASL_SSL"], &p), "a");

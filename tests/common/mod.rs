@@ -207,7 +207,7 @@ pub async fn feed(
     seed: u64,
     compression: &str,
 ) -> Vec<Truth> {
-    feed_to(&h.bootstrap, traces, rate, seed, compression).await
+    feed_to(&h.bootstrap, INPUT, traces, rate, seed, compression).await
 }
 
 /// Feeds generated traces (lz4) in the background at `rate` traces/s; the handle
@@ -218,12 +218,24 @@ pub fn traffic(
     rate: u64,
     seed: u64,
 ) -> tokio::task::JoinHandle<Vec<Truth>> {
-    let bootstrap = h.bootstrap.clone();
-    tokio::spawn(async move { feed_to(&bootstrap, traces, rate, seed, "lz4").await })
+    traffic_to(&h.bootstrap, INPUT, traces, rate, seed)
+}
+
+/// [`traffic`] to `topic` of the broker at `bootstrap`.
+pub fn traffic_to(
+    bootstrap: &str,
+    topic: &str,
+    traces: usize,
+    rate: u64,
+    seed: u64,
+) -> tokio::task::JoinHandle<Vec<Truth>> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::spawn(async move { feed_to(&bootstrap, &topic, traces, rate, seed, "lz4").await })
 }
 
 async fn feed_to(
     bootstrap: &str,
+    topic: &str,
     traces: usize,
     rate: u64,
     seed: u64,
@@ -239,7 +251,7 @@ async fn feed_to(
         compression: compression.into(),
         batch_spans: 0,
     };
-    gen::feed(bootstrap, INPUT, &mut g, &opts, |_| {})
+    gen::feed(bootstrap, topic, &mut g, &opts, |_| {})
         .await
         .expect("feed")
         .0
