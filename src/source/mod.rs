@@ -256,6 +256,7 @@ impl Source {
                     shards: out.shards.clone(),
                     sink: out.sink.clone(),
                     clocks: Arc::clone(&stream.clocks),
+                    budget: budget.clone(),
                 };
                 (tx, scanner)
             })

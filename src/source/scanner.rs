@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{lock, OffsetTracker, Pin};
+use crate::buffer::MemoryBudget;
 use crate::clock::StreamClocks;
 use crate::codec::{
     encode_trace, scan_partial, CodecError, FrameInterner, Message, RejectedSpan, Span, TraceId,
@@ -77,6 +78,8 @@ pub(super) struct Scanner {
     pub(super) sink: mpsc::Sender<SinkMsg>,
     /// Where partitions' stream time is published once their spans are handed on.
     pub(super) clocks: Arc<StreamClocks>,
+    /// Charges the dead letters of spans set aside until they are delivered.
+    pub(super) budget: MemoryBudget,
 }
 
 impl Scanner {
@@ -212,7 +215,8 @@ impl Scanner {
             rejected.len(),
             rejected.len() + kept
         );
-        self.send_dead_letter(input, Bytes::from(payload), reason, "invalid_spans")
+        let payload = self.budget.charged_bytes(payload);
+        self.send_dead_letter(input, payload, reason, "invalid_spans")
             .await
     }
 
