@@ -125,6 +125,12 @@ const EXIT_DRAIN_INCOMPLETE: i32 = 3;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `run` and `broker` stop on a signal in their own way, from the start of the
+    // process on; the other commands keep the default action (Ctrl-C ends them).
+    let signals = match cli.command {
+        Command::Run { .. } | Command::Broker { .. } => Signals::install(),
+        _ => Signals::none(),
+    };
     // The demo and generator talk to the terminal; keep logs to problems there.
     // (The demo also silences the embedded broker's own client, which reports the
     // broker's shutdown at exit as an error.)
@@ -134,7 +140,7 @@ async fn main() -> ExitCode {
         _ => "info,librdkafka=warn,rdkafka=warn",
     };
     telemetry::init_logging(default_level);
-    match dispatch(cli.command).await {
+    match dispatch(cli.command, signals).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -143,7 +149,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cmd: Command) -> Result<ExitCode> {
+async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
     match cmd {
         Command::Run { config, brokers } => {
             let mut cfg = Config::load(&config)?;
@@ -157,7 +163,15 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             let mut restarts = 0u32;
             loop {
                 let trigger = ShutdownTrigger::new();
-                let running = app::start(&cfg, trigger.subscribe()).await?;
+                let running = tokio::select! {
+                    started = app::start(&cfg, trigger.subscribe()) => started?,
+                    () = signals.recv() => {
+                        // Nothing was read yet by this pipeline, so nothing is owed.
+                        tracing::info!(message = "Shutdown requested while starting; stopping.");
+                        trigger.trigger();
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                };
                 tokio::spawn(tailsift::reload::watch(
                     config.clone(),
                     std::sync::Arc::clone(&running.policies),
@@ -167,7 +181,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 ));
                 let health = std::sync::Arc::clone(&running.health);
                 let signalled = tokio::select! {
-                    _ = wait_for_signal() => true,
+                    _ = signals.recv() => true,
                     _ = health.wait_fatal() => false,
                 };
                 if !signalled {
@@ -180,11 +194,11 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                     trigger.trigger();
                     tokio::select! {
                         _ = running.wait() => {}
-                        _ = wait_for_signal() => std::process::exit(EXIT_DRAIN_INCOMPLETE),
+                        _ = signals.recv() => std::process::exit(EXIT_DRAIN_INCOMPLETE),
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => continue,
-                        _ = wait_for_signal() => return Ok(ExitCode::from(EXIT_DRAIN_INCOMPLETE as u8)),
+                        _ = signals.recv() => return Ok(ExitCode::from(EXIT_DRAIN_INCOMPLETE as u8)),
                     }
                 }
                 tracing::info!(
@@ -193,7 +207,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
                 trigger.trigger();
                 tokio::select! {
                     _ = running.wait() => {}
-                    _ = wait_for_signal() => {
+                    _ = signals.recv() => {
                         // Nothing is lost: what was not committed is read again by the
                         // partitions' next owner.
                         tracing::error!(message = "Second signal: stopping at once; undecided and unacknowledged input stays uncommitted and will be re-read.");
@@ -347,30 +361,74 @@ async fn dispatch(cmd: Command) -> Result<ExitCode> {
             }
             out!("{}", broker.bootstrap_servers());
             eprintln!("embedded broker running; Ctrl-C to stop");
-            wait_for_signal().await;
+            signals.recv().await;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, listened for from the start of the process: a signal that
+/// arrives while the config loads or the pipeline starts is a stop request like any
+/// other, never the default action that would end the process mid-start.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// No listener: the default actions stay (a `recv` then waits for Ctrl-C).
+    fn none() -> Self {
+        Signals {
+            #[cfg(unix)]
+            term: None,
+            #[cfg(unix)]
+            int: None,
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Replaces the default actions of SIGINT and SIGTERM with this listener.
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
+        }
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM (including one that came before the
+    /// call and was not yet received).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                () = next(&mut self.term) => {}
+                () = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

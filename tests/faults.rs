@@ -48,6 +48,20 @@ async fn killed_repeatedly_and_restarted_it_loses_no_kept_trace_then_stops_clean
         missing_kept(&truths, &out.traces()).is_empty()
     })
     .await;
+    // The last instance is a member owning every partition, has read all of the
+    // input and decided it: only then does a clean stop leave nothing uncommitted
+    // (the drain commits what is decided; it does not decide early).
+    let settled = wait_until(Duration::from_secs(60), || {
+        metric_of(&sampler, names::ASSIGNED_PARTITIONS) == 16.0
+            && metric_of(&sampler, names::CONSUMER_LAG) == 0.0
+            && metric_of(&sampler, names::BUFFER_TRACES) == 0.0
+    })
+    .await;
+    assert!(
+        settled,
+        "the last instance never caught up; log: {}",
+        log.display()
+    );
     // SIGTERM: the last instance stops reading, commits what is safe and exits 0.
     let pid = sampler.child.id().to_string();
     let signalled = Command::new("kill").args(["-TERM", &pid]).status();

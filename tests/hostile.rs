@@ -282,3 +282,46 @@ async fn a_second_signal_ends_a_stuck_drain_at_once_with_a_failure_status() {
         "exit status after an incomplete drain"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_requested_while_starting_exits_cleanly() {
+    // A broker that does not answer holds the start in its first metadata read
+    // (3 s); a SIGTERM then is a stop request like any other, not the default
+    // action that ends the process by signal.
+    let h = Harness::new(1, 1);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let dir = std::env::temp_dir().join(format!("tailsift-early-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("tailsift.log");
+    let yaml = h
+        .config_yaml(ERRORS_SLOW_AND, "500ms", None)
+        .replace(&h.bootstrap, &dead.to_string());
+    let mut sampler = spawn(&dir, &yaml, &log);
+    let serving = wait_until(Duration::from_secs(20), || {
+        http_get(sampler.telemetry, "/healthz").0 != 0
+    })
+    .await;
+    signal(&sampler.child, "-TERM");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = sampler.child.try_wait().expect("status") {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = sampler.child.kill();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(serving, "telemetry never answered; log:\n{text}");
+    let status = status.expect("exited within 15 s of SIGTERM");
+    assert!(status.success(), "exit status {status}; log:\n{text}");
+    assert!(
+        !text.contains("tailsift started"),
+        "the signal came while starting, not after; log:\n{text}"
+    );
+}
