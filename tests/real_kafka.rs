@@ -951,7 +951,23 @@ async fn killing_partition_leaders_of_a_three_node_cluster_loses_nothing() {
             .settle(Duration::from_secs(5), Duration::from_secs(60))
             .await;
         let records = input.records();
+        let decisions = Collector::start(&s.bootstrap, &s.topic("decisions"), s.input_partitions)
+            .expect("decisions reader");
+        decisions
+            .settle(Duration::from_secs(3), Duration::from_secs(30))
+            .await;
+        let decisions = decisions.records();
         for id in &missing {
+            use prost::Message as _;
+            for d in decisions
+                .iter()
+                .filter(|d| d.key.as_deref() == Some(&id.0[..]))
+            {
+                eprintln!(
+                    "decision of {id}: {:?}",
+                    tailsift::decide::DecisionRecord::decode(d.payload.as_slice())
+                );
+            }
             let t = truths.iter().find(|t| t.trace_id == *id);
             let key = id.to_hex();
             let messages = records
@@ -964,6 +980,25 @@ async fn killing_partition_leaders_of_a_three_node_cluster_loses_nothing() {
                 records.len(),
                 got.get(id).map(|o| (o.records, o.spans, o.distinct_spans))
             );
+            // Where they sit in their partition, by timestamp, among their neighbours.
+            for r in records
+                .iter()
+                .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
+            {
+                let before: Vec<_> = records
+                    .iter()
+                    .filter(|o| {
+                        o.partition == r.partition
+                            && o.offset < r.offset
+                            && o.offset >= r.offset - 3
+                    })
+                    .map(|o| (o.offset, o.timestamp))
+                    .collect();
+                eprintln!(
+                    "  partition {} offset {} timestamp {:?}; before it {before:?}",
+                    r.partition, r.offset, r.timestamp
+                );
+            }
         }
     }
     assert_kept_whole_once(

@@ -20,6 +20,10 @@ use crate::sink::HEADER_POLICY;
 pub struct Record {
     /// Partition it was in.
     pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+    /// Its timestamp (CreateTime or LogAppendTime), in ms since the epoch, if any.
+    pub timestamp: Option<i64>,
     /// Its key.
     pub key: Option<Vec<u8>>,
     /// Its value.
@@ -103,6 +107,8 @@ impl Collector {
                             .unwrap_or_default();
                         let r = Record {
                             partition: m.partition(),
+                            offset: m.offset(),
+                            timestamp: m.timestamp().to_millis(),
                             key: m.key().map(<[u8]>::to_vec),
                             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                             headers,

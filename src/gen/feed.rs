@@ -53,7 +53,9 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// A producer suitable for feeding input.
+/// A producer suitable for feeding input: idempotent, as a well-configured span
+/// exporter is (franz-go's default), so a retry after a leader change neither
+/// duplicates nor reorders a partition's messages.
 ///
 /// # Errors
 /// When librdkafka refuses the settings.
@@ -61,6 +63,7 @@ pub fn producer(bootstrap: &str, compression: &str) -> Result<FutureProducer, Ka
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("compression.codec", compression)
+        .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("queue.buffering.max.kbytes", "65536")
         .create()
