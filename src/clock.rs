@@ -32,12 +32,42 @@ pub fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Bits of a clock cell holding the stream time in ms (enough until the year 2527).
+const MS_BITS: u32 = 44;
+const MS_MASK: u64 = (1 << MS_BITS) - 1;
+/// Bits holding the assignment epoch the time belongs to (compared modulo 2^20).
+const EPOCH_MASK: u32 = (1 << (64 - MS_BITS)) - 1;
+
 /// Per-partition stream time, indexed by the offset tracker's partition slot, shared
 /// by the source (writer) and the shard workers (readers). Lock-free: one atomic per
 /// partition, allocated in segments on first use.
+///
+/// Each value carries the assignment epoch it was read in. A slot is reused when its
+/// partition comes back: the scanner [`enter`](StreamClocks::enter)s the new epoch
+/// (stream time unknown) before any of its spans reach a shard, and a shard that
+/// took a clock reading before that ignores the reading for spans of a later epoch
+/// (see [`ClockReading`]). Otherwise the stream time of the old assignment, which can
+/// be ahead of the offset the new one re-reads from, would make a re-read trace due
+/// at its first message, before the rest of its spans were read.
 #[derive(Debug)]
 pub struct StreamClocks {
     segments: [OnceLock<Box<[AtomicU64]>>; SEGMENTS],
+}
+
+/// One slot's clock as a shard read it: the assignment epoch (modulo 2^20) and the
+/// stream time in ms (`None`: unknown in that epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockReading {
+    epoch: u32,
+    /// Stream time in ms since the epoch, `None` before the first record.
+    pub ms: Option<u64>,
+}
+
+impl ClockReading {
+    /// Whether spans pinned in assignment `epoch` are covered by this reading.
+    pub fn covers_epoch(&self, epoch: u32) -> bool {
+        self.epoch == epoch & EPOCH_MASK
+    }
 }
 
 impl Default for StreamClocks {
@@ -54,22 +84,47 @@ impl StreamClocks {
         }
     }
 
-    /// Sets `slot`'s stream time (ms since the epoch). Values of one assignment only
-    /// grow; a new assignment starts over from its first record.
-    pub fn publish(&self, slot: u32, ms: u64) {
+    /// Sets `slot`'s stream time (ms since the epoch) in assignment `epoch`. Values of
+    /// one assignment only grow; a value of an assignment older than the slot's
+    /// current one is ignored.
+    pub fn publish(&self, slot: u32, epoch: u32, ms: u64) {
         if let Some(cell) = self.cell(slot, true) {
-            cell.store(ms, Ordering::Release);
+            let current = unpack(cell.load(Ordering::Acquire));
+            if !newer(current.epoch, epoch & EPOCH_MASK) {
+                cell.store(pack(epoch, ms), Ordering::Release);
+            }
+        }
+    }
+
+    /// Starts assignment `epoch` of `slot` with its stream time unknown, unless the
+    /// slot is in it already. Call before any span of the assignment reaches a shard.
+    pub fn enter(&self, slot: u32, epoch: u32) {
+        if let Some(cell) = self.cell(slot, true) {
+            let current = unpack(cell.load(Ordering::Acquire));
+            if current.epoch != epoch & EPOCH_MASK && !newer(current.epoch, epoch & EPOCH_MASK) {
+                cell.store(pack(epoch, 0), Ordering::Release);
+            }
         }
     }
 
     /// `slot`'s stream time, `None` before its first record. Slots past the table's
     /// end (more than 65,536 partitions in one process's life) follow the wall clock.
     pub fn get(&self, slot: u32) -> Option<u64> {
+        self.read(slot).ms
+    }
+
+    /// `slot`'s stream time with the epoch it belongs to.
+    pub fn read(&self, slot: u32) -> ClockReading {
         if slot as usize >= SEGMENT * SEGMENTS {
-            return Some(wall_ms());
+            return ClockReading {
+                epoch: 0,
+                ms: Some(wall_ms()),
+            };
         }
-        let v = self.cell(slot, false)?.load(Ordering::Acquire);
-        (v != 0).then_some(v)
+        self.cell(slot, false)
+            .map_or(ClockReading { epoch: 0, ms: None }, |c| {
+                unpack(c.load(Ordering::Acquire))
+            })
     }
 
     fn cell(&self, slot: u32, create: bool) -> Option<&AtomicU64> {
@@ -82,6 +137,24 @@ impl StreamClocks {
         };
         cells.get(at)
     }
+}
+
+fn pack(epoch: u32, ms: u64) -> u64 {
+    (u64::from(epoch & EPOCH_MASK) << MS_BITS) | (ms & MS_MASK)
+}
+
+fn unpack(v: u64) -> ClockReading {
+    let ms = v & MS_MASK;
+    ClockReading {
+        epoch: (v >> MS_BITS) as u32 & EPOCH_MASK,
+        ms: (ms != 0).then_some(ms),
+    }
+}
+
+/// Whether epoch `a` is later than `b`, both modulo 2^20 (serial-number order).
+fn newer(a: u32, b: u32) -> bool {
+    let d = a.wrapping_sub(b) & EPOCH_MASK;
+    d != 0 && d < (EPOCH_MASK + 1) / 2
 }
 
 /// What the source knows of one partition's stream time within one assignment.
@@ -184,11 +257,34 @@ mod tests {
     fn clocks_start_unknown_and_hold_what_was_published() {
         let c = StreamClocks::new();
         assert_eq!(c.get(3), None);
-        c.publish(3, 1_000);
+        c.publish(3, 1, 1_000);
         assert_eq!(c.get(3), Some(1_000));
-        c.publish(2_000, 5);
+        c.publish(2_000, 1, 5);
         assert_eq!(c.get(2_000), Some(5), "a second segment");
         assert_eq!(c.get(2_001), None);
+    }
+
+    #[test]
+    fn a_new_assignment_starts_unknown_and_old_ones_cannot_write() {
+        let c = StreamClocks::new();
+        c.publish(7, 1, 50_000);
+        let before = c.read(7);
+        assert!(before.covers_epoch(1) && !before.covers_epoch(2));
+        c.enter(7, 1);
+        assert_eq!(c.get(7), Some(50_000), "entering the same epoch keeps it");
+        c.enter(7, 2);
+        assert_eq!(c.get(7), None, "the old assignment's time is gone");
+        c.publish(7, 1, 60_000);
+        assert_eq!(c.get(7), None, "a value of the old assignment is ignored");
+        c.publish(7, 2, 40_000);
+        assert_eq!(c.get(7), Some(40_000));
+        assert!(c.read(7).covers_epoch(2));
+        c.enter(7, 1);
+        assert_eq!(c.get(7), Some(40_000), "an older epoch cannot reset it");
+        // Epochs compare modulo 2^20.
+        c.publish(8, EPOCH_MASK, 1);
+        c.enter(8, EPOCH_MASK + 1);
+        assert_eq!(c.get(8), None, "a wrapped epoch is newer");
     }
 
     #[test]

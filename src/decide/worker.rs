@@ -7,7 +7,7 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use tokio::sync::mpsc;
 
 use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
-use crate::clock::StreamClocks;
+use crate::clock::{ClockReading, StreamClocks};
 use crate::codec::{
     check_span, encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, Span,
     SpanDefect, SpanRef, TraceId,
@@ -360,18 +360,29 @@ impl ShardWorker {
     /// partition's clock is published only after its spans were sent here, so each
     /// span the clock covers is buffered before its trace is judged.
     async fn on_tick(&mut self) -> Result<(), Closed> {
-        let clocks: Vec<Option<u64>> = (0..self.shard.partition_slots())
-            .map(|s| self.clocks.get(s as u32))
+        let mut clocks: Vec<ClockReading> = (0..self.shard.partition_slots())
+            .map(|s| self.clocks.read(s as u32))
             .collect();
         for _ in 0..self.rx.len() {
             match self.rx.try_recv() {
-                Ok(msg) => self.handle(msg).await?,
+                Ok(msg) => {
+                    if let ShardMsg::Spans { pin, .. } = &msg {
+                        // Spans of an assignment newer than the reading (their
+                        // partition came back since): the reading says nothing of them.
+                        if let Some(c) = clocks.get_mut(pin.slot as usize) {
+                            if !c.covers_epoch(pin.epoch) {
+                                c.ms = None;
+                            }
+                        }
+                    }
+                    self.handle(msg).await?;
+                }
                 Err(_) => break,
             }
         }
         let mut due = std::mem::take(&mut self.due);
         self.shard
-            .take_due(|s| clocks.get(s as usize).copied().flatten(), &mut due);
+            .take_due(|s| clocks.get(s as usize).and_then(|c| c.ms), &mut due);
         for entry in due.drain(..) {
             self.decide(entry, None).await?;
         }
@@ -674,4 +685,9 @@ impl ShardWorker {
 }
 
 /// The sink is gone: the pipeline is shutting down.
+#[derive(Debug)]
 struct Closed;
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;

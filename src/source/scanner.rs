@@ -93,7 +93,7 @@ impl Scanner {
                 ScanJob::Revoked { slot, epoch } => self.revoked(slot, epoch).await,
                 ScanJob::Clock { slot, epoch, at } => {
                     if lock(&self.tracker).is_current(slot, epoch) {
-                        self.clocks.publish(slot, at);
+                        self.clocks.publish(slot, epoch, at);
                     }
                     Ok(())
                 }
@@ -135,13 +135,13 @@ impl Scanner {
                 counter!(names::SPANS_REJECTED, "reason" => e.code())
                     .increment(1 + rejected.len() as u64);
                 self.dead_letter(input, e).await?;
-                self.clocks.publish(pin.slot, at);
+                self.clocks.publish(pin.slot, pin.epoch, at);
                 return Ok(());
             }
             Ok(m) => m,
             Err(e) => {
                 self.dead_letter(input, e).await?;
-                self.clocks.publish(pin.slot, at);
+                self.clocks.publish(pin.slot, pin.epoch, at);
                 return Ok(());
             }
         };
@@ -167,6 +167,9 @@ impl Scanner {
                 .await?;
         }
         let generation = self.policies.get().number;
+        // Before any span of a new assignment reaches a shard, the shards stop
+        // trusting the old assignment's stream time for this partition.
+        self.clocks.enter(pin.slot, pin.epoch);
         while let Some(last) = spans.last() {
             let shard = shard_of(last, n);
             let start = spans.partition_point(|s| shard_of(s, n) < shard);
@@ -184,7 +187,7 @@ impl Scanner {
         }
         // Only now, with every span of the message in a shard's channel, may the
         // shards act on its stream time.
-        self.clocks.publish(pin.slot, at);
+        self.clocks.publish(pin.slot, pin.epoch, at);
         Ok(())
     }
 
