@@ -5,6 +5,12 @@
 //! source pauses each newly assigned partition, reads the decisions partition
 //! numbered like it from the start to its end, hands the decisions to the shards'
 //! caches, and only then resumes the partition.
+//!
+//! A read that fails (a broker down, a leader moving) is tried again. In exactly-once
+//! mode it is tried until it succeeds: a partition read without its decisions would
+//! write every kept trace re-read from the committed offset out a second time. In
+//! at-least-once mode, where duplicates are allowed, it gives up after
+//! [`AT_LEAST_ONCE_PATIENCE`] and reads the input with what was loaded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +28,20 @@ use crate::decide::DecisionRecord;
 
 /// Longest a load may take; after it the partition is read with what was loaded.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long at-least-once mode keeps trying to read decisions back.
+pub(super) const AT_LEAST_ONCE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Why a read of the decisions did not complete.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LoadError {
+    /// The broker refused or could not be reached.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Not every decision was read within the load timeout; what was read is kept.
+    #[error("not every decision was read within {LOAD_TIMEOUT:?} ({} read)", .0.len())]
+    Incomplete(Vec<Restored>),
+}
 
 /// Consumer properties a group-less reader must not inherit from `kafka.consumer`.
 const GROUP_KEYS: &[&str] = &["group.", "partition.assignment", "session.", "heartbeat."];
@@ -59,9 +79,52 @@ impl DecisionsTopic {
         }
     }
 
+    /// Reads every decision of `input_partitions`, trying again after each failure
+    /// while `wanted()` holds: until it succeeds when `exactly_once`, else for at most
+    /// [`AT_LEAST_ONCE_PATIENCE`], after which what was read is returned. Blocking.
+    pub(super) fn load_until(
+        &self,
+        input_partitions: &[i32],
+        exactly_once: bool,
+        wanted: impl Fn() -> bool,
+    ) -> Vec<Restored> {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(500);
+        let mut best = Vec::new();
+        loop {
+            let e = match self.load(input_partitions) {
+                Ok(d) => return d,
+                Err(e @ LoadError::Kafka(_)) => e.to_string(),
+                Err(e @ LoadError::Incomplete(_)) => {
+                    let why = e.to_string();
+                    if let LoadError::Incomplete(partial) = e {
+                        if partial.len() >= best.len() {
+                            best = partial;
+                        }
+                    }
+                    why
+                }
+            };
+            let give_up = !exactly_once && start.elapsed() >= AT_LEAST_ONCE_PATIENCE;
+            if give_up || !wanted() {
+                if give_up {
+                    warn!(message = "Cannot read decisions back; late spans of earlier traces will be decided afresh (at-least-once: duplicates possible).", error = %e, loaded = best.len());
+                }
+                return best;
+            }
+            static LOG: crate::telemetry::LogLimiter =
+                crate::telemetry::LogLimiter::new(Duration::from_secs(10));
+            if let Some(suppressed) = LOG.allow() {
+                warn!(message = "Cannot read decisions back yet; the partitions stay paused and the read is tried again.", error = %e, partitions = ?input_partitions, retry_in = ?backoff, suppressed_since_last = suppressed);
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(8));
+        }
+    }
+
     /// Reads every decision in the decisions partitions matching `input_partitions`
     /// (blocking: run it on the blocking pool).
-    pub(super) fn load(&self, input_partitions: &[i32]) -> Result<Vec<Restored>, KafkaError> {
+    fn load(&self, input_partitions: &[i32]) -> Result<Vec<Restored>, LoadError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.reader_group)
@@ -105,8 +168,7 @@ impl DecisionsTopic {
         let start = Instant::now();
         while !ends.is_empty() {
             if start.elapsed() > LOAD_TIMEOUT {
-                warn!(message = "Decisions not fully read in time; reading input with what was loaded.", topic = %self.topic, loaded = out.len());
-                break;
+                return Err(LoadError::Incomplete(out));
             }
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {

@@ -498,12 +498,20 @@ impl Source {
         let topic = topic.clone();
         let done = self.loaded.0.clone();
         let budget = self.budget.clone();
+        let (tracker, exactly_once) = (Arc::clone(&self.tracker), self.txn.is_some());
         tokio::task::spawn_blocking(move || {
             let numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
-            let decisions = topic.load(&numbers).unwrap_or_else(|e| {
-                warn!(message = "Cannot read decisions back; late spans of earlier traces will be decided afresh.", error = %e);
-                Vec::new()
-            });
+            // Worth trying again while the source runs and some of the partitions
+            // are still in the assignment they are loaded for.
+            let wanted = || {
+                let t = lock(&tracker);
+                !done.is_closed()
+                    && parts
+                        .iter()
+                        .zip(&epochs)
+                        .any(|((topic, p), e)| e.is_some() && t.epoch_of(topic, *p) == *e)
+            };
+            let decisions = topic.load_until(&numbers, exactly_once, wanted);
             let bytes = decisions.capacity() * std::mem::size_of::<Restored>()
                 + decisions
                     .iter()
