@@ -37,6 +37,8 @@ const MS_BITS: u32 = 44;
 const MS_MASK: u64 = (1 << MS_BITS) - 1;
 /// Bits holding the assignment epoch the time belongs to (compared modulo 2^20).
 const EPOCH_MASK: u32 = (1 << (64 - MS_BITS)) - 1;
+/// Half the epoch space: a later epoch is less than this far ahead.
+const EPOCH_HALF: u32 = 1 << (63 - MS_BITS);
 
 /// Per-partition stream time, indexed by the offset tracker's partition slot, shared
 /// by the source (writer) and the shard workers (readers). Lock-free: one atomic per
@@ -154,7 +156,7 @@ fn unpack(v: u64) -> ClockReading {
 /// Whether epoch `a` is later than `b`, both modulo 2^20 (serial-number order).
 fn newer(a: u32, b: u32) -> bool {
     let d = a.wrapping_sub(b) & EPOCH_MASK;
-    d != 0 && d < (EPOCH_MASK + 1) / 2
+    d != 0 && d < EPOCH_HALF
 }
 
 /// What the source knows of one partition's stream time within one assignment.

@@ -16,7 +16,7 @@ use tailsift::{app, telemetry};
 
 /// Tail-sampling stream processor for distributed traces on Kafka.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = telemetry::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,6 +118,9 @@ fn print_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// What `run` logs unless `telemetry.logs.level` or `RUST_LOG` say otherwise.
+const RUN_LOG_LEVEL: &str = "info,librdkafka=warn,rdkafka=warn";
+
 /// Exit status of a `run` whose shutdown gave up (timeout or a second signal) with
 /// traces undecided or unacknowledged.
 const EXIT_DRAIN_INCOMPLETE: i32 = 3;
@@ -137,9 +140,12 @@ async fn main() -> ExitCode {
     let default_level = match cli.command {
         Command::Demo { .. } => "warn,librdkafka=off,rdkafka::client=off",
         Command::Gen { .. } | Command::Broker { .. } => "warn,librdkafka=warn,rdkafka=warn",
-        _ => "info,librdkafka=warn,rdkafka=warn",
+        _ => RUN_LOG_LEVEL,
     };
-    telemetry::init_logging(default_level);
+    // `run` logs as its config says, once the config is read (its errors are printed).
+    if !matches!(cli.command, Command::Run { .. }) {
+        telemetry::init_logging(default_level, telemetry::LogEncoding::Text);
+    }
     match dispatch(cli.command, signals).await {
         Ok(code) => code,
         Err(e) => {
@@ -153,6 +159,11 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
     match cmd {
         Command::Run { config, brokers } => {
             let mut cfg = Config::load(&config)?;
+            let logs = &cfg.telemetry.logs;
+            telemetry::init_logging(
+                logs.level.as_deref().unwrap_or(RUN_LOG_LEVEL),
+                logs.encoding,
+            );
             if let Some(b) = brokers {
                 cfg.kafka.brokers = b;
                 // `--brokers ""` or an empty TAILSIFT_BROKERS is refused like the file's.

@@ -52,8 +52,73 @@ async fn metrics_and_health_endpoints() {
         seen,
         "metrics never showed {spans} spans received and every metric:\n{m}"
     );
+    // Every tailsift family carries its help text and type; the build and the
+    // process are described too.
+    for family in m
+        .lines()
+        .filter(|l| l.starts_with("tailsift_"))
+        .map(|l| l.split(['{', ' ']).next().unwrap_or_default())
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+        })
+    {
+        assert!(
+            m.contains(&format!("# HELP {family} ")) && m.contains(&format!("# TYPE {family} ")),
+            "{family} has no HELP or TYPE line"
+        );
+    }
+    let build = m
+        .lines()
+        .find(|l| l.starts_with("tailsift_build_info{"))
+        .unwrap_or_default();
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.contains("commit=\"")
+            && build.ends_with(" 1"),
+        "build info: {build:?}"
+    );
+    for process in ["process_resident_memory_bytes", "process_open_fds"] {
+        assert!(
+            tailsift::demo::metric(&m, process) > 0.0,
+            "{process} missing or zero"
+        );
+    }
     assert_eq!(http_get(addr, "/nope").0, 404);
     sampler.stop().await;
+}
+
+/// `telemetry.logs.encoding: json`: every line on stderr is one JSON object with a
+/// level and a message, and no colour escapes reach a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_without_colour() {
+    let dir = std::env::temp_dir().join(format!("tailsift-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let log = dir.join("run.log");
+    let yaml = "kafka:\n  brokers: \"127.0.0.1:1\"\n  input_topics: [in]\n  output_topic: out\ntelemetry:\n  listen: \"127.0.0.1:0\"\n  logs: {encoding: json}\npolicies:\n  - {name: all, type: always_sample}\n";
+    let mut s = spawn(&dir, yaml, &log);
+    let started = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Serving /metrics"))
+    })
+    .await;
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(started, "no start line:\n{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour escapes in a file:\n{text}"
+    );
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["message"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +183,10 @@ fn check_rejects_a_bad_config_naming_field_value_and_expectation() {
 
 #[test]
 fn readme_lists_every_metric() {
-    let names = include_str!("../src/telemetry/names.rs");
     let readme = include_str!("../README.md");
-    let metrics: Vec<&str> = names
-        .split('"')
-        .filter(|s| s.starts_with("tailsift_"))
+    let metrics: Vec<&str> = tailsift::telemetry::names::ALL
+        .iter()
+        .map(|m| m.name)
         .collect();
     assert!(metrics.len() > 20, "found only {metrics:?}");
     for name in metrics {

@@ -258,6 +258,35 @@ pub struct TelemetryConfig {
     /// string: no server.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// How `tailsift run` logs.
+    #[serde(default)]
+    pub logs: LogsConfig,
+}
+
+/// Log lines: their level and encoding.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Which lines are written: a level (`info`) or an `EnvFilter` directive list
+    /// (`info,tailsift::sink=debug`). `RUST_LOG`, when set, wins. Default
+    /// `info,librdkafka=warn,rdkafka=warn`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// `text` (default) or `json`: one JSON object per line, as the Collector's
+    /// `encoding: json`, for log pipelines that parse fields.
+    #[serde(default)]
+    pub encoding: LogEncoding,
+}
+
+/// How log lines are encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogEncoding {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message and fields).
+    Json,
 }
 
 fn default_listen() -> String {
@@ -268,6 +297,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
             listen: default_listen(),
+            logs: LogsConfig::default(),
         }
     }
 }
@@ -404,6 +434,15 @@ impl Config {
                 format!("{:?}", self.telemetry.listen),
                 "an address such as `0.0.0.0:9464`, or \"\" to disable",
             ));
+        }
+        if let Some(level) = &self.telemetry.logs.level {
+            if tracing_subscriber::EnvFilter::try_new(level).is_err() || level.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "telemetry.logs.level",
+                    format!("{level:?}"),
+                    "a level (error, warn, info, debug, trace) or directives such as `info,tailsift::sink=debug`",
+                ));
+            }
         }
         self.memory.validate()?;
         self.trace.validate(&self.memory)?;

@@ -14,6 +14,8 @@ use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub use crate::config::LogEncoding;
+
 pub use limit::LogLimiter;
 pub use server::{serve, ServerError};
 
@@ -162,18 +164,66 @@ pub fn install() -> PrometheusHandle {
             // Fails only if another recorder is installed (tests embedding tailsift);
             // metrics then go there.
             let _ = metrics::set_global_recorder(recorder);
+            describe_all();
             handle
         })
         .clone()
 }
 
-/// Sets up `tracing` logging to stderr, filtered by `RUST_LOG`, else by `default`
-/// (an `EnvFilter` directive list such as `info,librdkafka=warn`).
-pub fn init_logging(default: &str) {
+/// The version and commit of this build, as `--version` prints them.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TAILSIFT_COMMIT"),
+    ")"
+);
+
+/// Sets up `tracing` logging to stderr in `encoding`, filtered by `RUST_LOG`, else by
+/// `level` (an `EnvFilter` directive list such as `info,librdkafka=warn`). Colours
+/// only when stderr is a terminal, so files and log collectors get plain text.
+pub fn init_logging(level: &str, encoding: LogEncoding) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match encoding {
+        LogEncoding::Text => builder.try_init(),
+        LogEncoding::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Process metrics (CPU seconds, resident memory, open and maximum file
+/// descriptors, threads, start time) under the Prometheus client names
+/// (`process_cpu_seconds_total`, ...), refreshed at each scrape.
+fn process_metrics() -> &'static metrics_process::Collector {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    PROCESS.get_or_init(|| {
+        let c = metrics_process::Collector::default();
+        c.describe();
+        c
+    })
+}
+
+/// The `/metrics` page: process metrics refreshed, then everything rendered.
+pub fn render(handle: &PrometheusHandle) -> String {
+    process_metrics().collect();
+    handle.render()
+}
+
+/// Registers the `# HELP` text of every tailsift metric and sets
+/// `tailsift_build_info`.
+fn describe_all() {
+    for m in names::ALL {
+        let help = m.help();
+        match m.kind {
+            names::Kind::Counter => metrics::describe_counter!(m.name, help),
+            names::Kind::Gauge => metrics::describe_gauge!(m.name, help),
+            names::Kind::Histogram => metrics::describe_histogram!(m.name, help),
+        }
+    }
+    metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("TAILSIFT_COMMIT")).set(1.0);
+    process_metrics();
 }

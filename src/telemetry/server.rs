@@ -84,7 +84,11 @@ async fn respond(mut stream: TcpStream, handle: PrometheusHandle, health: Arc<He
     let req = String::from_utf8_lossy(&buf);
     let path = req.split_whitespace().nth(1).unwrap_or("/");
     let (status, content_type, body) = match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            super::render(&handle),
+        ),
         "/healthz" => {
             if health.kafka_up() {
                 ("200 OK", "text/plain", "ok\n".to_string())
