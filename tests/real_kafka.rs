@@ -912,7 +912,6 @@ impl Drop for Cluster {
 /// SIGKILLed mid-stream and restarted: in exactly-once mode no kept trace is lost,
 /// split or written twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect: fails in 6 of 8 runs on leader kills (exactly-once, 3 nodes): kept traces in flight at the abort lost; run with --ignored"]
 async fn killing_partition_leaders_of_a_three_node_cluster_loses_nothing() {
     if broker().is_none() {
         return; // no Java here: the suite is off
