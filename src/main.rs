@@ -164,6 +164,9 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
                 logs.level.as_deref().unwrap_or(RUN_LOG_LEVEL),
                 logs.encoding,
             );
+            for w in &cfg.warnings {
+                tracing::warn!(message = "Config setting not used.", detail = %w);
+            }
             if let Some(b) = brokers {
                 cfg.kafka.brokers = b;
                 // `--brokers ""` or an empty TAILSIFT_BROKERS is refused like the file's.
@@ -238,6 +241,9 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
             cfg.warn_if_memory_exceeds_machine();
             let set = PolicySet::build(&cfg.policies)?;
             out!("config {} is valid", config.display());
+            for w in &cfg.warnings {
+                out!("warning: {w}");
+            }
             out!(
                 "input {:?} -> output {} (dead letters: {}; decisions: {}), group {}",
                 cfg.kafka.input_topics,

@@ -179,6 +179,63 @@ fn check_rejects_a_bad_config_naming_field_value_and_expectation() {
             && text.contains("  - failed-checkouts [and] all of:\n      - errors [status_code]"),
         "{text}"
     );
+    // A secret from the environment: resolved for the run, and a missing one named
+    // by field and reference, not by any value.
+    let secret = dir.join("secret.yaml");
+    std::fs::write(
+        &secret,
+        "kafka:\n  brokers: b:9092\n  input_topics: [in]\n  output_topic: out\n  client: {sasl.username: u, sasl.password: \"${env:TAILSIFT_TEST_SECRET}\"}\npolicies:\n  - {name: all, type: always_sample}\n",
+    )
+    .expect("write");
+    let check = |env: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tailsift"));
+        c.args(["check", "-c"]).arg(&secret);
+        match env {
+            Some(v) => c.env("TAILSIFT_TEST_SECRET", v),
+            None => c.env_remove("TAILSIFT_TEST_SECRET"),
+        };
+        c.output().expect("run tailsift")
+    };
+    let missing = check(None);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success()
+            && err.contains("kafka.client.sasl.password")
+            && err.contains("${env:TAILSIFT_TEST_SECRET}"),
+        "{err}"
+    );
+    let set = check(Some("hunter2-very-secret"));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&set.stdout),
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(set.status.success(), "{all}");
+    assert!(!all.contains("hunter2"), "the secret was printed:\n{all}");
+    // The Collector's own README example, pasted: valid, with a warning per key
+    // tailsift has another setting for.
+    let otel = dir.join("otel.yaml");
+    std::fs::write(
+        &otel,
+        format!(
+            "kafka: {{brokers: b:9092, input_topics: [in], output_topic: out}}\n{}",
+            include_str!("../src/config/otel_readme_example.yaml")
+        ),
+    )
+    .expect("write");
+    let pasted = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(["check", "-c"])
+        .arg(&otel)
+        .output()
+        .expect("run tailsift");
+    let text = String::from_utf8_lossy(&pasted.stdout);
+    assert!(
+        pasted.status.success()
+            && text.contains("warning: processors.tail_sampling.num_traces (100) is not used"),
+        "{text}{}",
+        String::from_utf8_lossy(&pasted.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

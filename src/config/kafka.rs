@@ -41,8 +41,9 @@ impl Compression {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// Bootstrap servers, `host:port[,host:port...]`. Overridden by `--brokers` or
-    /// `TAILSIFT_BROKERS`.
+    /// Bootstrap servers: `host:port[,host:port...]` or a list of `host:port`.
+    /// Overridden by `--brokers` or `TAILSIFT_BROKERS`.
+    #[serde(deserialize_with = "string_or_list")]
     pub brokers: String,
     /// Consumer group id. Every instance with the same id shares the input partitions.
     #[serde(default = "default_group_id")]
@@ -75,11 +76,17 @@ pub struct KafkaConfig {
     /// How often safe offsets are committed.
     #[serde(default = "default_commit_interval")]
     pub commit_interval: ConfigDuration,
-    /// Extra librdkafka consumer properties (e.g. `security.protocol`, `sasl.*`,
-    /// `ssl.*`), applied after tailsift's own and overriding them.
+    /// librdkafka properties for every client tailsift makes (consumer, producer,
+    /// admin client, decisions reader): where security settings (`security.protocol`,
+    /// `sasl.*`, `ssl.*`) go once. `consumer` and `producer` override them per key.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+    /// Extra librdkafka consumer properties (e.g. `session.timeout.ms`), over
+    /// `client` and tailsift's own.
     #[serde(default)]
     pub consumer: BTreeMap<String, String>,
-    /// Extra librdkafka producer properties, applied after tailsift's own.
+    /// Extra librdkafka producer properties (also the admin client's), over
+    /// `client` and tailsift's own.
     #[serde(default)]
     pub producer: BTreeMap<String, String>,
     /// Create the topics tailsift writes (output, dead-letter, decisions, policies'
@@ -98,6 +105,35 @@ pub struct KafkaConfig {
     /// again) and a broker with transactions (Kafka 2.5+). Off: at-least-once.
     #[serde(default)]
     pub exactly_once: bool,
+}
+
+/// A string, or a list of strings joined by commas (`brokers: [a:9092, b:9092]`).
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(
+        untagged,
+        expecting = "a string `host:port,host:port` or a list of `host:port`"
+    )]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s,
+        OneOrMany::Many(v) => v.join(","),
+    })
+}
+
+impl KafkaConfig {
+    /// Applies `client` under `consumer` and `producer`: a key set in both keeps the
+    /// specific section's value. Called once at load, before validation, so the
+    /// checks see every property each client gets.
+    pub(super) fn merge_client(&mut self) {
+        for (k, v) in &self.client {
+            self.consumer.entry(k.clone()).or_insert_with(|| v.clone());
+            self.producer.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
 }
 
 fn default_replication_factor() -> i32 {

@@ -10,6 +10,7 @@ mod duration;
 mod kafka;
 mod memory;
 mod policy;
+mod subst;
 
 use std::path::Path;
 
@@ -113,6 +114,10 @@ pub struct Config {
     /// An OTel Collector `processors:` section holding `tail_sampling`, pasted as is.
     #[serde(default)]
     pub processors: Option<OtelProcessors>,
+    /// What loading noticed but accepted (Collector keys tailsift has other settings
+    /// for): `run` logs each once, `check` prints them.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// The OTel Collector `processors:` section; only `tail_sampling` is read.
@@ -130,10 +135,10 @@ pub struct OtelTailSampling {
     /// Mapped to `buffer.decision_wait`.
     #[serde(default)]
     pub decision_wait: Option<ConfigDuration>,
-    /// Refused: tailsift bounds memory in bytes (`memory.limit`).
+    /// Accepted with a warning: tailsift bounds memory in bytes (`memory.limit`).
     #[serde(default)]
     pub num_traces: Option<u64>,
-    /// Accepted and ignored: a sizing hint tailsift does not need.
+    /// Accepted with a warning: a sizing hint tailsift does not need.
     #[serde(default)]
     pub expected_new_traces_per_sec: Option<u64>,
     /// Mapped to `buffer.decision_cache_traces` (the sum of the two sizes: tailsift
@@ -143,7 +148,7 @@ pub struct OtelTailSampling {
     /// Mapped to `sample_on_first_match`.
     #[serde(default)]
     pub sample_on_first_match: Option<bool>,
-    /// Refused: tailsift always pushes back into Kafka instead.
+    /// Accepted with a warning: tailsift always pushes back into Kafka instead.
     #[serde(default)]
     pub block_on_overflow: Option<bool>,
     /// The policies.
@@ -326,10 +331,21 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the field, the value and the expectation.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let mut cfg: Config = serde_yaml::from_str(text).map_err(|error| ConfigError::Parse {
+        let parse = |error| ConfigError::Parse {
             path: "<text>".into(),
             error,
-        })?;
+        };
+        let mut cfg: Config = if text.contains("${") {
+            // References are resolved in the parsed values (a secret with `: ` in it
+            // stays one string); without any, parse directly, keeping line numbers
+            // in type errors.
+            let mut doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse)?;
+            subst::resolve(&mut doc, &subst::Process)?;
+            serde_yaml::from_value(doc).map_err(parse)?
+        } else {
+            serde_yaml::from_str(text).map_err(parse)?
+        };
+        cfg.kafka.merge_client();
         cfg.merge_tail_sampling()?;
         cfg.validate()?;
         Ok(cfg)
@@ -361,10 +377,14 @@ impl Config {
             ));
         }
         if let Some(n) = ts.num_traces {
-            return Err(ConfigError::invalid(
-                format!("{at}.num_traces"),
-                n,
-                "nothing: tailsift bounds memory in bytes, not traces; set `memory.limit` (e.g. 512MiB)",
+            self.warnings.push(format!(
+                "{at}.num_traces ({n}) is not used: tailsift bounds the buffer in bytes, by memory.limit ({}), pausing input at memory.high_watermark",
+                self.memory.limit
+            ));
+        }
+        if let Some(n) = ts.expected_new_traces_per_sec {
+            self.warnings.push(format!(
+                "{at}.expected_new_traces_per_sec ({n}) is not used: tailsift's trace table grows as needed within memory.limit"
             ));
         }
         if let Some(c) = ts.decision_cache {
@@ -379,10 +399,8 @@ impl Config {
             self.sample_on_first_match = first;
         }
         if let Some(b) = ts.block_on_overflow {
-            return Err(ConfigError::invalid(
-                format!("{at}.block_on_overflow"),
-                b,
-                "nothing: tailsift always pushes back into Kafka at `memory.high_watermark`",
+            self.warnings.push(format!(
+                "{at}.block_on_overflow ({b}) is not used: tailsift always blocks, by pausing its Kafka input at memory.high_watermark (the data waits in Kafka)"
             ));
         }
         if let Some(d) = ts.decision_wait {

@@ -334,13 +334,16 @@ fn otel_processor_keys_without_a_tailsift_meaning_say_what_to_use() {
             "{KAFKA}tail_sampling:\n  {extra}\n  policies: [{{name: all, type: always_sample}}]\n"
         )
     };
-    let e = err(&block("num_traces: 50000"));
+    let cfg = Config::from_yaml(&block("num_traces: 50000")).expect("accepted");
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
     assert!(
-        e.contains(
-            "`tail_sampling.num_traces` = 50000: expected nothing: tailsift bounds memory in bytes"
-        ),
-        "{e}"
+        cfg.warnings[0].contains("tail_sampling.num_traces (50000) is not used")
+            && cfg.warnings[0].contains("memory.limit (512MiB)"),
+        "{:?}",
+        cfg.warnings
     );
+    let cfg = Config::from_yaml(&block("expected_new_traces_per_sec: 10")).expect("accepted");
+    assert!(cfg.warnings[0].contains("expected_new_traces_per_sec (10) is not used"));
     let cfg = Config::from_yaml(&block(
         "decision_cache: {sampled_cache_size: 100_000, non_sampled_cache_size: 5000}",
     ))
@@ -350,8 +353,13 @@ fn otel_processor_keys_without_a_tailsift_meaning_say_what_to_use() {
     assert!(e.contains("100_000"), "{e}");
     let cfg = Config::from_yaml(&block("sample_on_first_match: true")).expect("maps");
     assert!(cfg.sample_on_first_match);
-    let e = err(&block("block_on_overflow: true"));
-    assert!(e.contains("memory.high_watermark"), "{e}");
+    let cfg = Config::from_yaml(&block("block_on_overflow: true")).expect("accepted");
+    assert!(
+        cfg.warnings[0].contains("block_on_overflow (true) is not used")
+            && cfg.warnings[0].contains("memory.high_watermark"),
+        "{:?}",
+        cfg.warnings
+    );
     let e = err(&format!(
         "{}policies: [{{name: x, type: always_sample}}]\n",
         block("decision_wait: 5s")
@@ -361,19 +369,20 @@ fn otel_processor_keys_without_a_tailsift_meaning_say_what_to_use() {
 
 /// The example config of the OTel `tail_sampling` processor's README, verbatim
 /// (`otel_readme_example.yaml`): every policy type it shows loads and builds. Its
-/// `num_traces` has no tailsift meaning and is refused with what to use instead;
-/// without that one line it loads.
+/// `num_traces` and `expected_new_traces_per_sec` have no tailsift meaning: each is
+/// accepted with one warning saying what tailsift does instead.
 #[test]
 fn the_otel_readme_example_loads_verbatim() {
     let example = include_str!("otel_readme_example.yaml");
-    let e = err(&format!("{KAFKA}{example}"));
+    let cfg = Config::from_yaml(&format!("{KAFKA}{example}")).expect("the README example loads");
+    assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
     assert!(
-        e.contains("processors.tail_sampling.num_traces") && e.contains("memory.limit"),
-        "{e}"
+        cfg.warnings[0].contains("processors.tail_sampling.num_traces (100)")
+            && cfg.warnings[0].contains("memory.limit")
+            && cfg.warnings[1].contains("expected_new_traces_per_sec (10)"),
+        "{:?}",
+        cfg.warnings
     );
-    let without = example.replace("    num_traces: 100\n", "");
-    assert_ne!(without, example);
-    let cfg = Config::from_yaml(&format!("{KAFKA}{without}")).expect("the README example loads");
     assert_eq!(cfg.policies.len(), 16);
     assert_eq!(cfg.buffer.decision_cache_traces, 200_000);
     assert_eq!(
@@ -556,4 +565,62 @@ fn exactly_once_needs_a_decisions_topic_and_owns_the_transactional_id() {
             .kafka
             .exactly_once
     );
+}
+
+/// Secrets and settings from the environment or mounted files, as in the Collector:
+/// resolved in values, typed when a whole value, an error naming field and
+/// reference when unresolvable.
+#[test]
+fn env_and_file_references_resolve_and_unresolved_ones_are_named() {
+    let dir = std::env::temp_dir().join(format!("tailsift-subst-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let secret = dir.join("password");
+    std::fs::write(&secret, "p@ss: #word\n").expect("secret file");
+    // A variable no test environment sets, and one every process has.
+    let yaml = format!(
+        "kafka:\n  brokers: ${{env:TAILSIFT_TEST_UNSET_BROKERS:-127.0.0.1:9092}}\n  input_topics: [in]\n  output_topic: out-${{env:TAILSIFT_TEST_UNSET:-x}}\n  client: {{sasl.password: \"${{file:{}}}\"}}\nbuffer:\n  shards: ${{env:TAILSIFT_TEST_UNSET_SHARDS:-3}}\npolicies:\n  - {{name: all, type: always_sample}}\n",
+        secret.display()
+    );
+    let cfg = Config::from_yaml(&yaml).expect("resolves");
+    assert_eq!(cfg.kafka.brokers, "127.0.0.1:9092");
+    assert_eq!(cfg.kafka.output_topic, "out-x");
+    assert_eq!(cfg.buffer.shards, 3, "a whole-value reference is typed");
+    assert_eq!(cfg.kafka.producer["sasl.password"], "p@ss: #word");
+    let e = err(&yaml.replace("TAILSIFT_TEST_UNSET:-x", "TAILSIFT_TEST_UNSET"));
+    assert!(
+        e.contains("kafka.output_topic") && e.contains("${env:TAILSIFT_TEST_UNSET}"),
+        "{e}"
+    );
+    let missing = dir.join("missing");
+    let e = err(&yaml.replace(
+        &secret.display().to_string(),
+        &missing.display().to_string(),
+    ));
+    assert!(
+        e.contains("kafka.client.sasl.password") && e.contains("readable file"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `kafka.client` reaches every client once; `consumer`/`producer` override per key;
+/// brokers may be a list.
+#[test]
+fn one_client_block_for_every_client_and_brokers_as_a_list() {
+    let cfg = Config::from_yaml(
+        "kafka:\n  brokers: [a:9092, b:9092]\n  input_topics: [in]\n  output_topic: out\n  client: {security.protocol: SASL_SSL, sasl.mechanism: SCRAM-SHA-512, client.id: shared}\n  producer: {client.id: mine}\npolicies:\n  - {name: all, type: always_sample}\n",
+    )
+    .expect("valid");
+    assert_eq!(cfg.kafka.brokers, "a:9092,b:9092");
+    for props in [&cfg.kafka.consumer, &cfg.kafka.producer] {
+        assert_eq!(props["security.protocol"], "SASL_SSL");
+        assert_eq!(props["sasl.mechanism"], "SCRAM-SHA-512");
+    }
+    assert_eq!(cfg.kafka.consumer["client.id"], "shared");
+    assert_eq!(cfg.kafka.producer["client.id"], "mine");
+    let e =
+        err("kafka:\n  brokers: {a: 1}\n  input_topics: [in]\n  output_topic: out\npolicies: []\n");
+    assert!(e.contains("host:port"), "{e}");
+    let e = err("kafka:\n  brokers: x:1\n  input_topics: [in]\n  output_topic: out\n  client: {enable.auto.commit: \"true\"}\npolicies:\n  - {name: all, type: always_sample}\n");
+    assert!(e.contains("kafka.consumer.enable.auto.commit"), "{e}");
 }
