@@ -93,7 +93,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
             shutdown.clone(),
         )
         .await?;
-        info!(message = "Serving /metrics, /healthz and /readyz.", address = %addr);
+        info!(message = "Serving /metrics, /healthz, /readyz and /startupz.", address = %addr);
         telemetry_addr = Some(addr);
         server = Some(task);
     }
@@ -192,6 +192,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
     )?;
     // The source must not hold a release sender, or its drain would never end.
     drop(releases);
+    health.set_started();
     info!(
         message = "tailsift started.",
         input = ?cfg.kafka.input_topics,

@@ -109,11 +109,15 @@ async fn broker_outage_is_reported_and_survived() {
     let feed = traffic(&h, 2000, 250, 37);
     tokio::time::sleep(Duration::from_secs(2)).await;
     h.broker.cluster().broker_down(-1).expect("broker down");
+    let mut why = String::new();
     let reported = wait_until(Duration::from_secs(30), || {
-        http_get(addr, "/readyz").0 == 503
+        let (code, body) = http_get(addr, "/readyz");
+        why = body;
+        code == 503
     })
     .await;
-    let (_, why) = http_get(addr, "/healthz");
+    // A broker outage fails readiness, never liveness: a restart would not help.
+    let (live, live_body) = http_get(addr, "/healthz");
     tokio::time::sleep(Duration::from_secs(4)).await;
     h.broker.cluster().broker_up(-1).expect("broker up");
     let recovered = wait_until(Duration::from_secs(60), || {
@@ -130,7 +134,11 @@ async fn broker_outage_is_reported_and_survived() {
         reported,
         "/readyz did not turn 503 while the broker was down"
     );
-    assert!(!why.is_empty(), "/healthz says why it is unhealthy");
+    assert!(
+        why.starts_with("not ready: ") && (why.contains("kafka") || why.contains("stalled")),
+        "/readyz does not say why: {why:?}"
+    );
+    assert_eq!(live, 200, "a broker outage failed liveness: {live_body}");
     assert!(
         recovered,
         "/readyz did not recover after the broker came back"

@@ -196,7 +196,9 @@ async fn a_flood_of_garbage_is_dead_lettered_with_its_headers_and_logged_a_few_t
     let dlq = h.dead_letters();
     let mut sampler = spawn(&dir, &yaml, &log);
     let ready = wait_until(Duration::from_secs(40), || {
+        // Ready, and holding partitions (a member with none is ready too).
         http_get(sampler.telemetry, "/readyz").0 == 200
+            && max_metric_of(&sampler, "tailsift_assigned_partitions") > 0.0
     })
     .await;
     assert!(ready, "sampler not ready");
@@ -242,7 +244,9 @@ async fn a_second_signal_ends_a_stuck_drain_at_once_with_a_failure_status() {
     let yaml = h.config_yaml(ERRORS_SLOW_AND, "500ms", None);
     let mut sampler = spawn(&dir, &yaml, &log);
     let ready = wait_until(Duration::from_secs(40), || {
+        // Ready, and holding partitions (a member with none is ready too).
         http_get(sampler.telemetry, "/readyz").0 == 200
+            && max_metric_of(&sampler, "tailsift_assigned_partitions") > 0.0
     })
     .await;
     assert!(ready, "sampler not ready");

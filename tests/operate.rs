@@ -27,6 +27,7 @@ async fn metrics_and_health_endpoints() {
     .await;
     assert!(healthy, "kafka never reported up");
     assert_eq!(http_get(addr, "/healthz").0, 200);
+    assert_eq!(http_get(addr, "/startupz").0, 200);
     let (code, body) = http_get(addr, "/readyz");
     assert_eq!(code, 200, "{body}");
     let names = [
@@ -130,11 +131,49 @@ async fn unreachable_broker_is_reported_not_fatal() {
     let sampler = Instance::start(&cfg).await;
     let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Liveness holds (a restart would not bring the broker back), and says why the
+    // instance is not ready; readiness names the broker problem.
     let (code, body) = http_get(addr, "/healthz");
-    assert_eq!(code, 503);
-    assert!(body.contains("kafka"), "{body}");
-    assert_eq!(http_get(addr, "/readyz").0, 503);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("kafka: no broker reachable"), "{body}");
+    let (code, body) = http_get(addr, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("kafka: no broker reachable"), "{body}");
+    assert_eq!(
+        http_get(addr, "/startupz").0,
+        200,
+        "started: metadata read tried"
+    );
     sampler.stop().await;
+}
+
+/// More members than partitions: the member without any is ready (it is in the
+/// group and takes over when another leaves) and says why it holds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_partitions_is_ready_and_says_so() {
+    let h = Harness::new(1, 1);
+    let cfg = h.config(ERRORS_SLOW_AND, "500ms", None);
+    let a = Instance::start(&cfg).await;
+    a.wait_assigned().await;
+    let b = Instance::start(&cfg).await;
+    let addrs = [&a, &b].map(|i| i.running.telemetry_addr.expect("telemetry enabled"));
+    let both = wait_until(Duration::from_secs(30), || {
+        addrs.iter().all(|&addr| http_get(addr, "/readyz").0 == 200)
+            && a.running.health.assigned() + b.running.health.assigned() == 1
+    })
+    .await;
+    let bodies = addrs.map(|addr| http_get(addr, "/readyz").1);
+    a.stop().await;
+    b.stop().await;
+    assert!(
+        both,
+        "not both ready with one partition between them: {bodies:?}"
+    );
+    assert!(
+        bodies.iter().any(|b| b.contains("no partitions"))
+            && bodies.iter().any(|b| b.contains("1 partitions")),
+        "{bodies:?}"
+    );
 }
 
 #[test]

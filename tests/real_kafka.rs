@@ -258,7 +258,9 @@ fn kill(mut s: Sampler) {
 /// Waits until a child serves `/readyz` with 200.
 async fn ready(s: &Sampler) {
     let ok = wait_until(Duration::from_secs(60), || {
+        // Ready, and holding partitions (a member with none is ready too).
         http_get(s.telemetry, "/readyz").0 == 200
+            && max_metric_of(s, "tailsift_assigned_partitions") > 0.0
     })
     .await;
     assert!(ok, "instance not ready within 60 s");
@@ -653,7 +655,7 @@ async fn a_wrong_password_and_an_untrusted_certificate_are_named_and_never_leak(
         let a = s.spawn(&s.yaml_via(broker_addr, &p), what);
         let mut body = String::new();
         let named = wait_until(Duration::from_secs(30), || {
-            let (code, b) = http_get(a.telemetry, "/healthz");
+            let (code, b) = http_get(a.telemetry, "/readyz");
             body = b;
             code == 503
                 && expect.iter().all(|e| body.contains(e))
@@ -664,7 +666,7 @@ async fn a_wrong_password_and_an_untrusted_certificate_are_named_and_never_leak(
         let (_, ready) = http_get(a.telemetry, "/readyz");
         stop(a);
         let log = log_of(&s.log(what));
-        assert!(named, "{what}: /healthz did not name the failure: {body:?}");
+        assert!(named, "{what}: /readyz did not name the failure: {body:?}");
         assert!(
             expect.iter().all(|e| log.contains(e)),
             "{what}: the log does not name the failure:\n{log}"

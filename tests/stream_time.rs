@@ -29,7 +29,9 @@ fn workdir(name: &str) -> (PathBuf, PathBuf) {
 
 async fn wait_ready(s: &Sampler, log: &std::path::Path) {
     let ready = wait_until(Duration::from_secs(40), || {
+        // Ready, and holding partitions (a member with none is ready too).
         http_get(s.telemetry, "/readyz").0 == 200
+            && max_metric_of(s, "tailsift_assigned_partitions") > 0.0
     })
     .await;
     assert!(ready, "sampler not ready; log: {}", log.display());

@@ -102,7 +102,9 @@ async fn on_tansu_topics_are_created_and_a_broker_crash_loses_nothing() {
     let sampler_log = dir.join("tailsift.log");
     let mut sampler = spawn(&dir, &yaml, &sampler_log);
     let ready = wait_until(Duration::from_secs(60), || {
+        // Ready, and holding partitions (a member with none is ready too).
         http_get(sampler.telemetry, "/readyz").0 == 200
+            && max_metric_of(&sampler, "tailsift_assigned_partitions") > 0.0
     })
     .await;
     assert!(
@@ -162,7 +164,9 @@ async fn on_tansu_topics_are_created_and_a_broker_crash_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut tansu = start_tansu(port, &dir, &log);
     let back = wait_until(Duration::from_secs(60), || {
+        // Ready, and holding partitions (a member with none is ready too).
         http_get(sampler.telemetry, "/readyz").0 == 200
+            && max_metric_of(&sampler, "tailsift_assigned_partitions") > 0.0
     })
     .await;
     let truths = feed.await.expect("traffic");

@@ -128,6 +128,7 @@ impl ConsumerContext for SourceContext {
                 for e in tpl.elements() {
                     t.assign(e.topic(), e.partition());
                 }
+                self.health.set_joined();
                 if self.restore_decisions {
                     t.queue_loading(
                         tpl.elements()

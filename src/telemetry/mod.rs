@@ -2,8 +2,10 @@
 //!
 //! Metrics are recorded through the `metrics` facade at the call sites named in
 //! [`names`]; [`install`] registers the Prometheus recorder. The HTTP server answers
-//! `/metrics`, `/healthz` (process alive and a broker reachable) and `/readyz`
-//! (assigned partitions and a broker reachable).
+//! `/metrics` and three probes with Kubernetes' meanings: `/healthz` (liveness: the
+//! process serves and its pipeline runs; a broker outage does not fail it, as a
+//! restart would not help), `/readyz` (readiness: a broker reachable, a member of
+//! its group, output not stalled) and `/startupz` (the first metadata read is done).
 
 mod limit;
 pub mod names;
@@ -25,6 +27,10 @@ pub use server::{serve, ServerError};
 pub struct Health {
     kafka_up: AtomicBool,
     assigned: AtomicUsize,
+    /// The pipeline has started: the first metadata read is done.
+    started: AtomicBool,
+    /// The consumer has been given an assignment (possibly empty) by its group.
+    joined: AtomicBool,
     last_error: std::sync::Mutex<String>,
     /// Why output cannot progress, while it cannot.
     produce_stalled: std::sync::Mutex<Option<String>>,
@@ -70,6 +76,27 @@ impl Health {
         } else if let Ok(mut l) = self.last_error.lock() {
             *l = reason.to_string();
         }
+    }
+
+    /// Records that the pipeline has started (`/startupz` answers 200 from now on).
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the pipeline has started.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Records that the group gave this member an assignment, empty or not: it is a
+    /// member and can work.
+    pub fn set_joined(&self) {
+        self.joined.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the group has given this member an assignment yet.
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
     }
 
     /// Records the number of assigned input partitions.

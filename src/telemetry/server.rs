@@ -89,39 +89,67 @@ async fn respond(mut stream: TcpStream, handle: PrometheusHandle, health: Arc<He
             "text/plain; version=0.0.4",
             super::render(&handle),
         ),
-        "/healthz" => {
-            if health.kafka_up() {
-                ("200 OK", "text/plain", "ok\n".to_string())
+        "/healthz" | "/livez" => {
+            let kafka = if health.kafka_up() {
+                "kafka: up".to_string()
+            } else {
+                format!("kafka: no broker reachable ({})", health.last_error())
+            };
+            match health.fatal() {
+                // The pipeline stopped by itself; `run` starts it again, and a process
+                // that cannot is restarted by its supervisor.
+                Some(why) => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("pipeline stopped: {why}\n{kafka}\n"),
+                ),
+                None => ("200 OK", "text/plain", format!("alive\n{kafka}\n")),
+            }
+        }
+        "/startupz" => {
+            if health.started() {
+                ("200 OK", "text/plain", "started\n".to_string())
             } else {
                 (
                     "503 Service Unavailable",
                     "text/plain",
-                    format!("kafka: no broker reachable ({})\n", health.last_error()),
+                    "starting: reading topic metadata\n".to_string(),
                 )
             }
         }
         "/readyz" => {
-            if let Some(why) = health.produce_stalled() {
+            if !health.kafka_up() {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!(
+                        "not ready: kafka: no broker reachable ({})\n",
+                        health.last_error()
+                    ),
+                )
+            } else if let Some(why) = health.produce_stalled() {
                 (
                     "503 Service Unavailable",
                     "text/plain",
                     format!("not ready: output stalled: {why}\n"),
                 )
-            } else if health.kafka_up() && health.assigned() > 0 {
+            } else if !health.joined() {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready: joining the consumer group\n".to_string(),
+                )
+            } else if health.assigned() == 0 {
+                (
+                    "200 OK",
+                    "text/plain",
+                    "ready: a member of the group with no partitions (the group has as many members as input partitions, or more)\n".to_string(),
+                )
+            } else {
                 (
                     "200 OK",
                     "text/plain",
                     format!("ready: {} partitions\n", health.assigned()),
-                )
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    format!(
-                        "not ready: kafka up={}, partitions={}\n",
-                        health.kafka_up(),
-                        health.assigned()
-                    ),
                 )
             }
         }
