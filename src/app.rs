@@ -52,6 +52,10 @@ pub enum AppError {
     /// Missing topics could not be created.
     #[error(transparent)]
     Topics(#[from] crate::sink::TopicError),
+    /// A start-up step on the blocking pool ended without an answer (the runtime is
+    /// shutting down).
+    #[error("start-up interrupted: {0}")]
+    Stopped(String),
 }
 
 /// A started pipeline.
@@ -126,13 +130,14 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
     let observed_budget = budget.clone();
     let (releases, release_rx) = Releases::channel();
     let (sink_tx, sink_rx) = mpsc::channel(SINK_CHANNEL);
-    let sink = Sink::new(
-        &cfg.kafka,
-        &split,
-        Arc::clone(&health),
-        sink_rx,
-        releases.clone(),
-    )?;
+    // Blocking: the decisions topic's metadata read (up to 10 s) and, in exactly-once
+    // mode, the transactional producer's initialisation (up to 30 s).
+    let sink = {
+        let (kafka, health, releases) = (cfg.kafka.clone(), Arc::clone(&health), releases.clone());
+        tokio::task::spawn_blocking(move || Sink::new(&kafka, &split, health, sink_rx, releases))
+            .await
+            .map_err(|e| AppError::Stopped(e.to_string()))??
+    };
     let clocks = Arc::new(StreamClocks::new());
     let worker_cfg = WorkerConfig {
         decision_wait: cfg.buffer.decision_wait.0,

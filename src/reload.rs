@@ -32,8 +32,8 @@ pub enum ReloadError {
     Policy(#[from] crate::policy::PolicyError),
 }
 
-/// Loads `path` and puts its policies in force; returns the new generation and the
-/// policies' topics (to check they exist).
+/// Loads `path` and puts its policies in force; returns the new generation's number
+/// and the config loaded (the caller checks that its policies' topics exist).
 ///
 /// # Errors
 /// [`ReloadError`]; the policies in force stay.

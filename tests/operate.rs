@@ -87,6 +87,15 @@ async fn metrics_and_health_endpoints() {
         );
     }
     assert_eq!(http_get(addr, "/nope").0, 404);
+    // A scraper's query string selects nothing; only GET and HEAD are answered.
+    let (code, with_query) = http_get(addr, "/metrics?name[]=tailsift_kafka_up");
+    assert!(
+        code == 200 && with_query.contains("tailsift_kafka_up"),
+        "{code}"
+    );
+    assert_eq!(http_request(addr, "POST", "/readyz").0, 405);
+    let (code, body) = http_request(addr, "HEAD", "/readyz");
+    assert!(code == 200 && body.is_empty(), "{code} {body:?}");
     sampler.stop().await;
 }
 

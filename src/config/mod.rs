@@ -93,7 +93,8 @@ pub struct Config {
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     /// The sampling policies, in the OpenTelemetry Collector `tail_sampling` shape.
-    /// A trace is kept when any policy votes to sample it.
+    /// A trace is kept when a policy votes to sample it and no `drop` policy drops it
+    /// nor an `invert_match` policy vetoes it (the Collector's precedence; README).
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
     /// Decide as soon as a policy votes to sample, skipping the policies after it

@@ -50,13 +50,15 @@ pub async fn serve(
         loop {
             tokio::select! {
                 _ = shutdown.recv() => break,
-                accepted = listener.accept() => {
-                    if let Ok((stream, _)) = accepted {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
                         let handle = handle.clone();
                         let health = Arc::clone(&health);
                         tokio::spawn(respond(stream, handle, health));
                     }
-                }
+                    // Out of file descriptors, say: back off instead of spinning.
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                },
             }
         }
     });
@@ -82,8 +84,17 @@ async fn respond(mut stream: TcpStream, handle: PrometheusHandle, health: Arc<He
         return;
     }
     let req = String::from_utf8_lossy(&buf);
-    let path = req.split_whitespace().nth(1).unwrap_or("/");
+    let mut words = req.split_whitespace();
+    let method = words.next().unwrap_or_default();
+    // The query string (`/metrics?name[]=...` from some scrapers) selects nothing.
+    let path = words.next().unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
     let (status, content_type, body) = match path {
+        _ if method != "GET" && method != "HEAD" => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET and HEAD\n".to_string(),
+        ),
         "/metrics" => (
             "200 OK",
             "text/plain; version=0.0.4",
@@ -160,6 +171,8 @@ async fn respond(mut stream: TcpStream, handle: PrometheusHandle, health: Arc<He
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
+    if method != "HEAD" {
+        let _ = stream.write_all(body.as_bytes()).await;
+    }
     let _ = stream.shutdown().await;
 }

@@ -135,11 +135,16 @@ impl Instance {
 
 /// GET `path` from a telemetry server: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path)
+}
+
+/// An HTTP/1.1 request with `method`: its status (0 if nothing answered) and body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return (0, String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    if s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .is_err()
     {
         return (0, String::new());
