@@ -138,17 +138,32 @@ fn supervise(
     )
 }
 
-fn read_output(bootstrap: &str, topic: &str) -> (usize, usize, HashSet<TraceId>) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let c = Collector::start(bootstrap, topic, 4).expect("collector");
-        c.settle(Duration::from_secs(3), Duration::from_secs(60))
-            .await;
-        let records = c.records();
-        let bytes = records.iter().map(|r| r.payload.len()).sum();
-        let kept = demo::traces_of(&records).into_keys().collect();
-        (records.len(), bytes, kept)
-    })
+impl Run {
+    /// A finished peer's figures (`usage` from [`supervise`]) and what it wrote to
+    /// `topic`.
+    fn read(name: String, usage: (f64, f64, f64, u64), bootstrap: &str, topic: &str) -> Run {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (records, bytes, kept) = rt.block_on(async {
+            let c = Collector::start(bootstrap, topic, 4).expect("collector");
+            c.settle(Duration::from_secs(3), Duration::from_secs(60))
+                .await;
+            let records = c.records();
+            let bytes = records.iter().map(|r| r.payload.len()).sum();
+            let kept: HashSet<TraceId> = demo::traces_of(&records).into_keys().collect();
+            (records.len(), bytes, kept)
+        });
+        let (consumed_s, done_s, cpu, peak_rss) = usage;
+        Run {
+            name,
+            consumed_s,
+            done_s,
+            cpu,
+            peak_rss,
+            records,
+            bytes,
+            kept,
+        }
+    }
 }
 
 fn main() {
@@ -252,17 +267,12 @@ fn main() {
             all_in && demo::metric(m, "tailsift_buffer_traces") == 0.0,
         )
     });
-    let (records, bytes, kept) = read_output(&bootstrap, &ts_out);
-    runs.push(Run {
-        name: "tailsift".into(),
-        consumed_s,
-        done_s,
-        cpu,
-        peak_rss,
-        records,
-        bytes,
-        kept,
-    });
+    runs.push(Run::read(
+        "tailsift".into(),
+        (consumed_s, done_s, cpu, peak_rss),
+        &bootstrap,
+        &ts_out,
+    ));
 
     // The Collector, with its default shards and with one per core.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -296,17 +306,12 @@ fn main() {
             );
             (all_in, all_in && decided >= truths.len() as f64)
         });
-        let (records, bytes, kept) = read_output(&bootstrap, out);
-        runs.push(Run {
+        runs.push(Run::read(
             name,
-            consumed_s,
-            done_s,
-            cpu,
-            peak_rss,
-            records,
-            bytes,
-            kept,
-        });
+            (consumed_s, done_s, cpu, peak_rss),
+            &bootstrap,
+            out,
+        ));
     }
 
     let must: HashSet<TraceId> = truths
