@@ -187,3 +187,19 @@ fn the_configs_the_manifests_carry_load() {
         dir.display()
     );
 }
+
+/// The config the compose pipeline gives tailsift loads (its broker from the
+/// environment, with the default the file names).
+#[test]
+fn the_compose_config_loads() {
+    let path = deploy().join("compose/tailsift.yaml");
+    let text = std::fs::read_to_string(&path).expect("readable");
+    assert!(
+        text.contains("${env:KAFKA_BROKERS:-"),
+        "the broker comes from the environment"
+    );
+    let cfg = Config::from_yaml(&text.replace("KAFKA_BROKERS", "TAILSIFT_TEST_UNSET_BROKERS"))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(cfg.kafka.brokers, "localhost:9092");
+    assert_eq!(cfg.kafka.output_topic, "otlp_spans_sampled");
+}

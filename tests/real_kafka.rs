@@ -843,7 +843,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    const BASE_PORT: &'static str = "39092";
+    /// Below Linux's ephemeral range (32768-60999): a port in it can be taken by any
+    /// client's outgoing connection, and a node then fails to bind (seen in CI).
+    const BASE_PORT: &'static str = "23092";
 
     fn script(dir: &Path, args: &[&str]) -> std::process::Output {
         std::process::Command::new(
@@ -859,11 +861,16 @@ impl Cluster {
     fn start() -> Cluster {
         let dir = std::env::temp_dir().join(format!("tailsift-cluster-{}", std::process::id()));
         let out = Self::script(&dir, &["start", "--nodes", "3"]);
-        assert!(
-            out.status.success(),
-            "3-node cluster did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            // Stop the nodes that did start: left running, they would load the
+            // machine for the tests after this one.
+            let _ = Self::script(&dir, &["stop"]);
+            panic!(
+                "3-node cluster did not start: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let bootstrap = String::from_utf8_lossy(&out.stdout).trim().to_string();
         Cluster { dir, bootstrap }
     }
