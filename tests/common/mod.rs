@@ -297,6 +297,7 @@ pub fn spread_traffic_to(
         });
         let start = tokio::time::Instant::now();
         let mut truths = Vec::with_capacity(traces);
+        let mut deliveries = Vec::new();
         // (when, sequence) -> (key, payload)
         let mut pending: BinaryHeap<Reverse<(tokio::time::Instant, u64)>> = BinaryHeap::new();
         let mut payloads: HashMap<u64, (String, Vec<u8>)> = HashMap::new();
@@ -336,9 +337,26 @@ pub fn spread_traffic_to(
                 }
                 pending.pop();
                 let (key, m) = payloads.remove(&s).expect("scheduled payload");
-                gen::send(&producer, &topic, key.as_bytes(), &m)
-                    .await
-                    .expect("send");
+                // Each delivery is checked: input the producer failed to deliver must
+                // not pass for the sampler's loss.
+                loop {
+                    let record = rdkafka::producer::FutureRecord::to(&topic)
+                        .key(key.as_bytes())
+                        .payload(&m[..]);
+                    match producer.send_result(record) {
+                        Ok(d) => {
+                            deliveries.push(d);
+                            break;
+                        }
+                        Err((e, _))
+                            if e.rdkafka_error_code()
+                                == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        Err((e, _)) => panic!("the feeder cannot enqueue: {e}"),
+                    }
+                }
             }
         }
         let p = producer.clone();
@@ -349,6 +367,21 @@ pub fn spread_traffic_to(
         .await
         .expect("flush task")
         .expect("flushed");
+        let total = deliveries.len();
+        let mut failed = Vec::new();
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => failed.push(e.to_string()),
+                Err(_) => failed.push("delivery cancelled".into()),
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "the feeder's producer failed to deliver {} of {total} input messages (first: {:?}): the input is short, not the sampler's output",
+            failed.len(),
+            failed.first()
+        );
         truths
     })
 }
