@@ -30,7 +30,7 @@ use crate::decide::DecisionRecord;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long at-least-once mode keeps trying to read decisions back.
-pub(super) const AT_LEAST_ONCE_PATIENCE: Duration = Duration::from_secs(60);
+const AT_LEAST_ONCE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Why a read of the decisions did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +94,7 @@ impl DecisionsTopic {
         loop {
             let e = match self.load(input_partitions) {
                 Ok(d) => return d,
-                Err(e @ LoadError::Kafka(_)) => e.to_string(),
-                Err(e @ LoadError::Incomplete(_)) => {
+                Err(e) => {
                     let why = e.to_string();
                     if let LoadError::Incomplete(partial) = e {
                         if partial.len() >= best.len() {
