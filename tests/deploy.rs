@@ -34,9 +34,9 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Every YAML document in `text`.
-fn yaml_docs(text: &str) -> Result<Vec<serde_yaml::Value>, serde_yaml::Error> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(serde_yaml::Value::deserialize)
+fn yaml_docs(text: &str) -> Result<Vec<serde_yaml_ng::Value>, serde_yaml_ng::Error> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(serde_yaml_ng::Value::deserialize)
         .collect()
 }
 

@@ -45,7 +45,7 @@ pub enum ConfigError {
         /// The path given.
         path: String,
         /// What serde found, with the field path and line.
-        error: serde_yaml::Error,
+        error: serde_yaml_ng::Error,
     },
     /// A value is out of range or inconsistent with another.
     #[error("config field `{field}` = {value}: expected {expected}")]
@@ -340,11 +340,11 @@ impl Config {
             // References are resolved in the parsed values (a secret with `: ` in it
             // stays one string); without any, parse directly, keeping line numbers
             // in type errors.
-            let mut doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse)?;
+            let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(parse)?;
             subst::resolve(&mut doc, &subst::Process)?;
-            serde_yaml::from_value(doc).map_err(parse)?
+            serde_yaml_ng::from_value(doc).map_err(parse)?
         } else {
-            serde_yaml::from_str(text).map_err(parse)?
+            serde_yaml_ng::from_str(text).map_err(parse)?
         };
         cfg.kafka.merge_client();
         cfg.merge_tail_sampling()?;

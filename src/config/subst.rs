@@ -12,7 +12,7 @@
 //! file or an unknown scheme is an error naming the field and the reference, never a
 //! resolved value.
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 use super::ConfigError;
 
@@ -89,7 +89,7 @@ fn walk(v: &mut Value, path: &mut String, sources: &dyn Sources) -> Result<(), C
 /// A whole-value reference's text as the YAML scalar it reads as: a number, a
 /// boolean or null stay typed; anything else (a mapping, a list) stays the string.
 fn typed(text: String) -> Value {
-    match serde_yaml::from_str::<Value>(&text) {
+    match serde_yaml_ng::from_str::<Value>(&text) {
         Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) if !text.trim().is_empty() => v,
         _ => Value::String(text),
     }
@@ -222,7 +222,7 @@ mod tests {
     }
 
     fn resolved(yaml: &str) -> Result<Value, ConfigError> {
-        let mut v: Value = serde_yaml::from_str(yaml).expect("yaml");
+        let mut v: Value = serde_yaml_ng::from_str(yaml).expect("yaml");
         resolve(&mut v, &fake()).map(|()| v)
     }
 
