@@ -16,7 +16,8 @@
 //! [`app`] wires them with bounded channels; [`config`] is the YAML schema;
 //! [`telemetry`] the metrics and health endpoints; [`gen`] and [`demo`] the synthetic
 //! traffic and the zero-setup demo on the embedded broker; [`simulate`] runs a policy
-//! set over recorded OTLP offline; [`reload`] replaces the policy set while running.
+//! set over recorded OTLP offline; [`reload`] replaces the policy set while running;
+//! [`plan`] sizes a deployment from the benches' figures.
 
 #![warn(missing_docs)]
 
@@ -28,6 +29,7 @@ pub mod config;
 pub mod decide;
 pub mod demo;
 pub mod gen;
+pub mod plan;
 pub mod policy;
 pub mod reload;
 pub mod shutdown;

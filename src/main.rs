@@ -96,6 +96,44 @@ enum Command {
         #[arg(long = "topic")]
         topics: Vec<String>,
     },
+    /// Capacity planning: memory per instance, instances, partitions and network for
+    /// a given input, from the figures the benches measure (see README, Capacity).
+    Plan {
+        /// Spans per second across the whole input.
+        #[arg(long)]
+        spans_per_sec: f64,
+        /// `buffer.decision_wait` (e.g. 30s, 1m).
+        #[arg(long, value_parser = parse_wait)]
+        decision_wait: Duration,
+        /// Encoded OTLP bytes per span (input topic bytes / spans).
+        #[arg(long, default_value_t = 450.0)]
+        bytes_per_span: f64,
+        /// Spans per trace, on average.
+        #[arg(long, default_value_t = 20.0)]
+        spans_per_trace: f64,
+        /// Share of traces kept (0 to 1).
+        #[arg(long, default_value_t = 0.1)]
+        kept_share: f64,
+        /// Cores one instance may use.
+        #[arg(long, default_value_t = 2.0)]
+        cores: f64,
+        /// Memory one instance (pod) may use, e.g. 2Gi; more instances if needed.
+        #[arg(long, value_parser = parse_size)]
+        memory_per_instance: Option<u64>,
+        /// `buffer.decision_cache_traces`.
+        #[arg(long, default_value_t = 100_000)]
+        decision_cache_traces: u64,
+    },
+}
+
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    tailsift::config::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration: expected e.g. 500ms, 30s, 2m"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    tailsift::config::parse_bytes(s)
+        .ok_or_else(|| format!("{s:?} is not a size: expected e.g. 512Mi, 2Gi, 4GiB"))
 }
 
 /// `println!` that ends the process quietly when stdout is a closed pipe
@@ -284,6 +322,30 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
                 "attribute predicates tested while scanning: {}",
                 set.keys.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            spans_per_sec,
+            decision_wait,
+            bytes_per_span,
+            spans_per_trace,
+            kept_share,
+            cores,
+            memory_per_instance,
+            decision_cache_traces,
+        } => {
+            let input = tailsift::plan::PlanInput {
+                spans_per_sec,
+                decision_wait,
+                bytes_per_span,
+                spans_per_trace,
+                kept_share,
+                cores_per_instance: cores,
+                memory_per_instance,
+                decision_cache_traces,
+                ..Default::default()
+            };
+            out!("{}", tailsift::plan::plan(&input)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate { config, inputs } => {
