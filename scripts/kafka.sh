@@ -9,6 +9,8 @@
 #   scripts/kafka.sh secure              # prints the secure listeners and credentials
 #   scripts/kafka.sh acl ARGS            # Kafka's AclCommand (StandardAuthorizer is on;
 #                                        # every user but `limited` is a super user)
+#   scripts/kafka.sh topic NAME PARTS    # creates a topic (if missing; the broker
+#                                        # creates none on first use)
 #
 # Every node also listens with SASL_SSL (SCRAM-SHA-512 and PLAIN) on base+10*i+2 and
 # with SSL requiring a client certificate on base+10*i+3. The keys, certificates (a CA,
@@ -116,6 +118,18 @@ cmd_acl() {
   java_run "$STATE" org.apache.kafka.tools.AclCommand \
     --bootstrap-server "127.0.0.1:$(port 0 0)" "$@" >"$STATE/acl.log" 2>&1 \
     || { cat "$STATE/acl.log" >&2; die "AclCommand failed"; }
+}
+
+# Creates topic NAME with PARTS partitions (replicated as the cluster allows) unless
+# it exists.
+cmd_topic() {
+  [ -f "$STATE/nodes" ] || die "no broker started"
+  [ $# -eq 2 ] || die "usage: kafka.sh topic NAME PARTITIONS"
+  local n rf; n=$(cat "$STATE/nodes"); rf=$(( n >= 3 ? 3 : 1 ))
+  java_run "$STATE" org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "$(bootstrap)" --create --if-not-exists \
+    --topic "$1" --partitions "$2" --replication-factor "$rf" >"$STATE/topic.log" 2>&1 \
+    || { cat "$STATE/topic.log" >&2; die "TopicCommand failed"; }
 }
 
 write_config() {
@@ -289,6 +303,7 @@ case "${1:-}" in
   bootstrap) bootstrap ;;
   secure) cmd_secure ;;
   acl) shift; cmd_acl "$@" ;;
+  topic) shift; cmd_topic "$@" ;;
   fetch) fetch ;;
-  *) die "usage: kafka.sh start [--nodes N] | stop | kill NODE | restart NODE | bootstrap | secure | acl ARGS | fetch" ;;
+  *) die "usage: kafka.sh start [--nodes N] | stop | kill NODE | restart NODE | bootstrap | secure | acl ARGS | topic NAME PARTITIONS | fetch" ;;
 esac

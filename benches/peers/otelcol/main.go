@@ -1,6 +1,7 @@
 // otelcol-peer: the OpenTelemetry Collector with exactly the components tailsift is
 // compared with and tested against: the kafka receiver, the tail_sampling processor
-// and the kafka exporter (plus debug and otlp for inspection), built from the
+// and the kafka exporter (plus the debug exporter for inspection, and the otlp
+// receiver that scripts/pipeline.sh feeds traces through), built from the
 // Collector's Go modules at the versions pinned in go.mod.
 //
 //	go build -o otelcol-peer .
@@ -19,6 +20,7 @@ import (
 	"go.opentelemetry.io/collector/otelcol"
 	"go.opentelemetry.io/collector/processor"
 	"go.opentelemetry.io/collector/receiver"
+	"go.opentelemetry.io/collector/receiver/otlpreceiver"
 	"go.opentelemetry.io/collector/service/telemetry/otelconftelemetry"
 
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/kafkaexporter"
@@ -29,7 +31,7 @@ import (
 func components() (otelcol.Factories, error) {
 	var err error
 	f := otelcol.Factories{Telemetry: otelconftelemetry.NewFactory()}
-	if f.Receivers, err = otelcol.MakeFactoryMap[receiver.Factory](kafkareceiver.NewFactory()); err != nil {
+	if f.Receivers, err = otelcol.MakeFactoryMap[receiver.Factory](kafkareceiver.NewFactory(), otlpreceiver.NewFactory()); err != nil {
 		return f, err
 	}
 	if f.Processors, err = otelcol.MakeFactoryMap[processor.Factory](tailsamplingprocessor.NewFactory()); err != nil {
@@ -45,7 +47,7 @@ func main() {
 	settings := otelcol.CollectorSettings{
 		BuildInfo: component.BuildInfo{
 			Command:     "otelcol-peer",
-			Description: "OpenTelemetry Collector: kafka receiver, tail_sampling, kafka exporter",
+			Description: "OpenTelemetry Collector: kafka and otlp receivers, tail_sampling, kafka exporter",
 			Version:     "0.161.0",
 		},
 		Factories: components,
