@@ -69,7 +69,10 @@ async fn an_instance_stopped_mid_stream_loses_no_kept_trace() {
     // Traffic for ~6 s; A stops after 2 s with traces of its partitions still
     // buffered (decision_wait 2 s); B must take them over from A's commits.
     let traffic = traffic(&h, 3000, 500, 23);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kept traces coming out: the traffic has run past a decision wait, so A holds
+    // traces of its partitions undecided.
+    let flowing = wait_until(Duration::from_secs(30), || out.traces().len() >= 10).await;
+    assert!(flowing, "no kept trace came out before the stop");
     let a_had = a.running.health.assigned();
     a.stop().await;
     let took_over = wait_until(Duration::from_secs(40), || {
@@ -111,7 +114,8 @@ async fn scaling_one_to_three_to_one_under_traffic_loses_and_splits_nothing() {
     a.wait_assigned().await;
     // ~25 s of traffic, ~3 MB per partition (the broker keeps ~5 MiB).
     let traffic = traffic(&h, 5000, 200, 29);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let flowing = wait_until(Duration::from_secs(30), || out.traces().len() >= 5).await;
+    assert!(flowing, "no kept trace came out before the scale-out");
     let b = Instance::start(&cfg).await;
     let c = Instance::start(&cfg).await;
     let spread = wait_until(Duration::from_secs(40), || {
@@ -120,7 +124,14 @@ async fn scaling_one_to_three_to_one_under_traffic_loses_and_splits_nothing() {
     })
     .await;
     assert!(spread, "three instances did not share the partitions");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // B and C work a while: more kept traces out since they joined (each of them then
+    // holds undecided traces of its partitions when it stops).
+    let before = out.traces().len();
+    let worked = wait_until(Duration::from_secs(30), || {
+        out.traces().len() >= before + 10
+    })
+    .await;
+    assert!(worked, "no kept trace came out while three instances ran");
     b.stop().await;
     c.stop().await;
     let back = wait_until(Duration::from_secs(40), || {

@@ -139,7 +139,13 @@ async fn unreachable_broker_is_reported_not_fatal() {
     let cfg = Config::from_yaml(yaml).expect("valid");
     let sampler = Instance::start(&cfg).await;
     let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reported = wait_until(Duration::from_secs(30), || {
+        http_get(addr, "/readyz")
+            .1
+            .contains("kafka: no broker reachable")
+    })
+    .await;
+    assert!(reported, "readiness never named the unreachable broker");
     // Liveness holds (a restart would not bring the broker back), and says why the
     // instance is not ready; readiness names the broker problem.
     let (code, body) = http_get(addr, "/healthz");

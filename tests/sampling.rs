@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, S
 use prost::Message;
 use tailsift::codec::TraceId;
 use tailsift::gen;
+use tailsift::telemetry::names;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_error_and_slow_traces_and_thins_the_rest() {
@@ -127,7 +128,10 @@ fn request(service: &str, spans: Vec<Span>) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     let h = Harness::new(4, 2);
-    let cfg = h.config(ERRORS_SLOW_AND, "1500ms", None);
+    // A policy name of this test's own: its evaluation counter counts only this
+    // instance's traces (the metrics registry is the test process's).
+    let policies = "  - {name: errors-across-waits, type: status_code, status_code: {status_codes: [ERROR]}}\n";
+    let cfg = h.config(policies, "1500ms", None);
     let out = h.collector();
     let sampler = Instance::start(&cfg).await;
     sampler.wait_assigned().await;
@@ -147,6 +151,8 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     for i in 0..5u8 {
         send(kept, vec![span(kept, 10 + i, Some(1), i == 2, 0, 5)]).await;
         send(dropped, vec![span(dropped, 10 + i, Some(1), false, 0, 5)]).await;
+        // Input shaping, not synchronisation: the records' timestamps (stream time)
+        // spread over the wait.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Wait past the decision; then late spans: the kept trace's are forwarded, the
@@ -154,9 +160,20 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     // was made; it is not taken twice).
     let first = wait_until(Duration::from_secs(20), || out.traces().contains_key(&kept)).await;
     assert!(first, "the error trace was not kept");
-    // Both traces are due at the same moment; give the other shard's worker time to
-    // decide too before the late spans arrive.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Both traces are due at the same moment, perhaps in different shards: the late
+    // spans go only once the dropped one is decided too.
+    let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
+    let dropped_decided = wait_until(Duration::from_secs(20), || {
+        let (_, text) = http_get(addr, "/metrics");
+        text.lines().any(|l| {
+            l.starts_with(names::POLICY_EVALUATIONS)
+                && l.contains("policy=\"errors-across-waits\"")
+                && l.contains("decision=\"not_sampled\"")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0)
+        })
+    })
+    .await;
+    assert!(dropped_decided, "the ordinary trace was never decided");
     send(
         kept,
         vec![
@@ -182,7 +199,7 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     let k = &got[&kept];
     assert_eq!((k.spans, k.distinct_spans), (7, 7), "kept trace: {k:?}");
     assert_eq!(k.records, 2, "decided once, then one late record");
-    assert_eq!(k.policy, "errors");
+    assert_eq!(k.policy, "errors-across-waits");
     assert!(
         !got.contains_key(&dropped),
         "late spans of a dropped trace came out: {:?}",
