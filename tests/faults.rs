@@ -159,10 +159,26 @@ async fn failing_produce_and_commit_requests_lose_nothing() {
     let out = h.collector();
     let sampler = Instance::start(&cfg).await;
     sampler.wait_assigned().await;
+    let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
+    let counter = |name: &str, label: &str| -> f64 {
+        let (_, text) = http_get(addr, "/metrics");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
     let feed = traffic(&h, 1500, 300, 41);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // Whoever sends the next produce requests gets these errors, in order: the
-    // sampler's producer or the test's own feeder.
+    // Kept traces coming out: the sampler's producer is at work.
+    let flowing = wait_until(Duration::from_secs(30), || out.traces().len() >= 5).await;
+    assert!(flowing, "no kept trace came out");
+    let (produce_before, commit_before) = (
+        counter(names::PRODUCE_ERRORS, ""),
+        counter(names::COMMITS, "result=\"error\""),
+    );
+    let truths = feed.await.expect("traffic task");
+    // The feeder is done: the sampler's producer gets these errors, in order, on the
+    // next produce requests (the last traces' kept ones; librdkafka retries them
+    // inside its idempotent producer, so no delivery fails and nothing counts them).
     let cluster = h.broker.cluster();
     cluster.request_errors(
         RDKafkaApiKey::Produce,
@@ -175,7 +191,6 @@ async fn failing_produce_and_commit_requests_lose_nothing() {
             RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
         ],
     );
-    let truths = feed.await.expect("traffic task");
     // The last traces are still buffered: the commits of their offsets fail first
     // (10 errors, ~2 s of commit rounds) and must be retried, not taken as done.
     cluster.request_errors(
@@ -188,6 +203,10 @@ async fn failing_produce_and_commit_requests_lose_nothing() {
     .await;
     // Commits resume once the errors are used up: everything read is committed.
     let committed = wait_until(Duration::from_secs(30), || uncommitted(&h).is_empty()).await;
+    let (produce_after, commit_after) = (
+        counter(names::PRODUCE_ERRORS, ""),
+        counter(names::COMMITS, "result=\"error\""),
+    );
     sampler.stop().await;
     let missing = missing_kept(&truths, &out.traces());
     assert!(
@@ -196,6 +215,14 @@ async fn failing_produce_and_commit_requests_lose_nothing() {
         missing.len()
     );
     assert!(committed, "input left uncommitted: {:?}", uncommitted(&h));
+    eprintln!(
+        "failed deliveries {produce_before} -> {produce_after}, commit errors {commit_before} -> {commit_after}"
+    );
+    // The faults reached the sampler (not only the feeder), and were survived.
+    assert!(
+        commit_after > commit_before,
+        "no commit failed: the injected errors never reached the sampler"
+    );
 }
 
 /// Whether an encoded request holds a span with status ERROR.
