@@ -15,9 +15,9 @@ use tailsift::codec::{
 };
 use tailsift::config::Config;
 use tailsift::decide::Decider;
+use tailsift::flow::Pin;
 use tailsift::gen::{GenConfig, Generator};
 use tailsift::policy::{PolicySet, TraceSummary};
-use tailsift::source::Pin;
 
 const POLICIES: &str = r#"
 kafka: {brokers: x, input_topics: [i], output_topic: o}

@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tailsift::buffer::{MemoryBudget, Shard, TraceLimits};
+use tailsift::budget::MemoryBudget;
+use tailsift::buffer::{Shard, TraceLimits};
 use tailsift::codec::{scan, AttrMatchers, FrameInterner, Matcher, Span, TraceId};
+use tailsift::flow::Pin;
 use tailsift::gen::{GenConfig, Generator};
-use tailsift::source::Pin;
 
 struct Counting;
 

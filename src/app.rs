@@ -19,14 +19,16 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::buffer::{MemoryBudget, TraceLimits};
+use crate::budget::MemoryBudget;
+use crate::buffer::TraceLimits;
 use crate::clock::StreamClocks;
 use crate::config::Config;
 use crate::decide::{Generation, LivePolicies, ShardWorker, WorkerConfig};
+use crate::flow::Releases;
 use crate::policy::PolicyError;
 use crate::shutdown::Shutdown;
 use crate::sink::{Sink, SinkError};
-use crate::source::{Outputs, Releases, Source, SourceError, StreamTime};
+use crate::source::{Outputs, Source, SourceError, StreamTime};
 use crate::telemetry::{self, Health, ServerError};
 
 /// Capacity of each shard's input channel, in messages.

@@ -13,7 +13,9 @@
 //! * [`sink`]: Kafka producer for kept traces, dead letters and decisions;
 //!   acknowledges pins.
 //!
-//! [`app`] wires them with bounded channels; [`config`] is the YAML schema;
+//! What travels between them (pins, the messages each stage receives, the decision
+//! record, the trace summary) is in [`flow`], the memory budget they charge in
+//! [`budget`]. [`app`] wires them with bounded channels; [`config`] is the YAML schema;
 //! [`telemetry`] the metrics and health endpoints; [`gen`] and [`demo`] the synthetic
 //! traffic and the zero-setup demo on the embedded broker; [`simulate`] runs a policy
 //! set over recorded OTLP offline; [`reload`] replaces the policy set while running;
@@ -22,12 +24,14 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod budget;
 pub mod buffer;
 pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod flow;
 pub mod gen;
 pub mod plan;
 pub mod policy;

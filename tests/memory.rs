@@ -17,7 +17,7 @@ use tailsift::gen::{self, Truth};
 use tailsift::sink::HEADER_FORCED;
 
 /// Samples the budget every 10 ms and keeps the highest usage seen.
-fn watch(budget: tailsift::buffer::MemoryBudget) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+fn watch(budget: tailsift::budget::MemoryBudget) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let peak = Arc::new(AtomicU64::new(0));
     let p = Arc::clone(&peak);
     let task = tokio::spawn(async move {

@@ -979,7 +979,7 @@ async fn killing_partition_leaders_of_a_three_node_cluster_loses_nothing() {
             {
                 eprintln!(
                     "decision of {id}: {:?}",
-                    tailsift::decide::DecisionRecord::decode(d.payload.as_slice())
+                    tailsift::flow::DecisionRecord::decode(d.payload.as_slice())
                 );
             }
             let t = truths.iter().find(|t| t.trace_id == *id);

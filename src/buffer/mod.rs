@@ -16,9 +16,7 @@
 //! spans are buffered, so what a trace holds is its spans' encoded size plus a few
 //! bytes each, whatever the batching of the input.
 //!
-//! [`MemoryBudget`] counts what all of this holds; see [`memory`].
-
-pub mod memory;
+//! [`crate::budget::MemoryBudget`] counts what all of this holds.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -29,10 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::codec::{span_times, Message, ScopeFrame, Span, SpanRef, TraceId};
-use crate::policy::TraceSummary;
-use crate::source::Pin;
-
-pub use memory::{Charge, MemoryBudget};
+use crate::flow::{Pin, TraceSummary};
 
 /// Bytes of one slot of the trace table: the entry and its control byte.
 const TABLE_SLOT_BYTES: usize = size_of::<(TraceId, TraceEntry)>() + 1;

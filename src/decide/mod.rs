@@ -10,7 +10,6 @@
 
 mod cache;
 mod live;
-mod record;
 mod worker;
 
 use std::sync::Arc;
@@ -22,8 +21,7 @@ use crate::telemetry::names;
 
 pub use cache::DecisionCache;
 pub use live::{Generation, LivePolicies, PolicyWatch};
-pub use record::DecisionRecord;
-pub use worker::{Forced, Restored, ShardMsg, ShardWorker, WorkerConfig};
+pub use worker::{Forced, ShardWorker, WorkerConfig};
 
 /// The outcome for one trace: kept by a policy (its index in the set), or dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,15 +6,17 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use tokio::sync::mpsc;
 
-use crate::buffer::{Charge, MemoryBudget, Shard, TraceEntry, TraceLimits};
+use crate::budget::{Charge, MemoryBudget};
+use crate::buffer::{Shard, TraceEntry, TraceLimits};
 use crate::clock::{ClockReading, StreamClocks};
 use crate::codec::{
     check_span, encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, Span,
     SpanDefect, SpanRef, TraceId,
 };
-use crate::policy::TraceSummary;
-use crate::sink::{DroppedTrace, KeptTrace, Rejected, SinkMsg};
-use crate::source::{output_reach, Pin, Releases};
+use crate::flow::TraceSummary;
+use crate::flow::{
+    output_reach, DroppedTrace, KeptTrace, Pin, Rejected, Releases, Restored, ShardMsg, SinkMsg,
+};
 use crate::telemetry::names;
 
 use super::cache::RESTORED;
@@ -49,35 +51,6 @@ impl Forced {
             Forced::TraceLimit => "trace_limit",
         }
     }
-}
-
-/// What the source sends a shard worker.
-#[derive(Debug)]
-pub enum ShardMsg {
-    /// Spans of one input message that hash to this shard, sorted by trace id; each
-    /// run of one trace id carries one unit of `pin`.
-    Spans {
-        /// The input message's pin.
-        pin: Pin,
-        /// The message the spans refer to.
-        message: Message,
-        /// The spans.
-        spans: Vec<Span>,
-        /// The stream time (ms) of the message's partition once it was read.
-        at: u64,
-        /// The policy generation whose attribute predicates the spans were tested
-        /// with (see `LivePolicies`).
-        generation: u64,
-    },
-    /// Decisions read back from the decisions topic for newly assigned partitions.
-    Decisions(Vec<Restored>),
-    /// A partition assignment was revoked: forget traces pinned only to it.
-    Revoked {
-        /// Tracker slot.
-        slot: u32,
-        /// Assignment epoch.
-        epoch: u32,
-    },
 }
 
 /// Metric handles, registered once: a registry lookup per message or decision would
@@ -147,11 +120,6 @@ pub struct WorkerConfig {
     /// Each input partition's stream time, by which traces are due.
     pub clocks: Arc<StreamClocks>,
 }
-
-/// A decision read back from the decisions topic: the trace, the policy that kept it
-/// (`None`: dropped) and, for a kept trace, `(input partition, offset)` below which
-/// its spans are in the output already.
-pub type Restored = (TraceId, Option<Arc<str>>, Option<(i32, i64)>);
 
 /// Owns one [`Shard`]: inserts spans, decides due traces, forwards outcomes.
 pub struct ShardWorker {
@@ -340,7 +308,12 @@ impl ShardWorker {
     /// follow them. A kept trace whose policy is no longer configured keeps its
     /// spans under an unnamed policy.
     fn restore(&mut self, decisions: Vec<Restored>) {
-        for (id, policy, output) in decisions {
+        for Restored {
+            trace_id: id,
+            policy,
+            output_below: output,
+        } in decisions
+        {
             if self.shard.contains(&id) {
                 continue; // being buffered again: it will be decided whole
             }

@@ -7,14 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{ShardMsg, ShardWorker, WorkerConfig};
-use crate::buffer::{MemoryBudget, TraceLimits};
+use super::{ShardWorker, WorkerConfig};
+use crate::budget::MemoryBudget;
+use crate::buffer::TraceLimits;
 use crate::clock::StreamClocks;
 use crate::codec::{Message, ScopeFrame, Span, TraceId};
 use crate::config::Config;
 use crate::decide::{Generation, LivePolicies};
-use crate::sink::SinkMsg;
-use crate::source::{Pin, Releases};
+use crate::flow::{Pin, Releases, ShardMsg, SinkMsg};
 
 /// A stream time well after the epoch.
 const T0: u64 = 1_700_000_000_000;

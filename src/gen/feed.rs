@@ -1,6 +1,6 @@
 //! Produces generated traces to a Kafka topic at a steady rate.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -8,6 +8,7 @@ use rdkafka::message::ToBytes;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{Generator, Truth};
+use crate::clock::now_ns;
 
 /// Options of [`feed`].
 #[derive(Debug, Clone)]
@@ -44,13 +45,6 @@ pub struct FeedStats {
     pub messages: usize,
     /// Payload bytes sent.
     pub bytes: usize,
-}
-
-/// Now, in ns since the epoch.
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A producer suitable for feeding input: idempotent, as a well-configured span

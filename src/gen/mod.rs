@@ -10,7 +10,8 @@
 
 mod feed;
 
-pub use feed::{feed, now_ns, producer, send, FeedOptions, FeedStats};
+pub use crate::clock::now_ns;
+pub use feed::{feed, producer, send, FeedOptions, FeedStats};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};

@@ -22,7 +22,6 @@ mod rate_limiting;
 mod span_count;
 mod status_code;
 mod string_attribute;
-mod summary;
 mod trace_flags;
 mod trace_state;
 
@@ -32,6 +31,7 @@ use std::sync::Arc;
 use crate::codec::{AttrMatchers, KeyField};
 use crate::config::{PolicyConfig, PolicyType};
 
+pub use crate::flow::TraceSummary;
 pub use always_sample::AlwaysSample;
 pub use and::And;
 pub use boolean_attribute::BooleanAttribute;
@@ -47,7 +47,6 @@ pub use probabilistic::Probabilistic;
 pub use span_count::SpanCount;
 pub use status_code::StatusCodeFilter;
 pub use string_attribute::StringAttribute;
-pub use summary::TraceSummary;
 pub use trace_flags::TraceFlags;
 pub use trace_state::TraceState;
 

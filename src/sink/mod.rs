@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use metrics::counter;
 use prost::Message as _;
@@ -27,8 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::codec::TraceId;
 use crate::config::{KafkaConfig, MemorySplit};
-use crate::decide::DecisionRecord;
-use crate::source::{output_reach, Pin, Releases};
+use crate::flow::{output_reach, DeadLetter, DecisionRecord, KeptTrace, Pin, Releases, SinkMsg};
 use crate::telemetry::{names, Health};
 
 pub use topics::{create_missing, missing, TopicError};
@@ -61,96 +59,6 @@ const MAX_IN_FLIGHT: usize = 20_000;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A delivery pending longer than this means output is stalled (`/readyz` 503).
 const STALL_AFTER: Duration = Duration::from_secs(10);
-
-/// What the sink is asked to deliver.
-#[derive(Debug)]
-pub enum SinkMsg {
-    /// A kept trace.
-    Kept(KeptTrace),
-    /// A dropped trace whose decision goes to the decisions topic before its input
-    /// pins are released.
-    Dropped(DroppedTrace),
-    /// An input message that could not be decoded.
-    DeadLetter(DeadLetter),
-    /// A re-read input message whose spans of `trace_id` are already in the output
-    /// (or on their way there): its pin is released once no delivery of that trace is
-    /// still awaiting its acknowledgement, so the commit never passes input whose
-    /// output could still be lost.
-    AfterOutput {
-        /// The kept trace.
-        trace_id: TraceId,
-        /// The re-read message's pin.
-        pin: Pin,
-    },
-}
-
-/// A kept trace, encoded.
-#[derive(Debug)]
-pub struct KeptTrace {
-    /// The trace; its hex form is the record key.
-    pub trace_id: TraceId,
-    /// OTLP payloads, one unless the trace exceeded the maximum record size.
-    pub payloads: Vec<Vec<u8>>,
-    /// Input pins released once every payload is acknowledged.
-    pub pins: Vec<Pin>,
-    /// The policy that kept it.
-    pub policy: Arc<str>,
-    /// The topic it goes to; `None`: the output topic.
-    pub topic: Option<Arc<str>>,
-    /// Why it was decided early, if it was.
-    pub forced: Option<&'static str>,
-    /// Spans in the payloads.
-    pub spans: usize,
-    /// Kept spans that standard OTLP decoders would refuse, bound for the dead-letter
-    /// topic instead of the output.
-    pub rejected: Option<Rejected>,
-    /// The payloads' memory charge, released when the trace is delivered.
-    pub charge: crate::buffer::Charge,
-    /// Whether its decision is to be recorded (with a decisions topic; late spans of a
-    /// kept trace are recorded too, moving the output offset of its record forward).
-    pub record_decision: bool,
-}
-
-/// Spans of a kept trace set apart for the dead-letter topic, and why.
-#[derive(Debug)]
-pub struct Rejected {
-    /// OTLP payloads of the spans, under their resource and scope.
-    pub payloads: Vec<Vec<u8>>,
-    /// The dead letters' reason header.
-    pub reason: String,
-}
-
-/// A dropped trace, for the decisions topic.
-#[derive(Debug)]
-pub struct DroppedTrace {
-    /// The trace.
-    pub trace_id: TraceId,
-    /// Input pins released once the decision is acknowledged.
-    pub pins: Vec<Pin>,
-}
-
-/// An input message that could not be decoded.
-#[derive(Debug)]
-pub struct DeadLetter {
-    /// The original bytes.
-    pub payload: Bytes,
-    /// The original key.
-    pub key: Option<Bytes>,
-    /// The original headers, kept ahead of tailsift's own.
-    pub headers: Option<OwnedHeaders>,
-    /// Why it was refused.
-    pub reason: String,
-    /// The `reason` label of `tailsift_messages_dead_lettered_total`.
-    pub label: &'static str,
-    /// Where it came from.
-    pub topic: Arc<str>,
-    /// Where it came from.
-    pub partition: i32,
-    /// Where it came from.
-    pub offset: i64,
-    /// Released once the dead letter is acknowledged.
-    pub pin: Pin,
-}
 
 /// The producer could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -739,7 +647,7 @@ fn decision_record(
         trace_id: trace_id.0.to_vec(),
         kept: policy.is_some(),
         policy: policy.unwrap_or_default().to_string(),
-        decided_unix_nano: crate::gen::now_ns(),
+        decided_unix_nano: crate::clock::now_ns(),
         input_partition: pin.partition,
         output_below_offset,
     };

@@ -35,7 +35,7 @@ use super::{
     dead_letter_headers, decision_record, header, kept_headers, refused_headers, ProducerContext,
     SinkMsg, Topics, HEADER_ERROR, HEADER_PAYLOAD_OMITTED,
 };
-use crate::source::Pin;
+use crate::flow::Pin;
 use crate::telemetry::names;
 
 /// Whether any of a message's pins still belongs to a current assignment.

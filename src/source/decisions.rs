@@ -24,7 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
-use crate::decide::DecisionRecord;
+use crate::flow::DecisionRecord;
 
 /// Longest a load may take; after it the partition is read with what was loaded.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,7 +58,7 @@ pub(super) struct DecisionsTopic {
     pub(super) reader_group: String,
 }
 
-pub use crate::decide::Restored;
+use crate::flow::Restored;
 
 impl DecisionsTopic {
     pub(super) fn new(
@@ -175,7 +175,11 @@ impl DecisionsTopic {
                         if let Some(id) = r.trace() {
                             let output = (r.kept && r.output_below_offset > 0)
                                 .then_some((r.input_partition, r.output_below_offset));
-                            out.push((id, r.kept.then(|| Arc::from(r.policy.as_str())), output));
+                            out.push(Restored {
+                                trace_id: id,
+                                policy: r.kept.then(|| Arc::from(r.policy.as_str())),
+                                output_below: output,
+                            });
                         }
                     }
                     if ends

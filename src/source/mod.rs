@@ -6,7 +6,7 @@
 //! spans; undecodable messages go to the sink as dead letters. It tracks one pin per
 //! (message, trace) and commits, per partition, only below the lowest pinned offset
 //! ([`OffsetTracker`]); workers and the sink send releases back through
-//! [`Releases`], the one path that flows upstream.
+//! [`crate::flow::Releases`], the one path that flows upstream.
 
 mod context;
 mod decisions;
@@ -27,18 +27,19 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::buffer::{Charge, MemoryBudget};
+use crate::budget::{Charge, MemoryBudget};
 use crate::clock::{wall_ms, IdleTracker, PartitionTime, StreamClocks};
 use crate::codec::FrameInterner;
 use crate::config::{KafkaConfig, MemorySplit};
-use crate::decide::{LivePolicies, ShardMsg};
+use crate::decide::LivePolicies;
+use crate::flow::{Pin, Restored, ShardMsg, SinkMsg};
 use crate::shutdown::Shutdown;
-use crate::sink::{SinkMsg, Transactions};
+use crate::sink::Transactions;
 use crate::telemetry::{names, Health};
 
 pub use context::SourceContext;
-use decisions::{DecisionsTopic, Restored};
-pub use offsets::{output_reach, OffsetTracker, Pin};
+use decisions::DecisionsTopic;
+pub use offsets::OffsetTracker;
 use scanner::{shard_of_id, Input, ScanJob, Scanner};
 
 /// How long a shutdown waits for workers and the sink to hand back their pins.
@@ -62,28 +63,6 @@ pub struct StreamTime {
     pub idle_delay: Duration,
     /// How often caught-up partitions are probed.
     pub probe_interval: Duration,
-}
-
-/// The sending side of the release path: decided or delivered pins go back to the
-/// source. Unbounded on purpose: its length is bounded by the pins outstanding, and a
-/// bounded channel here could deadlock the pipeline (source waits on workers, workers
-/// on the sink, the sink on the source).
-#[derive(Clone, Debug)]
-pub struct Releases(mpsc::UnboundedSender<Vec<Pin>>);
-
-impl Releases {
-    /// A release path and its receiving end (for the source).
-    pub fn channel() -> (Releases, mpsc::UnboundedReceiver<Vec<Pin>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Releases(tx), rx)
-    }
-
-    /// Releases pins; after shutdown (no receiver) this is a no-op.
-    pub fn release(&self, pins: Vec<Pin>) {
-        if !pins.is_empty() {
-            let _ = self.0.send(pins);
-        }
-    }
 }
 
 /// The consumer could not be created or subscribed.
@@ -515,7 +494,7 @@ impl Source {
             let bytes = decisions.capacity() * std::mem::size_of::<Restored>()
                 + decisions
                     .iter()
-                    .filter_map(|d| d.1.as_ref().map(|p| p.len() + 16))
+                    .filter_map(|d| d.policy.as_ref().map(|p| p.len() + 16))
                     .sum::<usize>();
             let _charge = Charge::new(&budget, bytes as u64);
             let _ = done.send(Loaded {
@@ -539,7 +518,7 @@ impl Source {
         let n = self.shards.len();
         let mut per_shard: Vec<Vec<Restored>> = vec![Vec::new(); n];
         for d in done.decisions {
-            per_shard[shard_of_id(&d.0, n)].push(d);
+            per_shard[shard_of_id(&d.trace_id, n)].push(d);
         }
         for (shard, decisions) in self.shards.iter().zip(per_shard) {
             if !decisions.is_empty() {

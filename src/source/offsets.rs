@@ -10,32 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// A reference to one pin on an input message, carried with the spans it covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pin {
-    /// Index of the partition in the tracker.
-    pub slot: u32,
-    /// Assignment generation of the partition; pins from before a revoke are stale.
-    pub epoch: u32,
-    /// The message offset.
-    pub offset: i64,
-    /// The message's partition (for the decisions topic).
-    pub partition: i32,
-}
-
-/// How far a trace's input is in the output once its record is written: the first
-/// pin's partition and one past its last message there holding spans of the trace
-/// (messages of a partition are read in order). `None` without pins.
-pub fn output_reach(pins: &[Pin]) -> Option<(i32, i64)> {
-    let first = pins.first()?;
-    let below = pins
-        .iter()
-        .filter(|p| p.partition == first.partition)
-        .map(|p| p.offset + 1)
-        .max()
-        .unwrap_or(0);
-    Some((first.partition, below))
-}
+use crate::flow::Pin;
 
 /// An assigned partition, as [`OffsetTracker::assigned_partitions`] lists it.
 #[derive(Debug, Clone)]

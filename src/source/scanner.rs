@@ -17,13 +17,13 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{lock, OffsetTracker, Pin};
-use crate::buffer::MemoryBudget;
+use crate::budget::MemoryBudget;
 use crate::clock::StreamClocks;
 use crate::codec::{
     encode_trace, scan_partial, CodecError, FrameInterner, Message, RejectedSpan, Span, TraceId,
 };
-use crate::decide::{PolicyWatch, ShardMsg};
-use crate::sink::{DeadLetter, SinkMsg};
+use crate::decide::PolicyWatch;
+use crate::flow::{DeadLetter, ShardMsg, SinkMsg};
 use crate::telemetry::{names, LogLimiter};
 
 /// One input message, pinned once (the guard).
