@@ -124,6 +124,12 @@ impl DecisionsTopic {
     /// Reads every decision in the decisions partitions matching `input_partitions`
     /// (blocking: run it on the blocking pool).
     fn load(&self, input_partitions: &[i32]) -> Result<Vec<Restored>, LoadError> {
+        let ends = self.ends(input_partitions)?;
+        self.read(ends)
+    }
+
+    /// The client properties both readers share.
+    fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.reader_group)
@@ -136,32 +142,62 @@ impl DecisionsTopic {
         for (k, v) in &self.properties {
             c.set(k, v);
         }
-        let consumer: BaseConsumer = c.create()?;
-        let md = consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10))?;
+        c
+    }
+
+    /// Where each decisions partition matching `input_partitions` starts and ends.
+    ///
+    /// Ends are the high watermarks, of every record written, not the last stable
+    /// offsets a read_committed client is told: the previous owner's last
+    /// transaction (committed in its revoke callback, say) may not have its markers
+    /// on this partition yet, and reading only to the stable offset would miss its
+    /// decisions and write those traces out again.
+    fn ends(&self, input_partitions: &[i32]) -> Result<HashMap<i32, (i64, i64)>, KafkaError> {
+        let client: BaseConsumer = self
+            .client()
+            .set("isolation.level", "read_uncommitted")
+            .create()?;
+        let md = client.fetch_metadata(Some(&self.topic), Duration::from_secs(10))?;
         let count = md
             .topics()
             .iter()
             .find(|t| t.name() == self.topic)
             .map_or(0, |t| t.partitions().len() as i32);
+        let mut ends = HashMap::new();
         if count == 0 {
-            return Ok(Vec::new());
+            return Ok(ends);
         }
-        let mut ends: HashMap<i32, i64> = HashMap::new();
-        let mut tpl = TopicPartitionList::new();
         for p in input_partitions {
             let p = p.rem_euclid(count);
             if ends.contains_key(&p) {
                 continue;
             }
-            let (low, high) = consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?;
+            let (low, high) = client.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?;
             if high > low {
-                tpl.add_partition_offset(&self.topic, p, Offset::Offset(low))?;
-                ends.insert(p, high);
+                ends.insert(p, (low, high));
             }
         }
+        Ok(ends)
+    }
+
+    /// Reads the decisions partitions from their start to their end, read_committed
+    /// (decisions of aborted transactions went with their output): past a
+    /// transaction still open it gets only once that is committed or aborted, by its
+    /// producer or by the transaction timeout.
+    fn read(&self, ranges: HashMap<i32, (i64, i64)>) -> Result<Vec<Restored>, LoadError> {
         let mut out = Vec::new();
-        if ends.is_empty() {
+        if ranges.is_empty() {
             return Ok(out);
+        }
+        let consumer: BaseConsumer = self
+            .client()
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        for (&p, &(low, high)) in &ranges {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(low))?;
+            ends.insert(p, high);
         }
         consumer.assign(&tpl)?;
         let start = Instant::now();
@@ -205,5 +241,105 @@ impl DecisionsTopic {
             }
         }
         Ok(out)
+    }
+}
+
+/// Against Apache Kafka (`TAILSIFT_KAFKA`; skipped without it unless
+/// `TAILSIFT_KAFKA_REQUIRED` is set): the librdkafka mock cluster does not keep
+/// transactions from read_committed readers.
+#[cfg(test)]
+mod real_kafka_tests {
+    use std::time::Duration;
+
+    use prost::Message as _;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    use super::DecisionsTopic;
+    use crate::codec::TraceId;
+    use crate::flow::DecisionRecord;
+
+    fn broker() -> Option<String> {
+        match std::env::var("TAILSIFT_KAFKA") {
+            Ok(b) if !b.trim().is_empty() => Some(b),
+            _ => {
+                assert!(
+                    std::env::var_os("TAILSIFT_KAFKA_REQUIRED").is_none(),
+                    "TAILSIFT_KAFKA_REQUIRED is set but TAILSIFT_KAFKA is not"
+                );
+                eprintln!("skipped: no Apache Kafka given (TAILSIFT_KAFKA)");
+                None
+            }
+        }
+    }
+
+    /// The previous owner's last transaction, still unresolved when the next owner
+    /// reads the decisions back (its markers not yet written): the read's end covers
+    /// its records, and the read returns them once the transaction commits. With
+    /// ends taken at the last stable offset (read_committed watermarks), the end is
+    /// before them and the next owner writes those traces out a second time.
+    #[test]
+    fn decisions_of_a_transaction_not_yet_marked_are_read_back() {
+        let Some(bootstrap) = broker() else { return };
+        let topic = format!("decisions-unmarked-{}", std::process::id());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("admin");
+        let created = rt
+            .block_on(admin.create_topics(
+                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            ))
+            .expect("create topics");
+        assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("transactional.id", &topic)
+            .create()
+            .expect("producer");
+        let t = Duration::from_secs(30);
+        producer.init_transactions(t).expect("init");
+        producer.begin_transaction().expect("begin");
+        let trace = TraceId([0x5a; 16]);
+        let record = DecisionRecord {
+            trace_id: trace.0.to_vec(),
+            kept: true,
+            policy: "errors".into(),
+            decided_unix_nano: 1,
+            input_partition: 0,
+            output_below_offset: 7,
+        }
+        .encode_to_vec();
+        producer
+            .send(
+                BaseRecord::to(&topic)
+                    .partition(0)
+                    .key(&trace.0[..])
+                    .payload(&record),
+            )
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+        producer.flush(t).expect("flush");
+
+        let reader = DecisionsTopic::new(&bootstrap, "decisions-unmarked", &[], &topic);
+        let ends = reader.ends(&[0]).expect("ends");
+        assert_eq!(
+            ends.get(&0).map(|&(_, end)| end),
+            Some(1),
+            "the end must cover the open transaction's record"
+        );
+        producer.commit_transaction(t).expect("commit");
+        let read = reader.read(ends).expect("read");
+        assert_eq!(read.len(), 1, "{read:?}");
+        assert_eq!(read[0].trace_id, trace);
+        assert_eq!(read[0].output_below, Some((0, 7)));
     }
 }
