@@ -1,5 +1,11 @@
-//! The decisions topic's record: `proto/tailsift/v1/decision.proto`.
+//! The decisions topic's record: `proto/tailsift/v1/decision.proto`, and both ends of
+//! it: the record the sink writes for a decided trace ([`DecisionRecord::decided`],
+//! [`DecisionRecord::partition_for`]) and what the source hands the workers when it
+//! reads one back ([`DecisionRecord::restored`]). The Kafka I/O stays in those stages.
 
+use std::sync::Arc;
+
+use super::{output_reach, Pin, Restored};
 use crate::codec::TraceId;
 
 /// One decided trace, as written to the decisions topic (`tailsift.v1.Decision`).
@@ -31,6 +37,49 @@ impl DecisionRecord {
     pub fn trace(&self) -> Option<TraceId> {
         let id: [u8; 16] = self.trace_id.as_slice().try_into().ok()?;
         id.iter().any(|&b| b != 0).then_some(TraceId(id))
+    }
+
+    /// The record of `trace_id` decided at `decided_unix_nano`, kept by `policy`
+    /// (`None`: dropped), from its input `pins` (the first names its partition; a
+    /// kept trace's record says how far its spans there are in the output). `None`
+    /// without pins.
+    pub fn decided(
+        trace_id: TraceId,
+        policy: Option<&str>,
+        pins: &[Pin],
+        decided_unix_nano: u64,
+    ) -> Option<DecisionRecord> {
+        let pin = pins.first()?;
+        let output_below_offset = match policy {
+            Some(_) => output_reach(pins).map_or(0, |(_, below)| below),
+            None => 0,
+        };
+        Some(DecisionRecord {
+            trace_id: trace_id.0.to_vec(),
+            kept: policy.is_some(),
+            policy: policy.unwrap_or_default().to_string(),
+            decided_unix_nano,
+            input_partition: pin.partition,
+            output_below_offset,
+        })
+    }
+
+    /// The decisions partition this record goes to: numbered like its input
+    /// partition, modulo the topic's `partitions`; the next owner of that input
+    /// partition reads it back from there.
+    pub fn partition_for(&self, partitions: i32) -> i32 {
+        self.input_partition.rem_euclid(partitions.max(1))
+    }
+
+    /// What the record restores in the worker of its trace's shard; `None` for a
+    /// record without a valid trace id.
+    pub fn restored(&self) -> Option<Restored> {
+        Some(Restored {
+            trace_id: self.trace()?,
+            policy: self.kept.then(|| Arc::from(self.policy.as_str())),
+            output_below: (self.kept && self.output_below_offset > 0)
+                .then_some((self.input_partition, self.output_below_offset)),
+        })
     }
 }
 
@@ -64,5 +113,31 @@ mod tests {
             None,
             "no id is not a trace"
         );
+    }
+
+    #[test]
+    fn a_decided_record_restores_what_was_decided() {
+        let pin = |partition, offset| Pin {
+            slot: 0,
+            epoch: 1,
+            offset,
+            partition,
+        };
+        let pins = [pin(5, 10), pin(5, 12), pin(6, 99)];
+        let id = TraceId([9; 16]);
+        let kept = DecisionRecord::decided(id, Some("errors"), &pins, 1).expect("pins");
+        assert_eq!((kept.input_partition, kept.partition_for(4)), (5, 1));
+        // Read back from the wire, it says where the trace's output ends in its
+        // first pin's partition (one past its last message there).
+        let back = DecisionRecord::decode(&kept.encode_to_vec()[..]).expect("decodes");
+        let r = back.restored().expect("a trace");
+        assert_eq!(r.trace_id, id);
+        assert_eq!(r.policy.as_deref(), Some("errors"));
+        assert_eq!(r.output_below, Some((5, 13)));
+        let dropped = DecisionRecord::decided(id, None, &pins, 1).expect("pins");
+        let r = dropped.restored().expect("a trace");
+        assert_eq!((r.policy, r.output_below), (None, None));
+        assert!(DecisionRecord::decided(id, None, &[], 1).is_none());
+        assert!(DecisionRecord::default().restored().is_none());
     }
 }

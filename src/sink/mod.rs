@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::codec::TraceId;
 use crate::config::{KafkaConfig, MemorySplit};
-use crate::flow::{output_reach, DeadLetter, DecisionRecord, KeptTrace, Pin, Releases, SinkMsg};
+use crate::flow::{DeadLetter, DecisionRecord, KeptTrace, Pin, Releases, SinkMsg};
 use crate::telemetry::{names, Health};
 
 pub use topics::{create_missing, missing, TopicError};
@@ -636,24 +636,11 @@ fn decision_record(
     policy: Option<&str>,
     pins: &[Pin],
 ) -> Option<Decision> {
-    let (Some((topic, partitions)), Some(pin)) = (&topics.decisions, pins.first()) else {
-        return None;
-    };
-    let output_below_offset = match policy {
-        Some(_) => output_reach(pins).map_or(0, |(_, below)| below),
-        None => 0,
-    };
-    let record = DecisionRecord {
-        trace_id: trace_id.0.to_vec(),
-        kept: policy.is_some(),
-        policy: policy.unwrap_or_default().to_string(),
-        decided_unix_nano: crate::clock::now_ns(),
-        input_partition: pin.partition,
-        output_below_offset,
-    };
+    let (topic, partitions) = topics.decisions.as_ref()?;
+    let record = DecisionRecord::decided(trace_id, policy, pins, crate::clock::now_ns())?;
     Some(Decision {
         topic: Arc::clone(topic),
-        partition: pin.partition.rem_euclid((*partitions).max(1)),
+        partition: record.partition_for(*partitions),
         payload: record.encode_to_vec(),
         label: if record.kept {
             "sampled"

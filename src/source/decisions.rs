@@ -13,7 +13,6 @@
 //! [`AT_LEAST_ONCE_PATIENCE`] and reads the input with what was loaded.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -207,16 +206,12 @@ impl DecisionsTopic {
             }
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
-                    if let Some(r) = m.payload().and_then(|p| DecisionRecord::decode(p).ok()) {
-                        if let Some(id) = r.trace() {
-                            let output = (r.kept && r.output_below_offset > 0)
-                                .then_some((r.input_partition, r.output_below_offset));
-                            out.push(Restored {
-                                trace_id: id,
-                                policy: r.kept.then(|| Arc::from(r.policy.as_str())),
-                                output_below: output,
-                            });
-                        }
+                    if let Some(r) = m
+                        .payload()
+                        .and_then(|p| DecisionRecord::decode(p).ok())
+                        .and_then(|r| r.restored())
+                    {
+                        out.push(r);
                     }
                     if ends
                         .get(&m.partition())
