@@ -33,19 +33,7 @@ use tailsift::gen::Truth;
 
 /// The broker to test against, or `None` (with the reason printed) when none is given.
 fn broker() -> Option<String> {
-    match std::env::var("TAILSIFT_KAFKA") {
-        Ok(b) if !b.trim().is_empty() => Some(b),
-        _ => {
-            assert!(
-                std::env::var_os("TAILSIFT_KAFKA_REQUIRED").is_none(),
-                "TAILSIFT_KAFKA_REQUIRED is set but TAILSIFT_KAFKA is not: start Apache Kafka with scripts/kafka.sh start"
-            );
-            eprintln!(
-                "skipped: no Apache Kafka given (export TAILSIFT_KAFKA=$(scripts/kafka.sh start))"
-            );
-            None
-        }
-    }
+    tailsift::demo::real_kafka_from_env()
 }
 
 /// One test's topics and group on the shared broker.

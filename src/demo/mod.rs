@@ -110,6 +110,30 @@ pub fn metric_values<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = f
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
 }
 
+/// The Apache Kafka the opt-in real-broker tests run against: `TAILSIFT_KAFKA`, or
+/// `None` (with the reason printed) when it is not given. With
+/// `TAILSIFT_KAFKA_REQUIRED` set (`.ci/run`), a missing broker is a failure instead
+/// of a skip.
+///
+/// # Panics
+///
+/// When `TAILSIFT_KAFKA_REQUIRED` is set and `TAILSIFT_KAFKA` is not.
+pub fn real_kafka_from_env() -> Option<String> {
+    match std::env::var("TAILSIFT_KAFKA") {
+        Ok(b) if !b.trim().is_empty() => Some(b),
+        _ => {
+            assert!(
+                std::env::var_os("TAILSIFT_KAFKA_REQUIRED").is_none(),
+                "TAILSIFT_KAFKA_REQUIRED is set but TAILSIFT_KAFKA is not: start Apache Kafka with scripts/kafka.sh start"
+            );
+            eprintln!(
+                "skipped: no Apache Kafka given (export TAILSIFT_KAFKA=$(scripts/kafka.sh start))"
+            );
+            None
+        }
+    }
+}
+
 /// Runs the demo, printing progress through `out`.
 ///
 /// # Errors

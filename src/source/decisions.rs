@@ -256,20 +256,6 @@ mod real_kafka_tests {
     use crate::codec::TraceId;
     use crate::flow::DecisionRecord;
 
-    fn broker() -> Option<String> {
-        match std::env::var("TAILSIFT_KAFKA") {
-            Ok(b) if !b.trim().is_empty() => Some(b),
-            _ => {
-                assert!(
-                    std::env::var_os("TAILSIFT_KAFKA_REQUIRED").is_none(),
-                    "TAILSIFT_KAFKA_REQUIRED is set but TAILSIFT_KAFKA is not"
-                );
-                eprintln!("skipped: no Apache Kafka given (TAILSIFT_KAFKA)");
-                None
-            }
-        }
-    }
-
     /// The previous owner's last transaction, still unresolved when the next owner
     /// reads the decisions back (its markers not yet written): the read's end covers
     /// its records, and the read returns them once the transaction commits. With
@@ -277,7 +263,9 @@ mod real_kafka_tests {
     /// before them and the next owner writes those traces out a second time.
     #[test]
     fn decisions_of_a_transaction_not_yet_marked_are_read_back() {
-        let Some(bootstrap) = broker() else { return };
+        let Some(bootstrap) = crate::demo::real_kafka_from_env() else {
+            return;
+        };
         let topic = format!("decisions-unmarked-{}", std::process::id());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
