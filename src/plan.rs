@@ -140,18 +140,25 @@ fn check(field: &'static str, v: f64, ok: bool, expected: &'static str) -> Resul
     }
 }
 
+/// The largest `memory.limit` a plan names, in MiB (1 PiB): beyond it the input
+/// is refused rather than the search overflowing.
+const MAX_LIMIT_MIB: u64 = 1 << 30;
+
 /// The smallest `memory.limit` (whole MiB) whose buffer share holds `bytes` below
-/// `low` of it.
-fn limit_for(bytes: f64, low: f64) -> (u64, MemorySplit) {
+/// `low` of it; `None` if none up to [`MAX_LIMIT_MIB`] does.
+fn limit_for(bytes: f64, low: f64) -> Option<(u64, MemorySplit)> {
     let config = |mib: u64| MemoryConfig {
         limit: crate::config::ByteSize(mib << 20),
         ..MemoryConfig::default()
     };
     let fits = |mib: u64| config(mib).split().buffer as f64 * low >= bytes;
+    if !fits(MAX_LIMIT_MIB) {
+        return None;
+    }
     let (mut lo, mut hi) = (16u64, 16u64);
     while !fits(hi) {
         lo = hi;
-        hi = hi.saturating_mul(2);
+        hi *= 2;
     }
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -161,7 +168,7 @@ fn limit_for(bytes: f64, low: f64) -> (u64, MemorySplit) {
             lo = mid + 1;
         }
     }
-    (hi << 20, config(hi).split())
+    Some((hi << 20, config(hi).split()))
 }
 
 /// Works out the plan for `input`.
@@ -212,11 +219,12 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     if let Some(pod) = input.memory_per_instance {
         // Grow the group until each member's share fits the pod.
         loop {
-            let (limit, _) = limit_for(
+            let fits = limit_for(
                 all_buffer / instances as f64 + cache_bytes,
                 input.low_watermark,
-            );
-            if limit + PROCESS_OVERHEAD_BYTES <= pod {
+            )
+            .is_some_and(|(limit, _)| limit + PROCESS_OVERHEAD_BYTES <= pod);
+            if fits {
                 break;
             }
             if instances >= 10_000 {
@@ -231,7 +239,12 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     }
     let n = instances as f64;
     let buffer_bytes = all_buffer / n;
-    let (memory_limit, split) = limit_for(buffer_bytes + cache_bytes, input.low_watermark);
+    let (memory_limit, split) = limit_for(buffer_bytes + cache_bytes, input.low_watermark)
+        .ok_or_else(|| PlanError::Invalid {
+            field: "--spans-per-sec",
+            value: input.spans_per_sec.to_string(),
+            expected: "a rate whose buffer fits one instance's memory.limit of at most 1 PiB",
+        })?;
     let network_in = input.spans_per_sec * input.bytes_per_span;
     Ok(Plan {
         instances,
@@ -367,5 +380,12 @@ mod tests {
         })
         .expect_err("pod below the overhead");
         assert!(e.to_string().contains("--memory-per-instance"), "{e}");
+        // A rate no memory.limit holds is refused, not searched for ever.
+        let e = plan(&PlanInput {
+            cores_per_instance: 1e12,
+            ..input(1e18, 3600)
+        })
+        .expect_err("too large");
+        assert!(e.to_string().contains("--spans-per-sec"), "{e}");
     }
 }
