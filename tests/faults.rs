@@ -160,20 +160,13 @@ async fn failing_produce_and_commit_requests_lose_nothing() {
     let sampler = Instance::start(&cfg).await;
     sampler.wait_assigned().await;
     let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
-    let counter = |name: &str, label: &str| -> f64 {
-        let (_, text) = http_get(addr, "/metrics");
-        text.lines()
-            .filter(|l| l.starts_with(name) && l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
     let feed = traffic(&h, 1500, 300, 41);
     // Kept traces coming out: the sampler's producer is at work.
     let flowing = wait_until(Duration::from_secs(30), || out.traces().len() >= 5).await;
     assert!(flowing, "no kept trace came out");
     let (produce_before, commit_before) = (
-        counter(names::PRODUCE_ERRORS, ""),
-        counter(names::COMMITS, "result=\"error\""),
+        labelled_metric_at(addr, names::PRODUCE_ERRORS, &[]),
+        labelled_metric_at(addr, names::COMMITS, &["result=\"error\""]),
     );
     let truths = feed.await.expect("traffic task");
     // The feeder is done: the sampler's producer gets these errors, in order, on the
@@ -204,8 +197,8 @@ async fn failing_produce_and_commit_requests_lose_nothing() {
     // Commits resume once the errors are used up: everything read is committed.
     let committed = wait_until(Duration::from_secs(30), || uncommitted(&h).is_empty()).await;
     let (produce_after, commit_after) = (
-        counter(names::PRODUCE_ERRORS, ""),
-        counter(names::COMMITS, "result=\"error\""),
+        labelled_metric_at(addr, names::PRODUCE_ERRORS, &[]),
+        labelled_metric_at(addr, names::COMMITS, &["result=\"error\""]),
     );
     sampler.stop().await;
     let missing = missing_kept(&truths, &out.traces());

@@ -164,13 +164,11 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     // spans go only once the dropped one is decided too.
     let addr = sampler.running.telemetry_addr.expect("telemetry enabled");
     let dropped_decided = wait_until(Duration::from_secs(20), || {
-        let (_, text) = http_get(addr, "/metrics");
-        text.lines().any(|l| {
-            l.starts_with(names::POLICY_EVALUATIONS)
-                && l.contains("policy=\"errors-across-waits\"")
-                && l.contains("decision=\"not_sampled\"")
-                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0)
-        })
+        labelled_metric_at(
+            addr,
+            names::POLICY_EVALUATIONS,
+            &["policy=\"errors-across-waits\"", "decision=\"not_sampled\""],
+        ) >= 1.0
     })
     .await;
     assert!(dropped_decided, "the ordinary trace was never decided");

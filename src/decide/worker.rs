@@ -13,9 +13,9 @@ use crate::codec::{
     check_span, encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, Span,
     SpanDefect, SpanRef, TraceId,
 };
-use crate::flow::TraceSummary;
 use crate::flow::{
     output_reach, DroppedTrace, KeptTrace, Pin, Rejected, Releases, Restored, ShardMsg, SinkMsg,
+    TraceSummary,
 };
 use crate::telemetry::names;
 

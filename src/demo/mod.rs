@@ -101,12 +101,23 @@ pub fn metric(text: &str, name: &str) -> f64 {
 
 /// Every sample of metric `name` in Prometheus text `text`, one per label set.
 pub fn metric_values<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = f64> + 'a {
+    labelled_values(text, name, &[])
+}
+
+/// The samples of metric `name` whose label set holds every one of `labels`
+/// (each written as in the exposition, e.g. `decision="sampled"`).
+pub fn labelled_values<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a [&'a str],
+) -> impl Iterator<Item = f64> + 'a {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(move |l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
+        .filter(move |l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
 }
 

@@ -254,7 +254,7 @@ mod real_kafka_tests {
 
     use super::DecisionsTopic;
     use crate::codec::TraceId;
-    use crate::flow::DecisionRecord;
+    use crate::flow::{DecisionRecord, Pin};
 
     /// The previous owner's last transaction, still unresolved when the next owner
     /// reads the decisions back (its markers not yet written): the read's end covers
@@ -292,15 +292,16 @@ mod real_kafka_tests {
         producer.init_transactions(t).expect("init");
         producer.begin_transaction().expect("begin");
         let trace = TraceId([0x5a; 16]);
-        let record = DecisionRecord {
-            trace_id: trace.0.to_vec(),
-            kept: true,
-            policy: "errors".into(),
-            decided_unix_nano: 1,
-            input_partition: 0,
-            output_below_offset: 7,
-        }
-        .encode_to_vec();
+        // What the sink writes for a trace kept from input partition 0, offset 6.
+        let pin = Pin {
+            slot: 0,
+            epoch: 1,
+            offset: 6,
+            partition: 0,
+        };
+        let record = DecisionRecord::decided(trace, Some("errors"), &[pin], 1)
+            .expect("a pin")
+            .encode_to_vec();
         producer
             .send(
                 BaseRecord::to(&topic)

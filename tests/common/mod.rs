@@ -446,6 +446,16 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
 }
 
+/// The sum of the series of metric `name` carrying every one of `labels`, from the
+/// `/metrics` served at `addr` (0 if it does not answer).
+pub fn labelled_metric_at(addr: SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let (code, text) = http_get(addr, "/metrics");
+    if code != 200 {
+        return 0.0;
+    }
+    tailsift::demo::labelled_values(&text, name, labels).sum()
+}
+
 /// The largest value of a (labelled) gauge in a sampler's `/metrics`.
 pub fn max_metric_of(s: &Sampler, name: &str) -> f64 {
     let (code, text) = http_get(s.telemetry, "/metrics");
