@@ -15,8 +15,9 @@
 //!
 //! What travels between them (pins, the messages each stage receives, the decision
 //! record, the trace summary) is in [`flow`], the memory budget they charge in
-//! [`budget`]. [`app`] wires them with bounded channels; [`config`] is the YAML schema;
-//! [`telemetry`] the metrics and health endpoints; [`gen`] and [`demo`] the synthetic
+//! [`budget`]. [`app`] wires them with bounded channels; [`config`] is the YAML schema, [`check`] what `tailsift check` prints;
+//! [`telemetry`] the metrics and health endpoints; [`ottl`] the subset of OTTL
+//! that `ottl_condition` policies are written in, evaluated by the scanner; [`gen`] and [`demo`] the synthetic
 //! traffic and the zero-setup demo on the embedded broker; [`simulate`] runs a policy
 //! set over recorded OTLP offline; [`reload`] replaces the policy set while running;
 //! [`plan`] sizes a deployment from the benches' figures.
@@ -26,13 +27,16 @@
 pub mod app;
 pub mod budget;
 pub mod buffer;
+pub mod check;
 pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod duration;
 pub mod flow;
 pub mod gen;
+pub mod ottl;
 pub mod plan;
 pub mod policy;
 pub mod reload;

@@ -278,49 +278,9 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
             cfg.kafka.check_clients()?;
             cfg.warn_if_memory_exceeds_machine();
             let set = PolicySet::build(&cfg.policies)?;
-            out!("config {} is valid", config.display());
-            for w in &cfg.warnings {
-                out!("warning: {w}");
-            }
             out!(
-                "input {:?} -> output {} (dead letters: {}; decisions: {}), group {}",
-                cfg.kafka.input_topics,
-                cfg.kafka.output_topic,
-                cfg.kafka.dead_letter_topic,
-                cfg.kafka
-                    .decisions_topic
-                    .as_deref()
-                    .unwrap_or("in memory only"),
-                cfg.kafka.group_id
-            );
-            out!(
-                "decision_wait {}, after root {}, {} shards",
-                cfg.buffer.decision_wait,
-                cfg.buffer
-                    .decision_wait_after_root_received
-                    .map_or("off".to_string(), |d| d.to_string()),
-                cfg.shard_count()
-            );
-            out!(
-                "policies, in order (OTel precedence: a drop wins, then an inverted match vetoes, then any sample keeps and the first sampler names the trace, then an inverted sample keeps unless a policy voted not to){}:",
-                if cfg.sample_on_first_match {
-                    "; evaluation stops at the first sample (sample_on_first_match)"
-                } else {
-                    ""
-                }
-            );
-            let mut tree = String::new();
-            for c in &cfg.policies {
-                c.describe(2, &mut tree);
-            }
-            print!("{tree}");
-            out!(
-                "kept spans annotated with policy and probability: {}",
-                if cfg.annotate { "yes" } else { "no" }
-            );
-            out!(
-                "attribute predicates tested while scanning: {}",
-                set.keys.len()
+                "{}",
+                tailsift::check::report(&config, &cfg, &set).trim_end()
             );
             Ok(ExitCode::SUCCESS)
         }

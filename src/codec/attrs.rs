@@ -9,8 +9,8 @@
 
 use regex::RegexSet;
 
-use super::ottl::{Condition, Path};
 use super::AttrValue;
+use crate::ottl::{Condition, Path};
 
 /// Most attribute predicates a policy set may have (bits of a `u64`).
 pub const MAX_MATCHERS: usize = 64;

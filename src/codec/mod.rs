@@ -15,7 +15,6 @@ mod attrs;
 mod encode;
 mod frames;
 mod json;
-mod ottl;
 mod scan;
 mod validate;
 mod wire;
@@ -33,7 +32,6 @@ pub use attrs::{AttrMatchers, KeyField, Matcher, MAX_MATCHERS};
 pub use encode::{encode_trace, EncodedSpan};
 pub use frames::FrameInterner;
 pub use json::{json_to_protobuf, JsonError};
-pub use ottl::{Condition, OttlContext, OttlError};
 pub use scan::{rescan, scan, scan_partial, span_times, RejectedSpan};
 pub use validate::{check_span, SpanDefect, MAX_DEPTH};
 
@@ -115,6 +113,18 @@ pub enum AttrValue<'a> {
     Double(f64),
     /// `bool_value`.
     Bool(bool),
+}
+
+impl<'a> From<AttrValue<'a>> for crate::ottl::Value<'a> {
+    fn from(v: AttrValue<'a>) -> Self {
+        use crate::ottl::Value;
+        match v {
+            AttrValue::Str(s) => Value::Str(s),
+            AttrValue::Int(i) => Value::Int(i),
+            AttrValue::Double(d) => Value::Float(d),
+            AttrValue::Bool(b) => Value::Bool(b),
+        }
+    }
 }
 
 /// Where a field lies in a payload: 8 bytes instead of a 32-byte `Bytes`, and no

@@ -6,12 +6,12 @@ use bytes::Bytes;
 
 use super::attrs::hits_of;
 use super::frames::FrameParts;
-use super::ottl::{Path, Record, Value};
 use super::wire::{Reader, FIXED32, FIXED64, LEN, VARINT};
 use super::{
     AttrMatchers, AttrValue, ByteRange, CodecError, FrameInterner, KeyField, Message, ScopeFrame,
     Span, SpanRef, StatusCode, TraceId,
 };
+use crate::ottl::{Path, Record, Value};
 
 /// Scans one OTLP `ExportTraceServiceRequest`, appends its spans to `out` and returns
 /// the [`Message`] they refer to; framing is shared through `frames`.

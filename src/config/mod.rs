@@ -6,25 +6,18 @@
 //! names the field, the value and what was expected. `tailsift.example.yaml` at the
 //! repository root is the annotated reference; a test loads it against these structs.
 
-mod duration;
 mod kafka;
 mod memory;
-mod policy;
 mod subst;
 
 use std::path::Path;
 
 use serde::Deserialize;
 
-pub use duration::{parse_duration, ConfigDuration};
+pub use crate::duration::{parse_duration, ConfigDuration};
+pub use crate::policy::PolicyConfig;
 pub use kafka::{Compression, KafkaConfig};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
-pub use policy::{
-    AndConfig, BooleanAttributeConfig, BytesLimitingConfig, CompositeConfig, DropConfig,
-    DynamicConfig, LatencyConfig, NotConfig, NumericAttributeConfig, OttlConditionConfig,
-    PolicyConfig, PolicyType, ProbabilisticConfig, RateLimitingConfig, SpanCountConfig,
-    StatusCodeConfig, StringAttributeConfig, TraceStateConfig,
-};
 
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +50,16 @@ pub enum ConfigError {
         /// What would have been accepted.
         expected: String,
     },
+}
+
+impl From<crate::policy::SpecError> for ConfigError {
+    fn from(e: crate::policy::SpecError) -> Self {
+        ConfigError::Invalid {
+            field: e.field,
+            value: e.value,
+            expected: e.expected,
+        }
+    }
 }
 
 impl ConfigError {
@@ -465,7 +468,7 @@ impl Config {
         }
         self.memory.validate()?;
         self.trace.validate(&self.memory)?;
-        policy::validate_all(&self.policies)?;
+        crate::policy::validate_all(&self.policies)?;
         for (i, p) in self.policies.iter().enumerate() {
             let Some(t) = &p.topic else {
                 continue;

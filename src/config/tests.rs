@@ -91,7 +91,7 @@ fn bad_values_name_field_value_and_expectation() {
         ),
         (
             "{name: l, type: latency}",
-            "config field `policies[0].latency` = nothing: expected a `latency:` block for a policy of type `latency`",
+            "policies: policy `l`, field `latency` = nothing: expected a `latency:` block for a policy of type `latency` at line 7",
         ),
         (
             "{name: l, type: latency, latency: {threshold_ms: 500, upper_threshold_ms: 100}}",
@@ -103,7 +103,7 @@ fn bad_values_name_field_value_and_expectation() {
         ),
         (
             "{name: a, type: always_sample, latency: {threshold_ms: 1}}",
-            "config field `policies[0].latency` = a block: expected no `latency` block on a policy of type `always_sample`",
+            "policies: policy `a`, field `latency` = a block: expected no `latency` block on a policy of type `always_sample` at line 7",
         ),
     ];
     for (policy, want) in cases {
@@ -393,10 +393,7 @@ fn the_otel_readme_example_loads_verbatim() {
     let names: Vec<&str> = set.policies.iter().map(|p| &*p.name).collect();
     assert_eq!(names[12], "test-policy-13");
     assert_eq!(names[15], "composite-policy-1");
-    let mut tree = String::new();
-    for p in &cfg.policies {
-        p.describe(0, &mut tree);
-    }
+    let tree = crate::check::policy_tree(&cfg.policies, 0);
     assert!(
         tree.contains("- composite-policy-1 [composite] the first of, within 1000 spans/s (spans/s each: test-composite-policy-1 500, test-composite-policy-2 250, test-composite-policy-3 250):"),
         "{tree}"

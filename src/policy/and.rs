@@ -1,6 +1,30 @@
 //! `and`: keeps traces that every sub-policy keeps.
 
+use super::spec::{validate_subs, SpecError, COMBINING};
+use super::PolicyConfig;
 use super::{Decision, Policy, TraceSummary};
+use serde::{Deserialize, Serialize};
+
+/// `and`: keep traces that every sub-policy keeps. Sub-policies have the same shape
+/// as top-level ones but may not be `and` themselves (as in OTel).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AndConfig {
+    /// The sub-policies, all of which must vote to sample.
+    pub and_sub_policy: Vec<PolicyConfig>,
+}
+
+impl AndConfig {
+    /// Checks the block at `at` (`policies[0].and`): no `and`, `drop` or `composite`
+    /// below it.
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        validate_subs(
+            &format!("{at}.and_sub_policy"),
+            &self.and_sub_policy,
+            COMBINING,
+        )
+    }
+}
 
 /// Votes to keep a trace when all its sub-policies do (e.g. errors *and* on the
 /// checkout route). Evaluation stops at the first sub-policy that does not.

@@ -1,8 +1,30 @@
 //! `boolean_attribute`: keeps traces with a boolean attribute of a given value.
 
+use super::spec::{check_key, SpecError};
 use super::{Decision, Policy, TraceSummary};
 use crate::codec::Matcher;
-use crate::config::BooleanAttributeConfig;
+use serde::{Deserialize, Serialize};
+
+/// `boolean_attribute`: keep traces where a span or its resource has boolean
+/// attribute `key` equal to `value`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BooleanAttributeConfig {
+    /// Attribute key, looked up on spans and on their resource.
+    pub key: String,
+    /// The value to match.
+    pub value: bool,
+    /// Keep traces where no span or resource has it instead.
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+impl BooleanAttributeConfig {
+    /// Checks the block at `at` (`policies[0].boolean_attribute`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        check_key(&format!("{at}.key"), &self.key)
+    }
+}
 
 /// Votes to keep traces where a span or its resource has the boolean attribute with
 /// the configured value; inverted: where none does. Only `bool_value` attributes are

@@ -1,8 +1,27 @@
 //! `bytes_limiting`: keeps traces while a bytes-per-second budget lasts.
 
 use super::bucket::Limiting;
+use super::spec::{check_rate, SpecError};
 use super::TraceSummary;
-use crate::config::BytesLimitingConfig;
+use serde::{Deserialize, Serialize};
+
+/// `bytes_limiting`: as `rate_limiting`, counting the traces' encoded bytes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BytesLimitingConfig {
+    /// Bytes per second.
+    pub bytes_per_second: u64,
+    /// Most bytes the bucket holds; 0 or absent: `bytes_per_second`.
+    #[serde(default)]
+    pub burst_capacity: u64,
+}
+
+impl BytesLimitingConfig {
+    /// Checks the block at `at` (`policies[0].bytes_limiting`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        check_rate(&format!("{at}.bytes_per_second"), self.bytes_per_second)
+    }
+}
 
 /// The policy: a token per encoded byte of the trace (see [`Limiting`]).
 pub fn new(c: &BytesLimitingConfig) -> Limiting {

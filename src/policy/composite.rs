@@ -4,7 +4,123 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::spec::{check_rate, validate_subs, SpecError};
 use super::{Decision, Policy, TraceSummary};
+use super::{PolicyConfig, PolicyType};
+use serde::{Deserialize, Serialize};
+
+/// `composite`: the first sub-policy (in `policy_order`) that samples a trace keeps
+/// it if its share of `max_total_spans_per_second` has room this second. Per
+/// instance.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompositeConfig {
+    /// The budget all sub-policies share, spans per second.
+    pub max_total_spans_per_second: u64,
+    /// Sub-policy names in evaluation order; sub-policies not named follow in list
+    /// order. Empty: list order.
+    #[serde(default)]
+    pub policy_order: Vec<String>,
+    /// The sub-policies (may be `and` or `not`, not `composite` or `drop`).
+    pub composite_sub_policy: Vec<PolicyConfig>,
+    /// Shares of the budget, in percent; sub-policies not listed share the rest.
+    #[serde(default)]
+    pub rate_allocation: Vec<RateAllocationConfig>,
+}
+
+impl CompositeConfig {
+    /// Checks the block at `at` (`policies[0].composite`): its budget, its
+    /// sub-policies (no `composite` or `drop`), and that `policy_order` and
+    /// `rate_allocation` name them.
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        check_rate(
+            &format!("{at}.max_total_spans_per_second"),
+            self.max_total_spans_per_second,
+        )?;
+        validate_subs(
+            &format!("{at}.composite_sub_policy"),
+            &self.composite_sub_policy,
+            &[PolicyType::Composite, PolicyType::Drop],
+        )?;
+        let names: Vec<&str> = self
+            .composite_sub_policy
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        let known = |field: String, name: &str| {
+            if names.contains(&name) {
+                Ok(())
+            } else {
+                Err(SpecError::invalid(
+                    field,
+                    name,
+                    format!("the name of a composite_sub_policy ({})", names.join(", ")),
+                ))
+            }
+        };
+        for (j, n) in self.policy_order.iter().enumerate() {
+            known(format!("{at}.policy_order[{j}]"), n)?;
+            if self.policy_order[..j].contains(n) {
+                return Err(SpecError::invalid(
+                    format!("{at}.policy_order[{j}]"),
+                    n,
+                    "each sub-policy named once",
+                ));
+            }
+        }
+        let mut total = 0u64;
+        for (j, a) in self.rate_allocation.iter().enumerate() {
+            known(format!("{at}.rate_allocation[{j}].policy"), &a.policy)?;
+            total += u64::from(a.percent);
+        }
+        if total > 100 {
+            return Err(SpecError::invalid(
+                format!("{at}.rate_allocation"),
+                format!("{total}% in all"),
+                "percentages adding up to at most 100",
+            ));
+        }
+        Ok(())
+    }
+}
+/// One sub-policy's share of a `composite` budget.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateAllocationConfig {
+    /// The sub-policy's name.
+    pub policy: String,
+    /// Percent of `max_total_spans_per_second`; 0: an equal share.
+    pub percent: u32,
+}
+impl CompositeConfig {
+    /// The sub-policies in evaluation order, each with its spans-per-second share.
+    pub fn with_shares(&self) -> Vec<(&PolicyConfig, u64)> {
+        let ordered = self.ordered();
+        let names: Vec<&str> = ordered.iter().map(|p| p.name.as_str()).collect();
+        let allocation: Vec<(&str, u32)> = self
+            .rate_allocation
+            .iter()
+            .map(|a| (a.policy.as_str(), a.percent))
+            .collect();
+        let shares = shares(&names, &allocation, self.max_total_spans_per_second);
+        ordered.into_iter().zip(shares).collect()
+    }
+
+    /// The sub-policies in evaluation order.
+    pub fn ordered(&self) -> Vec<&PolicyConfig> {
+        let mut out: Vec<&PolicyConfig> = self
+            .policy_order
+            .iter()
+            .filter_map(|n| self.composite_sub_policy.iter().find(|p| &p.name == n))
+            .collect();
+        for p in &self.composite_sub_policy {
+            if !self.policy_order.contains(&p.name) {
+                out.push(p);
+            }
+        }
+        out
+    }
+}
 
 /// Votes to keep a trace when the first sub-policy (in `policy_order`) that samples it
 /// still has room in its share of this second's budget, and the whole budget has room

@@ -1,6 +1,30 @@
 //! `drop`: drops traces that every sub-policy would keep, whatever else votes.
 
+use super::spec::{validate_subs, SpecError, COMBINING};
+use super::PolicyConfig;
 use super::{Decision, Policy, TraceSummary};
+use serde::{Deserialize, Serialize};
+
+/// `drop`: drop traces that every sub-policy would keep, first and finally: a trace
+/// this policy drops is dropped whatever any other policy votes (as in OTel).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropConfig {
+    /// The sub-policies, all of which must vote to sample for the trace to be dropped.
+    pub drop_sub_policy: Vec<PolicyConfig>,
+}
+
+impl DropConfig {
+    /// Checks the block at `at` (`policies[0].drop`): no `and`, `drop` or `composite`
+    /// below it.
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        validate_subs(
+            &format!("{at}.drop_sub_policy"),
+            &self.drop_sub_policy,
+            COMBINING,
+        )
+    }
+}
 
 /// Votes `Dropped` when all its sub-policies vote to sample (e.g. health checks:
 /// `http.route` is `/healthz`), which the decider applies before any other vote: a

@@ -5,8 +5,61 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::spec::{check_rate, SpecError};
 use super::{Decision, Policy, TraceSummary};
 use crate::codec::TraceId;
+use serde::{Deserialize, Serialize};
+
+/// `dynamic`: per key (the values of `key_fields` on the root span), keep 1 trace in
+/// a rate recomputed every `adjustment_interval` so that kept spans approach
+/// `goal_spans_per_second`: rare keys are kept whole, common ones thinned. Per
+/// instance; one `dynamic` policy per configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicConfig {
+    /// The fields forming the key: `name`, `kind`, `status.code`, or an attribute key
+    /// (looked up on the span, then its resource), e.g. `[http.route, status.code]`.
+    pub key_fields: Vec<String>,
+    /// Kept spans per second to aim at, per instance.
+    pub goal_spans_per_second: u64,
+    /// How often the rates are recomputed from the last interval's traffic.
+    #[serde(default = "default_adjustment_interval")]
+    pub adjustment_interval: crate::duration::ConfigDuration,
+    /// Distinct keys tracked per interval; traces of further keys share one rate.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+impl DynamicConfig {
+    /// Checks the block at `at` (`policies[0].dynamic`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        if self.key_fields.is_empty() || self.key_fields.iter().any(|f| f.is_empty()) {
+            return Err(SpecError::invalid(
+                format!("{at}.key_fields"),
+                format!("{:?}", self.key_fields),
+                "one or more non-empty fields, e.g. [http.route, status.code]",
+            ));
+        }
+        check_rate(
+            &format!("{at}.goal_spans_per_second"),
+            self.goal_spans_per_second,
+        )?;
+        if self.adjustment_interval.0 < Duration::from_millis(100) {
+            return Err(SpecError::invalid(
+                format!("{at}.adjustment_interval"),
+                self.adjustment_interval,
+                "at least 100ms",
+            ));
+        }
+        Ok(())
+    }
+}
+fn default_adjustment_interval() -> crate::duration::ConfigDuration {
+    crate::duration::ConfigDuration::from_millis(15_000)
+}
+fn default_max_keys() -> usize {
+    10_000
+}
 
 /// Votes to keep a trace with probability `1 / rate(key)`, where the key is the hash
 /// of the configured fields' values on the trace's root span (e.g. route and status

@@ -1,7 +1,45 @@
 //! `latency`: keeps slow traces.
 
+use super::spec::SpecError;
 use super::{Decision, Policy, TraceSummary};
-use crate::config::LatencyConfig;
+use serde::{Deserialize, Serialize};
+
+/// `latency`: keep traces whose duration is at least `threshold_ms`; with
+/// `upper_threshold_ms` set, above `threshold_ms` and at most the upper bound (OTel's
+/// comparisons, in whole milliseconds).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyConfig {
+    /// Lower bound, milliseconds: inclusive alone, exclusive with an upper bound (as OTel).
+    pub threshold_ms: i64,
+    /// Upper bound, milliseconds, inclusive; `0` or absent: none.
+    #[serde(default)]
+    pub upper_threshold_ms: i64,
+}
+
+impl LatencyConfig {
+    /// Checks the block at `at` (`policies[0].latency`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        if self.threshold_ms < 0 {
+            return Err(SpecError::invalid(
+                format!("{at}.threshold_ms"),
+                self.threshold_ms,
+                "a number of milliseconds >= 0",
+            ));
+        }
+        if self.upper_threshold_ms != 0 && self.upper_threshold_ms <= self.threshold_ms {
+            return Err(SpecError::invalid(
+                format!("{at}.upper_threshold_ms"),
+                self.upper_threshold_ms,
+                format!(
+                    "0 (no upper bound) or above threshold_ms ({}): the lower bound is exclusive then, so nothing would match",
+                    self.threshold_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Votes to keep traces whose duration ([`TraceSummary::duration_ns`]), in whole
 /// milliseconds, is at least `threshold_ms`; with an upper bound, above `threshold_ms`

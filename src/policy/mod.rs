@@ -20,6 +20,7 @@ mod ottl_condition;
 mod probabilistic;
 mod rate_limiting;
 mod span_count;
+mod spec;
 mod status_code;
 mod string_attribute;
 mod trace_flags;
@@ -29,26 +30,28 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::codec::{AttrMatchers, KeyField};
-use crate::config::{PolicyConfig, PolicyType};
 
 pub use crate::flow::TraceSummary;
 pub use always_sample::AlwaysSample;
-pub use and::And;
-pub use boolean_attribute::BooleanAttribute;
+pub use and::{And, AndConfig};
+pub use boolean_attribute::{BooleanAttribute, BooleanAttributeConfig};
 pub use bucket::Limiting;
-pub use composite::{shares as composite_shares, Composite};
-pub use drop::DropPolicy;
-pub use dynamic::Dynamic;
-pub use latency::Latency;
-pub use not::Not;
-pub use numeric_attribute::NumericAttribute;
-pub use ottl_condition::OttlCondition;
-pub use probabilistic::Probabilistic;
-pub use span_count::SpanCount;
-pub use status_code::StatusCodeFilter;
-pub use string_attribute::StringAttribute;
+pub use bytes_limiting::BytesLimitingConfig;
+pub use composite::{Composite, CompositeConfig, RateAllocationConfig};
+pub use drop::{DropConfig, DropPolicy};
+pub use dynamic::{Dynamic, DynamicConfig};
+pub use latency::{Latency, LatencyConfig};
+pub use not::{Not, NotConfig};
+pub use numeric_attribute::{NumericAttribute, NumericAttributeConfig};
+pub use ottl_condition::{OttlCondition, OttlConditionConfig};
+pub use probabilistic::{Probabilistic, ProbabilisticConfig};
+pub use rate_limiting::RateLimitingConfig;
+pub use span_count::{SpanCount, SpanCountConfig};
+pub use spec::{validate_all, PolicyConfig, PolicySpec, PolicyType, SpecError};
+pub use status_code::{StatusCodeConfig, StatusCodeFilter};
+pub use string_attribute::{StringAttribute, StringAttributeConfig};
 pub use trace_flags::TraceFlags;
-pub use trace_state::TraceState;
+pub use trace_state::{TraceState, TraceStateConfig};
 
 /// A policy's vote on one trace, with the OTel processor's five outcomes (the
 /// decider combines them by the OTel precedence, see `decide::Decider::decide`).
@@ -138,9 +141,6 @@ pub trait Policy: Send + Sync + fmt::Debug {
 /// Why a policy set could not be built from a config that passed validation.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    /// A policy's block is missing (validation normally catches this first).
-    #[error("policy `{0}` has no configuration block for its type")]
-    MissingBlock(String),
     /// A regular expression does not compile.
     #[error("policy `{name}`: invalid regular expression: {source}")]
     Regex {
@@ -155,7 +155,7 @@ pub enum PolicyError {
         /// Policy name.
         name: String,
         /// Parse error.
-        source: crate::codec::OttlError,
+        source: crate::ottl::OttlError,
     },
     /// More policies, or attribute policies, than can be indexed.
     #[error("too many policies (at most 65534, of which at most 64 attribute policies)")]
@@ -234,18 +234,12 @@ fn build_all(
 
 /// Builds one policy, registering the predicates it reads in `keys`.
 fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy>, PolicyError> {
-    let missing = || PolicyError::MissingBlock(c.name.clone());
-    Ok(match c.kind {
-        PolicyType::AlwaysSample => Box::new(AlwaysSample),
-        PolicyType::Latency => Box::new(Latency::new(c.latency.as_ref().ok_or_else(missing)?)),
-        PolicyType::StatusCode => Box::new(StatusCodeFilter::new(
-            c.status_code.as_ref().ok_or_else(missing)?,
-        )),
-        PolicyType::Probabilistic => Box::new(Probabilistic::new(
-            c.probabilistic.as_ref().ok_or_else(missing)?,
-        )),
-        PolicyType::StringAttribute => {
-            let s = c.string_attribute.as_ref().ok_or_else(missing)?;
+    Ok(match &c.spec {
+        PolicySpec::AlwaysSample => Box::new(AlwaysSample),
+        PolicySpec::Latency(s) => Box::new(Latency::new(s)),
+        PolicySpec::StatusCode(s) => Box::new(StatusCodeFilter::new(s)),
+        PolicySpec::Probabilistic(s) => Box::new(Probabilistic::new(s)),
+        PolicySpec::StringAttribute(s) => {
             let matcher = StringAttribute::matcher(s).map_err(|source| PolicyError::Regex {
                 name: c.name.clone(),
                 source,
@@ -253,30 +247,26 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
             let bit = keys.add(&s.key, matcher).ok_or(PolicyError::TooMany)?;
             Box::new(StringAttribute::new(bit, s))
         }
-        PolicyType::NumericAttribute => {
-            let s = c.numeric_attribute.as_ref().ok_or_else(missing)?;
+        PolicySpec::NumericAttribute(s) => {
             let bit = keys
                 .add(&s.key, NumericAttribute::matcher(s))
                 .ok_or(PolicyError::TooMany)?;
             Box::new(NumericAttribute::new(bit, s))
         }
-        PolicyType::BooleanAttribute => {
-            let s = c.boolean_attribute.as_ref().ok_or_else(missing)?;
+        PolicySpec::BooleanAttribute(s) => {
             let bit = keys
                 .add(&s.key, BooleanAttribute::matcher(s))
                 .ok_or(PolicyError::TooMany)?;
             Box::new(BooleanAttribute::new(bit, s))
         }
-        PolicyType::TraceState => {
-            let s = c.trace_state.as_ref().ok_or_else(missing)?;
+        PolicySpec::TraceState(s) => {
             let bit = keys
                 .add_trace_state(&s.key, TraceState::matcher(s))
                 .ok_or(PolicyError::TooMany)?;
             Box::new(TraceState::new(bit))
         }
-        PolicyType::TraceFlags => Box::new(TraceFlags),
-        PolicyType::Dynamic => {
-            let s = c.dynamic.as_ref().ok_or_else(missing)?;
+        PolicySpec::TraceFlags => Box::new(TraceFlags),
+        PolicySpec::Dynamic(s) => {
             keys.set_key_fields(s.key_fields.iter().map(|f| KeyField::parse(f)).collect());
             Box::new(Dynamic::new(
                 s.goal_spans_per_second,
@@ -284,8 +274,7 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
                 s.max_keys,
             ))
         }
-        PolicyType::OttlCondition => {
-            let s = c.ottl_condition.as_ref().ok_or_else(missing)?;
+        PolicySpec::OttlCondition(s) => {
             let (span, events) =
                 OttlCondition::conditions(s).map_err(|(_, _, e)| PolicyError::Ottl {
                     name: c.name.clone(),
@@ -296,8 +285,7 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
                 .ok_or(PolicyError::TooMany)?;
             Box::new(OttlCondition::new(bit))
         }
-        PolicyType::Composite => {
-            let s = c.composite.as_ref().ok_or_else(missing)?;
+        PolicySpec::Composite(s) => {
             let subs = s
                 .with_shares()
                 .into_iter()
@@ -305,26 +293,11 @@ fn build_one(c: &PolicyConfig, keys: &mut AttrMatchers) -> Result<Box<dyn Policy
                 .collect::<Result<Vec<_>, PolicyError>>()?;
             Box::new(Composite::new(subs, s.max_total_spans_per_second))
         }
-        PolicyType::SpanCount => {
-            Box::new(SpanCount::new(c.span_count.as_ref().ok_or_else(missing)?))
-        }
-        PolicyType::And => {
-            let s = c.and.as_ref().ok_or_else(missing)?;
-            Box::new(And::new(build_all(&s.and_sub_policy, keys)?))
-        }
-        PolicyType::RateLimiting => Box::new(rate_limiting::new(
-            c.rate_limiting.as_ref().ok_or_else(missing)?,
-        )),
-        PolicyType::BytesLimiting => Box::new(bytes_limiting::new(
-            c.bytes_limiting.as_ref().ok_or_else(missing)?,
-        )),
-        PolicyType::Not => {
-            let s = c.not.as_ref().ok_or_else(missing)?;
-            Box::new(Not::new(build_one(&s.not_sub_policy, keys)?))
-        }
-        PolicyType::Drop => {
-            let s = c.drop.as_ref().ok_or_else(missing)?;
-            Box::new(DropPolicy::new(build_all(&s.drop_sub_policy, keys)?))
-        }
+        PolicySpec::SpanCount(s) => Box::new(SpanCount::new(s)),
+        PolicySpec::And(s) => Box::new(And::new(build_all(&s.and_sub_policy, keys)?)),
+        PolicySpec::RateLimiting(s) => Box::new(rate_limiting::new(s)),
+        PolicySpec::BytesLimiting(s) => Box::new(bytes_limiting::new(s)),
+        PolicySpec::Not(s) => Box::new(Not::new(build_one(&s.not_sub_policy, keys)?)),
+        PolicySpec::Drop(s) => Box::new(DropPolicy::new(build_all(&s.drop_sub_policy, keys)?)),
     })
 }

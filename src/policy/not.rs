@@ -1,6 +1,29 @@
 //! `not`: keeps traces that its sub-policy does not keep.
 
+use super::spec::{validate_subs, SpecError};
 use super::{Decision, Policy, TraceSummary};
+use super::{PolicyConfig, PolicyType};
+use serde::{Deserialize, Serialize};
+
+/// `not`: keep traces that its one sub-policy does not keep (e.g. everything but the
+/// health checks, inside an `and`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotConfig {
+    /// The sub-policy (not `and`, `drop` or `not`).
+    pub not_sub_policy: Box<PolicyConfig>,
+}
+
+impl NotConfig {
+    /// Checks the block at `at` (`policies[0].not`): a plain policy below it.
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        validate_subs(
+            &format!("{at}.not_sub_policy"),
+            std::slice::from_ref(&self.not_sub_policy),
+            &[PolicyType::And, PolicyType::Drop, PolicyType::Not],
+        )
+    }
+}
 
 /// Votes to keep a trace when its sub-policy does not (and not to when it does):
 /// useful inside `and`, e.g. slow traces not on the health-check route.

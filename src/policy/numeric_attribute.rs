@@ -1,8 +1,47 @@
 //! `numeric_attribute`: keeps traces with an integer attribute inside a range.
 
+use super::spec::{check_key, SpecError};
 use super::{Decision, Policy, TraceSummary};
 use crate::codec::Matcher;
-use crate::config::NumericAttributeConfig;
+use serde::{Deserialize, Serialize};
+
+/// `numeric_attribute`: keep traces where a span or its resource has integer
+/// attribute `key` within `[min_value, max_value]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumericAttributeConfig {
+    /// Attribute key, looked up on spans and on their resource.
+    pub key: String,
+    /// Inclusive lower bound; absent: none.
+    #[serde(default)]
+    pub min_value: Option<i64>,
+    /// Inclusive upper bound; absent: none.
+    #[serde(default)]
+    pub max_value: Option<i64>,
+    /// Keep traces where no span or resource has a value in range instead.
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+impl NumericAttributeConfig {
+    /// Checks the block at `at` (`policies[0].numeric_attribute`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        check_key(&format!("{at}.key"), &self.key)?;
+        match (self.min_value, self.max_value) {
+            (None, None) => Err(SpecError::invalid(
+                at,
+                "no bounds",
+                "min_value, max_value or both",
+            )),
+            (Some(lo), Some(hi)) if lo > hi => Err(SpecError::invalid(
+                format!("{at}.max_value"),
+                hi,
+                format!("at least min_value ({lo})"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Votes to keep traces where a span or its resource has the integer attribute within
 /// `[min, max]`; inverted: where none does. As in OTel, only `int_value` attributes

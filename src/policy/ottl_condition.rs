@@ -1,9 +1,64 @@
 //! `ottl_condition`: keeps traces with a span or span event satisfying an OTTL
-//! condition (the subset in `codec::Condition`).
+//! condition (the subset in `ottl::Condition`).
 
+use super::spec::SpecError;
 use super::{Decision, Policy, TraceSummary};
-use crate::codec::{Condition, OttlContext, OttlError};
-use crate::config::OttlConditionConfig;
+use crate::ottl::{Condition, OttlContext, OttlError};
+use serde::{Deserialize, Serialize};
+
+/// `ottl_condition`: keep traces where a span satisfies one of `span` or a span event
+/// one of `spanevent` (OTTL conditions; the supported subset is in the README).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OttlConditionConfig {
+    /// `ignore`, `silent` or `propagate`; accepted for OTel compatibility (the subset
+    /// cannot fail at evaluation, so there is no error to handle).
+    #[serde(default)]
+    pub error_mode: Option<String>,
+    /// Conditions on spans.
+    #[serde(default)]
+    pub span: Vec<String>,
+    /// Conditions on span events.
+    #[serde(default)]
+    pub spanevent: Vec<String>,
+}
+
+impl OttlConditionConfig {
+    /// Checks the block at `at` (`policies[0].ottl_condition`): every condition
+    /// parses.
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        if let Some(m) = &self.error_mode {
+            if !matches!(m.as_str(), "ignore" | "silent" | "propagate") {
+                return Err(SpecError::invalid(
+                    format!("{at}.error_mode"),
+                    m,
+                    "ignore, silent or propagate",
+                ));
+            }
+        }
+        if self.span.is_empty() && self.spanevent.is_empty() {
+            return Err(SpecError::invalid(
+                at,
+                "no conditions",
+                "at least one condition under `span` or `spanevent`",
+            ));
+        }
+        OttlCondition::conditions(self)
+            .map(drop)
+            .map_err(|(field, i, e)| {
+                let list = if field == "span" {
+                    &self.span
+                } else {
+                    &self.spanevent
+                };
+                SpecError::invalid(
+                    format!("{at}.{field}[{i}]"),
+                    format!("{:?}", list[i]),
+                    format!("an OTTL condition in the supported subset ({e})"),
+                )
+            })
+    }
+}
 
 /// A condition that does not parse: (`span` or `spanevent`, its index, the error).
 pub type BadCondition = (&'static str, usize, OttlError);

@@ -1,8 +1,36 @@
 //! `probabilistic`: keeps a fixed share of traces, the same share on every instance.
 
+use super::spec::SpecError;
 use super::{Decision, Policy, TraceSummary};
 use crate::codec::TraceId;
-use crate::config::ProbabilisticConfig;
+use serde::{Deserialize, Serialize};
+
+/// `probabilistic`: keep `sampling_percentage` percent of traces, chosen by a hash
+/// of the trace id, so every instance (and the OTel processor, with the same salt)
+/// makes the same choice.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbabilisticConfig {
+    /// 0 to 100.
+    pub sampling_percentage: f64,
+    /// Salt mixed into the hash; defaults to the OTel processor's default.
+    #[serde(default)]
+    pub hash_salt: Option<String>,
+}
+
+impl ProbabilisticConfig {
+    /// Checks the block at `at` (`policies[0].probabilistic`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        if !(0.0..=100.0).contains(&self.sampling_percentage) {
+            return Err(SpecError::invalid(
+                format!("{at}.sampling_percentage"),
+                self.sampling_percentage,
+                "a percentage from 0 to 100",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// The OTel processor's default salt, so tailsift and the Collector pick the same
 /// traces for the same percentage.

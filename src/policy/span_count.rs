@@ -1,7 +1,37 @@
 //! `span_count`: keeps traces whose number of spans is within bounds.
 
+use super::spec::SpecError;
 use super::{Decision, Policy, TraceSummary};
-use crate::config::SpanCountConfig;
+use serde::{Deserialize, Serialize};
+
+/// `span_count`: keep traces with at least `min_spans` spans and, when `max_spans` is
+/// set (non-zero), at most that many (both inclusive, as in OTel).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpanCountConfig {
+    /// Inclusive lower bound.
+    pub min_spans: u32,
+    /// Inclusive upper bound; `0` or absent: none.
+    #[serde(default)]
+    pub max_spans: u32,
+}
+
+impl SpanCountConfig {
+    /// Checks the block at `at` (`policies[0].span_count`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        if self.max_spans != 0 && self.max_spans < self.min_spans {
+            return Err(SpecError::invalid(
+                format!("{at}.max_spans"),
+                self.max_spans,
+                format!(
+                    "0 (no upper bound) or at least min_spans ({})",
+                    self.min_spans
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Votes to keep traces with at least `min_spans` spans and at most `max_spans` (when
 /// set), both inclusive, counting the spans received when the trace is decided.

@@ -1,7 +1,39 @@
 //! `status_code`: keeps traces with a span of a given status.
 
+use super::spec::SpecError;
 use super::{Decision, Policy, TraceSummary};
-use crate::config::StatusCodeConfig;
+use serde::{Deserialize, Serialize};
+
+/// `status_code`: keep traces with at least one span whose status is listed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusCodeConfig {
+    /// Any of `OK`, `ERROR`, `UNSET`.
+    pub status_codes: Vec<String>,
+}
+
+impl StatusCodeConfig {
+    /// Checks the block at `at` (`policies[0].status_code`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        if self.status_codes.is_empty() {
+            return Err(SpecError::invalid(
+                format!("{at}.status_codes"),
+                "[]",
+                "one or more of OK, ERROR, UNSET",
+            ));
+        }
+        for (j, s) in self.status_codes.iter().enumerate() {
+            if !matches!(s.as_str(), "OK" | "ERROR" | "UNSET") {
+                return Err(SpecError::invalid(
+                    format!("{at}.status_codes[{j}]"),
+                    s,
+                    "one of OK, ERROR, UNSET",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Votes to keep traces with at least one span whose status is listed.
 #[derive(Debug)]

@@ -2,9 +2,50 @@
 
 use regex::RegexSet;
 
+use super::spec::{check_key, check_values, SpecError};
 use super::{Decision, Policy, TraceSummary};
 use crate::codec::Matcher;
-use crate::config::StringAttributeConfig;
+use serde::{Deserialize, Serialize};
+
+/// `string_attribute`: keep traces where a span or its resource has attribute `key`
+/// with one of `values`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringAttributeConfig {
+    /// Attribute key, looked up on spans and on their resource.
+    pub key: String,
+    /// Exact values, or regular expressions when `enabled_regex_matching` is true.
+    pub values: Vec<String>,
+    /// Treat `values` as regular expressions (unanchored, as in OTel).
+    #[serde(default)]
+    pub enabled_regex_matching: bool,
+    /// Accepted for OTel compatibility; tailsift's regexes need no result cache.
+    #[serde(default)]
+    pub cache_max_size: Option<usize>,
+    /// Keep traces where no span or resource matches instead.
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+impl StringAttributeConfig {
+    /// Checks the block at `at` (`policies[0].string_attribute`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        check_key(&format!("{at}.key"), &self.key)?;
+        check_values(&format!("{at}.values"), &self.values)?;
+        if self.enabled_regex_matching {
+            for (j, v) in self.values.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(v) {
+                    return Err(SpecError::invalid(
+                        format!("{at}.values[{j}]"),
+                        format!("{v:?}"),
+                        format!("a valid regular expression ({e})"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Votes to keep traces where a span or its resource has the attribute with a matching
 /// string value (exact, or unanchored regex as in OTel); inverted: where none does.

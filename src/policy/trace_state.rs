@@ -1,8 +1,28 @@
 //! `trace_state`: keeps traces with a W3C tracestate entry of given values.
 
+use super::spec::{check_key, check_values, SpecError};
 use super::{Decision, Policy, TraceSummary};
 use crate::codec::Matcher;
-use crate::config::TraceStateConfig;
+use serde::{Deserialize, Serialize};
+
+/// `trace_state`: keep traces where a span's W3C `tracestate` has entry `key` with
+/// one of `values`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceStateConfig {
+    /// The tracestate entry's key (e.g. a vendor key).
+    pub key: String,
+    /// Exact values.
+    pub values: Vec<String>,
+}
+
+impl TraceStateConfig {
+    /// Checks the block at `at` (`policies[0].trace_state`).
+    pub(super) fn validate(&self, at: &str) -> Result<(), SpecError> {
+        check_key(&format!("{at}.key"), &self.key)?;
+        check_values(&format!("{at}.values"), &self.values)
+    }
+}
 
 /// Votes to keep traces where some span's `tracestate` has the entry `key` with one of
 /// the configured values (exact match, as in OTel). The entries are tested while

@@ -18,8 +18,6 @@
 
 use regex::Regex;
 
-use super::AttrValue;
-
 /// Which record a condition is evaluated on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OttlContext {
@@ -99,17 +97,6 @@ pub(crate) enum Value<'a> {
     Float(f64),
     Bool(bool),
     Nil,
-}
-
-impl<'a> From<AttrValue<'a>> for Value<'a> {
-    fn from(v: AttrValue<'a>) -> Self {
-        match v {
-            AttrValue::Str(s) => Value::Str(s),
-            AttrValue::Int(i) => Value::Int(i),
-            AttrValue::Double(d) => Value::Float(d),
-            AttrValue::Bool(b) => Value::Bool(b),
-        }
-    }
 }
 
 /// What a condition reads from the record it is evaluated on.
@@ -554,7 +541,7 @@ mod tests {
     struct Fake {
         name: &'static str,
         kind: i64,
-        attrs: Vec<(&'static str, AttrValue<'static>)>,
+        attrs: Vec<(&'static str, Value<'static>)>,
     }
 
     impl Record for Fake {
@@ -567,7 +554,7 @@ mod tests {
                     .attrs
                     .iter()
                     .find(|(n, _)| n.as_bytes() == &k[..])
-                    .map_or(Value::Nil, |(_, v)| (*v).into()),
+                    .map_or(Value::Nil, |(_, v)| *v),
                 Path::ResourceAttribute(_) => Value::Nil,
             }
         }
@@ -578,10 +565,10 @@ mod tests {
             name: "GET /api/pay",
             kind: 2,
             attrs: vec![
-                ("http.status_code", AttrValue::Int(503)),
-                ("http.route", AttrValue::Str(b"/api/pay")),
-                ("retry", AttrValue::Bool(true)),
-                ("ratio", AttrValue::Double(0.5)),
+                ("http.status_code", Value::Int(503)),
+                ("http.route", Value::Str(b"/api/pay")),
+                ("retry", Value::Bool(true)),
+                ("ratio", Value::Float(0.5)),
             ],
         }
     }
