@@ -188,13 +188,15 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         &split,
         budget,
         Arc::clone(&health),
-        &policies,
+        policies.scan_keys(),
         stream,
         Outputs {
             shards: shard_txs,
             sink: sink_tx,
             releases: release_rx,
-            txn: sink.transactions(),
+            txn: sink
+                .transactions()
+                .map(|t| t as Arc<dyn crate::flow::TxnCommit>),
         },
     )?;
     // The source must not hold a release sender, or its drain would never end.

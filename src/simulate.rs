@@ -2,21 +2,27 @@
 //!
 //! Reads files of OTLP `ExportTraceServiceRequest`s: protobuf, either one request per
 //! file or records of a 4-byte big-endian length followed by that many bytes (the
-//! format of the OTel SDK test data), or OTLP/JSON (a document, or one per line), groups their spans by trace, decides every trace
-//! once with all its spans, and reports what would be kept: a way to try a policy set
-//! on real traffic before deploying it. Rate and bytes limits see every trace at the
-//! same instant, so they keep only their burst.
+//! format of the OTel SDK test data), or OTLP/JSON (a document, or one per line),
+//! groups their spans by trace in a buffer shard, decides every trace once with all
+//! its spans, through the same buffer and decider code as `run`
+//! ([`Decider::decide_entry`]), and reports what would be kept: a way to try a policy
+//! set on real traffic before deploying it. Rate and bytes limits see every trace at
+//! the same instant, so they keep only their burst. The spans are held in memory
+//! until the end, as the files are.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::codec::{json_to_protobuf, scan, FrameInterner, Span, TraceId};
+use crate::buffer::{Shard, TraceLimits};
+use crate::codec::{json_to_protobuf, scan, FrameInterner, Span};
 use crate::config::Config;
 use crate::decide::Decider;
-use crate::policy::{PolicyError, PolicySet, TraceSummary};
+use crate::flow::Pin;
+use crate::policy::{PolicyError, PolicySet};
 
 /// What a simulation found.
 #[derive(Debug, Default)]
@@ -57,9 +63,6 @@ pub enum SimulateError {
     Policy(#[from] PolicyError),
 }
 
-/// Per resource of a trace: (its encoded resource, earliest start, latest end).
-type HostWindows = Vec<(Vec<u8>, u64, u64)>;
-
 /// Runs `cfg`'s policies over the requests in `inputs`.
 ///
 /// # Errors
@@ -69,10 +72,11 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
     let keys = set.keys.clone();
     let decider = Decider::new(set, cfg.sample_on_first_match);
     let mut frames = FrameInterner::default();
-    let mut traces: HashMap<TraceId, TraceSummary> = HashMap::new();
-    let mut hosts: HashMap<TraceId, HostWindows> = HashMap::new();
+    // Every trace stays until the end: nothing is due before all input is read.
+    let mut shard = Shard::new(Duration::from_secs(3600), None, TraceLimits::default());
     let mut report = Report::default();
     let mut spans: Vec<Span> = Vec::new();
+    let mut offset = 0i64;
     for path in inputs {
         for payload in requests(path)? {
             report.messages += 1;
@@ -85,41 +89,31 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
                 report.undecodable += 1;
                 continue;
             };
-            for s in &spans {
-                traces
-                    .entry(s.trace_id)
-                    .or_insert_with(|| TraceSummary::new(s.trace_id))
-                    .add(s);
-                // Per host (resource) windows, for traces without a root span, when a
-                // latency policy reads them.
-                if !decider.reads_duration() {
-                    continue;
-                }
-                let resource = message.frame(s).resource().unwrap_or_default();
-                let windows = hosts.entry(s.trace_id).or_default();
-                match windows.iter_mut().find(|w| w.0 == resource) {
-                    Some(w) => {
-                        w.1 = w.1.min(s.start_ns);
-                        w.2 = w.2.max(s.end_ns);
-                    }
-                    None => windows.push((resource.to_vec(), s.start_ns, s.end_ns)),
-                }
+            // As the scanner hands them to a shard: each trace's spans of the message
+            // together, with the message's pin.
+            spans.sort_by_key(|s| s.trace_id);
+            let pin = Pin {
+                slot: 0,
+                epoch: 0,
+                offset,
+                partition: 0,
+            };
+            offset += 1;
+            for run in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
+                shard.insert(run[0].trace_id, &message, run, pin, 0);
             }
         }
     }
-    for (id, t) in traces.iter_mut() {
-        if t.one_clock_ns.is_none() {
-            t.one_clock_ns = hosts
-                .get(id)
-                .and_then(|w| w.iter().map(|(_, a, b)| b.saturating_sub(*a)).max());
-        }
-    }
+    let mut entries = Vec::with_capacity(shard.traces());
+    shard.take_due(|_| Some(u64::MAX), &mut entries);
     let mut kept: HashMap<u16, usize> = HashMap::new();
-    for t in traces.values() {
+    for mut entry in entries {
+        let verdict = decider.decide_entry(&mut entry);
+        let t = &entry.summary;
         report.traces += 1;
         report.spans += u64::from(t.span_count);
         report.bytes += t.span_bytes;
-        if let Some(p) = decider.decide(t).policy() {
+        if let Some(p) = verdict.policy() {
             report.kept_traces += 1;
             report.kept_spans += u64::from(t.span_count);
             report.kept_bytes += t.span_bytes;

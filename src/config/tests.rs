@@ -105,6 +105,10 @@ fn bad_values_name_field_value_and_expectation() {
             "{name: a, type: always_sample, latency: {threshold_ms: 1}}",
             "policies: policy `a`, field `latency` = a block: expected no `latency` block on a policy of type `always_sample` at line 7",
         ),
+        (
+            "{name: b, type: and, and: {and_sub_policy: [{name: slow, type: latency}]}}",
+            "policies[0].and.and_sub_policy: policy `slow`, field `latency` = nothing: expected a `latency:` block",
+        ),
     ];
     for (policy, want) in cases {
         let yaml = MINIMAL.replace("{name: all, type: always_sample}", policy);

@@ -2,18 +2,18 @@
 //!
 //! A [`Generation`] is what the scanners test spans with (the attribute predicates)
 //! and what the shard workers decide with (the [`Decider`]). [`LivePolicies`]
-//! publishes a new one; every scanner and worker holds a [`PolicyWatch`] and switches
+//! publishes a new one; every worker holds a [`PolicyWatch`] (every scanner a view of
+//! its predicates, [`ScanKeys`]) and switches
 //! to the newest generation before it handles its next message, so traces decided
 //! from then on are decided by the new set, and traces buffered at the reload stay
 //! buffered (their attribute hits carry over: see `codec::AttrMatchers::successor`).
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 use super::Decider;
 use crate::codec::AttrMatchers;
 use crate::config::Config;
+use crate::flow::{Publisher, ScanKeys, Watch};
 use crate::policy::{PolicyError, PolicySet};
 
 /// One version of the policy set.
@@ -43,30 +43,43 @@ impl Generation {
     }
 }
 
-/// Publishes the generation in force.
+/// Publishes the generation in force, and its attribute predicates for the
+/// scanners.
 #[derive(Debug)]
 pub struct LivePolicies {
-    tx: watch::Sender<Arc<Generation>>,
+    generations: Publisher<Generation>,
+    scan_keys: Publisher<ScanKeys>,
 }
+
+/// A shard worker's view of the generation in force.
+pub type PolicyWatch = Watch<Generation>;
 
 impl LivePolicies {
     /// Starts with `first`.
     pub fn new(first: Generation) -> Self {
+        let keys = ScanKeys {
+            number: first.number,
+            keys: first.keys.clone(),
+        };
         LivePolicies {
-            tx: watch::Sender::new(Arc::new(first)),
+            generations: Publisher::new(first),
+            scan_keys: Publisher::new(keys),
         }
     }
 
     /// A handle that follows the generation in force.
     pub fn watch(&self) -> PolicyWatch {
-        let rx = self.tx.subscribe();
-        let current = Arc::clone(&rx.borrow());
-        PolicyWatch { rx, current }
+        self.generations.watch()
+    }
+
+    /// What the scanners follow: the attribute predicates in force.
+    pub fn scan_keys(&self) -> &Publisher<ScanKeys> {
+        &self.scan_keys
     }
 
     /// The generation in force.
     pub fn current(&self) -> Arc<Generation> {
-        Arc::clone(&self.tx.borrow())
+        self.generations.current()
     }
 
     /// Builds the policy set of `cfg` and puts it in force; returns its number.
@@ -76,36 +89,14 @@ impl LivePolicies {
     pub fn replace(&self, cfg: &Config) -> Result<u64, PolicyError> {
         let next = Generation::build(cfg, Some(&self.current()))?;
         let number = next.number;
-        self.tx.send_replace(Arc::new(next));
+        let keys = ScanKeys {
+            number,
+            keys: next.keys.clone(),
+        };
+        // The workers' generation first: a shard handed spans scanned with the new
+        // predicates can always switch to the generation they belong to.
+        self.generations.publish(next);
+        self.scan_keys.publish(keys);
         Ok(number)
-    }
-}
-
-/// A scanner's or worker's view of the generation in force.
-#[derive(Debug)]
-pub struct PolicyWatch {
-    rx: watch::Receiver<Arc<Generation>>,
-    current: Arc<Generation>,
-}
-
-impl PolicyWatch {
-    /// The generation this holder uses.
-    pub fn get(&self) -> &Generation {
-        &self.current
-    }
-
-    /// Whether a newer generation was published than the one in use.
-    pub fn has_news(&self) -> bool {
-        self.rx.has_changed().unwrap_or(false)
-    }
-
-    /// Switches to a newer generation if one was published; returns the one it
-    /// replaced, so the holder can carry its state over.
-    pub fn refresh(&mut self) -> Option<Arc<Generation>> {
-        if !self.rx.has_changed().unwrap_or(false) {
-            return None;
-        }
-        let next = Arc::clone(&self.rx.borrow_and_update());
-        Some(std::mem::replace(&mut self.current, next))
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use metrics::Counter;
 
+use crate::buffer::TraceEntry;
 use crate::policy::{Decision, PolicySet, TraceSummary};
 use crate::telemetry::names;
 
@@ -140,6 +141,17 @@ impl Decider {
             .policies
             .get(usize::from(i))
             .map_or_else(|| Arc::from(""), |p| Arc::clone(&p.name))
+    }
+
+    /// Decides a buffered trace, as `run` and `simulate` both do: when a latency
+    /// policy reads the duration and no root span gave it, measures the trace's
+    /// per-host windows first (it re-reads every span, so only then), then
+    /// [`Decider::decide`]s its summary.
+    pub fn decide_entry(&self, entry: &mut TraceEntry) -> Verdict {
+        if entry.summary.one_clock_ns.is_none() && self.reads_duration() {
+            entry.summary.one_clock_ns = Some(entry.longest_host_window_ns());
+        }
+        self.decide(&entry.summary)
     }
 
     /// Runs the policies on the trace in order and combines their votes as the OTel

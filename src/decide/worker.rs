@@ -475,10 +475,6 @@ impl ShardWorker {
         mut entry: TraceEntry,
         forced: Option<Forced>,
     ) -> Result<(), Closed> {
-        // Measured only when a latency policy will read it: it re-reads every span.
-        if entry.summary.one_clock_ns.is_none() && self.policies.get().decider.reads_duration() {
-            entry.summary.one_clock_ns = Some(entry.longest_host_window_ns());
-        }
         self.metrics
             .latency
             .record(entry.first_seen.elapsed().as_secs_f64());
@@ -489,7 +485,7 @@ impl ShardWorker {
             }
         }
         // A forced decision still runs every policy on what has arrived.
-        let verdict = self.policies.get().decider.decide(&entry.summary);
+        let verdict = self.policies.get().decider.decide_entry(&mut entry);
         let id = entry.summary.trace_id;
         // A trace dropped early for memory was judged on what had arrived; its later
         // spans (an error, say) are judged afresh rather than dropped unseen. Every

@@ -20,13 +20,17 @@
 //! the buffer keeps up to date and the policies read. The memory budget those stages
 //! charge is its own module, [`crate::budget`]; stream time is [`crate::clock`].
 //!
-//! Two stage-to-stage uses remain besides the worker's shard: the source's rebalance
-//! callbacks end the sink's transaction ([`crate::sink::Transactions`], exactly-once
-//! mode), and the scanner reads the live policy generation's attribute predicates
-//! ([`crate::decide::LivePolicies`]).
+//! In exactly-once mode the source's rebalance callbacks commit the sink's
+//! transaction with the input offsets through [`TxnCommit`].
+//!
+//! Values replaced while running (the policy generation after a reload, and the
+//! attribute predicates the scanners test) are published through [`Publisher`] and
+//! read through [`Watch`].
 
+mod live;
 mod record;
 mod summary;
+mod txn;
 
 use std::sync::Arc;
 
@@ -37,8 +41,10 @@ use tokio::sync::mpsc;
 use crate::budget::Charge;
 use crate::codec::{Message, Span, TraceId};
 
+pub use live::{Publisher, ScanKeys, Watch};
 pub use record::DecisionRecord;
 pub use summary::TraceSummary;
+pub use txn::{PinCheck, TxnCommit, TxnError};
 
 /// A reference to one pin on an input message, carried with the spans it covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

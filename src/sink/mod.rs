@@ -29,8 +29,9 @@ use crate::config::{KafkaConfig, MemorySplit};
 use crate::flow::{DeadLetter, DecisionRecord, KeptTrace, Pin, Releases, SinkMsg};
 use crate::telemetry::{names, Health};
 
+use crate::flow::{TxnCommit, TxnError};
 pub use topics::{create_missing, missing, TopicError};
-pub use txn::{Transactions, TxnError};
+pub use txn::Transactions;
 
 /// Header on kept-trace records naming the policy that kept the trace.
 pub const HEADER_POLICY: &str = "tailsift.policy";

@@ -35,24 +35,11 @@ use super::{
     dead_letter_headers, decision_record, header, kept_headers, refused_headers, ProducerContext,
     SinkMsg, Topics, HEADER_ERROR, HEADER_PAYLOAD_OMITTED,
 };
-use crate::flow::Pin;
+use crate::flow::{Pin, PinCheck, TxnCommit, TxnError};
 use crate::telemetry::names;
-
-/// Whether any of a message's pins still belongs to a current assignment.
-type PinCheck = Box<dyn Fn(&[Pin]) -> bool + Send + Sync>;
 
 /// How long one transactional call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Why a transaction could not be committed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("transaction {step} failed: {error}")]
-pub struct TxnError {
-    /// The call that failed.
-    pub step: &'static str,
-    /// librdkafka's error.
-    pub error: String,
-}
 
 /// The transaction in progress, shared by the sink (which produces into it) and the
 /// source (which commits it with the input offsets).
@@ -86,11 +73,6 @@ impl Transactions {
             failed: Mutex::new(None),
             current: OnceLock::new(),
         })
-    }
-
-    /// Tells the transactions which pins are current (the source's offset tracker).
-    pub fn set_pin_check(&self, check: impl Fn(&[Pin]) -> bool + Send + Sync + 'static) {
-        let _ = self.current.set(Box::new(check));
     }
 
     /// Enqueues `records` into the open transaction together (no commit between
@@ -172,41 +154,6 @@ impl Transactions {
             }
         }
         Enqueue::Sent(deliveries)
-    }
-
-    /// Why the transactions stopped, once they have.
-    pub fn failed(&self) -> Option<TxnError> {
-        self.failed.lock().ok().and_then(|f| f.clone())
-    }
-
-    /// Commits the transaction in progress with `offsets` (the safe input offsets of
-    /// every assigned partition) and begins the next. Blocking: call it off the
-    /// runtime or from a rebalance callback. On failure the transaction is aborted
-    /// and every later call fails at once.
-    ///
-    /// # Errors
-    /// [`TxnError`] naming the step that failed.
-    pub fn commit(
-        &self,
-        offsets: &TopicPartitionList,
-        group: Option<&ConsumerGroupMetadata>,
-    ) -> Result<(), TxnError> {
-        let _alone = self
-            .gate
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(e) = self.failed() {
-            return Err(e);
-        }
-        let result = self.commit_alone(offsets, group);
-        if let Err(e) = &result {
-            error!(message = "Transaction failed; aborting it. Its records stay invisible to read_committed readers and its input uncommitted; the pipeline stops to be restarted from what was committed.", error = %e);
-            let _ = self.producer.abort_transaction(CALL_TIMEOUT);
-            if let Ok(mut f) = self.failed.lock() {
-                *f = Some(e.clone());
-            }
-        }
-        result
     }
 
     fn commit_alone(
@@ -407,5 +354,40 @@ pub(super) async fn deliver(
                 Vec::new()
             }
         }
+    }
+}
+
+impl TxnCommit for Transactions {
+    fn set_pin_check(&self, check: PinCheck) {
+        let _ = self.current.set(check);
+    }
+
+    /// Why the transactions stopped, once they have.
+    fn failed(&self) -> Option<TxnError> {
+        self.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// On failure the transaction is aborted and every later call fails at once.
+    fn commit(
+        &self,
+        offsets: &TopicPartitionList,
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> Result<(), TxnError> {
+        let _alone = self
+            .gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        let result = self.commit_alone(offsets, group);
+        if let Err(e) = &result {
+            error!(message = "Transaction failed; aborting it. Its records stay invisible to read_committed readers and its input uncommitted; the pipeline stops to be restarted from what was committed.", error = %e);
+            let _ = self.producer.abort_transaction(CALL_TIMEOUT);
+            if let Ok(mut f) = self.failed.lock() {
+                *f = Some(e.clone());
+            }
+        }
+        result
     }
 }

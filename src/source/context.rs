@@ -12,7 +12,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::{lock, OffsetTracker};
-use crate::sink::Transactions;
+use crate::flow::TxnCommit;
 use crate::telemetry::{names, Health, LogLimiter};
 
 /// Callbacks of the input consumer. Shares the offset tracker with the source task
@@ -23,7 +23,7 @@ pub struct SourceContext {
     /// Whether newly assigned partitions wait for their decisions to be read back.
     restore_decisions: bool,
     /// Exactly-once mode: a revoke commits the transaction in progress.
-    txn: Option<Arc<Transactions>>,
+    txn: Option<Arc<dyn TxnCommit>>,
 }
 
 impl SourceContext {
@@ -31,7 +31,7 @@ impl SourceContext {
         tracker: Arc<Mutex<OffsetTracker>>,
         health: Arc<Health>,
         restore_decisions: bool,
-        txn: Option<Arc<Transactions>>,
+        txn: Option<Arc<dyn TxnCommit>>,
     ) -> Self {
         SourceContext {
             tracker,
@@ -88,7 +88,7 @@ impl ConsumerContext for SourceContext {
         if let Some(txn) = &self.txn {
             // The transaction commits under the generation that owned the partitions:
             // their next owner starts exactly where this output ends.
-            super::commit_transaction(consumer, &self.tracker, txn, &self.health, &parts);
+            super::commit_transaction(consumer, &self.tracker, &**txn, &self.health, &parts);
         }
         let safe = if self.txn.is_some() {
             Vec::new()

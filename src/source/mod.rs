@@ -31,10 +31,8 @@ use crate::budget::{Charge, MemoryBudget};
 use crate::clock::{wall_ms, IdleTracker, PartitionTime, StreamClocks};
 use crate::codec::FrameInterner;
 use crate::config::{KafkaConfig, MemorySplit};
-use crate::decide::LivePolicies;
-use crate::flow::{Pin, Restored, ShardMsg, SinkMsg};
+use crate::flow::{Pin, Publisher, Restored, ScanKeys, ShardMsg, SinkMsg, TxnCommit};
 use crate::shutdown::Shutdown;
-use crate::sink::Transactions;
 use crate::telemetry::{names, Health};
 
 pub use context::SourceContext;
@@ -97,7 +95,7 @@ pub struct Source {
     ),
     releases: mpsc::UnboundedReceiver<Vec<Pin>>,
     /// Exactly-once mode: commits go through the sink's transactions.
-    txn: Option<Arc<Transactions>>,
+    txn: Option<Arc<dyn TxnCommit>>,
     commit_interval: Duration,
     budget: MemoryBudget,
     paused: bool,
@@ -142,7 +140,7 @@ pub struct Outputs {
     /// Pins coming back from workers and the sink.
     pub releases: mpsc::UnboundedReceiver<Vec<Pin>>,
     /// Exactly-once mode: the sink's transactions, which commit the input offsets.
-    pub txn: Option<Arc<Transactions>>,
+    pub txn: Option<Arc<dyn TxnCommit>>,
 }
 
 impl Source {
@@ -155,7 +153,7 @@ impl Source {
         memory: &MemorySplit,
         budget: MemoryBudget,
         health: Arc<Health>,
-        policies: &LivePolicies,
+        policies: &Publisher<ScanKeys>,
         stream: StreamTime,
         out: Outputs,
     ) -> Result<Self, SourceError> {
@@ -206,10 +204,10 @@ impl Source {
         }
         if let Some(txn) = &out.txn {
             let tracker = Arc::clone(&tracker);
-            txn.set_pin_check(move |pins| {
+            txn.set_pin_check(Box::new(move |pins: &[Pin]| {
                 let t = lock(&tracker);
                 pins.iter().any(|p| t.is_current(p.slot, p.epoch))
-            });
+            }));
         }
         let ctx = SourceContext::new(
             Arc::clone(&tracker),
@@ -366,7 +364,7 @@ impl Source {
             Some(txn) => {
                 let health = Arc::clone(&self.health);
                 let _ = tokio::task::spawn_blocking(move || {
-                    commit_transaction(&*consumer, &tracker, &txn, &health, &[]);
+                    commit_transaction(&*consumer, &tracker, &*txn, &health, &[]);
                 })
                 .await;
             }
@@ -755,7 +753,7 @@ impl Source {
             let (txn, health) = (Arc::clone(txn), Arc::clone(&self.health));
             let committing = Arc::clone(&self.committing);
             tokio::task::spawn_blocking(move || {
-                commit_transaction(&*consumer, &tracker, &txn, &health, &[]);
+                commit_transaction(&*consumer, &tracker, &*txn, &health, &[]);
                 committing.store(false, Ordering::Release);
             });
             return;
@@ -823,7 +821,7 @@ fn commit(
 pub(super) fn commit_transaction<C: Consumer<SourceContext>>(
     consumer: &C,
     tracker: &Mutex<OffsetTracker>,
-    txn: &Transactions,
+    txn: &dyn TxnCommit,
     health: &Health,
     revoking: &[(String, i32)],
 ) {

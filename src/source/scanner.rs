@@ -22,8 +22,7 @@ use crate::clock::StreamClocks;
 use crate::codec::{
     encode_trace, scan_partial, CodecError, FrameInterner, Message, RejectedSpan, Span, TraceId,
 };
-use crate::decide::PolicyWatch;
-use crate::flow::{DeadLetter, ShardMsg, SinkMsg};
+use crate::flow::{DeadLetter, ScanKeys, ShardMsg, SinkMsg, Watch};
 use crate::telemetry::{names, LogLimiter};
 
 /// One input message, pinned once (the guard).
@@ -71,7 +70,7 @@ pub(super) struct Scanner {
     pub(super) rx: mpsc::Receiver<ScanJob>,
     pub(super) tracker: Arc<Mutex<OffsetTracker>>,
     /// The policy set in force: its attribute predicates are tested while scanning.
-    pub(super) policies: PolicyWatch,
+    pub(super) policies: Watch<ScanKeys>,
     /// Its own frame interner: no lock between scanners.
     pub(super) frames: FrameInterner,
     pub(super) shards: Vec<mpsc::Sender<ShardMsg>>,
