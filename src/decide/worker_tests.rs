@@ -14,7 +14,7 @@ use crate::clock::StreamClocks;
 use crate::codec::{Message, ScopeFrame, Span, TraceId};
 use crate::config::Config;
 use crate::decide::{Generation, LivePolicies};
-use crate::flow::{Pin, Releases, ShardMsg, SinkMsg};
+use crate::flow::{Pin, Releases, Restored, ShardMsg, SinkMsg};
 
 /// A stream time well after the epoch.
 const T0: u64 = 1_700_000_000_000;
@@ -28,19 +28,37 @@ struct Parts {
     out: mpsc::Receiver<SinkMsg>,
     clocks: Arc<StreamClocks>,
     released: mpsc::UnboundedReceiver<Vec<Pin>>,
+    /// Where a test reloads the policies.
+    live: LivePolicies,
+    budget: MemoryBudget,
+}
+
+const ALL: &str = "  - {name: all, type: always_sample}\n";
+
+fn config(policies: &str) -> Config {
+    Config::from_yaml(&format!(
+        "kafka: {{brokers: x, input_topics: [i], output_topic: o}}\npolicies:\n{policies}"
+    ))
+    .expect("valid")
 }
 
 fn parts() -> Parts {
-    let cfg = Config::from_yaml(
-        "kafka: {brokers: x, input_topics: [i], output_topic: o}\npolicies:\n  - {name: all, type: always_sample}\n",
+    parts_with(
+        ALL,
+        TraceLimits::default(),
+        MemoryBudget::new(1 << 30, 0.9, 0.8),
     )
-    .expect("valid");
-    let live = LivePolicies::new(Generation::build(&cfg, None).expect("builds"));
+}
+
+/// A worker with the policies `policies` (YAML list entries), per-trace `limits` and
+/// the memory `budget`.
+fn parts_with(policies: &str, limits: TraceLimits, budget: MemoryBudget) -> Parts {
+    let live = LivePolicies::new(Generation::build(&config(policies), None).expect("builds"));
     let clocks = Arc::new(StreamClocks::new());
     let wc = WorkerConfig {
         decision_wait: WAIT,
         after_root: None,
-        limits: TraceLimits::default(),
+        limits,
         cache_capacity: 1000,
         max_message_bytes: 1 << 20,
         shards: 1,
@@ -52,23 +70,42 @@ fn parts() -> Parts {
         clocks: Arc::clone(&clocks),
     };
     let (tx, rx) = mpsc::channel(64);
-    let (sink, out) = mpsc::channel(64);
+    let (sink, out) = mpsc::channel(256);
     let (releases, released) = Releases::channel();
-    let worker = ShardWorker::new(
-        &wc,
-        live.watch(),
-        MemoryBudget::new(1 << 30, 0.9, 0.8),
-        rx,
-        sink,
-        releases,
-    );
+    let worker = ShardWorker::new(&wc, live.watch(), budget.clone(), rx, sink, releases);
     Parts {
         worker,
         tx,
         out,
         clocks,
         released,
+        live,
+        budget,
     }
+}
+
+/// Every kept trace's id, span count, policy and forced reason, in the order the
+/// worker sent them.
+fn kept_full(
+    out: &mut mpsc::Receiver<SinkMsg>,
+) -> Vec<(TraceId, usize, String, Option<&'static str>)> {
+    let mut kept = Vec::new();
+    while let Ok(m) = out.try_recv() {
+        if let SinkMsg::Kept(k) = m {
+            kept.push((k.trace_id, k.spans, k.policy.to_string(), k.forced));
+        }
+    }
+    kept
+}
+
+/// Every pin released so far, by offset.
+fn released_offsets(released: &mut mpsc::UnboundedReceiver<Vec<Pin>>) -> Vec<i64> {
+    let mut out = Vec::new();
+    while let Ok(pins) = released.try_recv() {
+        out.extend(pins.iter().map(|p| p.offset));
+    }
+    out.sort_unstable();
+    out
 }
 
 /// Every kept trace's id and span count, in the order the worker sent them.
@@ -122,7 +159,7 @@ async fn a_partition_given_back_is_judged_by_its_new_stream_time() {
         tx,
         mut out,
         clocks,
-        released: _released,
+        ..
     } = parts();
     // Assignment 1 of the partition reads up to T0 + 10 s.
     worker
@@ -167,7 +204,7 @@ async fn traces_are_due_by_their_own_assignments_stream_time() {
         tx,
         mut out,
         clocks,
-        released: _released,
+        ..
     } = parts();
     let running = tokio::spawn(worker.run());
     clocks.enter(0, 3);
@@ -188,4 +225,215 @@ async fn traces_are_due_by_their_own_assignments_stream_time() {
     drop(tx);
     running.await.expect("worker ends");
     assert_eq!(kept_in(&mut out), vec![(TraceId([1; 16]), 1)]);
+}
+
+/// Spans that come after their trace was decided follow the decision: a kept
+/// trace's go out on their own under the same policy, a dropped trace's are released
+/// without output.
+#[tokio::test(start_paused = true)]
+async fn late_spans_follow_the_decision() {
+    let mut p = parts_with(
+        "  - {name: big, type: span_count, span_count: {min_spans: 2}}\n",
+        TraceLimits::default(),
+        MemoryBudget::new(1 << 30, 0.9, 0.8),
+    );
+    p.clocks.enter(0, 1);
+    for (t, off) in [(1, 10), (1, 11), (2, 12)] {
+        p.worker
+            .handle(spans_of(t, 0, 1, off, T0))
+            .await
+            .expect("sink open");
+    }
+    p.clocks.publish(0, 1, T0 + 2_000);
+    p.worker.on_tick().await.expect("sink open");
+    assert_eq!(
+        kept_full(&mut p.out),
+        vec![(TraceId([1; 16]), 2, "big".to_string(), None)]
+    );
+    assert_eq!(
+        released_offsets(&mut p.released),
+        vec![12],
+        "the dropped trace's pin"
+    );
+    // Late: one more span of each.
+    p.worker
+        .handle(spans_of(1, 0, 1, 13, T0 + 3_000))
+        .await
+        .expect("sink open");
+    p.worker
+        .handle(spans_of(2, 0, 1, 14, T0 + 3_000))
+        .await
+        .expect("sink open");
+    assert_eq!(
+        kept_full(&mut p.out),
+        vec![(TraceId([1; 16]), 1, "big".to_string(), None)],
+        "the kept trace's late span goes out alone, under its policy"
+    );
+    assert_eq!(
+        released_offsets(&mut p.released),
+        vec![14],
+        "the dropped trace's late span"
+    );
+}
+
+/// Decisions read back from the decisions topic bind the traces' spans read after
+/// them: a restored kept trace's spans go out at once, a restored dropped trace's are
+/// released, and a trace kept by a policy no longer configured keeps its spans under
+/// an unnamed policy. A trace being buffered is left to be decided whole.
+#[tokio::test(start_paused = true)]
+async fn restored_decisions_bind_later_spans() {
+    let mut p = parts_with(
+        "  - {name: big, type: span_count, span_count: {min_spans: 5}}\n",
+        TraceLimits::default(),
+        MemoryBudget::new(1 << 30, 0.9, 0.8),
+    );
+    p.clocks.enter(0, 1);
+    p.worker
+        .handle(spans_of(4, 0, 1, 40, T0))
+        .await
+        .expect("sink open");
+    let restored = |t: u8, policy: Option<&str>| Restored {
+        trace_id: TraceId([t; 16]),
+        policy: policy.map(Arc::from),
+        output_below: None,
+    };
+    p.worker
+        .handle(ShardMsg::Decisions(vec![
+            restored(1, Some("big")),
+            restored(2, None),
+            restored(3, Some("removed-since")),
+            restored(4, Some("big")),
+        ]))
+        .await
+        .expect("sink open");
+    for (t, off) in [(1, 50), (2, 51), (3, 52)] {
+        p.worker
+            .handle(spans_of(t, 0, 1, off, T0))
+            .await
+            .expect("sink open");
+    }
+    assert_eq!(
+        kept_full(&mut p.out),
+        vec![
+            (TraceId([1; 16]), 1, "big".to_string(), None),
+            (TraceId([3; 16]), 1, String::new(), None),
+        ]
+    );
+    assert_eq!(released_offsets(&mut p.released), vec![51]);
+    // Trace 4 was buffered when its restored decision came: it is judged by the
+    // policies (two spans, not big: dropped), not by the restored "kept".
+    p.worker
+        .handle(spans_of(4, 0, 1, 53, T0))
+        .await
+        .expect("sink open");
+    p.clocks.publish(0, 1, T0 + 2_000);
+    p.worker.on_tick().await.expect("sink open");
+    assert!(kept_full(&mut p.out).is_empty());
+    assert_eq!(released_offsets(&mut p.released), vec![40, 53]);
+}
+
+/// A reload renumbers the remembered decisions to the new set: late spans of a
+/// trace kept by `first` still go out under `first` after the policies were
+/// reordered, and under an unnamed policy once `first` is gone.
+#[tokio::test(start_paused = true)]
+async fn a_reload_renumbers_remembered_decisions() {
+    let mut p = parts_with(
+        "  - {name: first, type: always_sample}\n  - {name: second, type: always_sample}\n",
+        TraceLimits::default(),
+        MemoryBudget::new(1 << 30, 0.9, 0.8),
+    );
+    p.clocks.enter(0, 1);
+    p.worker
+        .handle(spans_of(1, 0, 1, 10, T0))
+        .await
+        .expect("sink open");
+    p.clocks.publish(0, 1, T0 + 2_000);
+    p.worker.on_tick().await.expect("sink open");
+    assert_eq!(kept_full(&mut p.out)[0].2, "first");
+    p.live
+        .replace(&config(
+            "  - {name: second, type: always_sample}\n  - {name: first, type: always_sample}\n",
+        ))
+        .expect("reloads");
+    p.worker.adopt_policies();
+    p.worker
+        .handle(spans_of(1, 0, 1, 11, T0 + 2_000))
+        .await
+        .expect("sink open");
+    assert_eq!(
+        kept_full(&mut p.out),
+        vec![(TraceId([1; 16]), 1, "first".to_string(), None)],
+        "renumbered to first's new index"
+    );
+    p.live
+        .replace(&config("  - {name: second, type: always_sample}\n"))
+        .expect("reloads");
+    p.worker.adopt_policies();
+    p.worker
+        .handle(spans_of(1, 0, 1, 12, T0 + 2_000))
+        .await
+        .expect("sink open");
+    assert_eq!(
+        kept_full(&mut p.out),
+        vec![(TraceId([1; 16]), 1, String::new(), None)],
+        "first is gone: kept, unnamed"
+    );
+}
+
+/// A trace reaching its span limit is decided at once (forced `trace_limit`), with
+/// every span it has; under memory pressure the oldest traces are decided early
+/// (forced `memory`) until the budget is back under its low watermark.
+#[tokio::test(start_paused = true)]
+async fn limits_force_decisions_early() {
+    let limits = TraceLimits {
+        max_spans: 3,
+        max_bytes: u64::MAX,
+    };
+    let mut p = parts_with(ALL, limits, MemoryBudget::new(1 << 30, 0.9, 0.8));
+    p.clocks.enter(0, 1);
+    for off in 0..3 {
+        assert!(kept_full(&mut p.out).is_empty(), "decided before its limit");
+        p.worker
+            .handle(spans_of(1, 0, 1, off, T0))
+            .await
+            .expect("sink open");
+    }
+    assert_eq!(
+        kept_full(&mut p.out),
+        vec![(TraceId([1; 16]), 3, "all".to_string(), Some("trace_limit"))]
+    );
+
+    // Memory: 4 KiB, over its high watermark with what other stages hold; the shard's
+    // share of the low watermark is 2 KiB.
+    let pressed = |charge: u64| {
+        let budget = MemoryBudget::new(4096, 0.9, 0.5);
+        budget.charge(charge);
+        let mut p = parts_with(ALL, TraceLimits::default(), budget);
+        p.clocks.enter(0, 1);
+        p
+    };
+    let mut p = pressed(3700);
+    let mut t = 0u8;
+    while p.out.is_empty() {
+        t = t.checked_add(1).expect("forced before 255 traces");
+        p.worker
+            .handle(spans_of(t, 0, 1, i64::from(t), T0))
+            .await
+            .expect("sink open");
+    }
+    let forced = kept_full(&mut p.out);
+    assert!(forced.iter().all(|k| k.3 == Some("memory")), "{forced:?}");
+    let ids: Vec<TraceId> = forced.iter().map(|k| k.0).collect();
+    let oldest: Vec<TraceId> = (1..=forced.len() as u8).map(|i| TraceId([i; 16])).collect();
+    assert_eq!(ids, oldest, "the oldest traces go first");
+    assert!(p.worker.shard.bytes() <= 2048, "down to the shard's share");
+    // The same traffic without the pressure: nothing is decided early.
+    let mut p = pressed(0);
+    for i in 1..=t {
+        p.worker
+            .handle(spans_of(i, 0, 1, i64::from(i), T0))
+            .await
+            .expect("sink open");
+    }
+    assert!(p.out.is_empty(), "decided early without pressure");
 }
