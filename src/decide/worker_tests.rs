@@ -30,7 +30,6 @@ struct Parts {
     released: mpsc::UnboundedReceiver<Vec<Pin>>,
     /// Where a test reloads the policies.
     live: LivePolicies,
-    budget: MemoryBudget,
 }
 
 const ALL: &str = "  - {name: all, type: always_sample}\n";
@@ -72,7 +71,7 @@ fn parts_with(policies: &str, limits: TraceLimits, budget: MemoryBudget) -> Part
     let (tx, rx) = mpsc::channel(64);
     let (sink, out) = mpsc::channel(256);
     let (releases, released) = Releases::channel();
-    let worker = ShardWorker::new(&wc, live.watch(), budget.clone(), rx, sink, releases);
+    let worker = ShardWorker::new(&wc, live.watch(), budget, rx, sink, releases);
     Parts {
         worker,
         tx,
@@ -80,7 +79,6 @@ fn parts_with(policies: &str, limits: TraceLimits, budget: MemoryBudget) -> Part
         clocks,
         released,
         live,
-        budget,
     }
 }
 
@@ -408,7 +406,7 @@ async fn limits_force_decisions_early() {
     let pressed = |charge: u64| {
         let budget = MemoryBudget::new(4096, 0.9, 0.5);
         budget.charge(charge);
-        let mut p = parts_with(ALL, TraceLimits::default(), budget);
+        let p = parts_with(ALL, TraceLimits::default(), budget);
         p.clocks.enter(0, 1);
         p
     };

@@ -262,3 +262,7 @@ fn shard_of(s: &Span, shards: usize) -> usize {
 pub(super) fn shard_of_id(id: &TraceId, shards: usize) -> usize {
     ((id.shard_hash() >> 40) as usize) % shards.max(1)
 }
+
+#[cfg(test)]
+#[path = "scanner_tests.rs"]
+mod tests;
