@@ -697,3 +697,7 @@ fn error_label(e: &KafkaError) -> &'static str {
         _ => "other",
     }
 }
+
+#[cfg(test)]
+#[path = "sink_tests.rs"]
+mod tests;

@@ -1,0 +1,157 @@
+//! The sink on tokio's paused clock: when it releases pins (only after the
+//! broker acknowledged what covers them, and a re-read's pin only after the trace's
+//! output), when it reports output stalled, and that a shutdown with deliveries
+//! outstanding releases nothing. A broker that never answers (a closed port) and
+//! librdkafka's mock cluster stand in for Kafka; no delivery outcome is faked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Sink, STALL_AFTER};
+use crate::budget::{Charge, MemoryBudget};
+use crate::codec::TraceId;
+use crate::config::Config;
+use crate::demo::EmbeddedBroker;
+use crate::flow::{DroppedTrace, KeptTrace, Pin, Releases, SinkMsg};
+use crate::telemetry::Health;
+
+fn pin(offset: i64) -> Pin {
+    Pin {
+        slot: 0,
+        epoch: 1,
+        offset,
+        partition: 0,
+    }
+}
+
+struct Parts {
+    tx: mpsc::Sender<SinkMsg>,
+    released: mpsc::UnboundedReceiver<Vec<Pin>>,
+    health: Arc<Health>,
+    budget: MemoryBudget,
+    running: tokio::task::JoinHandle<()>,
+}
+
+fn start(brokers: &str) -> Parts {
+    let cfg = Config::from_yaml(&format!(
+        "kafka: {{brokers: '{brokers}', input_topics: [spans], output_topic: sampled}}\npolicies:\n  - {{name: all, type: always_sample}}\n"
+    ))
+    .expect("valid");
+    let health = Health::new();
+    let (tx, rx) = mpsc::channel(16);
+    let (releases, released) = Releases::channel();
+    let sink = Sink::new(
+        &cfg.kafka,
+        &cfg.memory.split(),
+        Arc::clone(&health),
+        rx,
+        releases,
+    )
+    .expect("producer");
+    Parts {
+        tx,
+        released,
+        health,
+        budget: MemoryBudget::new(1 << 30, 0.9, 0.8),
+        running: tokio::spawn(sink.run()),
+    }
+}
+
+fn kept(p: &Parts, t: u8, pins: Vec<Pin>) -> SinkMsg {
+    SinkMsg::Kept(KeptTrace {
+        trace_id: TraceId([t; 16]),
+        payloads: vec![vec![0x0a, 0x00]],
+        pins,
+        policy: Arc::from("all"),
+        topic: None,
+        forced: None,
+        spans: 1,
+        rejected: None,
+        charge: Charge::new(&p.budget, 2),
+        record_decision: false,
+    })
+}
+
+/// Pins released so far, by offset, in release order.
+fn released(rx: &mut mpsc::UnboundedReceiver<Vec<Pin>>) -> Vec<i64> {
+    let mut out = Vec::new();
+    while let Ok(pins) = rx.try_recv() {
+        out.extend(pins.iter().map(|p| p.offset));
+    }
+    out
+}
+
+/// With a broker that never answers: a re-read pin of a trace in delivery waits for
+/// that delivery, one of a trace not in delivery is released at once, and a dropped
+/// trace (no decisions topic) releases its pins at once. After `STALL_AFTER`
+/// the output is reported stalled; a shutdown then releases nothing unacknowledged.
+#[tokio::test(start_paused = true)]
+async fn nothing_unacknowledged_is_released() {
+    // Nothing listens on port 1: every connection is refused.
+    let mut p = start("127.0.0.1:1");
+    p.tx.send(kept(&p, 1, vec![pin(10)]))
+        .await
+        .expect("sink up");
+    let after = |t: u8, offset: i64| SinkMsg::AfterOutput {
+        trace_id: TraceId([t; 16]),
+        pin: pin(offset),
+    };
+    p.tx.send(after(1, 11)).await.expect("sink up");
+    p.tx.send(after(2, 20)).await.expect("sink up");
+    p.tx.send(SinkMsg::Dropped(DroppedTrace {
+        trace_id: TraceId([3; 16]),
+        pins: vec![pin(30)],
+    }))
+    .await
+    .expect("sink up");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(released(&mut p.released), vec![20, 30]);
+    assert_eq!(p.health.produce_stalled(), None);
+    tokio::time::sleep(STALL_AFTER + Duration::from_secs(2)).await;
+    let why = p.health.produce_stalled().expect("stalled");
+    assert!(why.contains("1 pending"), "{why}");
+    drop(p.tx);
+    p.running.await.expect("sink ends");
+    assert!(
+        released(&mut p.released).is_empty(),
+        "released unacknowledged"
+    );
+    let why = p.health.produce_stalled().expect("still not acknowledged");
+    assert!(why.contains("shutdown"), "{why}");
+}
+
+/// On the mock cluster (real time: librdkafka's is): a kept trace's pins are
+/// released once its record is acknowledged, and a re-read pin waiting for that
+/// output right after them.
+#[tokio::test]
+async fn pins_follow_the_acknowledgement() {
+    let broker = EmbeddedBroker::start(1).expect("mock cluster");
+    broker.create_topic("sampled", 1).expect("topic");
+    let mut p = start(&broker.bootstrap_servers());
+    p.tx.send(kept(&p, 1, vec![pin(10), pin(12)]))
+        .await
+        .expect("sink up");
+    p.tx.send(SinkMsg::AfterOutput {
+        trace_id: TraceId([1; 16]),
+        pin: pin(11),
+    })
+    .await
+    .expect("sink up");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let pins = tokio::time::timeout(Duration::from_secs(30), p.released.recv())
+            .await
+            .expect("acknowledged within 30 s")
+            .expect("sink up");
+        got.extend(pins.iter().map(|p| p.offset));
+    }
+    assert_eq!(
+        got,
+        vec![10, 12, 11],
+        "the trace's pins, then the waiting one"
+    );
+    drop(p.tx);
+    p.running.await.expect("sink ends");
+}
