@@ -344,7 +344,7 @@ fn any_value(v: &Value, at: &str) -> R<AnyValue> {
 }
 
 /// Standard or URL-safe base64, padded or not.
-fn base64(s: &str) -> Option<Vec<u8>> {
+pub(super) fn base64(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0);
     for c in s.bytes().filter(|&c| c != b'=') {

@@ -13,11 +13,14 @@
 mod annotate;
 mod attrs;
 mod encode;
+mod formats;
 mod frames;
+mod jaeger;
 mod json;
 mod scan;
 mod validate;
 mod wire;
+mod zipkin;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,6 +33,7 @@ pub use annotate::{
 };
 pub use attrs::{AttrMatchers, KeyField, Matcher, MAX_MATCHERS};
 pub use encode::{encode_trace, EncodedSpan};
+pub use formats::{FormatError, InputEncoding};
 pub use frames::FrameInterner;
 pub use json::{json_to_protobuf, JsonError};
 pub use scan::{rescan, scan, scan_partial, span_times, RejectedSpan};
