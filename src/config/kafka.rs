@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{ConfigDuration, ConfigError};
+use crate::codec::InputEncoding;
 
 /// Compression of produced records. Input in any codec is read regardless: the
 /// consumer decompresses whatever the producer used.
@@ -48,10 +49,19 @@ pub struct KafkaConfig {
     /// Consumer group id. Every instance with the same id shares the input partitions.
     #[serde(default = "default_group_id")]
     pub group_id: String,
-    /// Topics carrying OTLP `ExportTraceServiceRequest` protobuf (the OTel Collector
-    /// kafka exporter's `otlp_proto`), keyed by trace id so a trace stays on one
-    /// partition (`partition_traces_by_id: true`).
+    /// Topics carrying spans, in `input_encoding` (or the topic's entry in
+    /// `input_encodings`), keyed by trace id so a trace stays on one partition (the
+    /// Collector's kafka exporter with `partition_traces_by_id: true`; Jaeger keys by
+    /// trace id itself).
     pub input_topics: Vec<String>,
+    /// How input messages are encoded: `otlp_proto` (default), `otlp_json`,
+    /// `jaeger_proto`, `jaeger_json`, `zipkin_json` or `zipkin_proto` (the encodings of
+    /// the Collector's kafka exporter). Kept traces are written as OTLP protobuf.
+    #[serde(default)]
+    pub input_encoding: InputEncoding,
+    /// Per input topic, an encoding other than `input_encoding`.
+    #[serde(default)]
+    pub input_encodings: BTreeMap<String, InputEncoding>,
     /// Topic that receives kept traces, one record per trace keyed by its hex trace id.
     pub output_topic: String,
     /// Topic that receives input messages that cannot be decoded, unchanged, with
@@ -125,6 +135,14 @@ fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::E
 }
 
 impl KafkaConfig {
+    /// The encoding of input topic `topic`.
+    pub fn encoding_of(&self, topic: &str) -> InputEncoding {
+        self.input_encodings
+            .get(topic)
+            .copied()
+            .unwrap_or(self.input_encoding)
+    }
+
     /// Applies `client` under `consumer` and `producer`: a key set in both keeps the
     /// specific section's value. Called once at load, before validation, so the
     /// checks see every property each client gets.
@@ -198,6 +216,20 @@ impl KafkaConfig {
             ));
         }
         check_topic("kafka.dead_letter_topic", &self.dead_letter_topic)?;
+        if let Some(t) = self
+            .input_encodings
+            .keys()
+            .find(|t| !self.input_topics.contains(t))
+        {
+            return Err(ConfigError::invalid(
+                format!("kafka.input_encodings.{t}"),
+                t,
+                format!(
+                    "one of kafka.input_topics ({})",
+                    self.input_topics.join(", ")
+                ),
+            ));
+        }
         // A topic tailsift writes that it also reads would feed itself forever.
         if self.input_topics.contains(&self.dead_letter_topic) {
             return Err(ConfigError::invalid(

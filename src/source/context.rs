@@ -11,6 +11,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::{lock, OffsetTracker};
 use crate::flow::TxnCommit;
 use crate::telemetry::{names, Health, LogLimiter};
@@ -24,6 +26,9 @@ pub struct SourceContext {
     restore_decisions: bool,
     /// Exactly-once mode: a revoke commits the transaction in progress.
     txn: Option<Arc<dyn TxnCommit>>,
+    /// Input messages not keyed by trace id so far (the source counts), and how
+    /// many the last statistics saw.
+    unkeyed: (Arc<AtomicU64>, AtomicU64),
 }
 
 impl SourceContext {
@@ -32,18 +37,48 @@ impl SourceContext {
         health: Arc<Health>,
         restore_decisions: bool,
         txn: Option<Arc<dyn TxnCommit>>,
+        unkeyed: Arc<AtomicU64>,
     ) -> Self {
         SourceContext {
             tracker,
             health,
             restore_decisions,
             txn,
+            unkeyed: (unkeyed, AtomicU64::new(0)),
+        }
+    }
+
+    /// Warns (once a minute at most) when input not keyed by trace id arrived since
+    /// the last statistics and other members of the group own some of the input
+    /// partitions: each instance then sees only part of such a trace, and decides
+    /// (and writes) its part alone.
+    fn check_unkeyed(&self, stats: &Statistics) {
+        let seen = self.unkeyed.0.load(Ordering::Relaxed);
+        let before = self.unkeyed.1.swap(seen, Ordering::Relaxed);
+        if seen == before {
+            return;
+        }
+        let Some(assigned) = stats.cgrp.as_ref().map(|g| i64::from(g.assignment_size)) else {
+            return;
+        };
+        let partitions: i64 = stats
+            .topics
+            .values()
+            .map(|t| t.partitions.keys().filter(|p| **p >= 0).count() as i64)
+            .sum();
+        if assigned >= partitions {
+            return; // this instance reads every input partition: nothing is split
+        }
+        static LOG: LogLimiter = LogLimiter::new(Duration::from_secs(60));
+        if let Some(suppressed) = LOG.allow() {
+            warn!(message = "Input not keyed by trace id, and other instances read some of its partitions: such traces are split between instances and sampled in parts. Key the input by trace id (the Collector's kafka exporter: partition_traces_by_id: true) or put the route stage in front.", unkeyed_messages = seen - before, assigned_partitions = assigned, input_partitions = partitions, suppressed_since_last = suppressed);
         }
     }
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
+        self.check_unkeyed(&stats);
         let up = stats.brokers.values().any(|b| b.state == "UP");
         let why = (!up && self.health.last_error().is_empty())
             .then(|| "no broker connection is up".to_string());

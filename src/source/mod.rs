@@ -13,7 +13,7 @@ mod decisions;
 mod offsets;
 mod scanner;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::budget::{Charge, MemoryBudget};
 use crate::clock::{wall_ms, IdleTracker, PartitionTime, StreamClocks};
-use crate::codec::FrameInterner;
+use crate::codec::{FrameInterner, InputEncoding};
 use crate::config::{KafkaConfig, MemorySplit};
 use crate::flow::{Pin, Publisher, Restored, ScanKeys, ShardMsg, SinkMsg, TxnCommit};
 use crate::shutdown::Shutdown;
@@ -96,6 +96,10 @@ pub struct Source {
     releases: mpsc::UnboundedReceiver<Vec<Pin>>,
     /// Exactly-once mode: commits go through the sink's transactions.
     txn: Option<Arc<dyn TxnCommit>>,
+    /// Each input topic's encoding.
+    encodings: Vec<(String, InputEncoding)>,
+    /// Input messages not keyed by trace id, for the consumer's periodic check.
+    unkeyed: Arc<AtomicU64>,
     commit_interval: Duration,
     budget: MemoryBudget,
     paused: bool,
@@ -209,11 +213,13 @@ impl Source {
                 pins.iter().any(|p| t.is_current(p.slot, p.epoch))
             }));
         }
+        let unkeyed = Arc::new(AtomicU64::new(0));
         let ctx = SourceContext::new(
             Arc::clone(&tracker),
             Arc::clone(&health),
             cfg.decisions_topic.is_some(),
             out.txn.clone(),
+            Arc::clone(&unkeyed),
         );
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(ctx)?;
         let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
@@ -271,6 +277,12 @@ impl Source {
             future_timestamps: counter!(names::FUTURE_TIMESTAMPS),
             health,
             txn: out.txn,
+            encodings: cfg
+                .input_topics
+                .iter()
+                .map(|t| (t.clone(), cfg.encoding_of(t)))
+                .collect(),
+            unkeyed,
         })
     }
 
@@ -583,12 +595,24 @@ impl Source {
             }
             at
         };
+        let encoding = self
+            .encodings
+            .iter()
+            .find(|(t, _)| t == m.topic())
+            .map_or(InputEncoding::OtlpProto, |(_, e)| *e);
+        let key = m.key().map(Bytes::copy_from_slice);
+        if let Some(reason) = unkeyed_reason(key.as_deref()) {
+            self.unkeyed.fetch_add(1, Ordering::Relaxed);
+            counter!(names::INPUT_UNKEYED, "topic" => m.topic().to_string(), "reason" => reason)
+                .increment(1);
+        }
         let job = ScanJob::Message(Input {
             payload,
-            key: m.key().map(Bytes::copy_from_slice),
+            key,
             headers: m.headers().map(rdkafka::message::BorrowedHeaders::detach),
             pin,
             at,
+            encoding,
         });
         // Dealt by partition: a partition's messages (and so a trace's, as input is
         // keyed by trace id) reach the shards in the order they were read. Dealing
@@ -859,4 +883,14 @@ pub(super) fn commit_transaction<C: Consumer<SourceContext>>(
 /// process; the data is still a consistent set of counters, so keep using it.
 fn lock(t: &Mutex<OffsetTracker>) -> MutexGuard<'_, OffsetTracker> {
     t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a message key is not a trace id (`None`: it is one): 32 hex digits, or 16 (a
+/// 64-bit Jaeger trace id, as Jaeger and the Collector's jaeger encodings key).
+pub(crate) fn unkeyed_reason(key: Option<&[u8]>) -> Option<&'static str> {
+    match key {
+        None | Some([]) => Some("missing"),
+        Some(k) if matches!(k.len(), 16 | 32) && k.iter().all(u8::is_ascii_hexdigit) => None,
+        Some(_) => Some("not_trace_id"),
+    }
 }

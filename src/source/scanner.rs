@@ -20,7 +20,8 @@ use super::{lock, OffsetTracker, Pin};
 use crate::budget::MemoryBudget;
 use crate::clock::StreamClocks;
 use crate::codec::{
-    encode_trace, scan_partial, CodecError, FrameInterner, Message, RejectedSpan, Span, TraceId,
+    encode_trace, scan_partial, CodecError, FrameInterner, InputEncoding, Message, RejectedSpan,
+    Span, TraceId,
 };
 use crate::flow::{DeadLetter, ScanKeys, ShardMsg, SinkMsg, Watch};
 use crate::telemetry::{names, LogLimiter};
@@ -38,6 +39,8 @@ pub(super) struct Input {
     pub(super) pin: Pin,
     /// Its partition's stream time (ms) once it was read.
     pub(super) at: u64,
+    /// Its topic's encoding: anything but OTLP protobuf is converted before the scan.
+    pub(super) encoding: InputEncoding,
 }
 
 /// Work for a scanner.
@@ -103,6 +106,32 @@ impl Scanner {
         }
     }
 
+    /// Counts a message keyed by a trace id whose spans belong to another trace
+    /// (a missing or malformed key was counted by the source).
+    fn check_key(&self, input: &Input, spans: &[Span]) {
+        let Some(key) = input.key.as_deref() else {
+            return;
+        };
+        let want: Option<Vec<u8>> = match key.len() {
+            32 => TraceId::from_hex(std::str::from_utf8(key).unwrap_or_default())
+                .map(|t| t.0.to_vec()),
+            16 => std::str::from_utf8(key)
+                .ok()
+                .and_then(|k| u64::from_str_radix(k, 16).ok())
+                .map(|low| [[0u8; 8], low.to_be_bytes()].concat()),
+            _ => None,
+        };
+        let Some(want) = want else {
+            return;
+        };
+        if spans.iter().any(|s| s.trace_id.0[..] != want[..]) {
+            if let Some((topic, _)) = lock(&self.tracker).origin(input.pin) {
+                counter!(names::INPUT_UNKEYED, "topic" => topic.to_string(), "reason" => "other_traces")
+                    .increment(1);
+            }
+        }
+    }
+
     async fn revoked(&self, slot: u32, epoch: u32) -> Result<(), ()> {
         for s in &self.shards {
             s.send(ShardMsg::Revoked { slot, epoch })
@@ -126,7 +155,20 @@ impl Scanner {
         let keys = &self.policies.get().keys;
         let at = input.at;
         let mut rejected = Vec::new();
-        let scanned = scan_partial(&input.payload, keys, &mut self.frames, spans, &mut rejected);
+        // Other encodings become OTLP protobuf first (charged like the input).
+        let converted = match input.encoding.to_otlp(&input.payload) {
+            Ok(otlp) => otlp.map(|o| self.budget.charged_bytes(o)),
+            Err(e) => {
+                counter!(names::SPANS_REJECTED, "reason" => "bad_encoding").increment(1);
+                let reason = format!("bad_encoding: {e}");
+                self.send_dead_letter(&input, input.payload.clone(), reason, "undecodable")
+                    .await?;
+                self.clocks.publish(pin.slot, pin.epoch, at);
+                return Ok(());
+            }
+        };
+        let payload = converted.as_ref().unwrap_or(&input.payload);
+        let scanned = scan_partial(payload, keys, &mut self.frames, spans, &mut rejected);
         let message = match scanned {
             Ok(_) if spans.is_empty() && !rejected.is_empty() => {
                 // No span of it can be sampled: the message goes as it came.
@@ -145,6 +187,7 @@ impl Scanner {
             }
         };
         spans_received.increment(spans.len() as u64);
+        self.check_key(&input, spans);
         let n = self.shards.len();
         spans.sort_unstable_by_key(|s| (shard_of(s, n), s.trace_id));
         let traces = if spans.is_empty() {

@@ -95,6 +95,7 @@ fn input(parts: &Parts, payload: Bytes, offset: i64, at: u64) -> Input {
         headers: None,
         pin,
         at,
+        encoding: crate::codec::InputEncoding::OtlpProto,
     }
 }
 
@@ -307,4 +308,22 @@ async fn revokes_and_readings_keep_their_place() {
         assert_eq!(kinds.last(), Some(&"revoked"), "shard {i}: {kinds:?}");
         assert_eq!(kinds.iter().filter(|k| **k == "revoked").count(), 1);
     }
+}
+
+/// Keys that are trace ids: 32 hex digits, or 16 (a 64-bit Jaeger id).
+#[test]
+fn a_key_is_a_trace_id_in_hex_of_128_or_64_bits() {
+    use crate::source::unkeyed_reason;
+    assert_eq!(
+        unkeyed_reason(Some(b"101112131415161718191a1b1c1d1e1f")),
+        None
+    );
+    assert_eq!(unkeyed_reason(Some(b"0000000000000ABC")), None);
+    assert_eq!(unkeyed_reason(None), Some("missing"));
+    assert_eq!(unkeyed_reason(Some(b"")), Some("missing"));
+    assert_eq!(unkeyed_reason(Some(b"3")), Some("not_trace_id"));
+    assert_eq!(
+        unkeyed_reason(Some(b"101112131415161718191a1b1c1d1e1g")),
+        Some("not_trace_id")
+    );
 }

@@ -54,6 +54,10 @@ metric_names! {
     /// Spans sent to the dead-letter topic apart from their message or trace, because
     /// grouping or standard OTLP decoders could not use them, label `reason` (counter).
     Counter SPANS_REJECTED = "tailsift_spans_rejected_total";
+    /// Input messages not keyed by their trace: label `topic` and `reason`
+    /// (`missing` key, key `not_trace_id`, or spans of `other_traces` than the key
+    /// names). With more than one instance such input splits traces (counter).
+    Counter INPUT_UNKEYED = "tailsift_input_unkeyed_messages_total";
     /// Traces decided, labels `policy` (first policy that sampled, or `none`) and
     /// `decision` (`sampled` / `not_sampled`) (counter).
     Counter TRACES_DECIDED = "tailsift_traces_decided_total";
