@@ -32,18 +32,6 @@ fn data(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// 4-byte big-endian length-prefixed records.
-fn records(data: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 4 <= data.len() {
-        let n = u32::from_be_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
-        out.push(data[at + 4..at + 4 + n].to_vec());
-        at += 4 + n;
-    }
-    out
-}
-
 /// Sends `messages` (with their keys, `None`: unkeyed) to a topic of `encoding`,
 /// plus one message that is not of it, and checks what comes out.
 async fn run(encoding: &str, messages: Vec<(Option<Vec<u8>>, Vec<u8>)>) {
@@ -131,7 +119,7 @@ fn one(name: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
 /// Jaeger messages with the keys the kafka exporter gave them.
 fn jaeger(name: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
     let keys = String::from_utf8(data("jaeger_keys.txt")).expect("UTF-8");
-    records(&data(name))
+    testdata(&format!("formats/{name}"))
         .into_iter()
         .zip(keys.lines().map(|k| Some(k.as_bytes().to_vec())))
         .map(|(m, k)| (k, m))
