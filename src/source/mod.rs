@@ -97,7 +97,7 @@ pub struct Source {
     /// Exactly-once mode: commits go through the sink's transactions.
     txn: Option<Arc<dyn TxnCommit>>,
     /// Each input topic's encoding.
-    encodings: Vec<(String, InputEncoding)>,
+    encodings: Vec<(Arc<str>, InputEncoding)>,
     /// Input messages not keyed by trace id, for the consumer's periodic check.
     unkeyed: Arc<AtomicU64>,
     commit_interval: Duration,
@@ -280,7 +280,7 @@ impl Source {
             encodings: cfg
                 .input_topics
                 .iter()
-                .map(|t| (t.clone(), cfg.encoding_of(t)))
+                .map(|t| (Arc::from(t.as_str()), cfg.encoding_of(t)))
                 .collect(),
             unkeyed,
         })
@@ -595,11 +595,14 @@ impl Source {
             }
             at
         };
-        let encoding = self
+        let (topic, encoding) = self
             .encodings
             .iter()
-            .find(|(t, _)| t == m.topic())
-            .map_or(InputEncoding::OtlpProto, |(_, e)| *e);
+            .find(|(t, _)| &**t == m.topic())
+            .map_or(
+                (Arc::from(m.topic()), InputEncoding::OtlpProto),
+                |(t, e)| (Arc::clone(t), *e),
+            );
         let key = m.key().map(Bytes::copy_from_slice);
         if let Some(reason) = unkeyed_reason(key.as_deref()) {
             self.unkeyed.fetch_add(1, Ordering::Relaxed);
@@ -613,6 +616,7 @@ impl Source {
             pin,
             at,
             encoding,
+            topic,
         });
         // Dealt by partition: a partition's messages (and so a trace's, as input is
         // keyed by trace id) reach the shards in the order they were read. Dealing

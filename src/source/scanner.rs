@@ -41,6 +41,8 @@ pub(super) struct Input {
     pub(super) at: u64,
     /// Its topic's encoding: anything but OTLP protobuf is converted before the scan.
     pub(super) encoding: InputEncoding,
+    /// Its topic (for the unkeyed-input metric, without the tracker's lock).
+    pub(super) topic: Arc<str>,
 }
 
 /// Work for a scanner.
@@ -125,10 +127,8 @@ impl Scanner {
             return;
         };
         if spans.iter().any(|s| s.trace_id.0[..] != want[..]) {
-            if let Some((topic, _)) = lock(&self.tracker).origin(input.pin) {
-                counter!(names::INPUT_UNKEYED, "topic" => topic.to_string(), "reason" => "other_traces")
-                    .increment(1);
-            }
+            counter!(names::INPUT_UNKEYED, "topic" => input.topic.to_string(), "reason" => "other_traces")
+                .increment(1);
         }
     }
 

@@ -96,6 +96,7 @@ fn input(parts: &Parts, payload: Bytes, offset: i64, at: u64) -> Input {
         pin,
         at,
         encoding: crate::codec::InputEncoding::OtlpProto,
+        topic: Arc::from("spans"),
     }
 }
 
