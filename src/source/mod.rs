@@ -889,12 +889,22 @@ fn lock(t: &Mutex<OffsetTracker>) -> MutexGuard<'_, OffsetTracker> {
     t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Why a message key is not a trace id (`None`: it is one): 32 hex digits, or 16 (a
-/// 64-bit Jaeger trace id, as Jaeger and the Collector's jaeger encodings key).
+/// The trace id a message key names: 32 hex digits, or 16 (a 64-bit Jaeger trace id,
+/// the high half zero, as Jaeger and the Collector's jaeger encodings key).
+pub(crate) fn key_trace_id(key: &[u8]) -> Option<[u8; 16]> {
+    let text = std::str::from_utf8(key).ok()?;
+    if !matches!(text.len(), 16 | 32) || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let id = u128::from_str_radix(text, 16).ok()?;
+    Some(id.to_be_bytes())
+}
+
+/// Why a message key is not a trace id (`None`: it is one, see [`key_trace_id`]).
 pub(crate) fn unkeyed_reason(key: Option<&[u8]>) -> Option<&'static str> {
     match key {
         None | Some([]) => Some("missing"),
-        Some(k) if matches!(k.len(), 16 | 32) && k.iter().all(u8::is_ascii_hexdigit) => None,
+        Some(k) if key_trace_id(k).is_some() => None,
         Some(_) => Some("not_trace_id"),
     }
 }

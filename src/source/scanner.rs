@@ -114,19 +114,10 @@ impl Scanner {
         let Some(key) = input.key.as_deref() else {
             return;
         };
-        let want: Option<Vec<u8>> = match key.len() {
-            32 => TraceId::from_hex(std::str::from_utf8(key).unwrap_or_default())
-                .map(|t| t.0.to_vec()),
-            16 => std::str::from_utf8(key)
-                .ok()
-                .and_then(|k| u64::from_str_radix(k, 16).ok())
-                .map(|low| [[0u8; 8], low.to_be_bytes()].concat()),
-            _ => None,
-        };
-        let Some(want) = want else {
+        let Some(want) = super::key_trace_id(key) else {
             return;
         };
-        if spans.iter().any(|s| s.trace_id.0[..] != want[..]) {
+        if spans.iter().any(|s| s.trace_id.0 != want) {
             counter!(names::INPUT_UNKEYED, "topic" => input.topic.to_string(), "reason" => "other_traces")
                 .increment(1);
         }
