@@ -172,6 +172,52 @@ impl Scenario {
         self.dir.join(format!("{who}.log"))
     }
 
+    /// The scenario's folder and the last lines each instance logged, for a failure
+    /// message: in CI that output is all there is to diagnose a failed run from.
+    fn tails(&self) -> String {
+        self.report(&[], &HashMap::new())
+    }
+
+    /// [`Scenario::tails`], and every line the instances logged about a kept trace
+    /// of `truths` that `got` lacks, or has more than once or in pieces (exactly-once
+    /// mode logs each kept trace's delivery at trace level: its spans, partition,
+    /// assignment epoch and offsets).
+    fn report(&self, truths: &[Truth], got: &HashMap<TraceId, OutputTrace>) -> String {
+        let mut out = format!("instance logs in {}", self.dir.display());
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        let mut suspects: Vec<String> = missing_kept(truths, got)
+            .iter()
+            .map(|id| id.to_hex())
+            .collect();
+        suspects.extend(
+            got.iter()
+                .filter(|(_, o)| o.records != 1 || o.spans != o.distinct_spans)
+                .map(|(id, _)| id.to_hex()),
+        );
+        suspects.truncate(5);
+        for log in logs {
+            let text = log_of(&log);
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(25);
+            out.push_str(&format!("\n--- last lines of {}:\n", log.display()));
+            out.push_str(&lines[from..].join("\n"));
+            for id in &suspects {
+                out.push_str(&format!("\n--- {} about {id}:\n", log.display()));
+                let about: Vec<&str> = lines
+                    .iter()
+                    .copied()
+                    .filter(|l| l.contains(id.as_str()))
+                    .collect();
+                out.push_str(&about.join("\n"));
+            }
+        }
+        out
+    }
+
     /// Traffic in the background: `traces` at `rate` per second.
     fn traffic(&self, traces: usize, rate: u64, seed: u64) -> tokio::task::JoinHandle<Vec<Truth>> {
         traffic_to(&self.bootstrap, &self.input(), traces, rate, seed)
@@ -301,7 +347,14 @@ async fn exactly_once_survives_repeated_kills_where_at_least_once_duplicates() {
     let Some(bootstrap) = broker() else { return };
     let eos = Scenario::new(&bootstrap, "kills-eos", 4).await;
     let (truths, got) = kills(&eos, true).await;
-    assert_kept_whole_once(&truths, &got, "exactly-once across three SIGKILLs");
+    assert_kept_whole_once(
+        &truths,
+        &got,
+        &format!(
+            "exactly-once across three SIGKILLs ({})",
+            eos.report(&truths, &got)
+        ),
+    );
     let alo = Scenario::new(&bootstrap, "kills-alo", 4).await;
     let (truths, got) = kills(&alo, false).await;
     let missing = missing_kept(&truths, &got);
@@ -374,7 +427,12 @@ async fn a_frozen_instance_whose_partitions_moved_is_fenced() {
         log.contains("Transaction failed"),
         "the thawed instance's transaction was not refused; its log:\n{log}"
     );
-    assert_kept_whole_once(&truths, &out.traces(), "a fenced zombie");
+    let got = out.traces();
+    assert_kept_whole_once(
+        &truths,
+        &got,
+        &format!("a fenced zombie ({})", s.report(&truths, &got)),
+    );
 }
 
 /// 1 -> 3 -> 1 instances under traffic in exactly-once mode: every kept trace comes
@@ -420,11 +478,20 @@ async fn rescale(bootstrap: &str, protocol: &str) {
     let truths = traffic.await.expect("traffic");
     let settled = s.settle(&out, &truths).await;
     stop(a);
-    assert!(settled, "input not committed: {:?}", s.uncommitted());
+    assert!(
+        settled,
+        "input not committed: {:?}\n{}",
+        s.uncommitted(),
+        s.tails()
+    );
+    let got = out.traces();
     assert_kept_whole_once(
         &truths,
-        &out.traces(),
-        &format!("1 -> 3 -> 1 exactly-once, group.protocol={protocol}"),
+        &got,
+        &format!(
+            "1 -> 3 -> 1 exactly-once, group.protocol={protocol} ({})",
+            s.report(&truths, &got)
+        ),
     );
 }
 
@@ -494,8 +561,21 @@ async fn the_broker_killed_twice_mid_stream_loses_nothing() {
     let truths = traffic.await.expect("traffic");
     let settled = s.settle(&out, &truths).await;
     stop(a);
-    assert!(settled, "input not committed: {:?}", s.uncommitted());
-    assert_kept_whole_once(&truths, &out.traces(), "two broker SIGKILLs, exactly-once");
+    assert!(
+        settled,
+        "input not committed: {:?}\n{}",
+        s.uncommitted(),
+        s.tails()
+    );
+    let got = out.traces();
+    assert_kept_whole_once(
+        &truths,
+        &got,
+        &format!(
+            "two broker SIGKILLs, exactly-once ({})",
+            s.report(&truths, &got)
+        ),
+    );
 }
 
 /// The secure listeners and credentials `scripts/kafka.sh secure` reports, if the
@@ -936,7 +1016,12 @@ async fn killing_partition_leaders_of_a_three_node_cluster_loses_nothing() {
     let truths = traffic.await.expect("traffic");
     let settled = s.settle(&out, &truths).await;
     stop(a);
-    assert!(settled, "input not committed: {:?}", s.uncommitted());
+    assert!(
+        settled,
+        "input not committed: {:?}\n{}",
+        s.uncommitted(),
+        s.tails()
+    );
     let got = out.traces();
     let mut missing = missing_kept(&truths, &got);
     // Traces out twice or in pieces get the same report.
@@ -1019,7 +1104,10 @@ async fn killing_partition_leaders_of_a_three_node_cluster_loses_nothing() {
     assert_kept_whole_once(
         &truths,
         &got,
-        &format!("leaders {input_leader} (input) and {output_leader} (output) killed"),
+        &format!(
+            "leaders {input_leader} (input) and {output_leader} (output) killed ({})",
+            s.report(&truths, &got)
+        ),
     );
 }
 

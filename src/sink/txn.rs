@@ -322,6 +322,7 @@ pub(super) async fn deliver(
             if !txn.send_together(producer, &records, &kept.pins).await {
                 return Vec::new();
             }
+            tracing::trace!(message = "Kept trace delivered in the transaction.", trace_id = %kept.trace_id, spans = kept.spans, forced = ?kept.forced, recorded = decision.is_some(), pins = ?kept.pins.iter().map(|p| (p.partition, p.epoch, p.offset)).collect::<Vec<_>>());
             let bytes: usize = kept.payloads.iter().map(Vec::len).sum();
             counter!(names::RECORDS_PRODUCED).increment(kept.payloads.len() as u64);
             counter!(names::SPANS_PRODUCED).increment(kept.spans as u64);

@@ -124,6 +124,7 @@ impl DecisionsTopic {
     /// (blocking: run it on the blocking pool).
     fn load(&self, input_partitions: &[i32]) -> Result<Vec<Restored>, LoadError> {
         let ends = self.ends(input_partitions)?;
+        tracing::debug!(message = "Reading decisions back.", ranges = ?ends);
         self.read(ends)
     }
 

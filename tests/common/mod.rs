@@ -532,7 +532,12 @@ pub fn spawn(dir: &Path, yaml: &str, log: &Path) -> Sampler {
         .env(
             "RUST_LOG",
             std::env::var("TAILSIFT_TEST_LOG")
-                .unwrap_or_else(|_| "info,librdkafka=off,rdkafka::client=off".into()),
+                // Exactly-once mode logs each kept trace's delivery at trace level,
+                // and reads of the decisions topic at debug: what a failed run's
+                // report quotes about the traces it lost or wrote twice.
+                .unwrap_or_else(|_| {
+                    "info,librdkafka=off,rdkafka::client=off,tailsift::sink::txn=trace,tailsift::source::decisions=debug".into()
+                }),
         )
         .stdout(Stdio::null())
         .stderr(log)
