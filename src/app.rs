@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::decide::{Generation, LivePolicies, ShardWorker, WorkerConfig};
 use crate::flow::Releases;
 use crate::policy::PolicyError;
+use crate::route::Router;
 use crate::shutdown::Shutdown;
 use crate::sink::{Sink, SinkError};
 use crate::source::{Outputs, Source, SourceError, StreamTime};
@@ -54,6 +55,9 @@ pub enum AppError {
     /// Missing topics could not be created.
     #[error(transparent)]
     Topics(#[from] crate::sink::TopicError),
+    /// The route stage could not start.
+    #[error(transparent)]
+    Route(#[from] crate::route::RouteError),
     /// A start-up step on the blocking pool ended without an answer (the runtime is
     /// shutting down).
     #[error("start-up interrupted: {0}")]
@@ -183,8 +187,28 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
             releases.clone(),
         ));
     }
+    let sampled = cfg.sampler_kafka();
+    let router = match &cfg.route {
+        Some(route) => {
+            if cfg.kafka.create_missing_topics {
+                crate::route::create_routed_topics(&cfg.kafka, route).await?;
+            }
+            if route.in_process {
+                let (kafka, route, health) =
+                    (cfg.kafka.clone(), route.clone(), Arc::clone(&health));
+                Some(
+                    tokio::task::spawn_blocking(move || Router::new(&kafka, &route, health))
+                        .await
+                        .map_err(|e| AppError::Stopped(e.to_string()))??,
+                )
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
     let source = Source::new(
-        &cfg.kafka,
+        &sampled,
         &split,
         budget,
         Arc::clone(&health),
@@ -204,12 +228,21 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
     health.set_started();
     info!(
         message = "tailsift started.",
-        input = ?cfg.kafka.input_topics,
+        input = ?sampled.input_topics,
         output = %cfg.kafka.output_topic,
         shards = workers.len(),
         policies = cfg.policies.len()
     );
+    let route_shutdown = shutdown.clone();
+    let route_health = Arc::clone(&health);
     let task = tokio::spawn(async move {
+        let router = router.map(|r| {
+            tokio::spawn(async move {
+                if let Err(e) = r.run(route_shutdown).await {
+                    route_health.set_fatal(e.to_string());
+                }
+            })
+        });
         let sink = tokio::spawn(sink.run());
         let workers: Vec<_> = workers.into_iter().map(|w| tokio::spawn(w.run())).collect();
         source.run(shutdown).await;
@@ -217,6 +250,9 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
             let _ = w.await;
         }
         let _ = sink.await;
+        if let Some(r) = router {
+            let _ = r.await;
+        }
         if let Some(s) = server {
             let _ = s.await;
         }

@@ -4,6 +4,8 @@
 //!
 //! The modules follow a span through the process:
 //!
+//! * [`route`] (only for input not keyed by trace id): splits each message by trace
+//!   and writes the pieces keyed by trace id to a topic the source reads instead.
 //! * [`source`]: Kafka consumer group; reads messages, tracks and commits offsets;
 //!   its scanner tasks run the codec in parallel and deal spans to the shards.
 //! * [`codec`]: scans OTLP protobuf without building objects; re-encodes kept traces.
@@ -40,6 +42,7 @@ pub mod ottl;
 pub mod plan;
 pub mod policy;
 pub mod reload;
+pub mod route;
 pub mod shutdown;
 pub mod simulate;
 pub mod sink;

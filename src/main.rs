@@ -33,6 +33,17 @@ enum Command {
         #[arg(long, env = "TAILSIFT_BROKERS")]
         brokers: Option<String>,
     },
+    /// Run only the route stage (the config's `route:` section, with
+    /// `in_process: false`): split unkeyed input by trace id into the routed topics,
+    /// as a consumer group of its own, until SIGINT/SIGTERM.
+    Route {
+        /// Config file (see tailsift.example.yaml).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Override kafka.brokers.
+        #[arg(long, env = "TAILSIFT_BROKERS")]
+        brokers: Option<String>,
+    },
     /// Validate a config file and print the effective policy set.
     Check {
         /// Config file.
@@ -169,7 +180,7 @@ async fn main() -> ExitCode {
     // `run` and `broker` stop on a signal in their own way, from the start of the
     // process on; the other commands keep the default action (Ctrl-C ends them).
     let signals = match cli.command {
-        Command::Run { .. } | Command::Broker { .. } => Signals::install(),
+        Command::Run { .. } | Command::Route { .. } | Command::Broker { .. } => Signals::install(),
         _ => Signals::none(),
     };
     // The demo and generator talk to the terminal; keep logs to problems there.
@@ -181,7 +192,7 @@ async fn main() -> ExitCode {
         _ => RUN_LOG_LEVEL,
     };
     // `run` logs as its config says, once the config is read (its errors are printed).
-    if !matches!(cli.command, Command::Run { .. }) {
+    if !matches!(cli.command, Command::Run { .. } | Command::Route { .. }) {
         telemetry::init_logging(default_level, telemetry::LogEncoding::Text);
     }
     match dispatch(cli.command, signals).await {
@@ -273,6 +284,7 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         }
+        Command::Route { config, brokers } => route(&config, brokers, signals).await,
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
             cfg.kafka.check_clients()?;
@@ -402,6 +414,85 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
             eprintln!("embedded broker running; Ctrl-C to stop");
             signals.recv().await;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `tailsift route`: the route stage alone, started again (with a backoff) after a
+/// failed transaction, until a signal.
+async fn route(
+    config: &std::path::Path,
+    brokers: Option<String>,
+    mut signals: Signals,
+) -> Result<ExitCode> {
+    let mut cfg = Config::load(config)?;
+    let logs = &cfg.telemetry.logs;
+    telemetry::init_logging(
+        logs.level.as_deref().unwrap_or(RUN_LOG_LEVEL),
+        logs.encoding,
+    );
+    if let Some(b) = brokers {
+        cfg.kafka.brokers = b;
+        cfg.validate()?;
+    }
+    cfg.kafka.check_clients()?;
+    let Some(route) = cfg.route.clone() else {
+        bail!("config {}: `tailsift route` needs a `route:` section (route.topics: the unkeyed input topics)", config.display());
+    };
+    let trigger = ShutdownTrigger::new();
+    let health = telemetry::Health::new();
+    if !cfg.telemetry.listen.is_empty() {
+        let (addr, _server) = telemetry::serve(
+            &cfg.telemetry.listen,
+            telemetry::install(),
+            std::sync::Arc::clone(&health),
+            trigger.subscribe(),
+        )
+        .await?;
+        tracing::info!(message = "Serving /metrics, /healthz, /readyz and /startupz.", address = %addr);
+    }
+    if cfg.kafka.create_missing_topics {
+        tailsift::route::create_routed_topics(&cfg.kafka, &route).await?;
+    }
+    let mut restarts = 0u32;
+    loop {
+        let router = {
+            let (kafka, route, health) = (
+                cfg.kafka.clone(),
+                route.clone(),
+                std::sync::Arc::clone(&health),
+            );
+            tokio::task::spawn_blocking(move || {
+                tailsift::route::Router::new(&kafka, &route, health)
+            })
+            .await
+            .context("starting the route stage")??
+        };
+        health.set_started();
+        tracing::info!(message = "Route stage started.", topics = ?route.topics, targets = ?route.topics.iter().map(|t| route.target_of(t)).collect::<Vec<_>>());
+        let stage = router.run(trigger.subscribe());
+        tokio::pin!(stage);
+        let result = tokio::select! {
+            r = &mut stage => r,
+            () = signals.recv() => {
+                tracing::info!(message = "Shutdown requested: draining (a second signal stops at once).");
+                trigger.trigger();
+                tokio::select! {
+                    r = &mut stage => r.map(|()| ()),
+                    () = signals.recv() => std::process::exit(EXIT_DRAIN_INCOMPLETE),
+                }?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        let Err(e) = result else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        restarts += 1;
+        let backoff = Duration::from_secs(u64::from(restarts.min(5)));
+        tracing::error!(message = "Route stage stopped; starting it again from the committed offsets.", reason = %e, restarts, backoff_s = backoff.as_secs());
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = signals.recv() => return Ok(ExitCode::from(EXIT_DRAIN_INCOMPLETE as u8)),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod kafka;
 mod memory;
+mod route;
 mod subst;
 
 use std::path::Path;
@@ -18,6 +19,7 @@ pub use crate::duration::{parse_duration, ConfigDuration};
 pub use crate::policy::PolicyConfig;
 pub use kafka::{Compression, KafkaConfig};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
+pub use route::RouteConfig;
 
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,10 @@ pub struct Config {
     /// Metrics and health endpoints.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Input topics not keyed by trace id, split by trace and written keyed by the
+    /// route stage before the sampler reads them (README: Unkeyed input).
+    #[serde(default)]
+    pub route: Option<RouteConfig>,
     /// The sampling policies, in the OpenTelemetry Collector `tail_sampling` shape.
     /// A trace is kept when a policy votes to sample it and no `drop` policy drops it
     /// nor an `invert_match` policy vetoes it (the Collector's precedence; README).
@@ -414,12 +420,24 @@ impl Config {
         Ok(())
     }
 
+    /// The Kafka settings the sampler reads with: `kafka`, with each topic of
+    /// `route.topics` replaced by its routed topic (OTLP protobuf, keyed by trace id).
+    pub fn sampler_kafka(&self) -> KafkaConfig {
+        match &self.route {
+            Some(r) => r.sampler_kafka(&self.kafka),
+            None => self.kafka.clone(),
+        }
+    }
+
     /// Checks ranges and cross-field rules that the types alone cannot express.
     ///
     /// # Errors
     /// The first [`ConfigError::Invalid`] found.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
+        if let Some(r) = &self.route {
+            r.validate(&self.kafka)?;
+        }
         let b = &self.buffer;
         if b.decision_wait.0.is_zero() {
             return Err(ConfigError::invalid(

@@ -27,6 +27,7 @@
 //! attribute predicates the scanners test) are published through [`Publisher`] and
 //! read through [`Watch`].
 
+pub mod headers;
 mod live;
 mod record;
 mod summary;

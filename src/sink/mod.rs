@@ -33,23 +33,7 @@ use crate::flow::{TxnCommit, TxnError};
 pub use topics::{create_missing, missing, TopicError};
 pub use txn::Transactions;
 
-/// Header on kept-trace records naming the policy that kept the trace.
-pub const HEADER_POLICY: &str = "tailsift.policy";
-/// Header on kept-trace records decided early, with the reason (`memory`,
-/// `trace_limit`); absent when the trace got its full wait.
-pub const HEADER_FORCED: &str = "tailsift.forced";
-/// Header on dead letters: why the message was refused.
-pub const HEADER_ERROR: &str = "tailsift.error";
-/// Header on dead letters: the input topic.
-pub const HEADER_SOURCE_TOPIC: &str = "tailsift.source.topic";
-/// Header on dead letters: the input partition.
-pub const HEADER_SOURCE_PARTITION: &str = "tailsift.source.partition";
-/// Header on dead letters: the input offset.
-pub const HEADER_SOURCE_OFFSET: &str = "tailsift.source.offset";
-/// Header on a dead letter whose payload the broker refused as too large: the
-/// payload's size in bytes. The record then carries no payload; the original stays
-/// at the source coordinates in the headers.
-pub const HEADER_PAYLOAD_OMITTED: &str = "tailsift.payload.omitted";
+pub use crate::flow::headers::*;
 
 /// Largest record the producer sends, whatever `max_message_bytes` says: room for a
 /// span that alone exceeds it (input messages are rarely allowed more than this).

@@ -58,6 +58,18 @@ metric_names! {
     /// (`missing` key, key `not_trace_id`, or spans of `other_traces` than the key
     /// names). With more than one instance such input splits traces (counter).
     Counter INPUT_UNKEYED = "tailsift_input_unkeyed_messages_total";
+    /// Messages the route stage read from an unkeyed input topic, label `topic`
+    /// (counter).
+    Counter ROUTE_MESSAGES = "tailsift_route_messages_total";
+    /// Records the route stage wrote keyed by trace id to a routed topic, one per
+    /// trace of a message (more for a trace over `kafka.max_message_bytes`), label
+    /// `topic` (counter).
+    Counter ROUTE_RECORDS = "tailsift_route_records_total";
+    /// Messages (or their spans without a trace id) the route stage sent to the
+    /// dead-letter topic, label `reason` (counter).
+    Counter ROUTE_DEAD_LETTERED = "tailsift_route_dead_lettered_total";
+    /// Route stage input offset commits, label `result` (`ok` / `error`) (counter).
+    Counter ROUTE_COMMITS = "tailsift_route_commits_total";
     /// Traces decided, labels `policy` (first policy that sampled, or `none`) and
     /// `decision` (`sampled` / `not_sampled`) (counter).
     Counter TRACES_DECIDED = "tailsift_traces_decided_total";

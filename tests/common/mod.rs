@@ -514,6 +514,13 @@ pub struct Sampler {
 
 /// `tailsift run -c` as a child process with config `yaml`, its log appended to `log`.
 pub fn spawn(dir: &Path, yaml: &str, log: &Path) -> Sampler {
+    spawn_command(dir, yaml, log, "run")
+}
+
+/// `tailsift <command> -c` (`run` or `route`) as a child process with config `yaml`,
+/// its log appended to `log`.
+#[allow(dead_code)]
+pub fn spawn_command(dir: &Path, yaml: &str, log: &Path, command: &str) -> Sampler {
     // A free port for its telemetry, so the test can see when it is ready.
     let telemetry = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -527,7 +534,7 @@ pub fn spawn(dir: &Path, yaml: &str, log: &Path) -> Sampler {
         .open(log)
         .expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
-        .args(["run", "-c"])
+        .args([command, "-c"])
         .arg(&config)
         .env(
             "RUST_LOG",

@@ -1,0 +1,20 @@
+//! The record headers tailsift writes: on kept traces, on dead letters (from the
+//! sink and from the route stage) and on routed records.
+
+/// Header on kept-trace records naming the policy that kept the trace.
+pub const HEADER_POLICY: &str = "tailsift.policy";
+/// Header on kept-trace records decided early, with the reason (`memory`,
+/// `trace_limit`); absent when the trace got its full wait.
+pub const HEADER_FORCED: &str = "tailsift.forced";
+/// Header on dead letters: why the message was refused.
+pub const HEADER_ERROR: &str = "tailsift.error";
+/// Header on dead letters: the input topic.
+pub const HEADER_SOURCE_TOPIC: &str = "tailsift.source.topic";
+/// Header on dead letters: the input partition.
+pub const HEADER_SOURCE_PARTITION: &str = "tailsift.source.partition";
+/// Header on dead letters: the input offset.
+pub const HEADER_SOURCE_OFFSET: &str = "tailsift.source.offset";
+/// Header on a dead letter whose payload the broker refused as too large: the
+/// payload's size in bytes. The record then carries no payload; the original stays
+/// at the source coordinates in the headers.
+pub const HEADER_PAYLOAD_OMITTED: &str = "tailsift.payload.omitted";
