@@ -226,9 +226,14 @@ impl Scenario {
     /// Input partitions whose committed offset (for the scenario's group) is not yet
     /// their end: `(partition, committed, end)`.
     fn uncommitted(&self) -> Vec<(i32, i64, i64)> {
+        self.uncommitted_by(&format!("{}-group", self.name))
+    }
+
+    /// [`Scenario::uncommitted`] for consumer group `group`.
+    fn uncommitted_by(&self, group: &str) -> Vec<(i32, i64, i64)> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", format!("{}-group", self.name))
+            .set("group.id", group)
             .create()
             .expect("consumer");
         let input = self.input();
@@ -492,6 +497,52 @@ async fn rescale(bootstrap: &str, protocol: &str) {
             "1 -> 3 -> 1 exactly-once, group.protocol={protocol} ({})",
             s.report(&truths, &got)
         ),
+    );
+}
+
+/// The route stage in exactly-once mode on Apache Kafka: unkeyed batches of many
+/// traces (a trace's services in several partitions) routed by two instances, each
+/// routing and sampling in one process, their routed topic created at start; a
+/// `read_committed` reader sees every error and slow trace once and whole, and the
+/// route group's input offsets reach the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unkeyed_input_routed_in_transactions_comes_out_once_and_whole() {
+    let Some(bootstrap) = broker() else { return };
+    let s = Scenario::new(&bootstrap, "route-eos", 4).await;
+    let yaml = s
+        .yaml(true, "2s")
+        .replace("kafka:\n", "kafka:\n  create_missing_topics: true\n")
+        + &format!("route:\n  topics: [{}]\n", s.input());
+    let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+    let a = s.spawn(&yaml, "a");
+    let b = s.spawn(&yaml, "b");
+    ready(&a).await;
+    ready(&b).await;
+    let truths = feed_unkeyed(&s.bootstrap, &s.input(), 4, 600, 200, 71).await;
+    wait_until(Duration::from_secs(90), || {
+        missing_kept(&truths, &out.traces()).is_empty()
+    })
+    .await;
+    out.settle(Duration::from_secs(3), Duration::from_secs(30))
+        .await;
+    let routed_to_end = wait_until(Duration::from_secs(60), || {
+        s.uncommitted_by(&format!("{}-group-route", s.name))
+            .is_empty()
+    })
+    .await;
+    stop(a);
+    stop(b);
+    assert!(
+        routed_to_end,
+        "route input not committed: {:?}\n{}",
+        s.uncommitted_by(&format!("{}-group-route", s.name)),
+        s.tails()
+    );
+    let got = out.traces();
+    assert_kept_whole_once(
+        &truths,
+        &got,
+        &format!("routed in transactions ({})", s.report(&truths, &got)),
     );
 }
 

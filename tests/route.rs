@@ -13,75 +13,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tailsift::demo::OutputTrace;
-use tailsift::gen::{self, Truth};
+use tailsift::gen::Truth;
 
 const ROUTED: &str = "spans-by-trace";
-
-/// Sends `traces` generated traces at `rate` per second as unkeyed batches: the
-/// n-th service message of the whole stream goes into the batch of partition
-/// `n % partitions`, sent once it holds 8 messages. So a trace's services land in
-/// several partitions, as with the Collector's batch processor and kafka exporter.
-async fn feed_unkeyed(
-    bootstrap: &str,
-    partitions: i32,
-    traces: usize,
-    rate: u64,
-    seed: u64,
-) -> Vec<Truth> {
-    let producer: FutureProducer = gen::producer(bootstrap, "lz4").expect("producer");
-    let mut g = gen::Generator::new(gen::GenConfig {
-        seed,
-        ..gen::GenConfig::default()
-    });
-    let mut batches: Vec<(Vec<u8>, usize)> = (0..partitions).map(|_| (Vec::new(), 0)).collect();
-    let mut truths = Vec::with_capacity(traces);
-    let start = tokio::time::Instant::now();
-    let mut n = 0usize;
-    for i in 0..traces {
-        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate as f64)).await;
-        let t = g.next_trace(gen::now_ns());
-        for m in &t.messages {
-            let p = (n % partitions as usize) as i32;
-            n += 1;
-            let b = &mut batches[p as usize];
-            // Concatenated protobuf messages merge: their resource_spans append.
-            b.0.extend_from_slice(m);
-            b.1 += 1;
-            if b.1 >= 8 {
-                send(&producer, p, &b.0).await;
-                b.0.clear();
-                b.1 = 0;
-            }
-        }
-        truths.push(t.truth);
-    }
-    for (p, b) in batches.iter().enumerate() {
-        if b.1 > 0 {
-            send(&producer, p as i32, &b.0).await;
-        }
-    }
-    let p = producer.clone();
-    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(30)))
-        .await
-        .expect("flush task")
-        .expect("flushed");
-    truths
-}
-
-async fn send(producer: &FutureProducer, partition: i32, payload: &[u8]) {
-    producer
-        .send(
-            FutureRecord::<(), [u8]>::to(INPUT)
-                .partition(partition)
-                .payload(payload),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("input sent");
-}
 
 fn harness() -> Harness {
     let h = Harness::new(4, 2);
@@ -119,7 +54,7 @@ async fn two_instances(
     })
     .await;
     assert!(shared, "the two instances did not share the partitions");
-    let truths = feed_unkeyed(&h.bootstrap, 4, 400, 200, 61).await;
+    let truths = feed_unkeyed(&h.bootstrap, INPUT, 4, 400, 200, 61).await;
     wait_until(Duration::from_secs(60), || {
         missing_kept(&truths, &out.traces()).is_empty()
     })
@@ -187,7 +122,7 @@ async fn the_route_process_killed_mid_stream_loses_nothing() {
     let mut router = spawn_route(&dir, &route_yaml, &log);
     let traffic = tokio::spawn({
         let bootstrap = h.bootstrap.clone();
-        async move { feed_unkeyed(&bootstrap, 4, 1500, 300, 67).await }
+        async move { feed_unkeyed(&bootstrap, INPUT, 4, 1500, 300, 67).await }
     });
     for _ in 0..2 {
         // Killed once it has routed some of the traffic (its records counter moved).

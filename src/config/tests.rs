@@ -625,3 +625,37 @@ fn one_client_block_for_every_client_and_brokers_as_a_list() {
     let e = err("kafka:\n  brokers: x:1\n  input_topics: [in]\n  output_topic: out\n  client: {enable.auto.commit: \"true\"}\npolicies:\n  - {name: all, type: always_sample}\n");
     assert!(e.contains("kafka.consumer.enable.auto.commit"), "{e}");
 }
+
+#[test]
+fn the_route_section_names_input_topics_and_targets_of_their_own() {
+    let cfg = Config::from_yaml(&format!("{MINIMAL}route:\n  topics: [spans]\n")).expect("valid");
+    let route = cfg.route.as_ref().expect("route");
+    assert_eq!(route.target_of("spans"), "spans-by-trace");
+    assert!(route.in_process);
+    assert_eq!(
+        route.group_of(&cfg.kafka),
+        format!("{}-route", cfg.kafka.group_id)
+    );
+    let sampled = cfg.sampler_kafka();
+    assert_eq!(sampled.input_topics, vec!["spans-by-trace".to_string()]);
+    assert_eq!(
+        sampled.encoding_of("spans-by-trace"),
+        crate::codec::InputEncoding::OtlpProto,
+        "routed records are OTLP protobuf whatever the input's encoding"
+    );
+    let e = err(&format!("{MINIMAL}route:\n  topics: [other]\n"));
+    assert!(
+        e.contains("route.topics[0]") && e.contains("other") && e.contains("kafka.input_topics"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}route:\n  topics: [spans]\n  target: sampled\n"
+    ));
+    assert!(e.contains("route.target") && e.contains("sampled"), "{e}");
+    let e = err(&format!("{MINIMAL}route:\n  topics: []\n"));
+    assert!(e.contains("route.topics"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}route:\n  topics: [spans]\n  tagret: x\n"
+    ));
+    assert!(e.contains("tagret"), "an unknown key: {e}");
+}

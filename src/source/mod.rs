@@ -801,14 +801,14 @@ impl Source {
 }
 
 /// Whether a partition whose end offset is `end` has been read to its end: `next`
-/// (one past the last message read) reached it, or, with nothing read yet or one
-/// transaction marker left at the end, librdkafka's fetch `position` did.
+/// (one past the last message read) reached it, or the consumer's `position` did.
+/// The position is librdkafka's application position: one past the last message
+/// handed to tailsift, moved also past the transaction markers it skips (several
+/// of them can end a partition several transactional producers write, as the route
+/// stage's instances do in exactly-once mode), never past a message not yet handed
+/// over.
 fn caught_up(end: i64, next: Option<i64>, position: Option<i64>) -> bool {
-    let fetched = position.is_some_and(|p| p >= end);
-    match next {
-        Some(n) => n >= end || (n + 1 == end && fetched),
-        None => fetched,
-    }
+    next.is_some_and(|n| n >= end) || position.is_some_and(|p| p >= end)
 }
 
 /// Commits `offsets` and waits for the broker's answer; on failure they are unmarked,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tailsift::app::{self, Running};
 use tailsift::codec::TraceId;
 use tailsift::config::Config;
@@ -561,4 +561,69 @@ pub fn metric_of(s: &Sampler, name: &str) -> f64 {
     } else {
         0.0
     }
+}
+
+/// Sends `traces` generated traces at `rate` per second as unkeyed batches: the
+/// n-th service message of the whole stream goes into the batch of partition
+/// `n % partitions`, sent once it holds 8 messages. So a trace's services land in
+/// several partitions, as with the Collector's batch processor and kafka exporter.
+pub async fn feed_unkeyed(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    traces: usize,
+    rate: u64,
+    seed: u64,
+) -> Vec<Truth> {
+    let producer: FutureProducer = gen::producer(bootstrap, "lz4").expect("producer");
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed,
+        ..gen::GenConfig::default()
+    });
+    let mut batches: Vec<(Vec<u8>, usize)> = (0..partitions).map(|_| (Vec::new(), 0)).collect();
+    let mut truths = Vec::with_capacity(traces);
+    let start = tokio::time::Instant::now();
+    let mut n = 0usize;
+    for i in 0..traces {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate as f64)).await;
+        let t = g.next_trace(gen::now_ns());
+        for m in &t.messages {
+            let p = (n % partitions as usize) as i32;
+            n += 1;
+            let b = &mut batches[p as usize];
+            // Concatenated protobuf messages merge: their resource_spans append.
+            b.0.extend_from_slice(m);
+            b.1 += 1;
+            if b.1 >= 8 {
+                send_to_partition(&producer, topic, p, &b.0).await;
+                b.0.clear();
+                b.1 = 0;
+            }
+        }
+        truths.push(t.truth);
+    }
+    for (p, b) in batches.iter().enumerate() {
+        if b.1 > 0 {
+            send_to_partition(&producer, topic, p as i32, &b.0).await;
+        }
+    }
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(30)))
+        .await
+        .expect("flush task")
+        .expect("flushed");
+    truths
+}
+
+async fn send_to_partition(producer: &FutureProducer, topic: &str, partition: i32, payload: &[u8]) {
+    producer
+        .send(
+            FutureRecord::<(), [u8]>::to(topic)
+                .partition(partition)
+                .payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("input sent");
 }
