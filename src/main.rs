@@ -478,7 +478,7 @@ async fn route(
                 tracing::info!(message = "Shutdown requested: draining (a second signal stops at once).");
                 trigger.trigger();
                 tokio::select! {
-                    r = &mut stage => r.map(|()| ()),
+                    r = &mut stage => r,
                     () = signals.recv() => std::process::exit(EXIT_DRAIN_INCOMPLETE),
                 }?;
                 return Ok(ExitCode::SUCCESS);

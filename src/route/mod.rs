@@ -167,8 +167,9 @@ impl Acks {
     }
 
     /// Safe offsets of `only` (every assigned partition when empty) that moved since
-    /// their last commit, marked committed.
-    fn to_commit(&mut self, only: &[(String, i32)], all: bool) -> TopicPartitionList {
+    /// their last commit (every one with `all`: a transaction carries them all, so
+    /// the coordinator checks this member's generation), marked committed.
+    fn offsets_to_commit(&mut self, only: &[(String, i32)], all: bool) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), p) in &mut self.parts {
             if !p.assigned
@@ -177,13 +178,12 @@ impl Acks {
                 continue;
             }
             let Some(safe) = p.safe() else { continue };
-            if all || p.committed != Some(safe) {
-                if tpl
+            if (all || p.committed != Some(safe))
+                && tpl
                     .add_partition_offset(topic, *partition, Offset::Offset(safe))
                     .is_ok()
-                {
-                    p.committed = Some(safe);
-                }
+            {
+                p.committed = Some(safe);
             }
         }
         tpl
@@ -270,7 +270,7 @@ impl ConsumerContext for RouteConsumerContext {
             }
         } else {
             let _ = self.producer.flush(CALL_TIMEOUT);
-            let offsets = lock(&self.acks).to_commit(&parts, true);
+            let offsets = lock(&self.acks).offsets_to_commit(&parts, true);
             if offsets.count() > 0 {
                 if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
                     warn!(message = "Route stage: commit on revoke failed; the next owner re-routes from the previous commit.", error = %e);
@@ -307,7 +307,7 @@ fn commit_transaction<C: Consumer<RouteConsumerContext>>(
     producer: &ThreadedProducer<RouteProducerContext>,
     acks: &Mutex<Acks>,
 ) -> Result<(), RouteError> {
-    let offsets = lock(acks).to_commit(&[], true);
+    let offsets = lock(acks).offsets_to_commit(&[], true);
     let step = |step: &'static str| {
         move |e: KafkaError| RouteError::Transaction {
             step,
@@ -569,7 +569,7 @@ impl Router {
             if exactly_once {
                 return commit_transaction(&*consumer, &producer, &acks);
             }
-            let offsets = lock(&acks).to_commit(&[], false);
+            let offsets = lock(&acks).offsets_to_commit(&[], false);
             if offsets.count() == 0 {
                 return Ok(());
             }

@@ -17,7 +17,7 @@ fn ticket(topic: &Arc<str>, epoch: u32, offset: i64) -> Ticket {
 }
 
 fn safe(a: &mut Acks) -> Vec<i64> {
-    let tpl = a.to_commit(&[], true);
+    let tpl = a.offsets_to_commit(&[], true);
     tpl.elements()
         .iter()
         .filter_map(|e| match e.offset() {
@@ -71,17 +71,17 @@ fn only_moved_offsets_are_committed_again_unless_all_are_asked_for() {
     let mut a = Acks::default();
     a.assign("in", 0);
     a.track(&t, 0, 0, 0);
-    assert_eq!(a.to_commit(&[], false).count(), 1);
-    assert_eq!(a.to_commit(&[], false).count(), 0, "unchanged");
+    assert_eq!(a.offsets_to_commit(&[], false).count(), 1);
+    assert_eq!(a.offsets_to_commit(&[], false).count(), 0, "unchanged");
     assert_eq!(
-        a.to_commit(&[], true).count(),
+        a.offsets_to_commit(&[], true).count(),
         1,
         "every assigned partition"
     );
-    let tpl = a.to_commit(&[], true);
+    let tpl = a.offsets_to_commit(&[], true);
     a.forget_committed(&tpl);
     assert_eq!(
-        a.to_commit(&[], false).count(),
+        a.offsets_to_commit(&[], false).count(),
         1,
         "a failed commit is retried"
     );
