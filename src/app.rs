@@ -194,8 +194,9 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
                 crate::route::create_routed_topics(&cfg.kafka, route).await?;
             }
             if route.in_process {
-                let (kafka, route, health) =
-                    (cfg.kafka.clone(), route.clone(), Arc::clone(&health));
+                // A health of its own: the probes and `assigned` report the sampler's
+                // group; the route stage's failures still stop the pipeline (below).
+                let (kafka, route, health) = (cfg.kafka.clone(), route.clone(), Health::new());
                 Some(
                     tokio::task::spawn_blocking(move || Router::new(&kafka, &route, health))
                         .await

@@ -509,8 +509,10 @@ async fn rescale(bootstrap: &str, protocol: &str) {
 async fn unkeyed_input_routed_in_transactions_comes_out_once_and_whole() {
     let Some(bootstrap) = broker() else { return };
     let s = Scenario::new(&bootstrap, "route-eos", 4).await;
+    // The wait is above the route group's rebalance as the second instance joins
+    // (README: Unkeyed input).
     let yaml = s
-        .yaml(true, "2s")
+        .yaml(true, "5s")
         .replace("kafka:\n", "kafka:\n  create_missing_topics: true\n")
         + &format!("route:\n  topics: [{}]\n", s.input());
     let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
