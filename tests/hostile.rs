@@ -133,8 +133,33 @@ async fn a_dead_letter_larger_than_the_producer_queue_goes_out() {
         .expect("send");
     let got = wait_until(Duration::from_secs(60), || !dlq.is_empty()).await;
     let committed = wait_until(Duration::from_secs(20), || uncommitted(&h).is_empty()).await;
+    // What the sampler saw, for a failure to say where the dead letter stopped.
+    let addr = sampler.running.telemetry_addr.expect("telemetry");
+    let (_, metrics) = http_get(addr, "/metrics");
     sampler.stop().await;
-    assert!(got, "the 20 MB dead letter never came out");
+    let seen: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && [
+                    "received",
+                    "dead_letter",
+                    "produce",
+                    "memory",
+                    "paused",
+                    "pinned",
+                    "lag",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+        .collect();
+    assert!(
+        got,
+        "the 20 MB dead letter never came out; input uncommitted {:?}; sampler metrics:\n{}",
+        uncommitted(&h),
+        seen.join("\n")
+    );
     let r = &dlq.records()[0];
     assert_eq!(r.payload.len(), garbage.len(), "unchanged");
     assert!(r.header(HEADER_ERROR).is_some_and(|e| !e.is_empty()));

@@ -55,6 +55,11 @@ use crate::telemetry::{names, Health};
 
 /// How long one transactional call, a flush or a commit may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The route stage's producer queue, in KiB: what it holds besides `memory.limit`
+/// (with its consumer's prefetch, [`ROUTE_CONSUMER_QUEUE_KB`]).
+const ROUTE_PRODUCER_QUEUE_KB: usize = 32768;
+/// The route stage's consumer prefetch, in KiB.
+const ROUTE_CONSUMER_QUEUE_KB: &str = "16384";
 /// Pause before trying a produce again when librdkafka's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -401,7 +406,16 @@ impl Router {
             )
             // Retriable errors are retried for as long as they last: input stays
             // uncommitted meanwhile.
-            .set("message.timeout.ms", "0");
+            .set("message.timeout.ms", "0")
+            // Bounded (librdkafka's default is 1 GiB): a full queue holds the stage
+            // back, and the input waits in Kafka.
+            // It must admit the largest record, or that record would wait forever.
+            .set(
+                "queue.buffering.max.kbytes",
+                (ROUTE_PRODUCER_QUEUE_KB)
+                    .max(2 * (kafka.max_message_bytes / 1024 + 64))
+                    .to_string(),
+            );
         let group = route.group_of(kafka);
         if kafka.exactly_once {
             let timeout = kafka
@@ -438,7 +452,9 @@ impl Router {
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Prefetch bounded too (librdkafka's default is 64 MiB).
+            .set("queued.max.messages.kbytes", ROUTE_CONSUMER_QUEUE_KB);
         if kafka
             .consumer
             .get("group.protocol")
