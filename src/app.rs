@@ -154,6 +154,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         },
         cache_capacity: cfg.buffer.decision_cache_traces,
         max_message_bytes: cfg.kafka.max_message_bytes,
+        output_encoding: cfg.kafka.output_encoding,
         shards: cfg.shard_count(),
         record_decisions: cfg.kafka.decisions_topic.is_some(),
         annotate: cfg.annotate,

@@ -33,8 +33,13 @@ fn data(name: &str) -> Vec<u8> {
 }
 
 /// Sends `messages` (with their keys, `None`: unkeyed) to a topic of `encoding`,
-/// plus one message that is not of it, and checks what comes out.
+/// plus one message that is not of it, and checks what comes out (OTLP protobuf).
 async fn run(encoding: &str, messages: Vec<(Option<Vec<u8>>, Vec<u8>)>) {
+    run_to(encoding, "otlp_proto", messages).await;
+}
+
+/// As [`run`], with kept records in `output` encoding.
+async fn run_to(encoding: &str, output: &str, messages: Vec<(Option<Vec<u8>>, Vec<u8>)>) {
     let h = Harness::new(4, 2);
     let yaml = h
         .config_yaml(
@@ -44,7 +49,9 @@ async fn run(encoding: &str, messages: Vec<(Option<Vec<u8>>, Vec<u8>)>) {
         )
         .replace(
             "  input_topics: [spans]\n",
-            &format!("  input_topics: [spans]\n  input_encoding: {encoding}\n"),
+            &format!(
+                "  input_topics: [spans]\n  input_encoding: {encoding}\n  output_encoding: {output}\n"
+            ),
         );
     let cfg = tailsift::config::Config::from_yaml(&yaml).expect("valid");
     let out = h.collector();
@@ -81,6 +88,14 @@ async fn run(encoding: &str, messages: Vec<(Option<Vec<u8>>, Vec<u8>)>) {
         out.traces().len(),
         dlq.records().len()
     );
+    let json = output == "otlp_json";
+    for r in out.records() {
+        assert_eq!(
+            r.payload.first() == Some(&b'{'),
+            json,
+            "{encoding}: a kept record not in {output}"
+        );
+    }
     let got = out.traces();
     for id in &want {
         let t = got
@@ -144,6 +159,13 @@ async fn jaeger_json_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zipkin_json_input() {
     run("zipkin_json", one("zipkin_json.bin")).await;
+}
+
+/// Kept records in OTLP/JSON: the same traces, whole, once (the collector reads
+/// them with tailsift's OTLP/JSON input converter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zipkin_json_input_to_otlp_json_output() {
+    run_to("zipkin_json", "otlp_json", one("zipkin_json.bin")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

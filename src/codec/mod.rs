@@ -17,6 +17,7 @@ mod formats;
 mod frames;
 mod jaeger;
 mod json;
+mod output;
 mod scan;
 mod validate;
 mod wire;
@@ -36,6 +37,7 @@ pub use encode::{encode_trace, EncodedSpan};
 pub use formats::{FormatError, InputEncoding};
 pub use frames::FrameInterner;
 pub use json::{json_to_protobuf, JsonError};
+pub use output::OutputEncoding;
 pub use scan::{rescan, scan, scan_partial, span_times, RejectedSpan};
 pub use validate::{check_span, SpanDefect, MAX_DEPTH};
 

@@ -318,3 +318,70 @@ fn the_dynamic_key_hashes_the_fields_values_and_reads_the_resource() {
     let h = hashes(&["no.such.attribute"]);
     assert!(h[0] != 0 && h[0] == h[2]);
 }
+
+/// OTLP/JSON output: the OTLP JSON rules (hex ids, 64-bit integers as strings, enums
+/// as integers, camelCase), read back by the OTLP/JSON input converter as the same
+/// request.
+#[test]
+fn json_output_follows_the_otlp_json_rules_and_reads_back_the_same() {
+    let req = request();
+    let out = OutputEncoding::OtlpJson.encode(vec![req.encode_to_vec()], 1 << 20);
+    assert_eq!(out.len(), 1);
+    let text = std::str::from_utf8(&out[0]).expect("UTF-8");
+    let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
+    let span = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+    assert_eq!(span["traceId"], "01010101010101010101010101010101");
+    assert!(span["startTimeUnixNano"].is_string(), "{span}");
+    assert!(span["kind"].is_number(), "{span}");
+    let back = json_to_protobuf(text).expect("reads back");
+    assert_eq!(
+        ExportTraceServiceRequest::decode(&back[..]).expect("protobuf"),
+        req
+    );
+    // Protobuf output is what encode_trace wrote, untouched.
+    let proto = req.encode_to_vec();
+    assert_eq!(
+        OutputEncoding::OtlpProto.encode(vec![proto.clone()], 10),
+        vec![proto]
+    );
+}
+
+/// JSON larger than the record limit is split by spans, each part valid and under its
+/// resource and scope; a single span goes alone whatever its size.
+#[test]
+fn json_output_over_the_limit_splits_into_valid_records() {
+    let req = request();
+    let scanned = scan_copies(&req, 20);
+    let payloads = encode_trace(&refs(&scanned), 1 << 20);
+    let whole = OutputEncoding::OtlpJson.encode(payloads.clone(), 1 << 20);
+    assert_eq!(whole.len(), 1);
+    let limit = whole[0].len() / 5;
+    let out = OutputEncoding::OtlpJson.encode(payloads.clone(), limit);
+    assert!(out.len() >= 5, "{} records", out.len());
+    let mut spans = Vec::new();
+    for p in &out {
+        assert!(p.len() <= limit, "record of {} bytes over {limit}", p.len());
+        let back = json_to_protobuf(std::str::from_utf8(p).expect("UTF-8")).expect("valid");
+        let d = ExportTraceServiceRequest::decode(&back[..]).expect("protobuf");
+        for rs in &d.resource_spans {
+            assert!(rs.resource.is_some(), "resource kept");
+            for ss in &rs.scope_spans {
+                assert!(!ss.spans.is_empty());
+                spans.extend(ss.spans.iter().cloned());
+            }
+        }
+    }
+    let d = ExportTraceServiceRequest::decode(&payloads[0][..]).expect("protobuf");
+    let want: Vec<PbSpan> = d
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| s.spans.iter().cloned())
+        .collect();
+    assert_eq!(spans, want, "every span once, in order");
+    assert_eq!(
+        OutputEncoding::OtlpJson.encode(payloads, 10).len(),
+        want.len(),
+        "one span per record when none fits"
+    );
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{ConfigDuration, ConfigError};
-use crate::codec::InputEncoding;
+use crate::codec::{InputEncoding, OutputEncoding};
 
 /// Compression of produced records. Input in any codec is read regardless: the
 /// consumer decompresses whatever the producer used.
@@ -64,6 +64,11 @@ pub struct KafkaConfig {
     pub input_encodings: BTreeMap<String, InputEncoding>,
     /// Topic that receives kept traces, one record per trace keyed by its hex trace id.
     pub output_topic: String,
+    /// Encoding of kept records: `otlp_proto` (default) or `otlp_json` (OTLP/JSON, about
+    /// 2-3x larger; a trace is split into more records to stay within
+    /// `max_message_bytes`). Spans set aside to the dead-letter topic stay protobuf.
+    #[serde(default)]
+    pub output_encoding: OutputEncoding,
     /// Topic that receives input messages that cannot be decoded, unchanged, with
     /// headers saying why and where they came from.
     #[serde(default = "default_dead_letter_topic")]

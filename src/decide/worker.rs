@@ -10,8 +10,8 @@ use crate::budget::{Charge, MemoryBudget};
 use crate::buffer::{Shard, TraceEntry, TraceLimits};
 use crate::clock::{ClockReading, StreamClocks};
 use crate::codec::{
-    check_span, encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, Span,
-    SpanDefect, SpanRef, TraceId,
+    check_span, encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, OutputEncoding,
+    Span, SpanDefect, SpanRef, TraceId,
 };
 use crate::flow::{
     output_reach, DroppedTrace, KeptTrace, Pin, Rejected, Releases, Restored, ShardMsg, SinkMsg,
@@ -98,6 +98,8 @@ pub struct WorkerConfig {
     pub cache_capacity: usize,
     /// Largest output record.
     pub max_message_bytes: usize,
+    /// How kept records are encoded.
+    pub output_encoding: OutputEncoding,
     /// Shards in the buffer: under pressure a worker evicts no further than its share
     /// of the low watermark.
     pub shards: usize,
@@ -131,6 +133,7 @@ pub struct ShardWorker {
     sink: mpsc::Sender<SinkMsg>,
     releases: Releases,
     max_message_bytes: usize,
+    output_encoding: OutputEncoding,
     annotate: bool,
     skip_reread: bool,
     remember_output: bool,
@@ -176,6 +179,7 @@ impl ShardWorker {
             sink,
             releases,
             max_message_bytes: cfg.max_message_bytes,
+            output_encoding: cfg.output_encoding,
             annotate: cfg.annotate,
             skip_reread: cfg.skip_reread,
             remember_output: cfg.remember_output,
@@ -610,7 +614,7 @@ impl ShardWorker {
     }
 
     /// The payloads of kept `spans`, annotated with `policy` and `probability` unless
-    /// annotation is off.
+    /// annotation is off, in the output encoding.
     fn encode<S: EncodedSpan>(
         &self,
         spans: &[S],
@@ -625,9 +629,13 @@ impl ShardWorker {
                 probability,
             };
             let annotated = Annotated::new(spans, &annotation);
-            encode_trace(&annotated.spans(), self.max_message_bytes)
+            let payloads = encode_trace(&annotated.spans(), self.max_message_bytes);
+            self.output_encoding
+                .encode(payloads, self.max_message_bytes)
         } else {
-            encode_trace(spans, self.max_message_bytes)
+            let payloads = encode_trace(spans, self.max_message_bytes);
+            self.output_encoding
+                .encode(payloads, self.max_message_bytes)
         }
     }
 

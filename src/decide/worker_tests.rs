@@ -60,6 +60,7 @@ fn parts_with(policies: &str, limits: TraceLimits, budget: MemoryBudget) -> Part
         limits,
         cache_capacity: 1000,
         max_message_bytes: 1 << 20,
+        output_encoding: Default::default(),
         shards: 1,
         record_decisions: false,
         annotate: false,

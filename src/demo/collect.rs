@@ -168,13 +168,23 @@ impl Drop for Collector {
     }
 }
 
-/// Decodes OTLP records and groups their spans by trace id. A record that is not
-/// valid OTLP counts as misplaced under the all-zero id.
+/// An OTLP request in protobuf or, if it starts like a JSON object, OTLP/JSON.
+fn decode_request(payload: &[u8]) -> Option<ExportTraceServiceRequest> {
+    if payload.first() == Some(&b'{') {
+        let text = std::str::from_utf8(payload).ok()?;
+        let proto = crate::codec::json_to_protobuf(text).ok()?;
+        return ExportTraceServiceRequest::decode(&proto[..]).ok();
+    }
+    ExportTraceServiceRequest::decode(payload).ok()
+}
+
+/// Decodes OTLP records (protobuf, or OTLP/JSON) and groups their spans by trace id.
+/// A record that is not valid OTLP counts as misplaced under the all-zero id.
 pub fn traces_of(records: &[Record]) -> HashMap<TraceId, OutputTrace> {
     let mut out: HashMap<TraceId, OutputTrace> = HashMap::new();
     let mut span_ids: HashMap<TraceId, std::collections::HashSet<Vec<u8>>> = HashMap::new();
     for r in records {
-        let Ok(req) = ExportTraceServiceRequest::decode(&r.payload[..]) else {
+        let Some(req) = decode_request(&r.payload) else {
             out.entry(TraceId([0; 16])).or_default().misplaced += 1;
             continue;
         };
