@@ -4,11 +4,16 @@
 //!     tailsift produced, without decoding anything: the Kafka floor;
 //! (b) tailsift with a realistic policy set, on the same pre-produced input.
 //!
-//! Prints spans/s for both, the ratio, process CPU per span and peak RSS during each
+//! (c) the route stage (`route:`, for input not keyed by trace id) splitting the same
+//!     input by trace id into `<input>-by-trace`, against the copier copying all of it
+//!     (the same bytes in and about the same out).
+//!
+//! Prints spans/s for each, the ratios, process CPU per span and peak RSS during each
 //! run. The input is sized within the embedded broker's per-partition retention
 //! (~5 MiB/partition), so nothing is truncated: the bench checks the low watermarks.
 //!
-//! `cargo bench --bench e2e` (env `E2E_SPANS` to change the input size).
+//! `cargo bench --bench e2e` (env `E2E_SPANS` to change the input size). The last
+//! line, `summary e2e: ...`, is one line to compare across commits.
 //!
 //! On Apache Kafka instead (no retention limit; the broker is another process, so
 //! CPU and RSS are tailsift's and the copier's alone):
@@ -39,6 +44,7 @@ struct Bench {
     input: String,
     output: String,
     copy_output: String,
+    copy_all_output: String,
     group: String,
 }
 
@@ -53,16 +59,20 @@ impl Bench {
                 input: format!("bench-in-{run}"),
                 output: format!("bench-out-{run}"),
                 copy_output: format!("bench-copy-out-{run}"),
+                copy_all_output: format!("bench-copy-all-{run}"),
                 group: format!("bench-{run}"),
             };
             let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
                 .set("bootstrap.servers", &bootstrap)
                 .create()
                 .expect("admin");
+            let routed = format!("{}-by-trace", b.input);
             let topics = [
                 NewTopic::new(&b.input, PARTITIONS, TopicReplication::Fixed(-1)),
                 NewTopic::new(&b.output, 16, TopicReplication::Fixed(-1)),
                 NewTopic::new(&b.copy_output, 16, TopicReplication::Fixed(-1)),
+                NewTopic::new(&b.copy_all_output, PARTITIONS, TopicReplication::Fixed(-1)),
+                NewTopic::new(&routed, PARTITIONS, TopicReplication::Fixed(-1)),
             ];
             for r in admin
                 .create_topics(topics.iter(), &AdminOptions::new())
@@ -77,12 +87,19 @@ impl Bench {
         broker.create_topic("bench-in", PARTITIONS).expect("topic");
         broker.create_topic("bench-out", 16).expect("topic");
         broker.create_topic("bench-copy-out", 16).expect("topic");
+        broker
+            .create_topic("bench-copy-all", PARTITIONS)
+            .expect("topic");
+        broker
+            .create_topic("bench-in-by-trace", PARTITIONS)
+            .expect("topic");
         Bench {
             bootstrap: broker.bootstrap_servers(),
             _embedded: Some(broker),
             input: "bench-in".into(),
             output: "bench-out".into(),
             copy_output: "bench-copy-out".into(),
+            copy_all_output: "bench-copy-all".into(),
             group: "bench".into(),
         }
     }
@@ -155,11 +172,16 @@ async fn measured<F: std::future::Future<Output = (u64, Option<Instant>)>>(
 
 /// Copies until every input message was read; returns the bytes produced and the time
 /// of the first message (the 3 s group join before it is not copying).
-async fn copier(bench: &Bench, total_msgs: usize, ratio: f64) -> (u64, Option<Instant>) {
+async fn copier(
+    bench: &Bench,
+    output: &str,
+    total_msgs: usize,
+    ratio: f64,
+) -> (u64, Option<Instant>) {
     let bootstrap = bench.bootstrap.as_str();
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{}-copier", bench.group))
+        .set("group.id", format!("{}-copier-{output}", bench.group))
         .set("auto.offset.reset", "earliest")
         // The same prefetch tailsift gives its consumer at the default memory.limit
         // (512MiB / 8), so both read the broker the same way.
@@ -189,14 +211,9 @@ async fn copier(bench: &Bench, total_msgs: usize, ratio: f64) -> (u64, Option<In
         in_bytes += payload.len() as u64;
         // Forward whole messages until the output matches tailsift's byte ratio.
         if (out_bytes as f64) < ratio * in_bytes as f64 {
-            gen::send(
-                &producer,
-                &bench.copy_output,
-                m.key().unwrap_or(&[]),
-                payload,
-            )
-            .await
-            .expect("send");
+            gen::send(&producer, output, m.key().unwrap_or(&[]), payload)
+                .await
+                .expect("send");
             out_bytes += payload.len() as u64;
         }
     }
@@ -299,7 +316,63 @@ policies:
 
     // (a) the copier, producing as many bytes as tailsift did.
     let ratio = sampled.out_bytes as f64 / fed.bytes as f64;
-    let copy = measured("copier", copier(&bench, fed.messages, ratio)).await;
+    let copy = measured(
+        "copier",
+        copier(&bench, &bench.copy_output, fed.messages, ratio),
+    )
+    .await;
+
+    // (c) the route stage alone, timed from its first message until every input
+    // message was read and its routed records acknowledged (the drain at shutdown
+    // flushes them and commits), against the copier copying every message.
+    let route_cfg = Config::from_yaml(&format!(
+        r#"
+kafka: {{brokers: "{bootstrap}", group_id: {group}, input_topics: [{input}], output_topic: {output}}}
+route: {{topics: [{input}]}}
+telemetry: {{listen: ""}}
+policies:
+  - {{name: all, type: always_sample}}
+"#,
+        group = bench.group,
+        output = bench.output,
+    ))
+    .expect("route config");
+    let route = route_cfg.route.clone().expect("route section");
+    let routed = measured("route", async {
+        let kafka = route_cfg.kafka.clone();
+        let r = route.clone();
+        let router = tokio::task::spawn_blocking(move || {
+            tailsift::route::Router::new(&kafka, &r, telemetry::Health::new())
+        })
+        .await
+        .expect("join")
+        .expect("route stage");
+        let trigger = ShutdownTrigger::new();
+        let stage = tokio::spawn(router.run(trigger.subscribe()));
+        let mut first = None;
+        loop {
+            let text = prometheus.render();
+            let read = metric(&text, names::ROUTE_MESSAGES);
+            if read > 0.0 {
+                first.get_or_insert_with(Instant::now);
+            }
+            if read >= fed.messages as f64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        trigger.trigger();
+        stage.await.expect("join").expect("route stage ran");
+        let out = metric(&prometheus.render(), names::ROUTE_RECORDS);
+        (out as u64, first)
+    })
+    .await;
+    let routed_records = routed.out_bytes;
+    let copy_all = measured(
+        "copier",
+        copier(&bench, &bench.copy_all_output, fed.messages, 1.0),
+    )
+    .await;
 
     let check: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -343,6 +416,35 @@ policies:
     println!(
         "ratio tailsift/copier: {:.2}x (tailsift's time includes its last decision wait, 200 ms after the last root span; the copier's starts at its first message)",
         copy.seconds / sampled.seconds
+    );
+    println!(
+        "\nroute stage: {} input messages split into {routed_records} records keyed by trace id",
+        fed.messages
+    );
+    println!(
+        "{:<10} {:>12} {:>10} {:>14} {:>12}",
+        "run", "spans/s", "seconds", "CPU us/span", "peak RSS"
+    );
+    for r in [&copy_all, &routed] {
+        println!(
+            "{:<10} {:>12.0} {:>10.2} {:>14.2} {:>9.0} MiB",
+            r.name,
+            total / r.seconds,
+            r.seconds,
+            r.cpu * 1e6 / total,
+            r.peak_rss as f64 / 1048576.0,
+        );
+    }
+    println!(
+        "ratio route/copier (all bytes): {:.2}x",
+        copy_all.seconds / routed.seconds
+    );
+    println!(
+        "summary e2e: tailsift {:.0} spans/s = {:.2}x copier; route {:.0} spans/s = {:.2}x copier",
+        total / sampled.seconds,
+        copy.seconds / sampled.seconds,
+        total / routed.seconds,
+        copy_all.seconds / routed.seconds
     );
     if bench.embedded() {
         println!("CPU and RSS are the whole process, embedded broker included, for both runs.");

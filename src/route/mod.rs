@@ -59,7 +59,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// (with its consumer's prefetch, [`ROUTE_CONSUMER_QUEUE_KB`]).
 const ROUTE_PRODUCER_QUEUE_KB: usize = 32768;
 /// The route stage's consumer prefetch, in KiB.
-const ROUTE_CONSUMER_QUEUE_KB: &str = "16384";
+const ROUTE_CONSUMER_QUEUE_KB: usize = 16384;
 /// Pause before trying a produce again when librdkafka's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -453,8 +453,22 @@ impl Router {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            // Prefetch bounded too (librdkafka's default is 64 MiB).
-            .set("queued.max.messages.kbytes", ROUTE_CONSUMER_QUEUE_KB);
+            // Prefetch bounded too (librdkafka's default is 64 MiB), with fetch
+            // responses no larger (librdkafka's default is 50 MB).
+            .set(
+                "queued.max.messages.kbytes",
+                ROUTE_CONSUMER_QUEUE_KB.to_string(),
+            )
+            .set(
+                "fetch.max.bytes",
+                (ROUTE_CONSUMER_QUEUE_KB * 1024)
+                    .max(kafka.max_message_bytes + 64 * 1024)
+                    .to_string(),
+            )
+            // A full prefetch queue postpones the next fetch by this (default 1 s,
+            // which left the stage idle most of the time: 5.4 s instead of 0.9 s for
+            // the e2e bench's 170 MiB).
+            .set("fetch.queue.backoff.ms", "10");
         if kafka
             .consumer
             .get("group.protocol")
