@@ -287,6 +287,7 @@ policies:
     // Timed from its first span read (as the copier from its first message) until every
     // span was read and decided; the last acknowledgements and the
     // commit (up to `commit_interval` later) are waited for outside the timing.
+    let mut read_all = None;
     let mut sampled = measured("tailsift", async {
         let mut first = None;
         loop {
@@ -294,6 +295,9 @@ policies:
             let received = metric(&text, names::SPANS_RECEIVED);
             if received > 0.0 {
                 first.get_or_insert_with(Instant::now);
+            }
+            if received >= total {
+                read_all.get_or_insert_with(Instant::now);
             }
             if received >= total && metric(&text, names::BUFFER_TRACES) == 0.0 {
                 return (0, first);
@@ -303,6 +307,7 @@ policies:
         }
     })
     .await;
+    let decided_at = Instant::now();
     loop {
         let text = prometheus.render();
         if metric(&text, names::PINNED_MESSAGES) == 0.0 {
@@ -417,6 +422,12 @@ policies:
         "ratio tailsift/copier: {:.2}x (tailsift's time includes its last decision wait, 200 ms after the last root span; the copier's starts at its first message)",
         copy.seconds / sampled.seconds
     );
+    if let Some(read_all) = read_all {
+        println!(
+            "tailsift read all its input {:.2} s before its last decision (the wait for idle partitions' stream time)",
+            read_all.elapsed().as_secs_f64() - decided_at.elapsed().as_secs_f64()
+        );
+    }
     println!(
         "\nroute stage: {} input messages split into {routed_records} records keyed by trace id",
         fed.messages
