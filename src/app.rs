@@ -171,6 +171,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         clocks,
         max_skew: cfg.buffer.max_timestamp_skew.0,
         idle_delay: cfg.buffer.idle_delay.0,
+        idle_delay_after_outage: cfg.buffer.idle_delay_after_outage.0,
         probe_interval: (shortest / 10)
             .clamp(Duration::from_millis(100), Duration::from_millis(500)),
     };

@@ -171,6 +171,9 @@ pub struct PartitionTime {
     pub seq: u64,
     /// Wall time of the first probe of the current idle streak.
     idle_since: Option<u64>,
+    /// A probe failed (broker unreachable) since stream time last followed the wall
+    /// clock: the next streak must last [`IdleTracker::after_outage`].
+    outage: bool,
 }
 
 impl PartitionTime {
@@ -213,11 +216,19 @@ impl PartitionTime {
 /// (broker unreachable), a probe that finds unread records, or a new record ends the
 /// streak; a probe answered after the process was frozen still carries the `W` from
 /// before the freeze, so a freeze never advances stream time past what was read.
+///
+/// After a failed probe the next streak must last `after_outage` instead: producers
+/// cut off by the same outage reconnect with a backoff of their own (librdkafka's
+/// `reconnect.backoff.max.ms` is 10 s) and deliver, with the timestamps they were
+/// stamped with during the outage, only then; a streak of `delay` begun as soon as
+/// tailsift was back would decide their traces without those records.
 #[derive(Debug, Clone, Copy)]
 pub struct IdleTracker {
     /// How long a partition must have been confirmed caught up before its stream time
     /// follows the wall clock, and how far behind it then stays.
     pub delay: Duration,
+    /// How long the streak must last after a failed probe (at least `delay`).
+    pub after_outage: Duration,
 }
 
 impl IdleTracker {
@@ -232,16 +243,27 @@ impl IdleTracker {
         probe_ms: u64,
         caught_up: Option<bool>,
     ) -> Option<u64> {
+        if caught_up.is_none() {
+            t.idle_since = None;
+            t.outage = true;
+            return None;
+        }
         if t.seq != seq_at_probe || caught_up != Some(true) {
             t.idle_since = None;
             return None;
         }
         let since = *t.idle_since.get_or_insert(probe_ms);
         let delay = self.delay.as_millis() as u64;
-        if probe_ms.saturating_sub(since) < delay {
+        let streak = if t.outage {
+            self.after_outage.max(self.delay).as_millis() as u64
+        } else {
+            delay
+        };
+        if probe_ms.saturating_sub(since) < streak {
             return None;
         }
-        let floor = probe_ms - delay;
+        t.outage = false;
+        let floor = probe_ms.saturating_sub(delay);
         if floor > t.stream_ms {
             t.stream_ms = floor;
             Some(floor)
@@ -318,6 +340,7 @@ mod tests {
     fn only_an_unbroken_idle_streak_moves_stream_time_and_stays_behind() {
         let idle = IdleTracker {
             delay: Duration::from_secs(1),
+            after_outage: Duration::from_secs(1),
         };
         let mut t = PartitionTime {
             stream_ms: 10_000,
@@ -344,5 +367,41 @@ mod tests {
             "stale probe"
         );
         assert_eq!(t.stream_ms, 20_000);
+    }
+
+    /// After a failed probe the streak must last `after_outage`: producers cut off
+    /// by the same outage get that long to deliver what they hold. Once stream time
+    /// followed the wall clock again, streaks are `delay` long again.
+    #[test]
+    fn after_a_failed_probe_the_streak_lasts_the_outage_delay() {
+        let idle = IdleTracker {
+            delay: Duration::from_secs(1),
+            after_outage: Duration::from_secs(10),
+        };
+        let mut t = PartitionTime {
+            stream_ms: 10_000,
+            seq: 5,
+            ..PartitionTime::default()
+        };
+        assert_eq!(idle.apply(&mut t, 5, 20_000, None), None, "unreachable");
+        assert_eq!(idle.apply(&mut t, 5, 20_500, Some(true)), None, "back");
+        assert_eq!(
+            idle.apply(&mut t, 5, 21_500, Some(true)),
+            None,
+            "1 s is not enough"
+        );
+        // A record read meanwhile does not end the outage's claim.
+        assert!(t.record(Some(15_000), Duration::from_secs(60)));
+        assert_eq!(idle.apply(&mut t, 6, 22_000, Some(true)), None);
+        assert_eq!(idle.apply(&mut t, 6, 31_900, Some(true)), None, "9.9 s");
+        assert_eq!(idle.apply(&mut t, 6, 32_000, Some(true)), Some(31_000));
+        assert_eq!(idle.apply(&mut t, 6, 33_000, Some(true)), Some(32_000));
+        assert!(t.record(Some(16_000), Duration::from_secs(60)));
+        assert_eq!(idle.apply(&mut t, 7, 40_000, Some(true)), None);
+        assert_eq!(
+            idle.apply(&mut t, 7, 41_000, Some(true)),
+            Some(40_000),
+            "no outage since: 1 s again"
+        );
     }
 }

@@ -95,6 +95,110 @@ async fn a_broker_outage_longer_than_the_wait_loses_nothing_and_writes_nothing_t
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A producer cut off by the same outage as tailsift, and slower to come back: the
+/// rest of each trace, stamped before the outage, is delivered 6 s after tailsift
+/// reconnected, past `idle_delay` (1 s) but within `idle_delay_after_outage` (10 s). With
+/// `idle_delay_after_outage: 1s` (a confirmation of `idle_delay` once the broker
+/// answers again, as before it existed) the traces are decided on their first
+/// pieces and this fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_back_later_than_tailsift_after_an_outage_loses_nothing() {
+    late_producer_after_outage(None).await;
+}
+
+async fn late_producer_after_outage(after_outage: Option<&str>) {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let h = Harness::new(8, 4);
+    let (dir, log) = workdir("late-producer");
+    let mut yaml = h.config_yaml(ERRORS_SLOW_AND, "2s", None);
+    if let Some(d) = after_outage {
+        yaml = yaml.replace(
+            "buffer:\n",
+            &format!("buffer:\n  idle_delay_after_outage: {d}\n"),
+        );
+    }
+    let out = h.collector();
+    let sampler = spawn(&dir, &yaml, &log);
+    wait_ready(&sampler, &log).await;
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed: 83,
+        error_rate: 1.0,
+        ..gen::GenConfig::default()
+    });
+    let traces: Vec<gen::GeneratedTrace> = (0..200)
+        .map(|_| g.next_trace(gen::now_ns()))
+        .filter(|t| t.messages.len() >= 2)
+        .take(20)
+        .collect();
+    assert_eq!(traces.len(), 20, "traces of several messages");
+    // First pieces, delivered before the outage. The rest is produced 0.5 s later
+    // (well within decision_wait: that is the time it is stamped with) by a producer
+    // that cannot deliver it until after the outage.
+    let stamped = gen::now_ns() as i64 / 1_000_000 + 500;
+    let first = h.producer("none");
+    for t in &traces {
+        gen::send(
+            &first,
+            INPUT,
+            t.truth.trace_id.to_hex().as_bytes(),
+            &t.messages[0],
+        )
+        .await
+        .expect("send");
+    }
+    let flushed = tokio::task::spawn_blocking(move || first.flush(Duration::from_secs(10)))
+        .await
+        .expect("flush task");
+    assert!(flushed.is_ok(), "first pieces not delivered: {flushed:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.broker.cluster().broker_down(-1).expect("broker down");
+    let noticed = wait_until(Duration::from_secs(20), || {
+        max_metric_of(&sampler, names::KAFKA_UP) == 0.0
+    })
+    .await;
+    assert!(noticed, "tailsift never saw the broker down");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.broker.cluster().broker_up(-1).expect("broker up");
+    let back = wait_until(Duration::from_secs(30), || {
+        max_metric_of(&sampler, names::KAFKA_UP) == 1.0
+    })
+    .await;
+    assert!(back, "tailsift never reconnected");
+    // The producer is back 6 s after tailsift: past idle_delay (and the backoff of
+    // tailsift's consumer, up to ~3 s after a 2 s outage, which can reconnect after
+    // the client that reported the broker up), within idle_delay_after_outage.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let late: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &h.bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    // All at once, as a producer sends what it held when it reconnects.
+    let keys: Vec<String> = traces.iter().map(|t| t.truth.trace_id.to_hex()).collect();
+    let mut deliveries = Vec::new();
+    for (t, key) in traces.iter().zip(&keys) {
+        for m in &t.messages[1..] {
+            let record = FutureRecord::to(INPUT)
+                .key(key.as_bytes())
+                .payload(m)
+                .timestamp(stamped);
+            deliveries.push(
+                late.send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("enqueued"),
+            );
+        }
+    }
+    for d in deliveries {
+        assert!(matches!(d.await, Ok(Ok(_))), "a late piece not delivered");
+    }
+    settle(&h, &out, sampler, &log).await;
+    let truths: Vec<_> = traces.iter().map(|t| t.truth.clone()).collect();
+    let got = out.traces();
+    assert_kept_whole_once(&truths, &got, "producer back late");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sampler_frozen_for_twice_the_wait_loses_nothing() {
     let h = Harness::new(8, 4);

@@ -234,6 +234,14 @@ pub struct BufferConfig {
     /// long to deliver what they held.
     #[serde(default = "default_idle_delay")]
     pub idle_delay: ConfigDuration,
+    /// `idle_delay` after the broker was unreachable (a failed probe): producers cut
+    /// off by the same outage reconnect with a backoff of their own (librdkafka's
+    /// `reconnect.backoff.max.ms`, 10 s by default) before they deliver what they
+    /// held, stamped with its time of production. Only how long the confirmation
+    /// lasts; stream time then stays `idle_delay` behind. Raised to `idle_delay` if
+    /// lower.
+    #[serde(default = "default_idle_delay_after_outage")]
+    pub idle_delay_after_outage: ConfigDuration,
 }
 
 fn default_max_timestamp_skew() -> ConfigDuration {
@@ -242,6 +250,10 @@ fn default_max_timestamp_skew() -> ConfigDuration {
 
 fn default_idle_delay() -> ConfigDuration {
     ConfigDuration::from_millis(1_000)
+}
+
+fn default_idle_delay_after_outage() -> ConfigDuration {
+    ConfigDuration::from_millis(10_000)
 }
 
 fn default_decision_wait() -> ConfigDuration {
@@ -261,6 +273,7 @@ impl Default for BufferConfig {
             decision_cache_traces: default_decision_cache(),
             max_timestamp_skew: default_max_timestamp_skew(),
             idle_delay: default_idle_delay(),
+            idle_delay_after_outage: default_idle_delay_after_outage(),
         }
     }
 }

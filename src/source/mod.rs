@@ -59,6 +59,8 @@ pub struct StreamTime {
     /// How long a partition must be confirmed caught up before its stream time
     /// follows the wall clock (and how far behind it stays).
     pub idle_delay: Duration,
+    /// The same after a failed probe (the broker unreachable).
+    pub idle_delay_after_outage: Duration,
     /// How often caught-up partitions are probed.
     pub probe_interval: Duration,
 }
@@ -111,6 +113,8 @@ pub struct Source {
     /// Finished idle probes come back here; `probing` while one runs.
     probed: (mpsc::UnboundedSender<Probe>, mpsc::UnboundedReceiver<Probe>),
     probing: bool,
+    /// [`Health::outages`] when the last probe was applied.
+    outages_seen: u64,
     future_timestamps: Counter,
     health: Arc<Health>,
 }
@@ -274,6 +278,7 @@ impl Source {
             stream,
             probed: mpsc::unbounded_channel(),
             probing: false,
+            outages_seen: 0,
             future_timestamps: counter!(names::FUTURE_TIMESTAMPS),
             health,
             txn: out.txn,
@@ -721,14 +726,21 @@ impl Source {
     /// through their scanner, after the messages already given to it.
     async fn apply_probe(&mut self, probe: Probe) -> Result<(), ()> {
         self.probing = false;
+        // Kafka went down since the last probe (an outage shorter than a probe's
+        // timeout can leave every probe answered): as if this one had failed.
+        let outages = self.health.outages();
+        let outage = outages != self.outages_seen;
+        self.outages_seen = outages;
         let idle = IdleTracker {
             delay: self.stream.idle_delay,
+            after_outage: self.stream.idle_delay_after_outage,
         };
         for (partition, slot, epoch, seq, caught_up) in probe.parts {
             if !lock(&self.tracker).is_current(slot, epoch) {
                 continue;
             }
             let t = self.time_of(slot, epoch);
+            let caught_up = if outage { None } else { caught_up };
             let Some(at) = idle.apply(t, seq, probe.started_ms, caught_up) else {
                 continue;
             };

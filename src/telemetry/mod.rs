@@ -11,7 +11,7 @@ mod limit;
 pub mod names;
 mod server;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -26,6 +26,8 @@ pub use server::{serve, ServerError};
 #[derive(Debug, Default)]
 pub struct Health {
     kafka_up: AtomicBool,
+    /// Times Kafka went from up to down.
+    outages: AtomicU64,
     assigned: AtomicUsize,
     /// The pipeline has started: the first metadata read is done.
     started: AtomicBool,
@@ -50,6 +52,9 @@ impl Health {
 
     /// Records whether a broker connection is up, with the last error when not.
     pub fn set_kafka_up(&self, up: bool, error: Option<String>) {
+        if !up && self.kafka_up.swap(up, Ordering::Relaxed) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+        }
         self.kafka_up.store(up, Ordering::Relaxed);
         metrics::gauge!(names::KAFKA_UP).set(if up { 1.0 } else { 0.0 });
         if up {
@@ -103,6 +108,13 @@ impl Health {
     pub fn set_assigned(&self, n: usize) {
         self.assigned.store(n, Ordering::Relaxed);
         metrics::gauge!(names::ASSIGNED_PARTITIONS).set(n as f64);
+    }
+
+    /// How many times Kafka went from up to down (all of a client's broker
+    /// connections lost): the source treats idle probes around one as failed, however
+    /// short it was.
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
     }
 
     /// Whether a broker connection is up.
