@@ -33,35 +33,10 @@ work=$(mktemp -d /tmp/tailsift-formats.XXXXXX)
 export TAILSIFT_KAFKA_DIR="$work/kafka" KAFKA_BASE_PORT="${FORMATS_KAFKA_PORT:-27092}"
 query=127.0.0.1:27686
 encodings=(otlp_proto otlp_json jaeger_proto jaeger_json zipkin_proto zipkin_json)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  "$root/scripts/kafka.sh" stop || true
-}
-trap cleanup EXIT
-fail() {
-  echo "formats: FAIL: $*" >&2
-  for f in "$work"/*.log; do echo "--- $f (last 20 lines)" >&2; tail -20 "$f" >&2; done
-  exit 1
-}
-# Polls `$@` every 0.5 s for up to $1 seconds.
-within() {
-  local secs=$1; shift
-  local end=$((SECONDS + secs))
-  until "$@"; do
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.5
-  done
-}
-
-echo "formats: building the Collector and Jaeger (Go), tailsift (cargo)" >&2
-otelcol=$(benches/peers/build-otelcol.sh)
-jaeger=$(scripts/pipeline/build-jaeger.sh)
-if [ -z "${TAILSIFT_BIN:-}" ]; then
-  cargo build --quiet
-  TAILSIFT_BIN="$root/target/debug/tailsift"
-fi
+name=formats
+# shellcheck source=scripts/pipeline/common.sh
+. "$root/scripts/pipeline/common.sh"
+build_peers
 
 bootstrap=$(scripts/kafka.sh start)
 echo "formats: Kafka at $bootstrap; work folder $work" >&2

@@ -25,35 +25,10 @@ root=$(pwd)
 work=$(mktemp -d /tmp/tailsift-pipeline.XXXXXX)
 export TAILSIFT_KAFKA_DIR="$work/kafka" KAFKA_BASE_PORT="${PIPELINE_KAFKA_PORT:-26092}"
 otlp=127.0.0.1:26318 telemetry=127.0.0.1:26090 query=127.0.0.1:26686
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  "$root/scripts/kafka.sh" stop || true
-}
-trap cleanup EXIT
-fail() {
-  echo "pipeline: FAIL: $*" >&2
-  for f in "$work"/*.log; do echo "--- $f (last 20 lines)" >&2; tail -20 "$f" >&2; done
-  exit 1
-}
-# Polls `$@` every 0.5 s for up to $1 seconds.
-within() {
-  local secs=$1; shift
-  local end=$((SECONDS + secs))
-  until "$@"; do
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.5
-  done
-}
-
-echo "pipeline: building the Collector and Jaeger (Go), tailsift (cargo)" >&2
-otelcol=$(benches/peers/build-otelcol.sh)
-jaeger=$(scripts/pipeline/build-jaeger.sh)
-if [ -z "${TAILSIFT_BIN:-}" ]; then
-  cargo build --quiet
-  TAILSIFT_BIN="$root/target/debug/tailsift"
-fi
+name=pipeline
+# shellcheck source=scripts/pipeline/common.sh
+. "$root/scripts/pipeline/common.sh"
+build_peers
 
 bootstrap=$(scripts/kafka.sh start)
 scripts/kafka.sh topic otlp_spans 4
