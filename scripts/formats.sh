@@ -118,36 +118,7 @@ service:
     traces: {receivers: [kafka], exporters: [debug]}
 YAML
 
-cat >"$work/jaeger.yaml" <<YAML
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [kafka]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    logs: {level: info}
-    metrics: {level: none}
-extensions:
-  jaeger_query:
-    storage: {traces: memstore}
-    http: {endpoint: "$query"}
-    grpc: {endpoint: "127.0.0.1:27685"}
-  jaeger_storage:
-    backends:
-      memstore:
-        memory: {max_traces: 10000}
-receivers:
-  kafka:
-    brokers: ["$bootstrap"]
-    topic: fmt-sampled
-    encoding: otlp_proto
-    group_id: formats-jaeger
-    initial_offset: earliest
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-YAML
+jaeger_config "$work/jaeger.yaml" fmt-sampled formats-jaeger "$query" 127.0.0.1:27685
 
 telemetry_ports=(27491 27492)
 for n in 0 1; do

@@ -68,36 +68,7 @@ policies:
   - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
 YAML
 
-cat >"$work/jaeger.yaml" <<YAML
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [kafka]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    logs: {level: info}
-    metrics: {level: none}
-extensions:
-  jaeger_query:
-    storage: {traces: memstore}
-    http: {endpoint: "$query"}
-    grpc: {endpoint: "127.0.0.1:26685"}
-  jaeger_storage:
-    backends:
-      memstore:
-        memory: {max_traces: 10000}
-receivers:
-  kafka:
-    brokers: ["$bootstrap"]
-    topic: otlp_spans_sampled
-    encoding: otlp_proto
-    group_id: pipeline-jaeger
-    initial_offset: earliest
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-YAML
+jaeger_config "$work/jaeger.yaml" otlp_spans_sampled pipeline-jaeger "$query" 127.0.0.1:26685
 
 "$TAILSIFT_BIN" check -c "$work/tailsift.yaml" >/dev/null || fail "tailsift check refused the config"
 RUST_LOG=info,librdkafka=warn "$TAILSIFT_BIN" run -c "$work/tailsift.yaml" >"$work/tailsift.log" 2>&1 &

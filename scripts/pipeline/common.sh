@@ -38,3 +38,38 @@ build_peers() {
     TAILSIFT_BIN="$root/target/debug/tailsift"
   fi
 }
+# Jaeger v2's config into $1: its kafka receiver reads topic $2 (OTLP protobuf) as
+# group $3 from $bootstrap into the memory store; the query API on $4 (HTTP) and $5
+# (gRPC).
+jaeger_config() {
+  cat >"$1" <<YAML
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [kafka]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    logs: {level: info}
+    metrics: {level: none}
+extensions:
+  jaeger_query:
+    storage: {traces: memstore}
+    http: {endpoint: "$4"}
+    grpc: {endpoint: "$5"}
+  jaeger_storage:
+    backends:
+      memstore:
+        memory: {max_traces: 10000}
+receivers:
+  kafka:
+    brokers: ["$bootstrap"]
+    topic: $2
+    encoding: otlp_proto
+    group_id: $3
+    initial_offset: earliest
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+YAML
+}

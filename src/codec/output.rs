@@ -25,14 +25,6 @@ pub enum OutputEncoding {
 }
 
 impl OutputEncoding {
-    /// The config name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutputEncoding::OtlpProto => "otlp_proto",
-            OutputEncoding::OtlpJson => "otlp_json",
-        }
-    }
-
     /// `payloads` (OTLP protobuf requests of at most `max_bytes` each, unless one span
     /// alone is larger) in this encoding, split further where the encoding made a
     /// request larger than `max_bytes` and it holds more than one span.

@@ -622,21 +622,20 @@ impl ShardWorker {
         probability: Option<f64>,
     ) -> Vec<Vec<u8>> {
         if spans.is_empty() {
-            Vec::new() // every span went to the dead-letter topic
-        } else if self.annotate && !policy.is_empty() {
+            return Vec::new(); // every span went to the dead-letter topic
+        }
+        let payloads = if self.annotate && !policy.is_empty() {
             let annotation = Annotation {
                 policy,
                 probability,
             };
             let annotated = Annotated::new(spans, &annotation);
-            let payloads = encode_trace(&annotated.spans(), self.max_message_bytes);
-            self.output_encoding
-                .encode(payloads, self.max_message_bytes)
+            encode_trace(&annotated.spans(), self.max_message_bytes)
         } else {
-            let payloads = encode_trace(spans, self.max_message_bytes);
-            self.output_encoding
-                .encode(payloads, self.max_message_bytes)
-        }
+            encode_trace(spans, self.max_message_bytes)
+        };
+        self.output_encoding
+            .encode(payloads, self.max_message_bytes)
     }
 
     /// Publishes gauge deltas and moves this worker's budget charge to what its

@@ -171,8 +171,9 @@ impl Drop for Collector {
 /// An OTLP request in protobuf or, if it starts like a JSON object, OTLP/JSON.
 fn decode_request(payload: &[u8]) -> Option<ExportTraceServiceRequest> {
     if payload.first() == Some(&b'{') {
-        let text = std::str::from_utf8(payload).ok()?;
-        let proto = crate::codec::json_to_protobuf(text).ok()?;
+        let proto = crate::codec::InputEncoding::OtlpJson
+            .to_otlp(payload)
+            .ok()??;
         return ExportTraceServiceRequest::decode(&proto[..]).ok();
     }
     ExportTraceServiceRequest::decode(payload).ok()

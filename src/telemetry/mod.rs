@@ -52,10 +52,10 @@ impl Health {
 
     /// Records whether a broker connection is up, with the last error when not.
     pub fn set_kafka_up(&self, up: bool, error: Option<String>) {
-        if !up && self.kafka_up.swap(up, Ordering::Relaxed) {
+        let was_up = self.kafka_up.swap(up, Ordering::Relaxed);
+        if was_up && !up {
             self.outages.fetch_add(1, Ordering::Relaxed);
         }
-        self.kafka_up.store(up, Ordering::Relaxed);
         metrics::gauge!(names::KAFKA_UP).set(if up { 1.0 } else { 0.0 });
         if up {
             // Connected: an earlier failure's reason no longer applies.
