@@ -113,13 +113,23 @@ impl<'a> Annotated<'a> {
             .sum();
         let mut bytes = Vec::with_capacity(total);
         let mut out = Vec::with_capacity(spans.len());
+        // The spans of a trace nearly always share one tracestate (often none): the
+        // merged value is worked out once per distinct input value, not per span.
+        let mut merged: Option<(Vec<u8>, Option<String>)> = None;
         for s in spans {
             let start = bytes.len();
             copy_without_annotation(s.bytes(), &mut bytes);
             bytes.extend_from_slice(&tail);
             if let Some(p) = a.probability {
                 let existing = trace_state(s.bytes());
-                if let Some(ts) = merge_trace_state(&existing, p) {
+                let fresh = merged
+                    .as_ref()
+                    .is_none_or(|(seen, _)| seen[..] != *existing);
+                if fresh {
+                    let value = merge_trace_state(&String::from_utf8_lossy(existing), p);
+                    merged = Some((existing.to_vec(), value));
+                }
+                if let Some((_, Some(ts))) = &merged {
                     put_len_field(&mut bytes, 3, ts.as_bytes()); // Span.trace_state = 3
                 }
             }
@@ -143,8 +153,9 @@ impl<'a> Annotated<'a> {
 /// Copies an encoded span, leaving out attributes named like the annotation's (a span
 /// annotated by an earlier tail sampler would otherwise carry the key twice).
 fn copy_without_annotation(span: &[u8], out: &mut Vec<u8>) {
-    const PREFIX: &[u8] = b"tailsampling.";
-    if !span.windows(PREFIX.len()).any(|w| w == PREFIX) {
+    static PREFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"tailsampling."));
+    if PREFIX.find(span).is_none() {
         out.extend_from_slice(span);
         return;
     }
@@ -187,7 +198,7 @@ fn attribute_key(kv: &[u8]) -> Option<&[u8]> {
 
 /// The span's `trace_state` (last one wins, as for any singular field); empty if
 /// absent or unreadable.
-fn trace_state(span: &[u8]) -> String {
+fn trace_state(span: &[u8]) -> &[u8] {
     let mut found: &[u8] = &[];
     let mut r = Reader::new(span, 0);
     while !r.at_end() {
@@ -201,7 +212,7 @@ fn trace_state(span: &[u8]) -> String {
             break;
         }
     }
-    String::from_utf8_lossy(found).into_owned()
+    found
 }
 
 /// A `Span.attributes` entry (field 9) with a string value.
@@ -287,6 +298,47 @@ mod tests {
         assert_eq!(keys, ["a", "b", POLICY_ATTRIBUTE]);
         assert_eq!(out.name, "op");
         assert_eq!(out.trace_id, vec![1; 16]);
+    }
+
+    /// The merged tracestate is worked out once per distinct input value: spans
+    /// whose tracestates differ each get their own, in any order.
+    #[test]
+    fn each_span_gets_the_threshold_of_its_own_tracestate() {
+        use opentelemetry_proto::tonic::trace::v1::Span;
+        use prost::Message as _;
+        let span = |ts: &str| {
+            Span {
+                trace_id: vec![1; 16],
+                trace_state: ts.into(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let encoded = [span(""), span(""), span("ot=th:8"), span(""), span("a=1")];
+        let frame = ScopeFrame::new(bytes::Bytes::new());
+        let input: Vec<SpanRef<'_>> = encoded
+            .iter()
+            .map(|b| SpanRef {
+                frame: &frame,
+                bytes: b,
+            })
+            .collect();
+        let a = Annotated::new(
+            &input,
+            &Annotation {
+                policy: "p",
+                probability: Some(0.5),
+            },
+        );
+        let states: Vec<String> = a
+            .spans()
+            .iter()
+            .map(|s| Span::decode(s.bytes).expect("valid span").trace_state)
+            .collect();
+        assert_eq!(
+            states,
+            ["ot=th:8", "ot=th:8", "ot=th:c", "ot=th:8", "ot=th:8,a=1"]
+        );
     }
 
     #[test]

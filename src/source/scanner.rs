@@ -179,34 +179,25 @@ impl Scanner {
         };
         spans_received.increment(spans.len() as u64);
         self.check_key(&input, spans);
-        let n = self.shards.len();
-        spans.sort_unstable_by_key(|s| (shard_of(s, n), s.trace_id));
-        let traces = if spans.is_empty() {
-            0
-        } else {
-            1 + spans
-                .windows(2)
-                .filter(|w| w[0].trace_id != w[1].trace_id)
-                .count()
-        };
+        let kept = spans.len();
+        let by_shard = deal(spans, self.shards.len());
+        let traces: usize = by_shard.iter().map(|s| trace_groups(s)).sum();
         // The spans set aside go to the dead-letter topic under one more pin.
         let aside = u32::from(!rejected.is_empty());
         if !lock(&self.tracker).repin(pin, traces as u32 + aside) {
-            spans.clear();
             return Ok(()); // its partition was revoked meanwhile
         }
         if !rejected.is_empty() {
-            self.set_aside(&input, &message, &rejected, spans.len())
-                .await?;
+            self.set_aside(&input, &message, &rejected, kept).await?;
         }
         let generation = self.policies.get().number;
         // Before any span of a new assignment reaches a shard, the shards stop
         // trusting the old assignment's stream time for this partition.
         self.clocks.enter(pin.slot, pin.epoch);
-        while let Some(last) = spans.last() {
-            let shard = shard_of(last, n);
-            let start = spans.partition_point(|s| shard_of(s, n) < shard);
-            let chunk = spans.split_off(start);
+        for (shard, chunk) in by_shard.into_iter().enumerate() {
+            if chunk.is_empty() {
+                continue;
+            }
             self.shards[shard]
                 .send(ShardMsg::Spans {
                     pin,
@@ -286,9 +277,38 @@ impl Scanner {
     }
 }
 
-/// The shard of a span.
-fn shard_of(s: &Span, shards: usize) -> usize {
-    shard_of_id(&s.trace_id, shards)
+/// Moves a message's spans into one list per shard, each sorted so that a trace's
+/// spans are adjacent. Each span's shard is worked out once (it hashes the trace
+/// id), then each list is sorted by the id as one integer: sorting the whole
+/// message by `(shard, id)` hashed two ids per comparison.
+fn deal(spans: &mut Vec<Span>, shards: usize) -> Vec<Vec<Span>> {
+    let shards = shards.max(1);
+    let mut out: Vec<Vec<Span>> = if shards == 1 {
+        vec![std::mem::take(spans)]
+    } else {
+        let mut out: Vec<Vec<Span>> = (0..shards).map(|_| Vec::new()).collect();
+        for s in spans.drain(..) {
+            out[shard_of_id(&s.trace_id, shards)].push(s);
+        }
+        out
+    };
+    for list in &mut out {
+        // Input keyed by trace id mostly holds one trace a message, already grouped.
+        if list.windows(2).any(|w| trace_key(&w[0]) > trace_key(&w[1])) {
+            list.sort_unstable_by_key(trace_key);
+        }
+    }
+    out
+}
+
+/// A trace id as one integer, cheap to compare, in the ids' byte order.
+fn trace_key(s: &Span) -> u128 {
+    u128::from_be_bytes(s.trace_id.0)
+}
+
+/// How many traces a list of spans grouped by trace holds.
+fn trace_groups(spans: &[Span]) -> usize {
+    spans.chunk_by(|a, b| a.trace_id == b.trace_id).count()
 }
 
 /// The shard of a trace: high bits of the trace id hash, so the shard's own hash map,
