@@ -66,6 +66,19 @@ pub(super) fn hits_of(list: &[(u8, Matcher)], v: &AttrValue<'_>) -> u64 {
 /// The predicates on one key, each with its bit.
 type KeyMatchers = (Box<[u8]>, Vec<(u8, Matcher)>);
 
+/// The first eight bytes of `b` (zero-padded) as one word.
+#[inline]
+fn head_word(b: &[u8]) -> u64 {
+    match b.first_chunk::<8>() {
+        Some(w) => u64::from_le_bytes(*w),
+        None => {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w)
+        }
+    }
+}
+
 fn register(keys: &mut Vec<KeyMatchers>, key: &[u8], bit: u8, matcher: Matcher) {
     match keys.iter_mut().find(|(k, _)| &k[..] == key) {
         Some((_, list)) => list.push((bit, matcher)),
@@ -295,11 +308,15 @@ impl AttrMatchers {
         self.used == 0 && self.key_fields.is_empty()
     }
 
-    /// The predicates on `key`, if any.
+    /// The predicates on `key`, if any. Called for every attribute of every span:
+    /// keys are told apart by length and first eight bytes before they are compared
+    /// whole, so most attributes cost no comparison call.
+    #[inline]
     pub(super) fn for_key(&self, key: &[u8]) -> Option<&[(u8, Matcher)]> {
+        let head = head_word(key);
         self.keys
             .iter()
-            .find(|(k, _)| &k[..] == key)
+            .find(|(k, _)| k.len() == key.len() && head_word(k) == head && &k[..] == key)
             .map(|(_, l)| &l[..])
     }
 }

@@ -72,6 +72,7 @@ pub fn scan_partial(
         interner: frames,
         frames: Vec::new(),
         rejected: Vec::new(),
+        scopes: Vec::new(),
     };
     match scan_request(payload, &mut cx, out) {
         Ok(()) => {
@@ -139,9 +140,17 @@ struct Cx<'a> {
     frames: Vec<Arc<ScopeFrame>>,
     /// Spans set aside for their trace id.
     rejected: Vec<RejectedSpan>,
+    /// The scope and scope schema url of each `ScopeSpans` of the resource being
+    /// read in one pass, interned once the resource's schema url (its last field)
+    /// is known.
+    scopes: Vec<(Option<&'a [u8]>, &'a [u8])>,
 }
 
-fn scan_request(payload: &Bytes, cx: &mut Cx<'_>, out: &mut Vec<Span>) -> Result<(), CodecError> {
+fn scan_request<'a>(
+    payload: &'a Bytes,
+    cx: &mut Cx<'a>,
+    out: &mut Vec<Span>,
+) -> Result<(), CodecError> {
     let request = Msg {
         payload,
         base: 0,
@@ -151,7 +160,124 @@ fn scan_request(payload: &Bytes, cx: &mut Cx<'_>, out: &mut Vec<Span>) -> Result
     request.each(&[1], |_, rs| scan_resource_spans(rs, cx, out))
 }
 
-fn scan_resource_spans(
+/// Reads one `ResourceSpans` in a single pass over its bytes when its resource comes
+/// before its spans, as every known encoder writes it (fields in number order);
+/// otherwise in two passes, the resource first. A single pass touches each byte
+/// once, in order: the two-pass reading jumped over every span to find fields
+/// after it, a cache miss per span on input that is not in cache.
+fn scan_resource_spans<'a>(
+    rs: Msg<'a>,
+    cx: &mut Cx<'a>,
+    out: &mut Vec<Span>,
+) -> Result<(), CodecError> {
+    let before = (out.len(), cx.rejected.len(), cx.frames.len());
+    if scan_resource_spans_in_order(rs, cx, out)? {
+        return Ok(());
+    }
+    out.truncate(before.0);
+    cx.rejected.truncate(before.1);
+    cx.frames.truncate(before.2);
+    scan_resource_spans_two_pass(rs, cx, out)
+}
+
+/// The single pass: `Ok(false)` (and whatever it appended to be dropped) when a
+/// resource comes after spans or twice, which only the two-pass reading handles.
+fn scan_resource_spans_in_order<'a>(
+    rs: Msg<'a>,
+    cx: &mut Cx<'a>,
+    out: &mut Vec<Span>,
+) -> Result<bool, CodecError> {
+    let keys = cx.keys;
+    let full = keys.reads_fields();
+    let mut resource = None;
+    let mut schema_url: &[u8] = &[];
+    let mut res = ResourceCx::default();
+    let mut spans_seen = false;
+    cx.scopes.clear();
+    let first_frame = cx.frames.len();
+    let mut r = Reader::new(rs.body, rs.base);
+    while !r.at_end() {
+        let (field, wt) = r.key()?;
+        match field {
+            1 => {
+                if spans_seen || resource.is_some() {
+                    return Ok(false);
+                }
+                let m = rs.len_field(&mut r, wt)?;
+                resource = Some(m.body);
+                res = ResourceCx::scan(m, keys)?;
+            }
+            2 => {
+                spans_seen = true;
+                let ss = rs.len_field(&mut r, wt)?;
+                let index = u32::try_from(first_frame + cx.scopes.len())
+                    .map_err(|_| CodecError::TooLarge(0))?;
+                // ScopeSpans: scope = 1, spans = 2, schema_url = 3.
+                let mut scope = None;
+                let mut scope_schema_url: &[u8] = &[];
+                let mut sr = Reader::new(ss.body, ss.base);
+                while !sr.at_end() {
+                    let (field, wt) = sr.key()?;
+                    match field {
+                        1 => scope = Some(ss.len_field(&mut sr, wt)?.body),
+                        2 => {
+                            let span = ss.len_field(&mut sr, wt)?;
+                            push_span(span, index, &res, keys, full, &mut cx.rejected, out)?;
+                        }
+                        3 => scope_schema_url = ss.len_field(&mut sr, wt)?.body,
+                        _ => sr.skip(field, wt)?,
+                    }
+                }
+                cx.scopes.push((scope, scope_schema_url));
+            }
+            3 => schema_url = rs.len_field(&mut r, wt)?.body,
+            _ => r.skip(field, wt)?,
+        }
+    }
+    for i in 0..cx.scopes.len() {
+        let (scope, scope_schema_url) = cx.scopes[i];
+        let frame = cx.interner.intern(FrameParts {
+            resource,
+            resource_schema_url: schema_url,
+            scope,
+            scope_schema_url,
+            resource_hits: res.hits,
+        });
+        cx.frames.push(frame);
+    }
+    Ok(true)
+}
+
+/// Scans one span under frame `index` into `out`, or into `rejected` when its trace
+/// id is not valid.
+fn push_span(
+    span: Msg<'_>,
+    index: u32,
+    res: &ResourceCx<'_>,
+    keys: &AttrMatchers,
+    full: bool,
+    rejected: &mut Vec<RejectedSpan>,
+    out: &mut Vec<Span>,
+) -> Result<(), CodecError> {
+    let scanned = if full {
+        scan_span::<true>(span, index, res, keys)
+    } else {
+        scan_span::<false>(span, index, res, keys)
+    };
+    match scanned {
+        Ok(s) => out.push(s),
+        Err(error @ CodecError::BadTraceId { .. }) => rejected.push(RejectedSpan {
+            span: Span::bare(TraceId([0; 16]), span.range(), index),
+            error,
+        }),
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// The two-pass reading: the resource and schema url first, wherever they are,
+/// then the spans.
+fn scan_resource_spans_two_pass(
     rs: Msg<'_>,
     cx: &mut Cx<'_>,
     out: &mut Vec<Span>,
@@ -195,20 +321,7 @@ fn scan_resource_spans(
         let index = u32::try_from(cx.frames.len()).map_err(|_| CodecError::TooLarge(0))?;
         cx.frames.push(frame);
         ss.each(&[2], |_, span| {
-            let scanned = if full {
-                scan_span::<true>(span, index, &res, keys)
-            } else {
-                scan_span::<false>(span, index, &res, keys)
-            };
-            match scanned {
-                Ok(s) => out.push(s),
-                Err(error @ CodecError::BadTraceId { .. }) => cx.rejected.push(RejectedSpan {
-                    span: Span::bare(TraceId([0; 16]), span.range(), index),
-                    error,
-                }),
-                Err(e) => return Err(e),
-            }
-            Ok(())
+            push_span(span, index, &res, keys, full, &mut cx.rejected, out)
         })
     })
 }
