@@ -68,7 +68,9 @@ impl Bench {
                 .expect("admin");
             let routed = format!("{}-by-trace", b.input);
             let topics = [
-                NewTopic::new(&b.input, PARTITIONS, TopicReplication::Fixed(-1)),
+                // Collector-sized batches (E2E_BATCH=8192) are ~4 MB a message.
+                NewTopic::new(&b.input, PARTITIONS, TopicReplication::Fixed(-1))
+                    .set("max.message.bytes", "33554432"),
                 NewTopic::new(&b.output, 16, TopicReplication::Fixed(-1)),
                 NewTopic::new(&b.copy_output, 16, TopicReplication::Fixed(-1)),
                 NewTopic::new(&b.copy_all_output, PARTITIONS, TopicReplication::Fixed(-1)),
@@ -197,6 +199,7 @@ async fn copier(
         .set("bootstrap.servers", bootstrap)
         .set("compression.codec", "lz4")
         .set("linger.ms", "5")
+        .set("message.max.bytes", "33554432")
         .create()
         .expect("producer");
     let (mut seen, mut in_bytes, mut out_bytes) = (0usize, 0u64, 0u64);

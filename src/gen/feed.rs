@@ -60,6 +60,9 @@ pub fn producer(bootstrap: &str, compression: &str) -> Result<FutureProducer, Ka
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("queue.buffering.max.kbytes", "65536")
+        // Batches as large as the Collector's batch processor sends (8192 spans,
+        // ~4 MB) are the broker's to refuse, not the client's 1 MB default.
+        .set("message.max.bytes", "33554432")
         .create()
 }
 
