@@ -8,11 +8,16 @@
 //!     input by trace id into `<input>-by-trace`, against the copier copying all of it
 //!     (the same bytes in and about the same out).
 //!
+//! (d) two tailsift instances in one consumer group on the same input and broker
+//!     (each on a runtime of its own, as separate processes), against one: how
+//!     throughput scales with instances on one machine.
+//!
 //! Prints spans/s for each, the ratios, process CPU per span and peak RSS during each
 //! run. The input is sized within the embedded broker's per-partition retention
 //! (~5 MiB/partition), so nothing is truncated: the bench checks the low watermarks.
 //!
-//! `cargo bench --bench e2e` (env `E2E_SPANS` to change the input size). The last
+//! `cargo bench --bench e2e` (env `E2E_SPANS` to change the input size, `E2E_BATCH` the
+//! spans per message: 500 by default, 8192 as the Collector's batch processor). The last
 //! line, `summary e2e: ...`, is one line to compare across commits.
 //!
 //! On Apache Kafka instead (no retention limit; the broker is another process, so
@@ -172,6 +177,96 @@ async fn measured<F: std::future::Future<Output = (u64, Option<Instant>)>>(
     }
 }
 
+/// Runs `instances` tailsift instances in consumer group `group` over the whole
+/// input, timed from their first span read until every span was read and decided
+/// (the last acknowledgements and commit are waited for outside the timing). Each
+/// instance runs on a runtime of its own with two worker threads, as a process of
+/// its own would. Returns the run, when all input had been read, and when the last
+/// trace was decided.
+async fn run_tailsift(
+    bench: &Bench,
+    prometheus: &metrics_exporter_prometheus::PrometheusHandle,
+    total: f64,
+    instances: usize,
+    group: &str,
+) -> (RunResult, Option<Instant>, Instant) {
+    let cfg = Config::from_yaml(&format!(
+        r#"
+kafka: {{brokers: "{bootstrap}", group_id: {group}, input_topics: [{input}], output_topic: {output}}}
+buffer: {{decision_wait: 1s, decision_wait_after_root_received: 200ms, idle_delay: 200ms}}
+telemetry: {{listen: ""}}
+policies:
+  - {{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}
+  - {{name: slow, type: latency, latency: {{threshold_ms: 1000}}}}
+  - {{name: server-errors, type: numeric_attribute, numeric_attribute: {{key: http.status_code, min_value: 500, max_value: 599}}}}
+  - {{name: baseline, type: probabilistic, probabilistic: {{sampling_percentage: 5}}}}
+"#,
+        bootstrap = bench.bootstrap,
+        input = bench.input,
+        output = bench.output,
+    ))
+    .expect("bench config");
+    // The metrics registry is the process's: count from what earlier runs left.
+    let received0 = metric(&prometheus.render(), names::SPANS_RECEIVED);
+    let mut running = Vec::new();
+    for _ in 0..instances {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let trigger = ShutdownTrigger::new();
+        let shutdown = trigger.subscribe();
+        let cfg = cfg.clone();
+        let started = runtime
+            .spawn(async move { app::start(&cfg, shutdown).await.expect("start") })
+            .await
+            .expect("join");
+        running.push((runtime, trigger, started));
+    }
+    // Every partition assigned (the group's first rebalance settled).
+    while running.iter().map(|r| r.2.health.assigned()).sum::<usize>() < PARTITIONS as usize {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut read_all = None;
+    let result = measured(
+        if instances == 1 {
+            "tailsift"
+        } else {
+            "tailsift x2"
+        },
+        async {
+            let mut first = None;
+            loop {
+                let text = prometheus.render();
+                let received = metric(&text, names::SPANS_RECEIVED) - received0;
+                if received > 0.0 {
+                    first.get_or_insert_with(Instant::now);
+                }
+                if received >= total {
+                    read_all.get_or_insert_with(Instant::now);
+                }
+                if received >= total && metric(&text, names::BUFFER_TRACES) == 0.0 {
+                    return (0, first);
+                }
+                // Rendering the metrics is not free: poll slowly enough not to compete.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+    let decided_at = Instant::now();
+    while metric(&prometheus.render(), names::PINNED_MESSAGES) != 0.0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (runtime, trigger, started) in running {
+        trigger.trigger();
+        runtime.spawn(started.wait()).await.expect("join");
+        runtime.shutdown_background();
+    }
+    (result, read_all, decided_at)
+}
+
 /// Copies until every input message was read; returns the bytes produced and the time
 /// of the first message (the 3 s group join before it is not copying).
 async fn copier(
@@ -264,63 +359,16 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    // (b) tailsift.
-    let cfg = Config::from_yaml(&format!(
-        r#"
-kafka: {{brokers: "{bootstrap}", group_id: {group}, input_topics: [{input}], output_topic: {output}}}
-buffer: {{decision_wait: 1s, decision_wait_after_root_received: 200ms, idle_delay: 200ms}}
-telemetry: {{listen: ""}}
-policies:
-  - {{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}
-  - {{name: slow, type: latency, latency: {{threshold_ms: 1000}}}}
-  - {{name: server-errors, type: numeric_attribute, numeric_attribute: {{key: http.status_code, min_value: 500, max_value: 599}}}}
-  - {{name: baseline, type: probabilistic, probabilistic: {{sampling_percentage: 5}}}}
-"#,
-        group = bench.group,
-        output = bench.output,
-    ))
-    .expect("bench config");
+    // (b) tailsift, one instance; then (d) two instances in one group on the same
+    // input, each with its own runtime as a separate process would have.
     let prometheus = telemetry::install();
-    let trigger = ShutdownTrigger::new();
-    let running = app::start(&cfg, trigger.subscribe()).await.expect("start");
-    while running.health.assigned() == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let total = fed.spans as f64;
-    // Timed from its first span read (as the copier from its first message) until every
-    // span was read and decided; the last acknowledgements and the
-    // commit (up to `commit_interval` later) are waited for outside the timing.
-    let mut read_all = None;
-    let mut sampled = measured("tailsift", async {
-        let mut first = None;
-        loop {
-            let text = prometheus.render();
-            let received = metric(&text, names::SPANS_RECEIVED);
-            if received > 0.0 {
-                first.get_or_insert_with(Instant::now);
-            }
-            if received >= total {
-                read_all.get_or_insert_with(Instant::now);
-            }
-            if received >= total && metric(&text, names::BUFFER_TRACES) == 0.0 {
-                return (0, first);
-            }
-            // Rendering the metrics is not free: poll slowly enough not to compete.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    let decided_at = Instant::now();
-    loop {
-        let text = prometheus.render();
-        if metric(&text, names::PINNED_MESSAGES) == 0.0 {
-            sampled.out_bytes = metric(&text, names::BYTES_PRODUCED) as u64;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    trigger.trigger();
-    running.wait().await;
+    let (mut sampled, read_all, decided_at) =
+        run_tailsift(&bench, &prometheus, total, 1, &bench.group).await;
+    sampled.out_bytes = metric(&prometheus.render(), names::BYTES_PRODUCED) as u64;
+    let two_group = format!("{}-two", bench.group);
+    let (mut two, _, _) = run_tailsift(&bench, &prometheus, total, 2, &two_group).await;
+    two.out_bytes = metric(&prometheus.render(), names::BYTES_PRODUCED) as u64 - sampled.out_bytes;
 
     // (a) the copier, producing as many bytes as tailsift did.
     let ratio = sampled.out_bytes as f64 / fed.bytes as f64;
@@ -407,12 +455,12 @@ policies:
         fed.bytes as f64 / 1048576.0
     );
     println!(
-        "{:<10} {:>12} {:>10} {:>14} {:>12} {:>12}",
+        "{:<12} {:>12} {:>10} {:>14} {:>12} {:>12}",
         "run", "spans/s", "seconds", "CPU us/span", "peak RSS", "out MiB"
     );
-    for r in [&copy, &sampled] {
+    for r in [&copy, &sampled, &two] {
         println!(
-            "{:<10} {:>12.0} {:>10.2} {:>14.2} {:>9.0} MiB {:>12.1}",
+            "{:<12} {:>12.0} {:>10.2} {:>14.2} {:>9.0} MiB {:>12.1}",
             r.name,
             total / r.seconds,
             r.seconds,
@@ -424,6 +472,10 @@ policies:
     println!(
         "ratio tailsift/copier: {:.2}x (tailsift's time includes its last decision wait, 200 ms after the last root span; the copier's starts at its first message)",
         copy.seconds / sampled.seconds
+    );
+    println!(
+        "two instances in one group on the same 2 cores: {:.2}x one instance's throughput",
+        sampled.seconds / two.seconds
     );
     if let Some(read_all) = read_all {
         println!(
@@ -454,9 +506,10 @@ policies:
         copy_all.seconds / routed.seconds
     );
     println!(
-        "summary e2e: tailsift {:.0} spans/s = {:.2}x copier; route {:.0} spans/s = {:.2}x copier",
+        "summary e2e: tailsift {:.0} spans/s = {:.2}x copier; 2 instances {:.2}x of 1; route {:.0} spans/s = {:.2}x copier",
         total / sampled.seconds,
         copy.seconds / sampled.seconds,
+        sampled.seconds / two.seconds,
         total / routed.seconds,
         copy_all.seconds / routed.seconds
     );
