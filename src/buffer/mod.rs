@@ -33,64 +33,109 @@ use crate::flow::{Pin, TraceSummary};
 const TABLE_SLOT_BYTES: usize = size_of::<(TraceId, TraceEntry)>() + 1;
 /// Bytes of one place in a due queue.
 const QUEUE_SLOT_BYTES: usize = size_of::<(u64, TraceId)>();
-/// Book-keeping bytes of one buffered span besides its encoded bytes.
-pub const SPAN_OVERHEAD_BYTES: usize = size_of::<SpanRecord>();
+/// Book-keeping bytes of one buffered span besides its encoded bytes: its record.
+pub const SPAN_OVERHEAD_BYTES: usize = RECORD_BYTES;
 /// What the allocator adds to each allocation (glibc: an 8-byte header, 16-byte
 /// granularity).
 const ALLOCATION_OVERHEAD: usize = 16;
 
-/// Where a buffered span ends in its chunk's bytes, and which of the chunk's framings
-/// it goes under.
-type SpanRecord = (u32, u16);
+/// Bytes of one span's record in its chunk: where its body ends among the chunk's
+/// bodies (`u32`) and which of the chunk's framings it goes under (`u16`), packed.
+const RECORD_BYTES: usize = 6;
+/// Bytes of a chunk's span count, at the start of its data.
+const COUNT_BYTES: usize = 4;
 
-/// The spans of one trace from one input message, copied out of it.
+/// The spans of one trace from one input message, copied out of it: one allocation
+/// holds their count, their records and their encoded bodies, back to back, at its
+/// exact size; the framing comes along by reference (the first one inline: spans of
+/// one message and trace nearly always share one).
 #[derive(Debug)]
 struct Chunk {
     /// The input message's pin for this trace.
     pin: Pin,
-    /// The spans' encoded bodies, back to back, allocated at their exact size.
-    bytes: Box<[u8]>,
-    /// One record per span.
-    spans: Box<[SpanRecord]>,
-    /// The distinct framings of these spans (usually one).
-    frames: Box<[Arc<ScopeFrame>]>,
+    /// The framing of the spans whose record says 0.
+    frame: Arc<ScopeFrame>,
+    /// Framings 1.. when the spans came under several.
+    more_frames: Option<Box<[Arc<ScopeFrame>]>>,
+    /// Span count (`u32`), the records, then the bodies.
+    data: Box<[u8]>,
 }
 
 impl Chunk {
+    /// Copies `spans` (at least one) of `message` out.
     fn new(message: &Message, spans: &[Span], pin: Pin) -> Self {
-        let total = spans.iter().map(Span::len).sum();
-        let mut bytes = Vec::with_capacity(total);
-        let mut frames: Vec<Arc<ScopeFrame>> = Vec::new();
-        let records = spans
-            .iter()
-            .map(|s| {
-                bytes.extend_from_slice(message.bytes(s));
-                let end = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                let frame = message.frame(s);
-                let local = match frames.iter().position(|f| Arc::ptr_eq(f, frame)) {
-                    Some(i) => i,
+        let bodies: usize = spans.iter().map(Span::len).sum();
+        let head = COUNT_BYTES + spans.len() * RECORD_BYTES;
+        let mut data = Vec::with_capacity(head + bodies);
+        let count = u32::try_from(spans.len()).unwrap_or(u32::MAX);
+        data.extend_from_slice(&count.to_le_bytes());
+        let first = spans.first().map(|s| message.frame(s));
+        let mut more: Vec<Arc<ScopeFrame>> = Vec::new();
+        let mut end = 0usize;
+        for s in spans {
+            end += s.len();
+            let frame = message.frame(s);
+            let local = if first.is_some_and(|f| Arc::ptr_eq(f, frame)) {
+                0
+            } else {
+                match more.iter().position(|f| Arc::ptr_eq(f, frame)) {
+                    Some(i) => i + 1,
                     None => {
-                        frames.push(Arc::clone(frame));
-                        frames.len() - 1
+                        more.push(Arc::clone(frame));
+                        more.len()
                     }
-                };
-                (end, u16::try_from(local).unwrap_or(u16::MAX))
-            })
-            .collect();
+                }
+            };
+            data.extend_from_slice(&u32::try_from(end).unwrap_or(u32::MAX).to_le_bytes());
+            data.extend_from_slice(&u16::try_from(local).unwrap_or(u16::MAX).to_le_bytes());
+        }
+        for s in spans {
+            data.extend_from_slice(message.bytes(s));
+        }
         Chunk {
             pin,
-            bytes: bytes.into_boxed_slice(),
-            spans: records,
-            frames: frames.into_boxed_slice(),
+            frame: first.map_or_else(|| Arc::new(ScopeFrame::default()), Arc::clone),
+            more_frames: (!more.is_empty()).then(|| more.into_boxed_slice()),
+            data: data.into_boxed_slice(),
         }
+    }
+
+    /// Its spans' framings and bodies, in arrival order.
+    fn spans(&self) -> impl Iterator<Item = SpanRef<'_>> {
+        let count = self
+            .data
+            .first_chunk::<COUNT_BYTES>()
+            .map_or(0, |c| u32::from_le_bytes(*c) as usize);
+        let head = COUNT_BYTES + count * RECORD_BYTES;
+        let records = self.data.get(COUNT_BYTES..head).unwrap_or_default();
+        let bodies = self.data.get(head..).unwrap_or_default();
+        let mut start = 0usize;
+        records.chunks_exact(RECORD_BYTES).map(move |r| {
+            let end = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
+            let frame = usize::from(u16::from_le_bytes([r[4], r[5]]));
+            let frame = match frame {
+                0 => &self.frame,
+                i => self
+                    .more_frames
+                    .as_deref()
+                    .and_then(|m| m.get(i - 1))
+                    .unwrap_or(&self.frame), // cannot happen: records index our frames
+            };
+            let bytes = bodies.get(start..end).unwrap_or_default();
+            start = end;
+            SpanRef { frame, bytes }
+        })
     }
 
     /// Heap bytes it holds (its own struct is counted in the trace's vector).
     fn heap_bytes(&self) -> usize {
         let alloc = |n: usize| if n == 0 { 0 } else { n + ALLOCATION_OVERHEAD };
-        alloc(self.bytes.len())
-            + alloc(self.spans.len() * SPAN_OVERHEAD_BYTES)
-            + alloc(self.frames.len() * size_of::<Arc<ScopeFrame>>())
+        alloc(self.data.len())
+            + alloc(
+                self.more_frames
+                    .as_ref()
+                    .map_or(0, |m| m.len() * size_of::<Arc<ScopeFrame>>()),
+            )
     }
 }
 
@@ -142,18 +187,7 @@ impl TraceEntry {
     pub fn spans(&self) -> Vec<SpanRef<'_>> {
         let mut out = Vec::with_capacity(self.summary.span_count as usize);
         for c in &self.chunks {
-            let mut start = 0usize;
-            for &(end, frame) in c.spans.iter() {
-                let end = end as usize;
-                let Some(frame) = c.frames.get(usize::from(frame)) else {
-                    continue; // cannot happen: records index the chunk's own frames
-                };
-                out.push(SpanRef {
-                    frame,
-                    bytes: c.bytes.get(start..end).unwrap_or_default(),
-                });
-                start = end;
-            }
+            out.extend(c.spans());
         }
         out
     }

@@ -188,12 +188,12 @@ fn spans_are_copied_out_of_their_message_exactly() {
     let got = out[0].spans();
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|b| b.bytes() == [7u8; 100]));
-    // The table's four buckets, the due queue's first four places, one chunk with
-    // the two 100-byte bodies in one allocation, two 8-byte records in another and
-    // the one frame reference in a third: nothing else.
+    // The table's four buckets, the due queue's first four places, one chunk whose
+    // one allocation holds the span count, two 6-byte records and the two 100-byte
+    // bodies (its frame is referenced inline): nothing else.
     let table =
         4 * TABLE_SLOT_BYTES + 4 * QUEUE_SLOT_BYTES + s.queues.capacity() * size_of::<Queues>();
-    let chunk = size_of::<Chunk>() + (200 + 16) + (2 * 8 + 16) + (8 + 16);
+    let chunk = size_of::<Chunk>() + (4 + 2 * 6 + 200 + 16);
     assert_eq!(held, table + chunk);
 }
 
@@ -295,4 +295,33 @@ fn memory_pressure_takes_the_traces_closest_to_their_deadline() {
         &mut out,
     );
     assert_eq!(out[0].summary.trace_id, TraceId([2; 16]));
+}
+
+/// Spans of one trace and message under several framings keep each its own, and
+/// their bodies, in arrival order (the first framing is held inline, the others in
+/// a list of their own).
+#[test]
+fn spans_under_several_framings_keep_their_own() {
+    let frames: Vec<Arc<ScopeFrame>> = (0..3u8)
+        .map(|i| Arc::new(ScopeFrame::new(Bytes::from(vec![i; 4]))))
+        .collect();
+    let body: Vec<u8> = (0..60u8).collect();
+    let m = Message::new(Bytes::from(body.clone()), frames.clone());
+    let id = TraceId([5; 16]);
+    // (start, len, frame): bodies of different sizes, framings 1, 0, 2, 1.
+    let layout = [(0, 10, 1u32), (10, 20, 0), (30, 5, 2), (35, 25, 1)];
+    let spans: Vec<Span> = layout
+        .iter()
+        .map(|&(start, len, frame)| m.span_at(id, start, len, frame).expect("in the message"))
+        .collect();
+    let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
+    s.insert(id, &m, &spans, pin(0), T0);
+    let mut out = Vec::new();
+    s.take_due(now(T0 + 10_000), &mut out);
+    let got = out[0].spans();
+    assert_eq!(got.len(), layout.len());
+    for (g, &(start, len, frame)) in got.iter().zip(&layout) {
+        assert_eq!(g.bytes(), &body[start..start + len]);
+        assert!(std::ptr::eq(g.frame(), &*frames[frame as usize]));
+    }
 }
