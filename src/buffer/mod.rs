@@ -11,8 +11,9 @@
 //! traces closest to their deadline are taken early.
 //!
 //! A buffered trace owns compact copies of its spans: per input message, one
-//! exact-size block of encoded span bodies and one record per span (its end in the
-//! block and its shared framing). The input message itself is freed as soon as its
+//! exact-size allocation holding a 6-byte record per span (its end among the bodies
+//! and which shared framing it goes under) and the encoded span bodies. The input
+//! message itself is freed as soon as its
 //! spans are buffered, so what a trace holds is its spans' encoded size plus a few
 //! bytes each, whatever the batching of the input.
 //!
