@@ -25,8 +25,6 @@ use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::codec::{span_times, Message, ScopeFrame, Span, SpanRef, TraceId};
 use crate::flow::{Pin, TraceSummary};
 
@@ -167,8 +165,10 @@ pub struct TraceEntry {
     chunks: Vec<Chunk>,
     /// Heap bytes of the chunks.
     chunk_bytes: usize,
-    /// When its first span arrived (wall clock, for the decision latency metric).
-    pub first_seen: Instant,
+    /// When its first span arrived, for the decision latency metric: ms on the
+    /// process's monotonic clock (see [`monotonic_ms`]), wrapping; 4 bytes instead
+    /// of an `Instant`'s 16, in every table slot.
+    first_seen_ms: u32,
     /// The partition slot whose stream time it is due by (its first span's).
     home: u32,
     /// Due at this stream time (ms): its first span's stream time plus the wait.
@@ -178,6 +178,12 @@ pub struct TraceEntry {
 }
 
 impl TraceEntry {
+    /// How long since its first span arrived (exact for traces buffered under 49
+    /// days, which every trace is).
+    pub fn waited(&self) -> Duration {
+        Duration::from_millis(u64::from(monotonic_ms().wrapping_sub(self.first_seen_ms)))
+    }
+
     /// Heap bytes held besides its table slot: the chunk vector (by capacity, what
     /// is allocated) and the spans' copies.
     pub fn held_bytes(&self) -> usize {
@@ -306,7 +312,7 @@ impl Shard {
                 summary: TraceSummary::new(trace_id),
                 chunks: Vec::new(),
                 chunk_bytes: 0,
-                first_seen: Instant::now(),
+                first_seen_ms: monotonic_ms(),
                 home: pin.slot,
                 deadline: at.saturating_add(wait),
                 root_deadline: 0,
@@ -552,6 +558,15 @@ impl TraceLimits {
     fn reached(&self, t: &TraceSummary) -> bool {
         t.span_count >= self.max_spans || t.span_bytes >= self.max_bytes
     }
+}
+
+/// Milliseconds since the first call on the monotonic clock, wrapping at 2^32 (49
+/// days): differences of two readings less than that apart are exact.
+fn monotonic_ms() -> u32 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u32
 }
 
 /// Hashes a [`TraceId`] by its own bits: trace ids are random, so SipHash buys nothing.

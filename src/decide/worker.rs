@@ -479,9 +479,7 @@ impl ShardWorker {
         mut entry: TraceEntry,
         forced: Option<Forced>,
     ) -> Result<(), Closed> {
-        self.metrics
-            .latency
-            .record(entry.first_seen.elapsed().as_secs_f64());
+        self.metrics.latency.record(entry.waited().as_secs_f64());
         if let Some(f) = forced {
             match f {
                 Forced::Memory => self.metrics.forced_memory.increment(1),
