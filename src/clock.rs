@@ -273,6 +273,16 @@ impl IdleTracker {
     }
 }
 
+/// Milliseconds since the first call on the monotonic clock, wrapping at 2^32 (49
+/// days): the difference of two readings less than that apart is exact. Four bytes
+/// where an `Instant` takes sixteen (the buffer keeps one per trace).
+pub fn monotonic_ms() -> u32 {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u32
+}
+
 /// Now, in ns since the epoch.
 pub fn now_ns() -> u64 {
     SystemTime::now()

@@ -25,6 +25,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::monotonic_ms;
 use crate::codec::{span_times, Message, ScopeFrame, Span, SpanRef, TraceId};
 use crate::flow::{Pin, TraceSummary};
 
@@ -72,7 +73,8 @@ impl Chunk {
         let mut more: Vec<Arc<ScopeFrame>> = Vec::new();
         let mut end = 0usize;
         for s in spans {
-            end += s.len();
+            // The bytes copied below, not the range: they are what the records index.
+            end += message.bytes(s).len();
             let frame = message.frame(s);
             let local = if first.is_some_and(|f| Arc::ptr_eq(f, frame)) {
                 0
@@ -166,7 +168,7 @@ pub struct TraceEntry {
     /// Heap bytes of the chunks.
     chunk_bytes: usize,
     /// When its first span arrived, for the decision latency metric: ms on the
-    /// process's monotonic clock (see [`monotonic_ms`]), wrapping; 4 bytes instead
+    /// process's monotonic clock ([`crate::clock::monotonic_ms`]), wrapping; 4 bytes instead
     /// of an `Instant`'s 16, in every table slot.
     first_seen_ms: u32,
     /// The partition slot whose stream time it is due by (its first span's).
@@ -558,15 +560,6 @@ impl TraceLimits {
     fn reached(&self, t: &TraceSummary) -> bool {
         t.span_count >= self.max_spans || t.span_bytes >= self.max_bytes
     }
-}
-
-/// Milliseconds since the first call on the monotonic clock, wrapping at 2^32 (49
-/// days): differences of two readings less than that apart are exact.
-fn monotonic_ms() -> u32 {
-    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u32
 }
 
 /// Hashes a [`TraceId`] by its own bits: trace ids are random, so SipHash buys nothing.

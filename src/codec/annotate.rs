@@ -115,19 +115,16 @@ impl<'a> Annotated<'a> {
         let mut out = Vec::with_capacity(spans.len());
         // The spans of a trace nearly always share one tracestate (often none): the
         // merged value is worked out once per distinct input value, not per span.
-        let mut merged: Option<(Vec<u8>, Option<String>)> = None;
+        let mut merged: Option<(&[u8], Option<String>)> = None;
         for s in spans {
             let start = bytes.len();
             copy_without_annotation(s.bytes(), &mut bytes);
             bytes.extend_from_slice(&tail);
             if let Some(p) = a.probability {
                 let existing = trace_state(s.bytes());
-                let fresh = merged
-                    .as_ref()
-                    .is_none_or(|(seen, _)| seen[..] != *existing);
-                if fresh {
+                if merged.as_ref().is_none_or(|(seen, _)| *seen != existing) {
                     let value = merge_trace_state(&String::from_utf8_lossy(existing), p);
-                    merged = Some((existing.to_vec(), value));
+                    merged = Some((existing, value));
                 }
                 if let Some((_, Some(ts))) = &merged {
                     put_len_field(&mut bytes, 3, ts.as_bytes()); // Span.trace_state = 3

@@ -234,8 +234,7 @@ fn scan_resource_spans_in_order<'a>(
             _ => r.skip(field, wt)?,
         }
     }
-    for i in 0..cx.scopes.len() {
-        let (scope, scope_schema_url) = cx.scopes[i];
+    for &(scope, scope_schema_url) in &cx.scopes {
         let frame = cx.interner.intern(FrameParts {
             resource,
             resource_schema_url: schema_url,
