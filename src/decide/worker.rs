@@ -234,36 +234,73 @@ impl ShardWorker {
                 at,
                 generation,
             } => {
+                if self.ended(pin.slot, pin.epoch) {
+                    // Spans of an assignment already revoked, still in flight from
+                    // another scanner: their pins are stale and the partition's next
+                    // owner re-reads them. Buffered, they would join that owner's
+                    // copies if the partition came back here (a trace with its spans
+                    // twice) or be decided for nothing.
+                    return Ok(());
+                }
                 self.retest(generation, &message, &mut spans);
                 self.insert(pin, message, spans, at).await
             }
-            ShardMsg::Decisions(decisions) => {
+            ShardMsg::Decisions {
+                decisions,
+                assignments,
+            } => {
+                // The decisions were read for new assignments, so each slot's previous
+                // one has ended, though its revoke, which travels through the
+                // scanners, may not have come yet. Acted on after the restore, it
+                // would forget the decisions made here before the revoke, restored
+                // just now, and the re-read spans of those traces would go out again.
+                for (slot, epoch) in assignments {
+                    if let Some(previous) = epoch.checked_sub(1).filter(|e| *e > 0) {
+                        self.end_assignment(slot, previous);
+                    }
+                }
                 self.restore(decisions);
                 Ok(())
             }
             ShardMsg::Revoked { slot, epoch } => {
-                // Every scanner passes each revoke on, and only the copy from the
-                // partition's own scanner is ordered before the new assignment's
-                // spans: act on the first copy, which comes no later than that one,
-                // and ignore the rest, which may come after new spans of the slot
-                // (acting on them wiped those traces' due entries: never decided).
-                let seen = &mut self.revoked_epochs;
-                if seen.len() <= slot as usize {
-                    seen.resize(slot as usize + 1, None);
-                }
-                if seen[slot as usize].is_some_and(|e| e >= epoch) {
-                    return Ok(());
-                }
-                seen[slot as usize] = Some(epoch);
-                let clocks = &self.clocks;
-                self.shard.release_partition(slot, epoch, |s| clocks.get(s));
-                if self.forget_on_revoke {
-                    self.cache.forget_slot(slot);
-                }
-                self.publish();
+                self.end_assignment(slot, epoch);
                 Ok(())
             }
         }
+    }
+
+    /// Whether assignment `epoch` of partition slot `slot` is known to have ended.
+    fn ended(&self, slot: u32, epoch: u32) -> bool {
+        self.revoked_epochs
+            .get(slot as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|e| e >= epoch)
+    }
+
+    /// Forgets assignment `epoch` of `slot`: the traces pinned only to it and (in
+    /// exactly-once mode) the decisions made for it here. Once per assignment.
+    ///
+    /// Every scanner passes each revoke on, and only the copy from the partition's
+    /// own scanner is ordered before the new assignment's spans: act on the first
+    /// copy, which comes no later than that one, and ignore the rest, which may come
+    /// after new spans of the slot (acting on them wiped those traces' due entries:
+    /// never decided).
+    fn end_assignment(&mut self, slot: u32, epoch: u32) {
+        if self.ended(slot, epoch) {
+            return;
+        }
+        let seen = &mut self.revoked_epochs;
+        if seen.len() <= slot as usize {
+            seen.resize(slot as usize + 1, None);
+        }
+        seen[slot as usize] = Some(epoch);
+        let clocks = &self.clocks;
+        self.shard.release_partition(slot, epoch, |s| clocks.get(s));
+        if self.forget_on_revoke {
+            self.cache.forget_slot(slot);
+        }
+        self.publish();
     }
 
     /// Switches to the newest policy set: remembered decisions are renumbered to

@@ -297,12 +297,15 @@ async fn restored_decisions_bind_later_spans() {
         output_below: None,
     };
     p.worker
-        .handle(ShardMsg::Decisions(vec![
-            restored(1, Some("big")),
-            restored(2, None),
-            restored(3, Some("removed-since")),
-            restored(4, Some("big")),
-        ]))
+        .handle(ShardMsg::Decisions {
+            decisions: vec![
+                restored(1, Some("big")),
+                restored(2, None),
+                restored(3, Some("removed-since")),
+                restored(4, Some("big")),
+            ],
+            assignments: vec![(0, 1)],
+        })
         .await
         .expect("sink open");
     for (t, off) in [(1, 50), (2, 51), (3, 52)] {
@@ -329,6 +332,71 @@ async fn restored_decisions_bind_later_spans() {
     p.worker.on_tick().await.expect("sink open");
     assert!(kept_full(&mut p.out).is_empty());
     assert_eq!(released_offsets(&mut p.released), vec![40, 53]);
+}
+
+/// Exactly-once, the classic protocol's eager rebalance: a partition is revoked and
+/// given straight back. A trace this instance kept before the revoke went out in the
+/// transaction the revoke committed, but its pins were still held, so the committed
+/// offset lies before it and it is re-read. Its decision is read back before the
+/// partition resumes; the revoke's copy through the scanners can come after that
+/// (the source forwards it on its next message or commit tick), and must not wipe
+/// the restored decision: the re-read spans are already in the output. Spans of the
+/// revoked assignment still in flight are not buffered either: they would join the
+/// re-read copies of their trace. (A 1 -> 3 -> 1 rescale under the classic protocol
+/// wrote traces out twice.)
+#[tokio::test(start_paused = true)]
+async fn a_revoke_arriving_after_the_read_back_keeps_the_restored_decisions() {
+    let mut p = parts();
+    p.worker.skip_reread = true;
+    p.clocks.enter(0, 1);
+    for (t, off) in [(1, 10), (2, 11)] {
+        p.worker
+            .handle(spans_of(t, 0, 1, off, T0))
+            .await
+            .expect("sink open");
+    }
+    p.clocks.publish(0, 1, T0 + 2_000);
+    p.worker.on_tick().await.expect("sink open");
+    assert_eq!(kept_in(&mut p.out).len(), 2, "both kept in assignment 1");
+    // Revoked and given back: both decisions committed, their offsets not.
+    p.worker
+        .handle(ShardMsg::Decisions {
+            decisions: [1u8, 2]
+                .iter()
+                .map(|&t| Restored {
+                    trace_id: TraceId([t; 16]),
+                    policy: Some(Arc::from("all")),
+                    output_below: Some((0, 12)),
+                })
+                .collect(),
+            assignments: vec![(0, 2)],
+        })
+        .await
+        .expect("sink open");
+    // Assignment 1's last message, dealt before the revoke, and then the revoke.
+    p.worker
+        .handle(spans_of(3, 0, 1, 12, T0 + 100))
+        .await
+        .expect("sink open");
+    p.worker
+        .handle(ShardMsg::Revoked { slot: 0, epoch: 1 })
+        .await
+        .expect("sink open");
+    // Assignment 2 re-reads from offset 10.
+    p.clocks.enter(0, 2);
+    for (t, off) in [(1, 10), (2, 11), (3, 12)] {
+        p.worker
+            .handle(spans_of(t, 0, 2, off, T0))
+            .await
+            .expect("sink open");
+    }
+    p.clocks.publish(0, 2, T0 + 2_000);
+    p.worker.on_tick().await.expect("sink open");
+    assert_eq!(
+        kept_in(&mut p.out),
+        vec![(TraceId([3; 16]), 1)],
+        "traces 1 and 2 are in the output already; trace 3 once, with one copy of its span"
+    );
 }
 
 /// A reload renumbers the remembered decisions to the new set: late spans of a

@@ -115,7 +115,15 @@ pub enum ShardMsg {
         generation: u64,
     },
     /// Decisions read back from the decisions topic for newly assigned partitions.
-    Decisions(Vec<Restored>),
+    Decisions {
+        /// The decisions.
+        decisions: Vec<Restored>,
+        /// The assignments, `(slot, epoch)`, they were read back for. Each one's
+        /// previous assignment of the slot here has ended: the worker acts on that
+        /// revoke first if its copy through the scanners has not come yet, so that
+        /// the late copy cannot wipe the decisions just restored.
+        assignments: Vec<(u32, u32)>,
+    },
     /// A partition assignment was revoked: forget traces pinned only to it.
     Revoked {
         /// Tracker slot.

@@ -543,9 +543,24 @@ impl Source {
         for d in done.decisions {
             per_shard[shard_of_id(&d.trace_id, n)].push(d);
         }
+        // The assignments loaded for: a shard first ends each one's predecessor
+        // (whose revoke may still be on its way through the scanners), then restores.
+        let assignments: Vec<(u32, u32)> = {
+            let t = lock(&self.tracker);
+            done.parts
+                .iter()
+                .zip(&done.epochs)
+                .filter_map(|((topic, p), e)| Some((t.slot_of(topic, *p)?, (*e)?)))
+                .collect()
+        };
         for (shard, decisions) in self.shards.iter().zip(per_shard) {
             if !decisions.is_empty() {
-                let _ = shard.send(ShardMsg::Decisions(decisions)).await;
+                let assignments = assignments.clone();
+                let msg = ShardMsg::Decisions {
+                    decisions,
+                    assignments,
+                };
+                let _ = shard.send(msg).await;
             }
         }
         // Only the parts still in the assignment they were loaded for are done.

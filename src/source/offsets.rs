@@ -93,6 +93,11 @@ impl OffsetTracker {
         std::mem::take(&mut self.loading)
     }
 
+    /// The tracker slot of a partition, if it was ever assigned here.
+    pub fn slot_of(&self, topic: &str, partition: i32) -> Option<u32> {
+        self.find(topic, partition)
+    }
+
     /// The current assignment epoch of a partition, if it is assigned here.
     pub fn epoch_of(&self, topic: &str, partition: i32) -> Option<u32> {
         let p = &self.parts[self.find(topic, partition)? as usize];

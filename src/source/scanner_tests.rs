@@ -303,7 +303,7 @@ async fn revokes_and_readings_keep_their_place() {
             kinds.push(match m {
                 ShardMsg::Spans { .. } => "spans",
                 ShardMsg::Revoked { .. } => "revoked",
-                ShardMsg::Decisions(_) => "decisions",
+                ShardMsg::Decisions { .. } => "decisions",
             });
         }
         assert_eq!(kinds.last(), Some(&"revoked"), "shard {i}: {kinds:?}");
