@@ -79,6 +79,18 @@ fn head_word(b: &[u8]) -> u64 {
     }
 }
 
+/// Whether two keys of one length whose first eight bytes are equal are equal: up to
+/// 16 bytes by their last eight (overlapping the first), in registers; longer ones
+/// whole.
+#[inline(always)]
+fn rest_equal(a: &[u8], b: &[u8]) -> bool {
+    match (a.last_chunk::<8>(), b.last_chunk::<8>()) {
+        _ if a.len() <= 8 => true,
+        (Some(x), Some(y)) if a.len() <= 16 => x == y,
+        _ => a == b,
+    }
+}
+
 fn register(keys: &mut Vec<KeyMatchers>, key: &[u8], bit: u8, matcher: Matcher) {
     match keys.iter_mut().find(|(k, _)| &k[..] == key) {
         Some((_, list)) => list.push((bit, matcher)),
@@ -148,6 +160,9 @@ pub struct AttrMatchers {
     key_fields: Vec<KeyField>,
     /// Bits in use.
     used: u64,
+    /// Bit `len % 64` set for the length of each key in `keys`: most attribute keys
+    /// are told apart by their length alone.
+    key_lengths: u64,
     /// The set this one replaces: its bits are reused only for the same predicate.
     previous: Option<Box<AttrMatchers>>,
 }
@@ -268,6 +283,9 @@ impl AttrMatchers {
             &mut self.keys
         };
         register(target, key, bit, matcher);
+        if !trace_state {
+            self.key_lengths |= 1 << (key.len() % 64);
+        }
         Some(bit)
     }
 
@@ -309,14 +327,17 @@ impl AttrMatchers {
     }
 
     /// The predicates on `key`, if any. Called for every attribute of every span:
-    /// keys are told apart by length and first eight bytes before they are compared
-    /// whole, so most attributes cost no comparison call.
-    #[inline]
+    /// keys are told apart by length, then by their first eight bytes, before they
+    /// are compared whole, so most attributes cost a bit test.
+    #[inline(always)]
     pub(super) fn for_key(&self, key: &[u8]) -> Option<&[(u8, Matcher)]> {
+        if self.key_lengths & (1 << (key.len() % 64)) == 0 {
+            return None;
+        }
         let head = head_word(key);
         self.keys
             .iter()
-            .find(|(k, _)| k.len() == key.len() && head_word(k) == head && &k[..] == key)
+            .find(|(k, _)| k.len() == key.len() && head_word(k) == head && rest_equal(k, key))
             .map(|(_, l)| &l[..])
     }
 }

@@ -44,19 +44,38 @@ impl FrameParts<'_> {
             self.scope.unwrap_or_default(),
             self.scope_schema_url,
         ] {
-            h = mix(h, part.len() as u64);
-            let mut chunks = part.chunks_exact(8);
-            for c in &mut chunks {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(c);
-                h = mix(h, u64::from_le_bytes(w));
-            }
-            let mut w = [0u8; 8];
-            w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-            h = mix(h, u64::from_le_bytes(w));
+            h = mix(h, hash_bytes(part));
         }
         h
     }
+}
+
+/// Hashes `bytes` (a resource is often hundreds of them) in four independent lanes of
+/// eight bytes, so the multiplications overlap instead of waiting on each other.
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut lanes = [
+        0x243F_6A88_85A3_08D3u64 ^ bytes.len() as u64,
+        0x1319_8A2E_0370_7344,
+        0xA409_3822_299F_31D0,
+        0x082E_FA98_EC4E_6C89,
+    ];
+    let mut blocks = bytes.chunks_exact(32);
+    for b in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(b.chunks_exact(8)) {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(w);
+            *lane = mix(*lane, u64::from_le_bytes(v));
+        }
+    }
+    let rest = blocks.remainder();
+    let mut words = rest.chunks(8);
+    for lane in &mut lanes {
+        let Some(w) = words.next() else { break };
+        let mut v = [0u8; 8];
+        v[..w.len()].copy_from_slice(w);
+        *lane = mix(*lane, u64::from_le_bytes(v));
+    }
+    lanes.iter().fold(0, |h, &l| mix(h, l))
 }
 
 fn mix(h: u64, v: u64) -> u64 {

@@ -349,7 +349,7 @@ impl<'a> ResourceCx<'a> {
                     cx.attrs.push((key, v));
                 }
             } else {
-                cx.hits |= scan_key_value(kv, keys)?;
+                cx.hits |= key_value_hits(kv, keys)?;
             }
             Ok(())
         })?;
@@ -506,7 +506,9 @@ fn scan_span<const FULL: bool>(
                 r.expect(wt, FIXED64)?;
                 end_ns = r.fixed64()?;
             }
-            9 if !keys.is_empty() => hits |= scan_key_value(span.len_field(&mut r, wt)?, keys)?,
+            9 if !keys.is_empty() => {
+                hits |= key_value_hits(span.len_field(&mut r, wt)?, keys)?;
+            }
             15 => status = scan_status(span.len_field(&mut r, wt)?)?,
             16 => {
                 r.expect(wt, FIXED32)?;
@@ -640,6 +642,54 @@ fn scan_key_value_full<'a>(
     Ok((key, value, hits))
 }
 
+/// The bits an encoded `KeyValue` hits. Called for every attribute of every span and
+/// resource, so the layout every known encoder writes (the key, then a value holding
+/// one scalar, each with a one-byte length) is read in place: most keys are no
+/// predicate's and cost a bit test. Anything else goes through [`scan_key_value`],
+/// which gives the same answer for these.
+#[inline(always)]
+fn key_value_hits(kv: Msg<'_>, keys: &AttrMatchers) -> Result<u64, CodecError> {
+    if let [0x0a, len, rest @ ..] = kv.body {
+        if let Some((key, value)) = rest
+            .split_at_checked(usize::from(*len))
+            .filter(|_| *len < 0x80)
+        {
+            let Some(matchers) = keys.for_key(key) else {
+                return Ok(0);
+            };
+            if let Some(v) = plain_value(value) {
+                return Ok(hits_of(matchers, &v));
+            }
+        }
+    }
+    scan_key_value(kv, keys)
+}
+
+/// The scalar in `bytes` when they are exactly a `KeyValue.value` field holding an
+/// `AnyValue` with one string (under 128 bytes), bool, int or double; else `None`.
+#[inline(always)]
+fn plain_value(bytes: &[u8]) -> Option<AttrValue<'_>> {
+    let [0x12, len, any @ ..] = bytes else {
+        return None;
+    };
+    if *len >= 0x80 || usize::from(*len) != any.len() {
+        return None;
+    }
+    match any {
+        [0x0a, n, s @ ..] if *n < 0x80 && usize::from(*n) == s.len() => Some(AttrValue::Str(s)),
+        [0x18, int @ ..] => {
+            let mut r = Reader::new(int, 0);
+            let v = r.varint().ok()?;
+            r.at_end().then_some(AttrValue::Int(v as i64))
+        }
+        [0x10, b] if *b < 0x80 => Some(AttrValue::Bool(*b != 0)),
+        [0x21, d @ ..] => Some(AttrValue::Double(f64::from_bits(u64::from_le_bytes(
+            d.try_into().ok()?,
+        )))),
+        _ => None,
+    }
+}
+
 /// Tests one `KeyValue` against the predicates on its key; returns the bits it hits.
 /// Most attributes have no predicate: their key is compared and the rest skipped.
 fn scan_key_value(kv: Msg<'_>, keys: &AttrMatchers) -> Result<u64, CodecError> {
@@ -683,4 +733,101 @@ fn scan_any_value<'a>(v: &Msg<'a>) -> Result<Option<AttrValue<'a>>, CodecError> 
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
+    use prost::Message as _;
+
+    use super::{key_value_hits, scan_key_value, Msg};
+    use crate::codec::{AttrMatchers, Matcher};
+
+    const LONG_KEY: &str = "a.very.long.attribute.key.over.sixteen";
+
+    fn keys() -> AttrMatchers {
+        let mut k = AttrMatchers::default();
+        k.add("http.status_code", Matcher::IntRange(500, 599));
+        k.add(
+            "http.route",
+            Matcher::Exact(vec![b"/api/checkout"[..].into()]),
+        );
+        k.add("k", Matcher::Bool(true));
+        k.add(LONG_KEY, Matcher::Exact(vec![b"x"[..].into()]));
+        k
+    }
+
+    fn hits(bytes: &[u8], keys: &AttrMatchers) -> (Option<u64>, Option<u64>) {
+        let payload = Bytes::copy_from_slice(bytes);
+        let msg = || Msg {
+            payload: &payload,
+            base: 0,
+            body: &payload,
+        };
+        (
+            key_value_hits(msg(), keys).ok(),
+            scan_key_value(msg(), keys).ok(),
+        )
+    }
+
+    /// The in-place reading of an attribute agrees with the field-by-field one on
+    /// every layout, the ones it reads and the ones it hands on.
+    #[test]
+    fn attributes_read_in_place_hit_what_the_full_reading_hits() {
+        use any_value::Value as V;
+        let keys = keys();
+        let values = [
+            None,
+            Some(V::StringValue("/api/checkout".into())),
+            Some(V::StringValue("/api/cart".into())),
+            Some(V::StringValue("x".into())),
+            Some(V::StringValue("y".repeat(200))),
+            Some(V::IntValue(503)),
+            Some(V::IntValue(42)),
+            Some(V::IntValue(-1)),
+            Some(V::BoolValue(true)),
+            Some(V::BoolValue(false)),
+            Some(V::DoubleValue(503.0)),
+            Some(V::ArrayValue(ArrayValue::default())),
+        ];
+        let names = [
+            "http.status_code",
+            "http.route",
+            "k",
+            LONG_KEY,
+            "other",
+            "http.status_cod3",
+            "",
+        ];
+        let mut seen = 0u64;
+        for key in names {
+            for value in &values {
+                let kv = KeyValue {
+                    key: key.to_string(),
+                    value: value.clone().map(|v| AnyValue { value: Some(v) }),
+                    ..KeyValue::default()
+                };
+                let bytes = kv.encode_to_vec();
+                let (fast, full) = hits(&bytes, &keys);
+                assert_eq!(fast, full, "{kv:?}");
+                seen |= full.unwrap_or(0);
+                // Value first, a field after, the key twice, cut short.
+                // proto3 leaves an empty key out.
+                let value_at = if key.is_empty() { 0 } else { 2 + key.len() };
+                let swapped = [&bytes[value_at..], &bytes[..value_at]].concat();
+                let trailing = [&bytes[..], &[0x18, 0x01]].concat();
+                let twice = [&bytes[..value_at], &bytes[..]].concat();
+                for other in [swapped, trailing, twice] {
+                    let (fast, full) = hits(&other, &keys);
+                    assert_eq!(fast, full, "{kv:?} as {other:?}");
+                }
+                for cut in 1..bytes.len() {
+                    let (fast, full) = hits(&bytes[..cut], &keys);
+                    assert_eq!(fast, full, "{kv:?} cut at {cut}");
+                }
+            }
+        }
+        assert_eq!(seen, 0b1111, "every predicate was hit by some attribute");
+    }
 }
