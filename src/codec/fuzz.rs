@@ -19,7 +19,8 @@ fn valid_payload(seed: u64) -> Vec<u8> {
     g.next_trace(1_700_000_000_000_000_000).messages.concat()
 }
 
-fn keys() -> AttrMatchers {
+/// The predicates of the hot-path bench: an int range and an exact string.
+pub(super) fn keys() -> AttrMatchers {
     let mut k = AttrMatchers::default();
     k.add("http.status_code", Matcher::IntRange(500, 599));
     k.add(

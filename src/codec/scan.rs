@@ -747,12 +747,7 @@ mod tests {
     const LONG_KEY: &str = "a.very.long.attribute.key.over.sixteen";
 
     fn keys() -> AttrMatchers {
-        let mut k = AttrMatchers::default();
-        k.add("http.status_code", Matcher::IntRange(500, 599));
-        k.add(
-            "http.route",
-            Matcher::Exact(vec![b"/api/checkout"[..].into()]),
-        );
+        let mut k = crate::codec::fuzz::keys();
         k.add("k", Matcher::Bool(true));
         k.add(LONG_KEY, Matcher::Exact(vec![b"x"[..].into()]));
         k

@@ -97,6 +97,17 @@ fn kept_full(
     kept
 }
 
+/// Hands the worker one message per `(trace, offset)`, of assignment `epoch` of
+/// partition slot 0, read at stream time `at`.
+async fn read(p: &mut Parts, epoch: u32, spans: &[(u8, i64)], at: u64) {
+    for &(t, off) in spans {
+        p.worker
+            .handle(spans_of(t, 0, epoch, off, at))
+            .await
+            .expect("sink open");
+    }
+}
+
 /// Every pin released so far, by offset.
 fn released_offsets(released: &mut mpsc::UnboundedReceiver<Vec<Pin>>) -> Vec<i64> {
     let mut out = Vec::new();
@@ -237,12 +248,7 @@ async fn late_spans_follow_the_decision() {
         MemoryBudget::new(1 << 30, 0.9, 0.8),
     );
     p.clocks.enter(0, 1);
-    for (t, off) in [(1, 10), (1, 11), (2, 12)] {
-        p.worker
-            .handle(spans_of(t, 0, 1, off, T0))
-            .await
-            .expect("sink open");
-    }
+    read(&mut p, 1, &[(1, 10), (1, 11), (2, 12)], T0).await;
     p.clocks.publish(0, 1, T0 + 2_000);
     p.worker.on_tick().await.expect("sink open");
     assert_eq!(
@@ -308,12 +314,7 @@ async fn restored_decisions_bind_later_spans() {
         })
         .await
         .expect("sink open");
-    for (t, off) in [(1, 50), (2, 51), (3, 52)] {
-        p.worker
-            .handle(spans_of(t, 0, 1, off, T0))
-            .await
-            .expect("sink open");
-    }
+    read(&mut p, 1, &[(1, 50), (2, 51), (3, 52)], T0).await;
     assert_eq!(
         kept_full(&mut p.out),
         vec![
@@ -349,12 +350,7 @@ async fn a_revoke_arriving_after_the_read_back_keeps_the_restored_decisions() {
     let mut p = parts();
     p.worker.skip_reread = true;
     p.clocks.enter(0, 1);
-    for (t, off) in [(1, 10), (2, 11)] {
-        p.worker
-            .handle(spans_of(t, 0, 1, off, T0))
-            .await
-            .expect("sink open");
-    }
+    read(&mut p, 1, &[(1, 10), (2, 11)], T0).await;
     p.clocks.publish(0, 1, T0 + 2_000);
     p.worker.on_tick().await.expect("sink open");
     assert_eq!(kept_in(&mut p.out).len(), 2, "both kept in assignment 1");
@@ -374,22 +370,14 @@ async fn a_revoke_arriving_after_the_read_back_keeps_the_restored_decisions() {
         .await
         .expect("sink open");
     // Assignment 1's last message, dealt before the revoke, and then the revoke.
-    p.worker
-        .handle(spans_of(3, 0, 1, 12, T0 + 100))
-        .await
-        .expect("sink open");
+    read(&mut p, 1, &[(3, 12)], T0 + 100).await;
     p.worker
         .handle(ShardMsg::Revoked { slot: 0, epoch: 1 })
         .await
         .expect("sink open");
     // Assignment 2 re-reads from offset 10.
     p.clocks.enter(0, 2);
-    for (t, off) in [(1, 10), (2, 11), (3, 12)] {
-        p.worker
-            .handle(spans_of(t, 0, 2, off, T0))
-            .await
-            .expect("sink open");
-    }
+    read(&mut p, 2, &[(1, 10), (2, 11), (3, 12)], T0).await;
     p.clocks.publish(0, 2, T0 + 2_000);
     p.worker.on_tick().await.expect("sink open");
     assert_eq!(
