@@ -309,6 +309,17 @@ impl KafkaConfig {
                 ));
             }
         }
+        if let Some(v) = self
+            .consumer
+            .get("statistics.interval.ms")
+            .filter(|v| v.trim() == "0")
+        {
+            return Err(ConfigError::invalid(
+                "kafka.consumer.statistics.interval.ms",
+                v,
+                "a positive interval (ms): tailsift's health, lag metrics and idle-partition clock read librdkafka's statistics",
+            ));
+        }
         check_properties("kafka.consumer", &self.consumer)?;
         check_properties("kafka.producer", &self.producer)
     }

@@ -136,6 +136,14 @@ fn bad_values_name_field_value_and_expectation() {
         "brokers: localhost:9092\n  consumer: {enable.auto.commit: 'true'}",
     ));
     assert!(e.contains("`kafka.consumer.enable.auto.commit`"), "{e}");
+    let e = err(&MINIMAL.replace(
+        "brokers: localhost:9092",
+        "brokers: localhost:9092\n  consumer: {statistics.interval.ms: '0'}",
+    ));
+    assert!(
+        e.contains("`kafka.consumer.statistics.interval.ms` = 0: expected a positive interval"),
+        "{e}"
+    );
     let e = err(&format!("{MINIMAL}memory: {{limit: 8MiB}}\n"));
     assert!(
         e.contains("`memory.limit` = 8MiB: expected at least 16MiB"),

@@ -755,6 +755,12 @@ impl Source {
         let outages = self.health.outages();
         let outage = outages != self.outages_seen;
         self.outages_seen = outages;
+        // The probes have a client of their own, which can be back from an outage
+        // seconds before the consumer (each backs off on its own): until the consumer
+        // is connected again, no partition counts as caught up, so the wait after an
+        // outage is counted from when tailsift can read again, not from when its
+        // prober could.
+        let reading = self.health.kafka_up();
         let idle = IdleTracker {
             delay: self.stream.idle_delay,
             after_outage: self.stream.idle_delay_after_outage,
@@ -764,7 +770,11 @@ impl Source {
                 continue;
             }
             let t = self.time_of(slot, epoch);
-            let caught_up = if outage { None } else { caught_up };
+            let caught_up = match (outage, reading) {
+                (true, _) => None,
+                (false, false) => caught_up.map(|_| false),
+                (false, true) => caught_up,
+            };
             let Some(at) = idle.apply(t, seq, probe.started_ms, caught_up) else {
                 continue;
             };
