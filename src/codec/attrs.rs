@@ -84,9 +84,9 @@ fn head_word(b: &[u8]) -> u64 {
 /// whole.
 #[inline(always)]
 fn rest_equal(a: &[u8], b: &[u8]) -> bool {
-    match (a.last_chunk::<8>(), b.last_chunk::<8>()) {
-        _ if a.len() <= 8 => true,
-        (Some(x), Some(y)) if a.len() <= 16 => x == y,
+    match a.len() {
+        0..=8 => true,
+        9..=16 => a.last_chunk::<8>() == b.last_chunk::<8>(),
         _ => a == b,
     }
 }

@@ -649,11 +649,8 @@ fn scan_key_value_full<'a>(
 /// which gives the same answer for these.
 #[inline(always)]
 fn key_value_hits(kv: Msg<'_>, keys: &AttrMatchers) -> Result<u64, CodecError> {
-    if let [0x0a, len, rest @ ..] = kv.body {
-        if let Some((key, value)) = rest
-            .split_at_checked(usize::from(*len))
-            .filter(|_| *len < 0x80)
-        {
+    if let [0x0a, len @ 0..0x80, rest @ ..] = kv.body {
+        if let Some((key, value)) = rest.split_at_checked(usize::from(*len)) {
             let Some(matchers) = keys.for_key(key) else {
                 return Ok(0);
             };
