@@ -112,11 +112,11 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
         let t = &entry.summary;
         report.traces += 1;
         report.spans += u64::from(t.span_count);
-        report.bytes += t.span_bytes;
+        report.bytes += u64::from(t.span_bytes);
         if let Some(p) = verdict.policy() {
             report.kept_traces += 1;
             report.kept_spans += u64::from(t.span_count);
-            report.kept_bytes += t.span_bytes;
+            report.kept_bytes += u64::from(t.span_bytes);
             *kept.entry(p).or_default() += 1;
         }
     }

@@ -19,8 +19,8 @@
 //!
 //! [`crate::budget::MemoryBudget`] counts what all of this holds.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
+use std::hash::Hasher;
 use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +28,8 @@ use std::time::Duration;
 use crate::clock::monotonic_ms;
 use crate::codec::{span_times, Message, ScopeFrame, Span, SpanRef, TraceId};
 use crate::flow::{Pin, TraceSummary};
+use store::Store;
 
-/// Bytes of one slot of the trace table: the entry and its control byte.
-const TABLE_SLOT_BYTES: usize = size_of::<(TraceId, TraceEntry)>() + 1;
 /// Bytes of one place in a due queue.
 const QUEUE_SLOT_BYTES: usize = size_of::<(u64, TraceId)>();
 /// Book-keeping bytes of one buffered span besides its encoded bytes: its record.
@@ -55,8 +54,9 @@ struct Chunk {
     pin: Pin,
     /// The framing of the spans whose record says 0.
     frame: Arc<ScopeFrame>,
-    /// Framings 1.. when the spans came under several.
-    more_frames: Option<Box<[Arc<ScopeFrame>]>>,
+    /// Framings 1.. when the spans came under several (rare: boxed to keep the
+    /// chunk small).
+    more_frames: Option<Box<Vec<Arc<ScopeFrame>>>>,
     /// Span count (`u32`), the records, then the bodies.
     data: Box<[u8]>,
 }
@@ -96,7 +96,10 @@ impl Chunk {
         Chunk {
             pin,
             frame: first.map_or_else(|| Arc::new(ScopeFrame::default()), Arc::clone),
-            more_frames: (!more.is_empty()).then(|| more.into_boxed_slice()),
+            more_frames: (!more.is_empty()).then(|| {
+                more.shrink_to_fit();
+                Box::new(more)
+            }),
             data: data.into_boxed_slice(),
         }
     }
@@ -132,11 +135,10 @@ impl Chunk {
     fn heap_bytes(&self) -> usize {
         let alloc = |n: usize| if n == 0 { 0 } else { n + ALLOCATION_OVERHEAD };
         alloc(self.data.len())
-            + alloc(
-                self.more_frames
-                    .as_ref()
-                    .map_or(0, |m| m.len() * size_of::<Arc<ScopeFrame>>()),
-            )
+            + self.more_frames.as_ref().map_or(0, |m| {
+                alloc(size_of::<Vec<Arc<ScopeFrame>>>())
+                    + alloc(m.capacity() * size_of::<Arc<ScopeFrame>>())
+            })
     }
 }
 
@@ -165,8 +167,6 @@ pub struct TraceEntry {
     pub summary: TraceSummary,
     /// Its spans, one chunk per input message they came in.
     chunks: Vec<Chunk>,
-    /// Heap bytes of the chunks.
-    chunk_bytes: usize,
     /// When its first span arrived, for the decision latency metric: ms on the
     /// process's monotonic clock ([`crate::clock::monotonic_ms`]), wrapping; 4 bytes instead
     /// of an `Instant`'s 16, in every table slot.
@@ -186,10 +186,11 @@ impl TraceEntry {
         Duration::from_millis(u64::from(monotonic_ms().wrapping_sub(self.first_seen_ms)))
     }
 
-    /// Heap bytes held besides its table slot: the chunk vector (by capacity, what
-    /// is allocated) and the spans' copies.
+    /// Heap bytes held besides its record: the chunk vector (by capacity, what is
+    /// allocated) and the spans' copies.
     pub fn held_bytes(&self) -> usize {
-        self.chunks.capacity() * size_of::<Chunk>() + self.chunk_bytes
+        self.chunks.capacity() * size_of::<Chunk>()
+            + self.chunks.iter().map(Chunk::heap_bytes).sum::<usize>()
     }
 
     /// Its spans, in arrival order, to encode.
@@ -234,7 +235,7 @@ impl TraceEntry {
 /// One shard of the buffer.
 #[derive(Debug)]
 pub struct Shard {
-    traces: HashMap<TraceId, TraceEntry, BuildHasherDefault<TraceIdHasher>>,
+    traces: Store,
     /// Due queues per partition slot, deadlines in stream time.
     queues: Vec<Queues>,
     decision_wait: Duration,
@@ -258,7 +259,7 @@ impl Shard {
     /// An empty shard with the configured waits and per-trace limits.
     pub fn new(decision_wait: Duration, after_root: Option<Duration>, limits: TraceLimits) -> Self {
         Shard {
-            traces: HashMap::default(),
+            traces: Store::default(),
             queues: Vec::new(),
             decision_wait,
             after_root: after_root.filter(|d| *d < decision_wait),
@@ -272,7 +273,7 @@ impl Shard {
     /// Clears attribute hits outside `mask` in every buffered trace: the policy set
     /// was replaced and those predicates are gone.
     pub fn mask_hits(&mut self, mask: u64) {
-        for entry in self.traces.values_mut() {
+        for entry in self.traces.iter_mut() {
             entry.summary.attr_hits &= mask;
         }
     }
@@ -281,7 +282,7 @@ impl Shard {
     /// `rescan`, giving a span's `(hits, key, is_root)` (a new policy set reading
     /// other attributes). The key is the root span's, else the first span's.
     pub fn recompute_hits(&mut self, rescan: impl Fn(&SpanRef<'_>) -> (u64, u64, bool)) {
-        for entry in self.traces.values_mut() {
+        for entry in self.traces.iter_mut() {
             let (mut hits, mut key) = (0, 0);
             for s in entry.spans() {
                 let (h, k, root) = rescan(&s);
@@ -306,22 +307,17 @@ impl Shard {
         pin: Pin,
         at: u64,
     ) {
-        let mut is_new = false;
         let wait = self.decision_wait.as_millis() as u64;
-        let entry = self.traces.entry(trace_id).or_insert_with(|| {
-            is_new = true;
-            TraceEntry {
-                summary: TraceSummary::new(trace_id),
-                chunks: Vec::new(),
-                chunk_bytes: 0,
-                first_seen_ms: monotonic_ms(),
-                home: pin.slot,
-                deadline: at.saturating_add(wait),
-                root_deadline: 0,
-            }
+        let (entry, is_new) = self.traces.get_or_insert_with(trace_id, || TraceEntry {
+            summary: TraceSummary::new(trace_id),
+            chunks: Vec::new(),
+            first_seen_ms: monotonic_ms(),
+            home: pin.slot,
+            deadline: at.saturating_add(wait),
+            root_deadline: 0,
         });
         let (home, deadline) = (entry.home, entry.deadline);
-        let held_before = if is_new { 0 } else { entry.held_bytes() };
+        let capacity_before = entry.chunks.capacity();
         let was_over = self.limits.reached(&entry.summary);
         let mut root = false;
         for span in spans {
@@ -329,7 +325,7 @@ impl Shard {
             root |= span.is_root;
         }
         let chunk = Chunk::new(message, spans, pin);
-        entry.chunk_bytes += chunk.heap_bytes();
+        let chunk_bytes = chunk.heap_bytes();
         if entry.chunks.len() < 8 {
             // Most traces come in a few messages: grow one by one at first rather
             // than to the vector's default of four.
@@ -347,8 +343,7 @@ impl Shard {
             }
         }
         self.spans += spans.len();
-        self.held += entry.held_bytes();
-        self.held -= held_before;
+        self.held += chunk_bytes + (entry.chunks.capacity() - capacity_before) * size_of::<Chunk>();
         if !was_over && self.limits.reached(&entry.summary) {
             self.over_limit.push(trace_id);
         }
@@ -421,7 +416,7 @@ impl Shard {
 
     /// Whether the trace is buffered here.
     pub fn contains(&self, trace_id: &TraceId) -> bool {
-        self.traces.contains_key(trace_id)
+        self.traces.get(trace_id).is_some()
     }
 
     /// Moves every trace due by its partition's stream time (`clock`, `None` while a
@@ -479,12 +474,12 @@ impl Shard {
         let ids: Vec<TraceId> = self
             .traces
             .iter()
-            .filter(|(_, e)| {
+            .filter(|e| {
                 e.chunks
                     .iter()
                     .all(|c| c.pin.slot == slot && c.pin.epoch == epoch)
             })
-            .map(|(id, _)| *id)
+            .map(|e| e.summary.trace_id)
             .collect();
         for id in &ids {
             self.remove(id);
@@ -494,7 +489,7 @@ impl Shard {
         }
         let wait = self.decision_wait.as_millis() as u64;
         let mut moved = Vec::new();
-        for (id, e) in self.traces.iter_mut().filter(|(_, e)| e.home == slot) {
+        for e in self.traces.iter_mut().filter(|e| e.home == slot) {
             let Some(other) = e.chunks.iter().find(|c| c.pin.slot != slot) else {
                 continue;
             };
@@ -503,7 +498,7 @@ impl Shard {
             e.home = other.pin.slot;
             e.deadline = clock(e.home).unwrap_or(0).saturating_add(wait);
             e.root_deadline = 0;
-            moved.push((e.home, e.deadline, *id));
+            moved.push((e.home, e.deadline, e.summary.trace_id));
         }
         for (home, deadline, id) in moved {
             self.queues_of(home).by_first_span.push_back((deadline, id));
@@ -533,18 +528,12 @@ impl Shard {
         self.spans
     }
 
-    /// Bytes held: the spans' copies plus book-keeping, the table and queues counted
-    /// by their allocated capacity.
+    /// Bytes held: the spans' copies plus book-keeping, the records, their index and
+    /// the queues counted by their allocated capacity.
     pub fn bytes(&self) -> usize {
         // hashbrown allocates a power of two of buckets, at most 7/8 of them used.
-        let cap = self.traces.capacity();
-        let buckets = if cap == 0 {
-            0
-        } else {
-            (cap * 8 / 7).next_power_of_two()
-        };
         self.held
-            + buckets * TABLE_SLOT_BYTES
+            + self.traces.bytes()
             + self
                 .queues
                 .iter()
@@ -558,7 +547,7 @@ impl Shard {
 
 impl TraceLimits {
     fn reached(&self, t: &TraceSummary) -> bool {
-        t.span_count >= self.max_spans || t.span_bytes >= self.max_bytes
+        t.span_count >= self.max_spans || u64::from(t.span_bytes) >= self.max_bytes
     }
 }
 
@@ -581,5 +570,6 @@ impl Hasher for TraceIdHasher {
     }
 }
 
+mod store;
 #[cfg(test)]
 mod tests;

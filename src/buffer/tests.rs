@@ -188,11 +188,15 @@ fn spans_are_copied_out_of_their_message_exactly() {
     let got = out[0].spans();
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|b| b.bytes() == [7u8; 100]));
-    // The table's four buckets, the due queue's first four places, one chunk whose
-    // one allocation holds the span count, two 6-byte records and the two 100-byte
-    // bodies (its frame is referenced inline): nothing else.
-    let table =
-        4 * TABLE_SLOT_BYTES + 4 * QUEUE_SLOT_BYTES + s.queues.capacity() * size_of::<Queues>();
+    // The index's four buckets of a position and a control byte, the first page's
+    // first four records, the page list, the due queue's first four places, one
+    // chunk whose one allocation holds the span count, two 6-byte records and the two
+    // 100-byte bodies (its frame is referenced inline): nothing else.
+    let table = 4 * 5
+        + 4 * size_of::<TraceEntry>()
+        + 4 * size_of::<Vec<TraceEntry>>()
+        + 4 * QUEUE_SLOT_BYTES
+        + s.queues.capacity() * size_of::<Queues>();
     let chunk = size_of::<Chunk>() + (4 + 2 * 6 + 200 + 16);
     assert_eq!(held, table + chunk);
 }

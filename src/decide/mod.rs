@@ -148,8 +148,9 @@ impl Decider {
     /// per-host windows first (it re-reads every span, so only then), then
     /// [`Decider::decide`]s its summary.
     pub fn decide_entry(&self, entry: &mut TraceEntry) -> Verdict {
-        if entry.summary.one_clock_ns.is_none() && self.reads_duration() {
-            entry.summary.one_clock_ns = Some(entry.longest_host_window_ns());
+        if entry.summary.one_clock_ns().is_none() && self.reads_duration() {
+            let window = entry.longest_host_window_ns();
+            entry.summary.set_one_clock_ns(window);
         }
         self.decide(&entry.summary)
     }

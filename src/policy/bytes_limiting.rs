@@ -26,7 +26,7 @@ impl BytesLimitingConfig {
 /// The policy: a token per encoded byte of the trace (see [`Limiting`]).
 pub fn new(c: &BytesLimitingConfig) -> Limiting {
     Limiting::new(c.bytes_per_second, c.burst_capacity, |t: &TraceSummary| {
-        t.span_bytes
+        u64::from(t.span_bytes)
     })
 }
 

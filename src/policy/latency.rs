@@ -80,7 +80,9 @@ mod tests {
         let mut t = TraceSummary::new(TraceId([1; 16]));
         t.min_start_ns = 1_000_000_000;
         t.max_end_ns = t.min_start_ns + window_ms * 1_000_000;
-        t.one_clock_ns = root_ms.map(|ms| ms * 1_000_000);
+        if let Some(ms) = root_ms {
+            t.set_one_clock_ns(ms * 1_000_000);
+        }
         t
     }
 
@@ -93,7 +95,7 @@ mod tests {
         assert_eq!(open.evaluate(&trace(Some(99), 99)), Decision::NotSampled);
         assert_eq!(open.evaluate(&trace(Some(100), 100)), Decision::Sampled);
         let mut t = trace(None, 0);
-        t.one_clock_ns = Some(99_999_999); // 99.99 ms is 99 whole ms
+        t.set_one_clock_ns(99_999_999); // 99.99 ms is 99 whole ms
         assert_eq!(open.evaluate(&t), Decision::NotSampled);
         // With an upper bound OTel's lower bound is exclusive.
         let p = Latency::new(&LatencyConfig {

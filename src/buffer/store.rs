@@ -1,0 +1,219 @@
+//! Where a shard keeps its trace records: in pages of a fixed number of records, kept
+//! dense (a removal moves the last record into the gap and frees a page once it is
+//! empty), found by trace id through an index of 4-byte positions.
+//!
+//! A hash map of `TraceId -> TraceEntry` held each record in a table slot with its
+//! key and left a third of the slots empty on average (the table grows by doubling),
+//! and moved every record each time it grew. Here the table holds only positions, so
+//! its empty slots cost 5 bytes each, records never move when it grows, and record
+//! memory follows the number of traces, not its peak.
+
+use std::hash::BuildHasher;
+use std::mem::size_of;
+
+use hashbrown::HashTable;
+
+use super::{TraceEntry, TraceIdHasher};
+use crate::codec::TraceId;
+
+/// Records per page: 512 records of ~150 bytes, ~75 KiB a page.
+const PAGE: usize = 512;
+
+/// The records of one shard and their index.
+#[derive(Debug, Default)]
+pub(super) struct Store {
+    /// Positions (`page * PAGE + place`) of the records, keyed by their trace id.
+    index: HashTable<u32>,
+    /// Every page but the last is full, allocated for `PAGE` records exactly; the
+    /// last grows by doubling up to `PAGE` (a power of two).
+    pages: Vec<Vec<TraceEntry>>,
+    len: usize,
+}
+
+fn hash(id: &TraceId) -> u64 {
+    std::hash::BuildHasherDefault::<TraceIdHasher>::default().hash_one(id)
+}
+
+impl Store {
+    fn at(&self, pos: u32) -> &TraceEntry {
+        let pos = pos as usize;
+        &self.pages[pos / PAGE][pos % PAGE]
+    }
+
+    fn at_mut(&mut self, pos: u32) -> &mut TraceEntry {
+        let pos = pos as usize;
+        &mut self.pages[pos / PAGE][pos % PAGE]
+    }
+
+    fn position(&self, id: &TraceId) -> Option<u32> {
+        self.index
+            .find(hash(id), |&p| self.at(p).summary.trace_id == *id)
+            .copied()
+    }
+
+    /// The record of `id`.
+    pub(super) fn get(&self, id: &TraceId) -> Option<&TraceEntry> {
+        self.position(id).map(|p| self.at(p))
+    }
+
+    /// The record of `id`, made with `new` when there is none; and whether it was.
+    pub(super) fn get_or_insert_with(
+        &mut self,
+        id: TraceId,
+        new: impl FnOnce() -> TraceEntry,
+    ) -> (&mut TraceEntry, bool) {
+        if let Some(p) = self.position(&id) {
+            return (self.at_mut(p), false);
+        }
+        let entry = new();
+        debug_assert!(entry.summary.trace_id == id);
+        // Positions are u32: a shard holds far fewer than 4 billion traces (each costs
+        // over 100 bytes of a memory budget).
+        let pos = self.len as u32;
+        if self.len % PAGE == 0 {
+            self.pages.push(Vec::new());
+        }
+        if let Some(page) = self.pages.last_mut() {
+            page.push(entry);
+        }
+        self.len += 1;
+        let pages = &self.pages;
+        self.index.insert_unique(hash(&id), pos, |&p| {
+            let p = p as usize;
+            hash(&pages[p / PAGE][p % PAGE].summary.trace_id)
+        });
+        (self.at_mut(pos), true)
+    }
+
+    /// Takes the record of `id` out.
+    pub(super) fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
+        let pos = self.position(id)?;
+        if let Ok(found) = self.index.find_entry(hash(id), |&p| p == pos) {
+            found.remove();
+        }
+        let last = (self.len - 1) as u32;
+        if pos != last {
+            // The last record fills the gap: point its index entry at the gap.
+            let moved = hash(&self.at(last).summary.trace_id);
+            if let Some(p) = self.index.find_mut(moved, |&p| p == last) {
+                *p = pos;
+            }
+        }
+        let Some(mut tail) = self.pages.last_mut().and_then(Vec::pop) else {
+            return None; // cannot happen: `len` counts the records of the pages
+        };
+        self.len -= 1;
+        if self.len % PAGE == 0 {
+            self.pages.pop();
+        }
+        if pos != last {
+            std::mem::swap(self.at_mut(pos), &mut tail);
+        }
+        Some(tail)
+    }
+
+    /// Every record.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &TraceEntry> {
+        self.pages.iter().flatten()
+    }
+
+    /// Every record, to change (not their trace ids).
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut TraceEntry> {
+        self.pages.iter_mut().flatten()
+    }
+
+    /// Records held.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Forgets every record.
+    pub(super) fn clear(&mut self) {
+        self.index = HashTable::new();
+        self.pages = Vec::new();
+        self.len = 0;
+    }
+
+    /// Bytes allocated for the index and the pages (not what records point to).
+    pub(super) fn bytes(&self) -> usize {
+        // hashbrown allocates a power of two of buckets, at most 7/8 of them used,
+        // a control byte each.
+        let cap = self.index.capacity();
+        let buckets = if cap == 0 {
+            0
+        } else {
+            (cap * 8 / 7).next_power_of_two()
+        };
+        let records = match self.pages.split_last() {
+            Some((last, full)) => full.len() * PAGE + last.capacity(),
+            None => 0,
+        };
+        buckets * (size_of::<u32>() + 1)
+            + self.pages.capacity() * size_of::<Vec<TraceEntry>>()
+            + records * size_of::<TraceEntry>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::TraceSummary;
+
+    fn id(n: u32) -> TraceId {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&n.to_le_bytes());
+        b[8..12].copy_from_slice(&n.wrapping_mul(0x9E37_79B9).to_le_bytes());
+        TraceId(b)
+    }
+
+    fn record(n: u32) -> TraceEntry {
+        TraceEntry {
+            summary: TraceSummary::new(id(n)),
+            chunks: Vec::new(),
+            first_seen_ms: 0,
+            home: n,
+            deadline: u64::from(n),
+            root_deadline: 0,
+        }
+    }
+
+    #[test]
+    fn removals_anywhere_keep_every_other_record_findable_and_free_emptied_pages() {
+        let mut s = Store::default();
+        let n = 3 * PAGE as u32 + 7;
+        for i in 0..n {
+            let (e, new) = s.get_or_insert_with(id(i), || record(i));
+            assert!(new);
+            assert_eq!(e.home, i);
+        }
+        let (_, new) = s.get_or_insert_with(id(5), || record(999_999));
+        assert!(!new, "an id already held is found, not added again");
+        let full = s.bytes();
+        // Remove two thirds, from everywhere: every third from the front, the rest of
+        // the last page first, so records move from the end into gaps.
+        let mut gone = Vec::new();
+        for i in (0..n).rev().filter(|i| i % 3 != 0) {
+            let e = s.remove(&id(i)).expect("held");
+            assert_eq!((e.summary.trace_id, e.home), (id(i), i));
+            gone.push(i);
+        }
+        assert!(s.remove(&id(1)).is_none(), "removed already");
+        assert_eq!(s.len(), (n as usize).div_ceil(3));
+        for i in 0..n {
+            match s.get(&id(i)) {
+                Some(e) => {
+                    assert_eq!(i % 3, 0);
+                    assert_eq!((e.summary.trace_id, e.home), (id(i), i));
+                }
+                None => assert_ne!(i % 3, 0, "trace {i} lost"),
+            }
+        }
+        assert_eq!(s.iter().count(), s.len());
+        assert_eq!(s.pages.len(), s.len().div_ceil(PAGE));
+        assert!(s.bytes() < full, "emptied pages are freed");
+        for i in (0..n).filter(|i| i % 3 == 0) {
+            assert!(s.remove(&id(i)).is_some());
+        }
+        assert_eq!((s.len(), s.pages.len(), s.iter().count()), (0, 0, 0));
+    }
+}
