@@ -229,6 +229,8 @@ policies:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut read_all = None;
+    let forced0 = metric(&prometheus.render(), names::FORCED_DECISIONS);
+    let (mut polls, mut pressured) = (0u32, 0u32);
     let result = measured(
         if instances == 1 {
             "tailsift"
@@ -246,6 +248,10 @@ policies:
                 if received >= total {
                     read_all.get_or_insert_with(Instant::now);
                 }
+                polls += 1;
+                if metric(&text, names::MEMORY_PRESSURE) > 0.0 {
+                    pressured += 1;
+                }
                 if received >= total && metric(&text, names::BUFFER_TRACES) == 0.0 {
                     return (0, first);
                 }
@@ -256,6 +262,10 @@ policies:
     )
     .await;
     let decided_at = Instant::now();
+    let forced = metric(&prometheus.render(), names::FORCED_DECISIONS) - forced0;
+    println!(
+        "{instances} instance(s): memory pressure in {pressured} of {polls} polls, {forced} decisions forced early"
+    );
     while metric(&prometheus.render(), names::PINNED_MESSAGES) != 0.0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
