@@ -17,6 +17,9 @@
 //! spans are buffered, so what a trace holds is its spans' encoded size plus a few
 //! bytes each, whatever the batching of the input.
 //!
+//! The traces' records live in a store of dense pages behind a table of 4-byte
+//! positions (`store.rs`), not in a hash map of whole records.
+//!
 //! [`crate::budget::MemoryBudget`] counts what all of this holds.
 
 use std::collections::VecDeque;
