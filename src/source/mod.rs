@@ -13,6 +13,7 @@ mod decisions;
 mod offsets;
 mod scanner;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -717,24 +718,18 @@ impl Source {
             }
             let ends = prober.offsets_for_times(tpl, PROBE_TIMEOUT).ok();
             let positions = consumer.position().ok();
+            // Each list read once into a map: `find_partition` searches its list
+            // linearly, which made a probe quadratic in the partitions assigned
+            // (256 partitions: ~130k topic comparisons, every probe interval).
+            let ends = offsets_by_partition(ends.as_ref(), true);
+            let positions = offsets_by_partition(positions.as_ref(), false);
             let answers = parts
                 .iter()
                 .zip(seqs)
                 .map(|(a, seq)| {
-                    let (topic, partition) = (&a.topic, &a.partition);
-                    let end = ends.as_ref().and_then(|e| {
-                        let e = e.find_partition(topic, *partition)?;
-                        match (e.error(), e.offset()) {
-                            (Ok(()), Offset::Offset(o)) => Some(o),
-                            _ => None,
-                        }
-                    });
-                    let position = positions.as_ref().and_then(|p| {
-                        match p.find_partition(topic, *partition)?.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        }
-                    });
+                    let key = (a.topic.to_string(), a.partition);
+                    let end = ends.get(&key).copied();
+                    let position = positions.get(&key).copied();
                     let caught_up = end.map(|end| caught_up(end, a.next, position));
                     (a.partition, a.slot, a.epoch, seq, caught_up)
                 })
@@ -846,13 +841,6 @@ impl Source {
     }
 }
 
-/// Whether a partition whose end offset is `end` has been read to its end: `next`
-/// (one past the last message read) reached it, or the consumer's `position` did.
-/// The position is librdkafka's application position: one past the last message
-/// handed to tailsift, moved also past the transaction markers it skips (several
-/// of them can end a partition several transactional producers write, as the route
-/// stage's instances do in exactly-once mode), never past a message not yet handed
-/// over.
 /// The idle probes' client: the consumer's properties (brokers, security, isolation
 /// level, so it is told the same end offsets) under a group id of its own that it
 /// never joins, without the consumer's static membership.
@@ -864,6 +852,30 @@ fn probe_client(consumer: &ClientConfig, group: &str) -> Result<BaseConsumer, Ka
     c.create()
 }
 
+/// The offsets of a partition list by `(topic, partition)`, those that are offsets
+/// (and, with `errors_out`, carry no error).
+fn offsets_by_partition(
+    list: Option<&TopicPartitionList>,
+    errors_out: bool,
+) -> HashMap<(String, i32), i64> {
+    list.map(TopicPartitionList::elements)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !errors_out || e.error().is_ok())
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a partition whose end offset is `end` has been read to its end: `next`
+/// (one past the last message read) reached it, or the consumer's `position` did.
+/// The position is librdkafka's application position: one past the last message
+/// handed to tailsift, moved also past the transaction markers it skips (several
+/// of them can end a partition several transactional producers write, as the route
+/// stage's instances do in exactly-once mode), never past a message not yet handed
+/// over.
 fn caught_up(end: i64, next: Option<i64>, position: Option<i64>) -> bool {
     next.is_some_and(|n| n >= end) || position.is_some_and(|p| p >= end)
 }
@@ -963,5 +975,27 @@ pub(crate) fn unkeyed_reason(key: Option<&[u8]>) -> Option<&'static str> {
         None | Some([]) => Some("missing"),
         Some(k) if key_trace_id(k).is_some() => None,
         Some(_) => Some("not_trace_id"),
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    #[test]
+    fn a_probes_offsets_are_found_by_topic_and_partition() {
+        let mut l = TopicPartitionList::new();
+        for p in 0..300 {
+            let _ = l.add_partition_offset("a", p, Offset::Offset(i64::from(p) * 10));
+        }
+        let _ = l.add_partition_offset("b", 7, Offset::Offset(3));
+        let _ = l.add_partition_offset("b", 8, Offset::End);
+        let m = offsets_by_partition(Some(&l), true);
+        assert_eq!(m.len(), 301, "no entry for a partition without an offset");
+        assert_eq!(m.get(&("a".to_string(), 299)), Some(&2990));
+        assert_eq!(m.get(&("b".to_string(), 7)), Some(&3));
+        assert_eq!(m.get(&("a".to_string(), 7)), Some(&70));
+        assert_eq!(m.get(&("b".to_string(), 8)), None);
+        assert!(offsets_by_partition(None, false).is_empty());
     }
 }

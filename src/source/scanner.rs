@@ -286,9 +286,19 @@ fn deal(spans: &mut Vec<Span>, shards: usize) -> Vec<Vec<Span>> {
     let mut out: Vec<Vec<Span>> = if shards == 1 {
         vec![std::mem::take(spans)]
     } else {
-        let mut out: Vec<Vec<Span>> = (0..shards).map(|_| Vec::new()).collect();
-        for s in spans.drain(..) {
-            out[shard_of_id(&s.trace_id, shards)].push(s);
+        // Each list allocated once at its size: growing them by doubling reallocated
+        // and copied the spans several times per message.
+        let of: Vec<usize> = spans
+            .iter()
+            .map(|s| shard_of_id(&s.trace_id, shards))
+            .collect();
+        let mut sizes = vec![0usize; shards];
+        for &i in &of {
+            sizes[i] += 1;
+        }
+        let mut out: Vec<Vec<Span>> = sizes.into_iter().map(Vec::with_capacity).collect();
+        for (s, i) in spans.drain(..).zip(of) {
+            out[i].push(s);
         }
         out
     };
