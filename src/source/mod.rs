@@ -10,6 +10,7 @@
 
 mod context;
 mod decisions;
+mod inflight;
 mod offsets;
 mod scanner;
 
@@ -38,6 +39,7 @@ use crate::telemetry::{names, Health};
 
 pub use context::SourceContext;
 use decisions::DecisionsTopic;
+use inflight::InputGate;
 pub use offsets::OffsetTracker;
 use scanner::{shard_of_id, Input, ScanJob, Scanner};
 
@@ -111,6 +113,8 @@ pub struct Source {
     unkeyed: Arc<AtomicU64>,
     commit_interval: Duration,
     budget: MemoryBudget,
+    /// Input handed on and not yet buffered, against a cap in bytes.
+    gate: Arc<InputGate>,
     paused: bool,
     /// Messages and bytes received (handles registered once).
     received: [Counter; 2],
@@ -297,6 +301,10 @@ impl Source {
                 .map(|t| (Arc::from(t.as_str()), cfg.encoding_of(t)))
                 .collect(),
             unkeyed,
+            // An eighth of the buffer's share: at the default 512 MiB, ~13 messages
+            // of the Collector's 8192 spans, ~200 of 500 spans (more than the
+            // channels hold).
+            gate: InputGate::new(memory.buffer / 8),
         })
     }
 
@@ -595,9 +603,10 @@ impl Source {
     async fn handle(&mut self, m: BorrowedMessage<'_>) -> Result<(), ()> {
         // One copy out of librdkafka's buffer, charged to the budget until the shards
         // have copied its spans out (or its dead letter is delivered).
-        let payload = self
-            .budget
-            .charged_bytes(m.payload().map(<[u8]>::to_vec).unwrap_or_default());
+        let payload = self.gate.hold(
+            self.budget
+                .charged_bytes(m.payload().map(<[u8]>::to_vec).unwrap_or_default()),
+        );
         self.received[0].increment(1);
         self.received[1].increment(payload.len() as u64);
         // The guard pin: held until a scanner knows how many traces the message feeds.
@@ -653,7 +662,10 @@ impl Source {
         // by full shard channels, so its last spans could come after its decision.
         let partition = m.partition();
         drop(m);
-        self.scanner_of(partition).send(job).await.map_err(drop)
+        self.scanner_of(partition).send(job).await.map_err(drop)?;
+        // Backpressure in bytes: the channels are bounded in messages only.
+        self.gate.wait_below().await;
+        Ok(())
     }
 
     /// The scanner a partition's messages (and its clock updates) go through: always
