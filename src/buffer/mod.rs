@@ -176,7 +176,7 @@ pub struct TraceEntry {
     chunks: Vec<Chunk>,
     /// When its first span arrived, for the decision latency metric: ms on the
     /// process's monotonic clock ([`crate::clock::monotonic_ms`]), wrapping; 4 bytes instead
-    /// of an `Instant`'s 16, in every table slot.
+    /// of an `Instant`'s 16, in every record.
     first_seen_ms: u32,
     /// The partition slot whose stream time it is due by (its first span's).
     home: u32,
