@@ -30,14 +30,19 @@ pub(super) struct Store {
     len: usize,
 }
 
+/// The record at position `pos` of `pages`.
+fn record(pages: &[Vec<TraceEntry>], pos: u32) -> &TraceEntry {
+    let pos = pos as usize;
+    &pages[pos / PAGE][pos % PAGE]
+}
+
 fn hash(id: &TraceId) -> u64 {
     std::hash::BuildHasherDefault::<TraceIdHasher>::default().hash_one(id)
 }
 
 impl Store {
     fn at(&self, pos: u32) -> &TraceEntry {
-        let pos = pos as usize;
-        &self.pages[pos / PAGE][pos % PAGE]
+        record(&self.pages, pos)
     }
 
     fn at_mut(&mut self, pos: u32) -> &mut TraceEntry {
@@ -79,18 +84,20 @@ impl Store {
         self.len += 1;
         let pages = &self.pages;
         self.index.insert_unique(hash(&id), pos, |&p| {
-            let p = p as usize;
-            hash(&pages[p / PAGE][p % PAGE].summary.trace_id)
+            hash(&record(pages, p).summary.trace_id)
         });
         (self.at_mut(pos), true)
     }
 
     /// Takes the record of `id` out.
     pub(super) fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
-        let pos = self.position(id)?;
-        if let Ok(found) = self.index.find_entry(hash(id), |&p| p == pos) {
-            found.remove();
-        }
+        // One probe finds and removes the index entry.
+        let pages = &self.pages;
+        let (pos, _) = self
+            .index
+            .find_entry(hash(id), |&p| record(pages, p).summary.trace_id == *id)
+            .ok()?
+            .remove();
         let last = (self.len - 1) as u32;
         if pos != last {
             // The last record fills the gap: point its index entry at the gap.
