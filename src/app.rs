@@ -89,6 +89,27 @@ impl Running {
 /// # Errors
 /// [`AppError`] if a component cannot be created.
 pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError> {
+    start_pipeline(cfg, shutdown, false).await
+}
+
+/// Starts the pipeline again after it stopped itself ([`Health::wait_fatal`]: an
+/// aborted transaction, typically in a broker outage). The same as [`start`], except
+/// that each partition's first idle streak lasts `buffer.idle_delay_after_outage`:
+/// producers cut off by the same outage may still hold spans of the traces re-read
+/// from the committed offsets, and a fresh pipeline would otherwise remember no
+/// outage and decide those traces `idle_delay` after catching up.
+///
+/// # Errors
+/// [`AppError`] if a component cannot be created.
+pub async fn restart(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError> {
+    start_pipeline(cfg, shutdown, true).await
+}
+
+async fn start_pipeline(
+    cfg: &Config,
+    shutdown: Shutdown,
+    restarted: bool,
+) -> Result<Running, AppError> {
     // The recorder first: metric handles registered before it would go nowhere.
     let prometheus = telemetry::install();
     let policies = Arc::new(LivePolicies::new(Generation::build(cfg, None)?));
@@ -174,6 +195,7 @@ pub async fn start(cfg: &Config, shutdown: Shutdown) -> Result<Running, AppError
         idle_delay_after_outage: cfg.buffer.idle_delay_after_outage.0,
         probe_interval: (shortest / 10)
             .clamp(Duration::from_millis(100), Duration::from_millis(500)),
+        restarted,
     };
     let mut shard_txs = Vec::new();
     let mut workers = Vec::new();

@@ -178,9 +178,14 @@ pub struct PartitionTime {
 
 impl PartitionTime {
     /// A partition's stream time at the start of assignment `epoch`: unknown.
-    pub fn new(epoch: u32) -> Self {
+    /// `after_outage`: the assignment starts as if a probe had just failed, so its
+    /// first idle streak lasts [`IdleTracker::after_outage`] (a pipeline started again
+    /// after it stopped itself, typically in a broker outage, whose producers may
+    /// still hold records stamped before the restart).
+    pub fn new(epoch: u32, after_outage: bool) -> Self {
         PartitionTime {
             epoch,
+            outage: after_outage,
             ..PartitionTime::default()
         }
     }
@@ -413,5 +418,28 @@ mod tests {
             Some(40_000),
             "no outage since: 1 s again"
         );
+    }
+
+    /// An assignment that starts after an outage (a pipeline started again after it
+    /// stopped itself) needs the outage's streak before stream time follows the wall
+    /// clock, though no probe of its own failed; an ordinary one needs `delay`.
+    #[test]
+    fn an_assignment_begun_after_an_outage_waits_the_outage_delay() {
+        let idle = IdleTracker {
+            delay: Duration::from_secs(1),
+            after_outage: Duration::from_secs(10),
+        };
+        for (after_outage, moves_at) in [(true, 30_000), (false, 21_000)] {
+            let mut t = PartitionTime::new(1, after_outage);
+            assert!(t.record(Some(15_000), Duration::from_secs(60)));
+            let mut moved = None;
+            for probe in (20_000..=31_000).step_by(500) {
+                if idle.apply(&mut t, 1, probe, Some(true)).is_some() {
+                    moved = Some(probe);
+                    break;
+                }
+            }
+            assert_eq!(moved, Some(moves_at), "after_outage: {after_outage}");
+        }
     }
 }

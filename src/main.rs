@@ -227,7 +227,13 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
             loop {
                 let trigger = ShutdownTrigger::new();
                 let running = tokio::select! {
-                    started = app::start(&cfg, trigger.subscribe()) => started?,
+                    started = async {
+                        if restarts == 0 {
+                            app::start(&cfg, trigger.subscribe()).await
+                        } else {
+                            app::restart(&cfg, trigger.subscribe()).await
+                        }
+                    } => started?,
                     () = signals.recv() => {
                         // Nothing was read yet by this pipeline, so nothing is owed.
                         tracing::info!(message = "Shutdown requested while starting; stopping.");

@@ -66,6 +66,12 @@ pub struct StreamTime {
     pub idle_delay_after_outage: Duration,
     /// How often caught-up partitions are probed.
     pub probe_interval: Duration,
+    /// The pipeline was started again after it stopped itself (an aborted
+    /// transaction, typically in a broker outage): each partition's first assignment
+    /// waits `idle_delay_after_outage` before its stream time follows the wall clock,
+    /// as after a failed probe. Producers cut off by the same outage may still hold
+    /// records of the traces re-read from the committed offsets.
+    pub restarted: bool,
 }
 
 /// The consumer could not be created or subscribed.
@@ -683,7 +689,8 @@ impl Source {
         }
         let t = &mut self.times[i];
         if t.epoch != epoch {
-            *t = PartitionTime::new(epoch);
+            // The offset tracker numbers a partition's assignments from 1.
+            *t = PartitionTime::new(epoch, self.stream.restarted && epoch == 1);
         }
         t
     }
@@ -757,6 +764,11 @@ impl Source {
     /// through their scanner, after the messages already given to it.
     async fn apply_probe(&mut self, probe: Probe) -> Result<(), ()> {
         self.probing = false;
+        if probe.parts.is_empty() {
+            // Nothing assigned: an outage since the last probe stays for the
+            // partitions a later probe finds.
+            return Ok(());
+        }
         // Kafka went down since the last probe (an outage shorter than a probe's
         // timeout can leave every probe answered): as if this one had failed.
         let outages = self.health.outages();

@@ -26,7 +26,11 @@ pub use server::{serve, ServerError};
 #[derive(Debug, Default)]
 pub struct Health {
     kafka_up: AtomicBool,
-    /// Times Kafka went from up to down.
+    /// Kafka has been seen up, or reported down on every broker, at least once: from
+    /// then on only a change from up to down counts as an outage.
+    state_seen: AtomicBool,
+    /// Times Kafka went from up to down, plus one if every broker was reported down
+    /// before any connection came up (a start during an outage).
     outages: AtomicU64,
     assigned: AtomicUsize,
     /// The pipeline has started: the first metadata read is done.
@@ -56,6 +60,9 @@ impl Health {
         if was_up && !up {
             self.outages.fetch_add(1, Ordering::Relaxed);
         }
+        if up {
+            self.state_seen.store(true, Ordering::Relaxed);
+        }
         metrics::gauge!(names::KAFKA_UP).set(if up { 1.0 } else { 0.0 });
         if up {
             // Connected: an earlier failure's reason no longer applies.
@@ -76,6 +83,11 @@ impl Health {
     pub fn note_error(&self, error: &rdkafka::error::KafkaError, reason: &str) {
         use rdkafka::error::RDKafkaErrorCode;
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            // Started while Kafka is down: producers cut off by the same outage may
+            // deliver late, as after an outage seen from up (counted once).
+            if !self.state_seen.swap(true, Ordering::Relaxed) {
+                self.outages.fetch_add(1, Ordering::Relaxed);
+            }
             let keep = self.last_error.lock().is_ok_and(|l| !l.is_empty());
             self.set_kafka_up(false, (!keep).then(|| reason.to_string()));
         } else if let Ok(mut l) = self.last_error.lock() {
@@ -111,8 +123,8 @@ impl Health {
     }
 
     /// How many times Kafka went from up to down (all of a client's broker
-    /// connections lost): the source treats idle probes around one as failed, however
-    /// short it was.
+    /// connections lost), counting a start while every broker was down as one: the
+    /// source treats idle probes around one as failed, however short it was.
     pub fn outages(&self) -> u64 {
         self.outages.load(Ordering::Relaxed)
     }
@@ -265,4 +277,37 @@ fn describe_all() {
     }
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("TAILSIFT_COMMIT")).set(1.0);
     process_metrics();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    fn all_down() -> KafkaError {
+        KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)
+    }
+
+    /// A start while every broker is down counts as one outage (the idle probes then
+    /// wait `idle_delay_after_outage`), as does each later loss from up; a start that
+    /// merely has not connected yet does not.
+    #[test]
+    fn outages_count_losses_from_up_and_a_start_while_down() {
+        let h = Health::default();
+        h.set_kafka_up(false, None);
+        assert_eq!(h.outages(), 0, "not connected yet is no outage");
+        h.note_error(&all_down(), "1/1 brokers are down");
+        h.note_error(&all_down(), "1/1 brokers are down");
+        assert_eq!(h.outages(), 1, "started while down: one outage");
+        h.set_kafka_up(true, None);
+        h.note_error(&all_down(), "1/1 brokers are down");
+        assert_eq!(h.outages(), 2, "lost from up");
+
+        let h = Health::default();
+        h.set_kafka_up(true, None);
+        assert_eq!(h.outages(), 0);
+        h.set_kafka_up(false, None);
+        h.note_error(&all_down(), "1/1 brokers are down");
+        assert_eq!(h.outages(), 1, "one loss counts once");
+    }
 }
