@@ -12,7 +12,37 @@ pub const FIXED32: u8 = 5;
 /// Deepest nesting of groups skipped (prost's recursion limit is 100 too).
 const MAX_GROUP_DEPTH: u32 = 100;
 
+/// A varint of more than one byte at `pos` of `buf` (`base`: `buf`'s offset in the
+/// payload, for errors): its value and the position after it.
+#[inline(never)]
+fn varint_slow(buf: &[u8], mut pos: usize, base: usize) -> Result<(u64, usize), CodecError> {
+    let mut value: u64 = 0;
+    let mut shift = 0u32;
+    loop {
+        let Some(&b) = buf.get(pos) else {
+            return Err(CodecError::Truncated(base + pos));
+        };
+        pos += 1;
+        let invalid = |what| CodecError::Invalid {
+            at: base + pos,
+            what,
+        };
+        if shift == 63 && b > 1 {
+            return Err(invalid("varint overflows 64 bits"));
+        }
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok((value, pos));
+        }
+        shift += 7;
+        if shift > 63 {
+            return Err(invalid("varint longer than 10 bytes"));
+        }
+    }
+}
+
 /// A forward-only cursor over a protobuf message body.
+#[derive(Clone, Copy)]
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -36,7 +66,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a varint. Most varints in OTLP (field keys, lengths of attributes and
-    /// short strings) fit in one byte: that case is inlined, the rest is not.
+    /// short strings) fit in one byte: that case is inlined, the rest is not. The
+    /// slow path takes the bytes and the position, not the cursor, so callers' loops
+    /// keep the cursor in registers (a `&mut self` call out of line made the
+    /// compiler keep it in memory, and every field paid a store and a reload).
     #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, CodecError> {
         match self.buf.get(self.pos) {
@@ -44,29 +77,10 @@ impl<'a> Reader<'a> {
                 self.pos += 1;
                 Ok(u64::from(b))
             }
-            _ => self.varint_slow(),
-        }
-    }
-
-    #[inline(never)]
-    fn varint_slow(&mut self) -> Result<u64, CodecError> {
-        let mut value: u64 = 0;
-        let mut shift = 0u32;
-        loop {
-            let Some(&b) = self.buf.get(self.pos) else {
-                return Err(CodecError::Truncated(self.offset()));
-            };
-            self.pos += 1;
-            if shift == 63 && b > 1 {
-                return Err(self.invalid("varint overflows 64 bits"));
-            }
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-            shift += 7;
-            if shift > 63 {
-                return Err(self.invalid("varint longer than 10 bytes"));
+            _ => {
+                let (value, pos) = varint_slow(self.buf, self.pos, self.base)?;
+                self.pos = pos;
+                Ok(value)
             }
         }
     }
