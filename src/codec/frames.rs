@@ -36,17 +36,34 @@ impl FrameParts<'_> {
             && self.scope_schema_url == f.scope_schema_url()
     }
 
+    /// The four parts hashed as one byte string (copied together when they are
+    /// short, as they nearly always are), with each part's length mixed in so parts
+    /// cannot trade bytes. Hashing them one by one folded the lanes four times: for
+    /// parts of tens of bytes, most of the cost.
     fn hash(&self) -> u64 {
-        let mut h = 0x243F_6A88_85A3_08D3u64 ^ self.resource_hits;
-        for part in [
+        const JOINED: usize = 512;
+        let parts = [
             self.resource.unwrap_or_default(),
             self.resource_schema_url,
             self.scope.unwrap_or_default(),
             self.scope_schema_url,
-        ] {
-            h = mix(h, hash_bytes(part));
+        ];
+        let lengths = parts
+            .iter()
+            .fold(0x243F_6A88_85A3_08D3u64 ^ self.resource_hits, |h, p| {
+                mix(h, p.len() as u64)
+            });
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total > JOINED {
+            return parts.iter().fold(lengths, |h, p| mix(h, hash_bytes(p)));
         }
-        h
+        let mut joined = [0u8; JOINED];
+        let mut at = 0;
+        for p in parts {
+            joined[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        mix(lengths, hash_bytes(&joined[..total]))
     }
 }
 
