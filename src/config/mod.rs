@@ -234,7 +234,9 @@ pub struct BufferConfig {
     /// long to deliver what they held.
     #[serde(default = "default_idle_delay")]
     pub idle_delay: ConfigDuration,
-    /// `idle_delay` after the broker was unreachable (a failed probe): producers cut
+    /// `idle_delay` after the broker was unreachable (a failed probe, a start while
+    /// every broker is down, or the first assignment after the pipeline restarted
+    /// itself following an aborted transaction): producers cut
     /// off by the same outage reconnect with a backoff of their own (librdkafka's
     /// `reconnect.backoff.max.ms`, 10 s by default) before they deliver what they
     /// held, stamped with its time of production. Only how long the confirmation
