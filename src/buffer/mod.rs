@@ -33,8 +33,12 @@ use crate::codec::{span_times, Message, ScopeFrame, Span, SpanRef, TraceId};
 use crate::flow::{Pin, TraceSummary};
 use store::Store;
 
+/// One place in a due queue: the trace, and the low 32 bits of the deadline it was
+/// queued with, to tell a current place from one left by an earlier trace of the
+/// same id (the deadline itself is read from the record).
+type QueueSlot = (TraceId, u32);
 /// Bytes of one place in a due queue.
-const QUEUE_SLOT_BYTES: usize = size_of::<(u64, TraceId)>();
+const QUEUE_SLOT_BYTES: usize = size_of::<QueueSlot>();
 /// Book-keeping bytes of one buffered span besides its encoded bytes: its record.
 pub const SPAN_OVERHEAD_BYTES: usize = RECORD_BYTES;
 /// What the allocator adds to each allocation (glibc: an 8-byte header, 16-byte
@@ -53,8 +57,13 @@ const COUNT_BYTES: usize = 4;
 /// one message and trace nearly always share one).
 #[derive(Debug)]
 struct Chunk {
-    /// The input message's pin for this trace.
-    pin: Pin,
+    /// The input message's pin for this trace, but for its partition: the shard
+    /// knows each slot's (8 bytes less in every chunk).
+    slot: u32,
+    /// The pin's assignment generation.
+    epoch: u32,
+    /// The pin's offset.
+    offset: i64,
     /// The framing of the spans whose record says 0.
     frame: Arc<ScopeFrame>,
     /// Framings 1.. when the spans came under several (rare: boxed to keep the
@@ -101,7 +110,9 @@ impl Chunk {
             data.extend_from_slice(message.bytes(s));
         }
         Chunk {
-            pin,
+            slot: pin.slot,
+            epoch: pin.epoch,
+            offset: pin.offset,
             frame: first.map_or_else(|| Arc::new(ScopeFrame::default()), Arc::clone),
             more_frames: (!more.is_empty()).then(|| {
                 more.shrink_to_fit();
@@ -138,7 +149,21 @@ impl Chunk {
         })
     }
 
-    /// Heap bytes it holds (its own struct is counted in the trace's vector).
+    /// A chunk of no spans (for tests of the record store).
+    #[cfg(test)]
+    fn empty() -> Self {
+        Chunk {
+            slot: 0,
+            epoch: 0,
+            offset: 0,
+            frame: Arc::new(ScopeFrame::default()),
+            more_frames: None,
+            data: Box::default(),
+        }
+    }
+
+    /// Heap bytes it holds (its own struct is counted where it is: the trace's
+    /// record or the vector of its later chunks).
     fn heap_bytes(&self) -> usize {
         let alloc = |n: usize| if n == 0 { 0 } else { n + ALLOCATION_OVERHEAD };
         alloc(self.data.len())
@@ -172,8 +197,16 @@ impl Default for TraceLimits {
 pub struct TraceEntry {
     /// What the policies will read.
     pub summary: TraceSummary,
-    /// Its spans, one chunk per input message they came in.
-    chunks: Vec<Chunk>,
+    /// Its spans from the first input message they came in: in the record, as most
+    /// traces come in one message (a Collector batch holds whole traces).
+    first: Chunk,
+    /// One chunk per later input message, when there are any (a thin pointer: 8
+    /// bytes in every record instead of a vector's 24).
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer: 8 bytes in every record instead of a vector's 24"
+    )]
+    more: Option<Box<Vec<Chunk>>>,
     /// When its first span arrived, for the decision latency metric: ms on the
     /// process's monotonic clock ([`crate::clock::monotonic_ms`]), wrapping; 4 bytes instead
     /// of an `Instant`'s 16, in every record.
@@ -193,17 +226,48 @@ impl TraceEntry {
         Duration::from_millis(u64::from(monotonic_ms().wrapping_sub(self.first_seen_ms)))
     }
 
-    /// Heap bytes held besides its record: the chunk vector (by capacity, what is
-    /// allocated) and the spans' copies.
+    /// Heap bytes held besides its record: the spans' copies and the vector of
+    /// later chunks (by capacity, what is allocated).
     pub fn held_bytes(&self) -> usize {
-        self.chunks.capacity() * size_of::<Chunk>()
-            + self.chunks.iter().map(Chunk::heap_bytes).sum::<usize>()
+        self.chunks().map(Chunk::heap_bytes).sum::<usize>() + self.more_bytes()
+    }
+
+    /// Bytes of the vector of later chunks: its box and its buffer.
+    fn more_bytes(&self) -> usize {
+        self.more.as_ref().map_or(0, |m| {
+            size_of::<Vec<Chunk>>() + ALLOCATION_OVERHEAD + m.capacity() * size_of::<Chunk>()
+        })
+    }
+
+    /// Adds the chunk of a later message; returns the bytes it added to
+    /// [`TraceEntry::held_bytes`].
+    fn push(&mut self, chunk: Chunk) -> usize {
+        let before = self.more_bytes();
+        let added = chunk.heap_bytes();
+        let more = self.more.get_or_insert_with(Box::default);
+        if more.len() < 8 {
+            // Most traces come in a few messages: grow one by one at first rather
+            // than to the vector's default of four.
+            more.reserve_exact(1);
+        }
+        more.push(chunk);
+        added + self.more_bytes() - before
+    }
+
+    /// The partition slot of its first pin (the message its first spans came in).
+    pub fn first_slot(&self) -> u32 {
+        self.first.slot
+    }
+
+    /// Its chunks, in arrival order.
+    fn chunks(&self) -> impl Iterator<Item = &Chunk> {
+        std::iter::once(&self.first).chain(self.more.iter().flat_map(|m| m.iter()))
     }
 
     /// Its spans, in arrival order, to encode.
     pub fn spans(&self) -> Vec<SpanRef<'_>> {
         let mut out = Vec::with_capacity(self.summary.span_count as usize);
-        for c in &self.chunks {
+        for c in self.chunks() {
             out.extend(c.spans());
         }
         out
@@ -232,11 +296,6 @@ impl TraceEntry {
             .max()
             .unwrap_or(0)
     }
-
-    /// The input pins it holds, one per message it got spans from.
-    pub fn pins(&self) -> Vec<Pin> {
-        self.chunks.iter().map(|c| c.pin).collect()
-    }
 }
 
 /// One shard of the buffer.
@@ -250,16 +309,45 @@ pub struct Shard {
     limits: TraceLimits,
     /// Traces that reached a limit, to be decided now.
     over_limit: Vec<TraceId>,
+    /// The partition of each slot seen here (a slot is one partition for the
+    /// process's life), to give chunks' pins their partition back.
+    partitions: Vec<i32>,
     spans: usize,
     held: usize,
 }
 
-/// One partition's due queues: `(deadline, trace)` in the order they were buffered,
-/// which is deadline order as the partition's stream time only grows.
+/// One partition's due queues: traces in the order they were buffered, which is
+/// deadline order as the partition's stream time only grows.
 #[derive(Debug, Default)]
 struct Queues {
-    by_first_span: VecDeque<(u64, TraceId)>,
-    by_root_span: VecDeque<(u64, TraceId)>,
+    by_first_span: VecDeque<QueueSlot>,
+    by_root_span: VecDeque<QueueSlot>,
+}
+
+/// Which of a partition's due queues.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    /// By the first span's deadline.
+    First,
+    /// By the root span's earlier deadline.
+    Root,
+}
+
+impl Due {
+    /// The record's deadline this queue goes by (0: none).
+    fn of(self, e: &TraceEntry) -> u64 {
+        match self {
+            Due::First => e.deadline,
+            Due::Root => e.root_deadline,
+        }
+    }
+
+    fn queue(self, q: &mut Queues) -> &mut VecDeque<QueueSlot> {
+        match self {
+            Due::First => &mut q.by_first_span,
+            Due::Root => &mut q.by_root_span,
+        }
+    }
 }
 
 impl Shard {
@@ -272,6 +360,7 @@ impl Shard {
             after_root: after_root.filter(|d| *d < decision_wait),
             limits,
             over_limit: Vec::new(),
+            partitions: Vec::new(),
             spans: 0,
             held: 0,
         }
@@ -315,30 +404,35 @@ impl Shard {
         at: u64,
     ) {
         let wait = self.decision_wait.as_millis() as u64;
-        let (entry, is_new) = self.traces.get_or_insert_with(trace_id, || TraceEntry {
-            summary: TraceSummary::new(trace_id),
-            chunks: Vec::new(),
-            first_seen_ms: monotonic_ms(),
-            home: pin.slot,
-            deadline: at.saturating_add(wait),
-            root_deadline: 0,
-        });
+        self.learn_partition(pin.slot, pin.partition);
+        let chunk = Chunk::new(message, spans, pin);
+        let (pos, is_new, added) = match self.traces.position(&trace_id) {
+            Some(pos) => {
+                let added = self.traces.at_mut(pos).push(chunk);
+                (pos, false, added)
+            }
+            None => {
+                let added = chunk.heap_bytes();
+                let pos = self.traces.insert(TraceEntry {
+                    summary: TraceSummary::new(trace_id),
+                    first: chunk,
+                    more: None,
+                    first_seen_ms: monotonic_ms(),
+                    home: pin.slot,
+                    deadline: at.saturating_add(wait),
+                    root_deadline: 0,
+                });
+                (pos, true, added)
+            }
+        };
+        let entry = self.traces.at_mut(pos);
         let (home, deadline) = (entry.home, entry.deadline);
-        let capacity_before = entry.chunks.capacity();
         let was_over = self.limits.reached(&entry.summary);
         let mut root = false;
         for span in spans {
             entry.summary.add(span);
             root |= span.is_root;
         }
-        let chunk = Chunk::new(message, spans, pin);
-        let chunk_bytes = chunk.heap_bytes();
-        if entry.chunks.len() < 8 {
-            // Most traces come in a few messages: grow one by one at first rather
-            // than to the vector's default of four.
-            entry.chunks.reserve_exact(1);
-        }
-        entry.chunks.push(chunk);
         let mut root_deadline = None;
         if root && entry.root_deadline == 0 && pin.slot == home {
             if let Some(after) = self.after_root {
@@ -349,18 +443,41 @@ impl Shard {
                 }
             }
         }
+        let reached = !was_over && self.limits.reached(&entry.summary);
         self.spans += spans.len();
-        self.held += chunk_bytes + (entry.chunks.capacity() - capacity_before) * size_of::<Chunk>();
-        if !was_over && self.limits.reached(&entry.summary) {
+        self.held += added;
+        if reached {
             self.over_limit.push(trace_id);
         }
         let q = self.queues_of(home);
         if is_new {
-            q.by_first_span.push_back((deadline, trace_id));
+            q.by_first_span.push_back((trace_id, deadline as u32));
         }
         if let Some(d) = root_deadline {
-            q.by_root_span.push_back((d, trace_id));
+            q.by_root_span.push_back((trace_id, d as u32));
         }
+    }
+
+    /// Records `slot`'s partition.
+    fn learn_partition(&mut self, slot: u32, partition: i32) {
+        let i = slot as usize;
+        if self.partitions.len() <= i {
+            self.partitions.resize(i + 1, 0);
+        }
+        self.partitions[i] = partition;
+    }
+
+    /// The input pins `entry` holds, one per message it got spans from.
+    pub fn pins(&self, entry: &TraceEntry) -> Vec<Pin> {
+        entry
+            .chunks()
+            .map(|c| Pin {
+                slot: c.slot,
+                epoch: c.epoch,
+                offset: c.offset,
+                partition: self.partitions.get(c.slot as usize).copied().unwrap_or(0),
+            })
+            .collect()
     }
 
     fn queues_of(&mut self, slot: u32) -> &mut Queues {
@@ -390,8 +507,8 @@ impl Shard {
         let mut taken = 0;
         while taken < n {
             let mut best: Option<(u64, usize)> = None;
-            for (slot, q) in self.queues.iter().enumerate() {
-                let Some(&(deadline, _)) = q.by_first_span.front() else {
+            for slot in 0..self.queues.len() {
+                let Some(deadline) = self.front(slot, Due::First) else {
                     continue;
                 };
                 let now = clock(slot as u32).unwrap_or(0);
@@ -403,22 +520,32 @@ impl Shard {
             let Some((_, slot)) = best else {
                 break;
             };
-            let Some((deadline, id)) = self.queues[slot].by_first_span.pop_front() else {
-                break;
-            };
-            if self.is_due_entry(&id, slot as u32, deadline) {
+            if let Some((id, _)) = self.queues[slot].by_first_span.pop_front() {
                 out.extend(self.remove(&id));
                 taken += 1;
             }
         }
     }
 
-    /// Whether `id` is buffered with home `slot` and first-span deadline `deadline`
-    /// (queues keep entries of traces decided since, skipped when they come up).
-    fn is_due_entry(&self, id: &TraceId, slot: u32, deadline: u64) -> bool {
-        self.traces
-            .get(id)
-            .is_some_and(|e| e.home == slot && e.deadline == deadline)
+    /// The deadline of the first current place in `slot`'s `due` queue, after
+    /// dropping the places before it that traces decided since left (a place is
+    /// current while its trace is buffered with home `slot` and the deadline it was
+    /// queued with).
+    fn front(&mut self, slot: usize, due: Due) -> Option<u64> {
+        let q = due.queue(self.queues.get_mut(slot)?);
+        while let Some(&(id, tag)) = q.front() {
+            let current = self
+                .traces
+                .get(&id)
+                .filter(|e| e.home as usize == slot && due.of(e) as u32 == tag);
+            match current {
+                Some(e) => return Some(due.of(e)),
+                None => {
+                    q.pop_front();
+                }
+            }
+        }
+        None
     }
 
     /// Whether the trace is buffered here.
@@ -433,26 +560,11 @@ impl Shard {
             let Some(now) = clock(slot as u32) else {
                 continue;
             };
-            while let Some(&(deadline, id)) = self.queues[slot].by_root_span.front() {
-                if deadline > now {
-                    break;
-                }
-                self.queues[slot].by_root_span.pop_front();
-                if self
-                    .traces
-                    .get(&id)
-                    .is_some_and(|e| e.home == slot as u32 && e.root_deadline == deadline)
-                {
-                    out.extend(self.remove(&id));
-                }
-            }
-            while let Some(&(deadline, id)) = self.queues[slot].by_first_span.front() {
-                if deadline > now {
-                    break;
-                }
-                self.queues[slot].by_first_span.pop_front();
-                if self.is_due_entry(&id, slot as u32, deadline) {
-                    out.extend(self.remove(&id));
+            for due in [Due::Root, Due::First] {
+                while self.front(slot, due).is_some_and(|d| d <= now) {
+                    if let Some((id, _)) = due.queue(&mut self.queues[slot]).pop_front() {
+                        out.extend(self.remove(&id));
+                    }
                 }
             }
         }
@@ -481,11 +593,7 @@ impl Shard {
         let ids: Vec<TraceId> = self
             .traces
             .iter()
-            .filter(|e| {
-                e.chunks
-                    .iter()
-                    .all(|c| c.pin.slot == slot && c.pin.epoch == epoch)
-            })
+            .filter(|e| e.chunks().all(|c| c.slot == slot && c.epoch == epoch))
             .map(|e| e.summary.trace_id)
             .collect();
         for id in &ids {
@@ -497,18 +605,20 @@ impl Shard {
         let wait = self.decision_wait.as_millis() as u64;
         let mut moved = Vec::new();
         for e in self.traces.iter_mut().filter(|e| e.home == slot) {
-            let Some(other) = e.chunks.iter().find(|c| c.pin.slot != slot) else {
+            let Some(other) = e.chunks().find(|c| c.slot != slot) else {
                 continue;
             };
             // The new home's stream time is at least every deadline already queued
             // there minus the wait, so its queue stays in deadline order.
-            e.home = other.pin.slot;
+            e.home = other.slot;
             e.deadline = clock(e.home).unwrap_or(0).saturating_add(wait);
             e.root_deadline = 0;
             moved.push((e.home, e.deadline, e.summary.trace_id));
         }
         for (home, deadline, id) in moved {
-            self.queues_of(home).by_first_span.push_back((deadline, id));
+            self.queues_of(home)
+                .by_first_span
+                .push_back((id, deadline as u32));
         }
         ids.len()
     }
@@ -549,6 +659,7 @@ impl Shard {
                 * QUEUE_SLOT_BYTES
             + self.queues.capacity() * size_of::<Queues>()
             + self.over_limit.capacity() * size_of::<TraceId>()
+            + self.partitions.capacity() * size_of::<i32>()
     }
 }
 

@@ -45,12 +45,15 @@ impl Store {
         record(&self.pages, pos)
     }
 
-    fn at_mut(&mut self, pos: u32) -> &mut TraceEntry {
+    /// The record at `pos` (from [`Store::position`] or [`Store::insert`], valid
+    /// until the next removal).
+    pub(super) fn at_mut(&mut self, pos: u32) -> &mut TraceEntry {
         let pos = pos as usize;
         &mut self.pages[pos / PAGE][pos % PAGE]
     }
 
-    fn position(&self, id: &TraceId) -> Option<u32> {
+    /// Where the record of `id` is, if held.
+    pub(super) fn position(&self, id: &TraceId) -> Option<u32> {
         self.index
             .find(hash(id), |&p| self.at(p).summary.trace_id == *id)
             .copied()
@@ -61,17 +64,10 @@ impl Store {
         self.position(id).map(|p| self.at(p))
     }
 
-    /// The record of `id`, made with `new` when there is none; and whether it was.
-    pub(super) fn get_or_insert_with(
-        &mut self,
-        id: TraceId,
-        new: impl FnOnce() -> TraceEntry,
-    ) -> (&mut TraceEntry, bool) {
-        if let Some(p) = self.position(&id) {
-            return (self.at_mut(p), false);
-        }
-        let entry = new();
-        debug_assert!(entry.summary.trace_id == id);
+    /// Adds `entry`, whose trace id is not held yet; returns its position.
+    pub(super) fn insert(&mut self, entry: TraceEntry) -> u32 {
+        debug_assert!(self.position(&entry.summary.trace_id).is_none());
+        let h = hash(&entry.summary.trace_id);
         // Positions are u32: a shard holds far fewer than 4 billion traces (each costs
         // over 100 bytes of a memory budget).
         let pos = self.len as u32;
@@ -83,10 +79,9 @@ impl Store {
         }
         self.len += 1;
         let pages = &self.pages;
-        self.index.insert_unique(hash(&id), pos, |&p| {
-            hash(&record(pages, p).summary.trace_id)
-        });
-        (self.at_mut(pos), true)
+        self.index
+            .insert_unique(h, pos, |&p| hash(&record(pages, p).summary.trace_id));
+        pos
     }
 
     /// Takes the record of `id` out.
@@ -164,6 +159,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::Chunk;
     use crate::flow::TraceSummary;
 
     fn id(n: u32) -> TraceId {
@@ -176,7 +172,8 @@ mod tests {
     fn record(n: u32) -> TraceEntry {
         TraceEntry {
             summary: TraceSummary::new(id(n)),
-            chunks: Vec::new(),
+            first: Chunk::empty(),
+            more: None,
             first_seen_ms: 0,
             home: n,
             deadline: u64::from(n),
@@ -189,12 +186,11 @@ mod tests {
         let mut s = Store::default();
         let n = 3 * PAGE as u32 + 7;
         for i in 0..n {
-            let (e, new) = s.get_or_insert_with(id(i), || record(i));
-            assert!(new);
-            assert_eq!(e.home, i);
+            assert!(s.position(&id(i)).is_none());
+            let p = s.insert(record(i));
+            assert_eq!(s.at_mut(p).home, i);
+            assert_eq!(s.position(&id(i)), Some(p));
         }
-        let (_, new) = s.get_or_insert_with(id(5), || record(999_999));
-        assert!(!new, "an id already held is found, not added again");
         let full = s.bytes();
         // Remove two thirds, from everywhere: every third from the front, the rest of
         // the last page first, so records move from the end into gaps.

@@ -65,7 +65,7 @@ fn traces_are_due_after_decision_wait_in_order() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].summary.trace_id, TraceId([1; 16]));
     assert_eq!(out[0].spans().len(), 2);
-    assert_eq!(out[0].pins(), vec![pin(0), pin(2)]);
+    assert_eq!(s.pins(&out[0]), vec![pin(0), pin(2)]);
     s.take_due(now(T0 + 11000), &mut out);
     assert_eq!(out.len(), 2);
     assert_eq!(
@@ -158,6 +158,43 @@ fn a_trace_reaching_a_limit_is_taken_at_once() {
 }
 
 #[test]
+fn a_place_left_by_a_trace_decided_early_neither_decides_nor_holds_up_others() {
+    let limits = TraceLimits {
+        max_spans: 2,
+        max_bytes: u64::MAX,
+    };
+    let mut s = Shard::new(Duration::from_secs(10), None, limits);
+    let two = [span(1, false), span(1, false)];
+    s.insert(TraceId([1; 16]), &message(), &two, pin(0), T0);
+    let mut out = Vec::new();
+    s.take_over_limit(&mut out);
+    assert_eq!(out.len(), 1, "decided early; its place in the queue stays");
+    s.insert(
+        TraceId([2; 16]),
+        &message(),
+        &[span(2, false)],
+        pin(1),
+        T0 + 1000,
+    );
+    // The same id again: a new trace, due at T0 + 15 s, behind trace 2 in the queue.
+    s.insert(
+        TraceId([1; 16]),
+        &message(),
+        &[span(1, false)],
+        pin(2),
+        T0 + 5000,
+    );
+    s.take_due(now(T0 + 11_000), &mut out);
+    let ids: Vec<_> = out.iter().map(|e| e.summary.trace_id).collect();
+    assert_eq!(ids, vec![TraceId([1; 16]), TraceId([2; 16])]);
+    s.take_due(now(T0 + 14_999), &mut out);
+    assert_eq!(out.len(), 2);
+    s.take_due(now(T0 + 15_000), &mut out);
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[2].spans().len(), 1);
+}
+
+#[test]
 fn oldest_traces_can_be_taken_early() {
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
     for i in 1..=5u8 {
@@ -179,6 +216,12 @@ fn oldest_traces_can_be_taken_early() {
 
 #[test]
 fn spans_are_copied_out_of_their_message_exactly() {
+    // The record's layout, which `cargo bench --bench memory` measures: the summary
+    // 64 bytes, the first chunk 48, the later chunks' pointer 8, first arrival and
+    // home 8, the two deadlines 16.
+    assert_eq!(size_of::<TraceSummary>(), 64);
+    assert_eq!(size_of::<Chunk>(), 48);
+    assert_eq!(size_of::<TraceEntry>(), 144);
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
     let spans = [span(1, false), span(1, true)];
     s.insert(TraceId([1; 16]), &message(), &spans, pin(0), T0);
@@ -189,15 +232,17 @@ fn spans_are_copied_out_of_their_message_exactly() {
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|b| b.bytes() == [7u8; 100]));
     // The index's four buckets of a position and a control byte, the first page's
-    // first four records, the page list, the due queue's first four places, one
-    // chunk whose one allocation holds the span count, two 6-byte records and the two
-    // 100-byte bodies (its frame is referenced inline): nothing else.
+    // first four records, the page list, the due queue's first four places, the
+    // slots' partitions, and the one allocation of the chunk (inline in the record)
+    // holding the span count, two 6-byte records and the two 100-byte bodies (its
+    // frame is referenced inline): nothing else.
     let table = 4 * 5
         + 4 * size_of::<TraceEntry>()
         + 4 * size_of::<Vec<TraceEntry>>()
         + 4 * QUEUE_SLOT_BYTES
-        + s.queues.capacity() * size_of::<Queues>();
-    let chunk = size_of::<Chunk>() + (4 + 2 * 6 + 200 + 16);
+        + s.queues.capacity() * size_of::<Queues>()
+        + 4 * size_of::<i32>();
+    let chunk = 4 + 2 * 6 + 200 + 16;
     assert_eq!(held, table + chunk);
 }
 

@@ -148,7 +148,7 @@ impl Decider {
     /// per-host windows first (it re-reads every span, so only then), then
     /// [`Decider::decide`]s its summary.
     pub fn decide_entry(&self, entry: &mut TraceEntry) -> Verdict {
-        if entry.summary.one_clock_ns().is_none() && self.reads_duration() {
+        if entry.summary.one_clock_ms().is_none() && self.reads_duration() {
             let window = entry.longest_host_window_ns();
             entry.summary.set_one_clock_ns(window);
         }
@@ -229,7 +229,7 @@ mod tests {
     fn trace(errors: u32, hit: bool) -> TraceSummary {
         let mut t = TraceSummary::new(TraceId([3; 16]));
         t.span_count = 4;
-        t.error_spans = errors;
+        t.has_error = errors > 0;
         t.attr_hits = u64::from(hit);
         t
     }

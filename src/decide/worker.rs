@@ -530,12 +530,12 @@ impl ShardWorker {
         // spans (an error, say) are judged afresh rather than dropped unseen. Every
         // other decision binds the trace's late spans.
         if verdict.keep() || forced != Some(Forced::Memory) {
-            let slot = entry.pins().first().map_or(RESTORED, |p| p.slot);
+            let slot = entry.first_slot();
             self.cache.insert(&id, verdict, slot);
         }
         let record = self.record_decisions;
         if verdict.keep() {
-            let pins = entry.pins();
+            let pins = self.shard.pins(&entry);
             if self.remember_output {
                 if let Some(reach) = output_reach(&pins) {
                     self.cache.set_output(&id, reach);
@@ -553,14 +553,14 @@ impl ShardWorker {
         } else if record && forced != Some(Forced::Memory) {
             let dropped = DroppedTrace {
                 trace_id: id,
-                pins: entry.pins(),
+                pins: self.shard.pins(&entry),
             };
             self.sink
                 .send(SinkMsg::Dropped(dropped))
                 .await
                 .map_err(|_| Closed)
         } else {
-            self.releases.release(entry.pins());
+            self.releases.release(self.shard.pins(&entry));
             Ok(())
         }
     }

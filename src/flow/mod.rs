@@ -44,7 +44,7 @@ use crate::codec::{Message, Span, TraceId};
 
 pub use live::{Publisher, ScanKeys, Watch};
 pub use record::DecisionRecord;
-pub use summary::TraceSummary;
+pub use summary::{TraceSummary, MAX_ONE_CLOCK_MS};
 pub use txn::{PinCheck, TxnCommit, TxnError};
 
 /// A reference to one pin on an input message, carried with the spans it covers.

@@ -2,6 +2,12 @@
 
 use crate::codec::{Span, StatusCode, TraceId};
 
+const NS_PER_MS: u64 = 1_000_000;
+
+/// The longest duration on one clock a summary holds, in milliseconds (49.7 days):
+/// `u32::MAX` means none is known.
+pub const MAX_ONE_CLOCK_MS: u32 = u32::MAX - 1;
+
 /// The running summary of a trace's spans: everything the policies evaluate.
 #[derive(Debug, Clone)]
 pub struct TraceSummary {
@@ -16,22 +22,24 @@ pub struct TraceSummary {
     pub min_start_ns: u64,
     /// Latest span end (ns since epoch).
     pub max_end_ns: u64,
-    /// The trace's duration on one clock (see [`TraceSummary::one_clock_ns`]);
-    /// `u64::MAX` while unknown: 8 bytes in every buffered trace, not an `Option`'s 16.
-    one_clock_ns: u64,
-    /// Spans with status ERROR.
-    pub error_spans: u32,
-    /// Spans with status OK.
-    pub ok_spans: u32,
-    /// Spans with status UNSET.
-    pub unset_spans: u32,
-    /// Whether some span carries the W3C sampled flag.
-    pub sampled_flag: bool,
     /// The `dynamic` policy's key: the root span's, else the first span's (0: none).
     pub key_hash: u64,
     /// Bits of the attribute predicates (see `codec::AttrMatchers`) that some span or
     /// its resource satisfied.
     pub attr_hits: u64,
+    /// The trace's duration on one clock (see [`TraceSummary::one_clock_ms`]), in whole
+    /// milliseconds, which is all latency policies compare; `u32::MAX` while unknown.
+    /// 4 bytes in every buffered trace, not an `Option<u64>`'s 16.
+    one_clock_ms: u32,
+    /// Whether some span has status ERROR (policies ask whether, never how many: a
+    /// flag, not a count, in every buffered trace).
+    pub has_error: bool,
+    /// Whether some span has status OK.
+    pub has_ok: bool,
+    /// Whether some span has status UNSET.
+    pub has_unset: bool,
+    /// Whether some span carries the W3C sampled flag.
+    pub sampled_flag: bool,
 }
 
 impl TraceSummary {
@@ -43,13 +51,13 @@ impl TraceSummary {
             span_bytes: 0,
             min_start_ns: u64::MAX,
             max_end_ns: 0,
-            one_clock_ns: u64::MAX,
-            error_spans: 0,
-            ok_spans: 0,
-            unset_spans: 0,
-            sampled_flag: false,
             key_hash: 0,
             attr_hits: 0,
+            one_clock_ms: u32::MAX,
+            has_error: false,
+            has_ok: false,
+            has_unset: false,
+            sampled_flag: false,
         }
     }
 
@@ -65,9 +73,9 @@ impl TraceSummary {
             self.set_one_clock_ns(span.end_ns.saturating_sub(span.start_ns));
         }
         match span.status {
-            StatusCode::Error => self.error_spans += 1,
-            StatusCode::Ok => self.ok_spans += 1,
-            StatusCode::Unset => self.unset_spans += 1,
+            StatusCode::Error => self.has_error = true,
+            StatusCode::Ok => self.has_ok = true,
+            StatusCode::Unset => self.has_unset = true,
         }
         self.sampled_flag |= span.sampled_flag;
         if span.key_hash != 0 && (span.is_root || self.key_hash == 0) {
@@ -76,27 +84,32 @@ impl TraceSummary {
         self.attr_hits |= span.hits;
     }
 
-    /// The trace's duration as latency policies see it, robust to clock skew between
-    /// hosts: the root span's own duration when the root has arrived; otherwise the
-    /// longest window a single host saw (`max(end) - min(start)` over the spans of one
-    /// resource); otherwise (not computed) the span window over all spans, as the
-    /// OTel processor uses.
-    pub fn duration_ns(&self) -> u64 {
-        self.one_clock_ns()
-            .unwrap_or_else(|| self.max_end_ns.saturating_sub(self.min_start_ns))
+    /// The trace's duration as latency policies see it, in whole milliseconds, robust
+    /// to clock skew between hosts: the root span's own duration when the root has
+    /// arrived; otherwise the longest window a single host saw (`max(end) - min(start)`
+    /// over the spans of one resource); otherwise (not computed) the span window over
+    /// all spans, as the OTel processor uses.
+    pub fn duration_ms(&self) -> u64 {
+        self.one_clock_ms().map_or_else(
+            || self.max_end_ns.saturating_sub(self.min_start_ns) / NS_PER_MS,
+            u64::from,
+        )
     }
 
-    /// The trace's duration on one clock: the root span's own duration once the root
-    /// has arrived; at decision, without a root, the longest window one host saw (see
-    /// `buffer::TraceEntry::longest_host_window_ns`). `None` until one is known.
-    pub fn one_clock_ns(&self) -> Option<u64> {
-        (self.one_clock_ns != u64::MAX).then_some(self.one_clock_ns)
+    /// The trace's duration on one clock, in whole milliseconds: the root span's own
+    /// duration once the root has arrived; at decision, without a root, the longest
+    /// window one host saw (see `buffer::TraceEntry::longest_host_window_ns`). `None`
+    /// until one is known.
+    pub fn one_clock_ms(&self) -> Option<u32> {
+        (self.one_clock_ms != u32::MAX).then_some(self.one_clock_ms)
     }
 
-    /// Sets the duration on one clock (a duration of `u64::MAX` ns, 584 years, is
-    /// kept as one nanosecond less).
+    /// Sets the duration on one clock from nanoseconds, kept in whole milliseconds (a
+    /// duration of 49.7 days or more is kept as 49.7 days: latency thresholds are
+    /// refused above that, see `policy::LatencyConfig`).
     pub fn set_one_clock_ns(&mut self, ns: u64) {
-        self.one_clock_ns = ns.min(u64::MAX - 1);
+        self.one_clock_ms =
+            u32::try_from(ns / NS_PER_MS).map_or(MAX_ONE_CLOCK_MS, |ms| ms.min(MAX_ONE_CLOCK_MS));
     }
 
     /// Whether some span or resource satisfied the attribute predicate `bit`.

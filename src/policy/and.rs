@@ -77,7 +77,7 @@ mod tests {
     fn trace(spans: u32, errors: u32) -> TraceSummary {
         let mut t = TraceSummary::new(TraceId([1; 16]));
         t.span_count = spans;
-        t.error_spans = errors;
+        t.has_error = errors > 0;
         t
     }
 

@@ -2,6 +2,7 @@
 
 use super::spec::SpecError;
 use super::{Decision, Policy, TraceSummary};
+use crate::flow::MAX_ONE_CLOCK_MS;
 use serde::{Deserialize, Serialize};
 
 /// `latency`: keep traces whose duration is at least `threshold_ms`; with
@@ -27,6 +28,21 @@ impl LatencyConfig {
                 "a number of milliseconds >= 0",
             ));
         }
+        // A buffered trace keeps its duration in whole milliseconds below 49.7 days;
+        // bounds from there on could not be told apart.
+        let longest = i64::from(MAX_ONE_CLOCK_MS) - 1;
+        for (field, v) in [
+            ("threshold_ms", self.threshold_ms),
+            ("upper_threshold_ms", self.upper_threshold_ms),
+        ] {
+            if v > longest {
+                return Err(SpecError::invalid(
+                    format!("{at}.{field}"),
+                    v,
+                    format!("at most {longest} milliseconds (49.7 days)"),
+                ));
+            }
+        }
         if self.upper_threshold_ms != 0 && self.upper_threshold_ms <= self.threshold_ms {
             return Err(SpecError::invalid(
                 format!("{at}.upper_threshold_ms"),
@@ -41,7 +57,7 @@ impl LatencyConfig {
     }
 }
 
-/// Votes to keep traces whose duration ([`TraceSummary::duration_ns`]), in whole
+/// Votes to keep traces whose duration ([`TraceSummary::duration_ms`]), in whole
 /// milliseconds, is at least `threshold_ms`; with an upper bound, above `threshold_ms`
 /// and at most `upper_threshold_ms` (OTel's comparisons, lower bound exclusive then).
 #[derive(Debug)]
@@ -63,7 +79,7 @@ impl Latency {
 
 impl Policy for Latency {
     fn evaluate(&self, trace: &TraceSummary) -> Decision {
-        let ms = trace.duration_ns() / 1_000_000;
+        let ms = trace.duration_ms();
         Decision::sampled_if(match self.upper_ms {
             None => ms >= self.threshold_ms,
             Some(upper) => self.threshold_ms < ms && ms <= upper,
@@ -84,6 +100,36 @@ mod tests {
             t.set_one_clock_ns(ms * 1_000_000);
         }
         t
+    }
+
+    #[test]
+    fn durations_past_the_longest_bound_still_pass_every_bound() {
+        let longest = i64::from(MAX_ONE_CLOCK_MS) - 1;
+        let ok = LatencyConfig {
+            threshold_ms: longest - 1,
+            upper_threshold_ms: longest,
+        };
+        assert!(ok.validate("policies[0].latency").is_ok());
+        let e = LatencyConfig {
+            threshold_ms: longest + 1,
+            upper_threshold_ms: 0,
+        }
+        .validate("policies[0].latency")
+        .expect_err("past 49.7 days");
+        assert!(
+            e.to_string().contains("policies[0].latency.threshold_ms"),
+            "{e}"
+        );
+        // A 60-day root span is above the lowest refused threshold and past the
+        // highest accepted upper bound.
+        let mut t = trace(None, 0);
+        t.set_one_clock_ns(60 * 86_400 * 1_000_000_000);
+        let at_least = Latency::new(&LatencyConfig {
+            threshold_ms: longest,
+            upper_threshold_ms: 0,
+        });
+        assert_eq!(at_least.evaluate(&t), Decision::Sampled);
+        assert_eq!(Latency::new(&ok).evaluate(&t), Decision::NotSampled);
     }
 
     #[test]

@@ -73,7 +73,7 @@ mod tests {
         let mut long = TraceSummary::new(TraceId([1; 16]));
         long.span_count = 12;
         assert_eq!(set.policies[0].policy.evaluate(&long), Decision::Sampled);
-        long.error_spans = 1;
+        long.has_error = true;
         assert_eq!(set.policies[0].policy.evaluate(&long), Decision::NotSampled);
         let nested = "kafka: {brokers: x, input_topics: [i], output_topic: o}\npolicies:\n  - {name: n, type: not, not: {not_sub_policy: {name: m, type: not, not: {not_sub_policy: {name: a, type: always_sample}}}}}\n";
         let e = Config::from_yaml(nested).expect_err("not in not");
@@ -83,7 +83,7 @@ mod tests {
         let set = PolicySet::build(&cfg.policies).expect("builds");
         let mut t = TraceSummary::new(TraceId([1; 16]));
         assert_eq!(set.policies[0].policy.evaluate(&t), Decision::Sampled);
-        t.error_spans = 1;
+        t.has_error = true;
         assert_eq!(set.policies[0].policy.evaluate(&t), Decision::NotSampled);
     }
 }

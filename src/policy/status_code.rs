@@ -57,9 +57,8 @@ impl StatusCodeFilter {
 
 impl Policy for StatusCodeFilter {
     fn evaluate(&self, t: &TraceSummary) -> Decision {
-        let hit = (self.error && t.error_spans > 0)
-            || (self.ok && t.ok_spans > 0)
-            || (self.unset && t.unset_spans > 0);
+        let hit =
+            (self.error && t.has_error) || (self.ok && t.has_ok) || (self.unset && t.has_unset);
         Decision::sampled_if(hit)
     }
 }
@@ -75,10 +74,10 @@ mod tests {
             status_codes: vec!["ERROR".into()],
         });
         let mut t = TraceSummary::new(TraceId([1; 16]));
-        t.ok_spans = 10;
-        t.unset_spans = 3;
+        t.has_ok = true;
+        t.has_unset = true;
         assert_eq!(p.evaluate(&t), Decision::NotSampled);
-        t.error_spans = 1;
+        t.has_error = true;
         assert_eq!(p.evaluate(&t), Decision::Sampled);
         let unset = StatusCodeFilter::new(&StatusCodeConfig {
             status_codes: vec!["UNSET".into(), "OK".into()],
