@@ -32,6 +32,7 @@ use crate::clock::monotonic_ms;
 use crate::codec::{span_times, Message, ScopeFrame, Span, SpanRef, TraceId};
 use crate::flow::{Pin, TraceSummary};
 use store::Store;
+use thin_vec::ThinVec;
 
 /// One place in a due queue: the trace, and the low 32 bits of the deadline it was
 /// queued with, to tell a current place from one left by an earlier trace of the
@@ -48,6 +49,8 @@ const ALLOCATION_OVERHEAD: usize = 16;
 /// Bytes of one span's record in its chunk: where its body ends among the chunk's
 /// bodies (`u32`) and which of the chunk's framings it goes under (`u16`), packed.
 const RECORD_BYTES: usize = 6;
+/// Bytes of a `ThinVec`'s length and capacity, at the start of its allocation.
+const THIN_VEC_HEADER: usize = 2 * size_of::<usize>();
 /// Bytes of a chunk's span count, at the start of its data.
 const COUNT_BYTES: usize = 4;
 
@@ -200,13 +203,10 @@ pub struct TraceEntry {
     /// Its spans from the first input message they came in: in the record, as most
     /// traces come in one message (a Collector batch holds whole traces).
     first: Chunk,
-    /// One chunk per later input message, when there are any (a thin pointer: 8
-    /// bytes in every record instead of a vector's 24).
-    #[expect(
-        clippy::box_collection,
-        reason = "a thin pointer: 8 bytes in every record instead of a vector's 24"
-    )]
-    more: Option<Box<Vec<Chunk>>>,
+    /// One chunk per later input message: a vector keeping its length and capacity
+    /// in its allocation, 8 bytes in every record instead of 24, and no allocation
+    /// while empty.
+    more: ThinVec<Chunk>,
     /// When its first span arrived, for the decision latency metric: ms on the
     /// process's monotonic clock ([`crate::clock::monotonic_ms`]), wrapping; 4 bytes instead
     /// of an `Instant`'s 16, in every record.
@@ -232,11 +232,12 @@ impl TraceEntry {
         self.chunks().map(Chunk::heap_bytes).sum::<usize>() + self.more_bytes()
     }
 
-    /// Bytes of the vector of later chunks: its box and its buffer.
+    /// Bytes of the vector of later chunks: its length, capacity and chunks.
     fn more_bytes(&self) -> usize {
-        self.more.as_ref().map_or(0, |m| {
-            size_of::<Vec<Chunk>>() + ALLOCATION_OVERHEAD + m.capacity() * size_of::<Chunk>()
-        })
+        match self.more.capacity() {
+            0 => 0,
+            cap => THIN_VEC_HEADER + cap * size_of::<Chunk>() + ALLOCATION_OVERHEAD,
+        }
     }
 
     /// Adds the chunk of a later message; returns the bytes it added to
@@ -244,13 +245,12 @@ impl TraceEntry {
     fn push(&mut self, chunk: Chunk) -> usize {
         let before = self.more_bytes();
         let added = chunk.heap_bytes();
-        let more = self.more.get_or_insert_with(Box::default);
-        if more.len() < 8 {
+        if self.more.len() < 8 {
             // Most traces come in a few messages: grow one by one at first rather
             // than to the vector's default of four.
-            more.reserve_exact(1);
+            self.more.reserve_exact(1);
         }
-        more.push(chunk);
+        self.more.push(chunk);
         added + self.more_bytes() - before
     }
 
@@ -261,7 +261,7 @@ impl TraceEntry {
 
     /// Its chunks, in arrival order.
     fn chunks(&self) -> impl Iterator<Item = &Chunk> {
-        std::iter::once(&self.first).chain(self.more.iter().flat_map(|m| m.iter()))
+        std::iter::once(&self.first).chain(self.more.iter())
     }
 
     /// Its spans, in arrival order, to encode.
@@ -416,7 +416,7 @@ impl Shard {
                 let pos = self.traces.insert(TraceEntry {
                     summary: TraceSummary::new(trace_id),
                     first: chunk,
-                    more: None,
+                    more: ThinVec::new(),
                     first_seen_ms: monotonic_ms(),
                     home: pin.slot,
                     deadline: at.saturating_add(wait),

@@ -16,7 +16,7 @@ use hashbrown::HashTable;
 use super::{TraceEntry, TraceIdHasher};
 use crate::codec::TraceId;
 
-/// Records per page: 512 records of ~150 bytes, ~75 KiB a page.
+/// Records per page: 512 records of 144 bytes, 72 KiB a page.
 const PAGE: usize = 512;
 
 /// The records of one shard and their index.
@@ -173,7 +173,7 @@ mod tests {
         TraceEntry {
             summary: TraceSummary::new(id(n)),
             first: Chunk::empty(),
-            more: None,
+            more: thin_vec::ThinVec::new(),
             first_seen_ms: 0,
             home: n,
             deadline: u64::from(n),
