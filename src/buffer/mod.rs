@@ -34,12 +34,12 @@ use crate::flow::{Pin, TraceSummary};
 use store::Store;
 use thin_vec::ThinVec;
 
-/// One place in a due queue: the trace, and the low 32 bits of the deadline it was
-/// queued with, to tell a current place from one left by an earlier trace of the
-/// same id (the deadline itself is read from the record).
-type QueueSlot = (TraceId, u32);
-/// Bytes of one place in a due queue.
-const QUEUE_SLOT_BYTES: usize = size_of::<QueueSlot>();
+/// One place in a root-span due queue: the trace, and the low 32 bits of the
+/// deadline it was queued with, to tell a current place from one left by an earlier
+/// trace of the same id (the deadline itself is read from the record).
+type RootPlace = (TraceId, u32);
+/// A place in a first-span due queue left by a trace decided early.
+const VACANT: u32 = u32::MAX;
 /// Book-keeping bytes of one buffered span besides its encoded bytes: its record.
 pub const SPAN_OVERHEAD_BYTES: usize = RECORD_BYTES;
 /// What the allocator adds to each allocation (glibc: an 8-byte header, 16-byte
@@ -213,13 +213,26 @@ pub struct TraceEntry {
     first_seen_ms: u32,
     /// The partition slot whose stream time it is due by (its first span's).
     home: u32,
+    /// Its place in its home's first-span due queue, counted from the queue's
+    /// first place ever (wrapping): the queue holds record positions, and a record
+    /// that moves in the store has its place there updated.
+    place: u32,
+    /// How much earlier than `deadline` it is due once its root span arrived (ms;
+    /// 0: not earlier).
+    root_lead: u32,
     /// Due at this stream time (ms): its first span's stream time plus the wait.
     deadline: u64,
-    /// Due at this stream time (ms) after its root span arrived, when earlier (0: none).
-    root_deadline: u64,
 }
 
 impl TraceEntry {
+    /// Due at this stream time (ms) after its root span arrived, when earlier (0: none).
+    fn root_deadline(&self) -> u64 {
+        match self.root_lead {
+            0 => 0,
+            lead => self.deadline - u64::from(lead),
+        }
+    }
+
     /// How long since its first span arrived (exact for traces buffered under 49
     /// days, which every trace is).
     pub fn waited(&self) -> Duration {
@@ -320,33 +333,37 @@ pub struct Shard {
 /// deadline order as the partition's stream time only grows.
 #[derive(Debug, Default)]
 struct Queues {
-    by_first_span: VecDeque<QueueSlot>,
-    by_root_span: VecDeque<QueueSlot>,
+    /// Store positions of the traces homed here (4 bytes a trace, where a trace id
+    /// would be 16), [`VACANT`] where one was decided early. Each record knows its
+    /// place, so a record moved in the store is moved here too.
+    by_first_span: VecDeque<u32>,
+    /// Places taken from the front of `by_first_span` so far (wrapping): a
+    /// record's place minus this is its index.
+    popped: u32,
+    /// Traces whose root span made them due earlier (only with
+    /// `decision_wait_after_root_received`).
+    by_root_span: VecDeque<RootPlace>,
 }
 
-/// Which of a partition's due queues.
-#[derive(Debug, Clone, Copy)]
-enum Due {
-    /// By the first span's deadline.
-    First,
-    /// By the root span's earlier deadline.
-    Root,
-}
-
-impl Due {
-    /// The record's deadline this queue goes by (0: none).
-    fn of(self, e: &TraceEntry) -> u64 {
-        match self {
-            Due::First => e.deadline,
-            Due::Root => e.root_deadline,
-        }
+impl Queues {
+    /// Puts `pos` at the back; returns its place.
+    fn push(&mut self, pos: u32) -> u32 {
+        let place = self.popped.wrapping_add(self.by_first_span.len() as u32);
+        self.by_first_span.push_back(pos);
+        place
     }
 
-    fn queue(self, q: &mut Queues) -> &mut VecDeque<QueueSlot> {
-        match self {
-            Due::First => &mut q.by_first_span,
-            Due::Root => &mut q.by_root_span,
-        }
+    /// The position at `place`, to change, while it is in the queue.
+    fn at(&mut self, place: u32) -> Option<&mut u32> {
+        self.by_first_span
+            .get_mut(place.wrapping_sub(self.popped) as usize)
+    }
+
+    /// Takes the front place out.
+    fn pop(&mut self) -> Option<u32> {
+        let pos = self.by_first_span.pop_front()?;
+        self.popped = self.popped.wrapping_add(1);
+        Some(pos)
     }
 }
 
@@ -419,8 +436,9 @@ impl Shard {
                     more: ThinVec::new(),
                     first_seen_ms: monotonic_ms(),
                     home: pin.slot,
+                    place: 0,
+                    root_lead: 0,
                     deadline: at.saturating_add(wait),
-                    root_deadline: 0,
                 });
                 (pos, true, added)
             }
@@ -434,12 +452,16 @@ impl Shard {
             root |= span.is_root;
         }
         let mut root_deadline = None;
-        if root && entry.root_deadline == 0 && pin.slot == home {
+        if root && entry.root_lead == 0 && pin.slot == home {
             if let Some(after) = self.after_root {
                 let d = at.saturating_add(after.as_millis() as u64);
-                if d < deadline {
-                    entry.root_deadline = d;
-                    root_deadline = Some(d);
+                // A lead past u32 (49.7 days) is not taken: the trace stays due at its
+                // deadline, later, never earlier.
+                if let Some(lead) = deadline.checked_sub(d).and_then(|l| u32::try_from(l).ok()) {
+                    if lead > 0 {
+                        entry.root_lead = lead;
+                        root_deadline = Some(d);
+                    }
                 }
             }
         }
@@ -450,11 +472,12 @@ impl Shard {
             self.over_limit.push(trace_id);
         }
         let q = self.queues_of(home);
-        if is_new {
-            q.by_first_span.push_back((trace_id, deadline as u32));
-        }
         if let Some(d) = root_deadline {
             q.by_root_span.push_back((trace_id, d as u32));
+        }
+        if is_new {
+            let place = q.push(pos);
+            self.traces.at_mut(pos).place = place;
         }
     }
 
@@ -508,7 +531,7 @@ impl Shard {
         while taken < n {
             let mut best: Option<(u64, usize)> = None;
             for slot in 0..self.queues.len() {
-                let Some(deadline) = self.front(slot, Due::First) else {
+                let Some(deadline) = self.first_front(slot) else {
                     continue;
                 };
                 let now = clock(slot as u32).unwrap_or(0);
@@ -520,30 +543,43 @@ impl Shard {
             let Some((_, slot)) = best else {
                 break;
             };
-            if let Some((id, _)) = self.queues[slot].by_first_span.pop_front() {
-                out.extend(self.remove(&id));
+            if let Some(pos) = self.queues[slot].pop() {
+                out.extend(self.remove_at(pos));
                 taken += 1;
             }
         }
     }
 
-    /// The deadline of the first current place in `slot`'s `due` queue, after
-    /// dropping the places before it that traces decided since left (a place is
-    /// current while its trace is buffered with home `slot` and the deadline it was
-    /// queued with).
-    fn front(&mut self, slot: usize, due: Due) -> Option<u64> {
-        let q = due.queue(self.queues.get_mut(slot)?);
+    /// The deadline of the front trace of `slot`'s first-span queue, after dropping
+    /// the vacant places before it.
+    fn first_front(&mut self, slot: usize) -> Option<u64> {
+        let q = self.queues.get_mut(slot)?;
+        while let Some(&pos) = q.by_first_span.front() {
+            if pos != VACANT {
+                return Some(self.traces.at(pos).deadline);
+            }
+            q.pop();
+        }
+        None
+    }
+
+    /// The root deadline of the first current place in `slot`'s root-span queue,
+    /// after dropping the places before it that traces decided since left (a place
+    /// is current while its trace is buffered with home `slot` and the root deadline
+    /// it was queued with).
+    fn root_front(&mut self, slot: usize) -> Option<u64> {
+        let q = &mut self.queues.get_mut(slot)?.by_root_span;
         while let Some(&(id, tag)) = q.front() {
             let current = self
                 .traces
                 .get(&id)
-                .filter(|e| e.home as usize == slot && due.of(e) as u32 == tag);
-            match current {
-                Some(e) => return Some(due.of(e)),
-                None => {
-                    q.pop_front();
-                }
+                .filter(|e| e.home as usize == slot)
+                .map(TraceEntry::root_deadline)
+                .filter(|&d| d != 0 && d as u32 == tag);
+            if current.is_some() {
+                return current;
             }
+            q.pop_front();
         }
         None
     }
@@ -560,11 +596,14 @@ impl Shard {
             let Some(now) = clock(slot as u32) else {
                 continue;
             };
-            for due in [Due::Root, Due::First] {
-                while self.front(slot, due).is_some_and(|d| d <= now) {
-                    if let Some((id, _)) = due.queue(&mut self.queues[slot]).pop_front() {
-                        out.extend(self.remove(&id));
-                    }
+            while self.root_front(slot).is_some_and(|d| d <= now) {
+                if let Some((id, _)) = self.queues[slot].by_root_span.pop_front() {
+                    out.extend(self.remove(&id));
+                }
+            }
+            while self.first_front(slot).is_some_and(|d| d <= now) {
+                if let Some(pos) = self.queues[slot].pop() {
+                    out.extend(self.remove_at(pos));
                 }
             }
         }
@@ -603,31 +642,68 @@ impl Shard {
             *q = Queues::default();
         }
         let wait = self.decision_wait.as_millis() as u64;
-        let mut moved = Vec::new();
-        for e in self.traces.iter_mut().filter(|e| e.home == slot) {
-            let Some(other) = e.chunks().find(|c| c.slot != slot) else {
-                continue;
-            };
-            // The new home's stream time is at least every deadline already queued
-            // there minus the wait, so its queue stays in deadline order.
-            e.home = other.slot;
-            e.deadline = clock(e.home).unwrap_or(0).saturating_add(wait);
-            e.root_deadline = 0;
-            moved.push((e.home, e.deadline, e.summary.trace_id));
+        // Every trace still homed here gets a place again: in another partition's
+        // queue when it has spans from one, else (spans of this partition from
+        // another assignment, which a revoke releases first) back here.
+        let mut requeued = Vec::new();
+        for (pos, e) in self.traces.iter_mut_at().filter(|(_, e)| e.home == slot) {
+            let other = e.chunks().map(|c| c.slot).find(|&c| c != slot);
+            if let Some(other) = other {
+                // The new home's stream time is at least every deadline already
+                // queued there minus the wait, so its queue stays in deadline order.
+                e.home = other;
+                e.deadline = clock(e.home).unwrap_or(0).saturating_add(wait);
+                e.root_lead = 0;
+            }
+            requeued.push((e.home != slot, e.deadline, pos));
         }
-        for (home, deadline, id) in moved {
-            self.queues_of(home)
-                .by_first_span
-                .push_back((id, deadline as u32));
+        // Those staying here first, in deadline order: the queue was emptied.
+        requeued.sort_unstable();
+        for (_, _, pos) in requeued {
+            let home = self.traces.at(pos).home;
+            let place = self.queues_of(home).push(pos);
+            self.traces.at_mut(pos).place = place;
         }
         ids.len()
     }
 
+    /// Takes the trace `id` out (decided early: its queue place is left vacant).
     fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
-        let e = self.traces.remove(id)?;
+        let taken = self.traces.remove(id)?;
+        Some(self.account(taken))
+    }
+
+    /// Takes the trace at store position `pos` out.
+    fn remove_at(&mut self, pos: u32) -> Option<TraceEntry> {
+        let taken = self.traces.remove_at(pos)?;
+        Some(self.account(taken))
+    }
+
+    /// Books a record's removal: its queue place, if it still has one, is left
+    /// vacant; the record the store moved into its position (`moved`) gets that
+    /// position in its own queue place; the counts go down.
+    fn account(&mut self, (e, moved): (TraceEntry, Option<u32>)) -> TraceEntry {
+        let gone = self.traces.len() as u32; // where the moved record was
+        if let Some(p) = self
+            .queues
+            .get_mut(e.home as usize)
+            .and_then(|q| q.at(e.place))
+        {
+            // A place already taken from the front is out of the queue's range;
+            // one in range is this record's (each record has its own).
+            *p = VACANT;
+        }
+        if let Some(pos) = moved {
+            let m = self.traces.at(pos);
+            let (home, place) = (m.home as usize, m.place);
+            if let Some(p) = self.queues.get_mut(home).and_then(|q| q.at(place)) {
+                debug_assert_eq!(*p, gone, "a queue place follows its record");
+                *p = pos;
+            }
+        }
         self.spans -= e.summary.span_count as usize;
         self.held -= e.held_bytes();
-        Some(e)
+        e
     }
 
     /// One more than the highest partition slot with a due queue here.
@@ -654,9 +730,11 @@ impl Shard {
             + self
                 .queues
                 .iter()
-                .map(|q| q.by_first_span.capacity() + q.by_root_span.capacity())
+                .map(|q| {
+                    q.by_first_span.capacity() * size_of::<u32>()
+                        + q.by_root_span.capacity() * size_of::<RootPlace>()
+                })
                 .sum::<usize>()
-                * QUEUE_SLOT_BYTES
             + self.queues.capacity() * size_of::<Queues>()
             + self.over_limit.capacity() * size_of::<TraceId>()
             + self.partitions.capacity() * size_of::<i32>()

@@ -41,7 +41,8 @@ fn hash(id: &TraceId) -> u64 {
 }
 
 impl Store {
-    fn at(&self, pos: u32) -> &TraceEntry {
+    /// The record at `pos` (valid until the next removal).
+    pub(super) fn at(&self, pos: u32) -> &TraceEntry {
         record(&self.pages, pos)
     }
 
@@ -84,8 +85,9 @@ impl Store {
         pos
     }
 
-    /// Takes the record of `id` out.
-    pub(super) fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
+    /// Takes the record of `id` out; with it, where the last record moved to fill
+    /// its place (`None` when it was the last).
+    pub(super) fn remove(&mut self, id: &TraceId) -> Option<(TraceEntry, Option<u32>)> {
         // One probe finds and removes the index entry.
         let pages = &self.pages;
         let (pos, _) = self
@@ -93,6 +95,22 @@ impl Store {
             .find_entry(hash(id), |&p| record(pages, p).summary.trace_id == *id)
             .ok()?
             .remove();
+        self.take(pos)
+    }
+
+    /// Takes the record at `pos` out, as [`Store::remove`] does.
+    pub(super) fn remove_at(&mut self, pos: u32) -> Option<(TraceEntry, Option<u32>)> {
+        if pos as usize >= self.len {
+            return None;
+        }
+        let h = hash(&self.at(pos).summary.trace_id);
+        self.index.find_entry(h, |&p| p == pos).ok()?.remove();
+        self.take(pos)
+    }
+
+    /// Moves the last record into `pos`, whose index entry is already gone, and
+    /// returns the record that was there.
+    fn take(&mut self, pos: u32) -> Option<(TraceEntry, Option<u32>)> {
         let last = (self.len - 1) as u32;
         if pos != last {
             // The last record fills the gap: point its index entry at the gap.
@@ -108,10 +126,11 @@ impl Store {
         if self.len % PAGE == 0 {
             self.pages.pop();
         }
-        if pos != last {
-            std::mem::swap(self.at_mut(pos), &mut tail);
+        if pos == last {
+            return Some((tail, None));
         }
-        Some(tail)
+        std::mem::swap(self.at_mut(pos), &mut tail);
+        Some((tail, Some(pos)))
     }
 
     /// Every record.
@@ -122,6 +141,12 @@ impl Store {
     /// Every record, to change (not their trace ids).
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut TraceEntry> {
         self.pages.iter_mut().flatten()
+    }
+
+    /// Every record with its position, to change (not their trace ids).
+    pub(super) fn iter_mut_at(&mut self) -> impl Iterator<Item = (u32, &mut TraceEntry)> {
+        // Every page but the last holds `PAGE` records, so the n-th is at n.
+        (0u32..).zip(self.pages.iter_mut().flatten())
     }
 
     /// Records held.
@@ -176,8 +201,9 @@ mod tests {
             more: thin_vec::ThinVec::new(),
             first_seen_ms: 0,
             home: n,
+            place: 0,
+            root_lead: 0,
             deadline: u64::from(n),
-            root_deadline: 0,
         }
     }
 
@@ -196,7 +222,16 @@ mod tests {
         // the last page first, so records move from the end into gaps.
         let mut gone = Vec::new();
         for i in (0..n).rev().filter(|i| i % 3 != 0) {
-            let e = s.remove(&id(i)).expect("held");
+            let last = s.at((s.len() - 1) as u32).summary.trace_id;
+            let (e, moved) = s.remove(&id(i)).expect("held");
+            match moved {
+                Some(p) => assert_eq!(
+                    s.at(p).summary.trace_id,
+                    last,
+                    "the last record fills the gap"
+                ),
+                None => assert_eq!(e.summary.trace_id, last),
+            }
             assert_eq!((e.summary.trace_id, e.home), (id(i), i));
             gone.push(i);
         }

@@ -239,7 +239,7 @@ fn spans_are_copied_out_of_their_message_exactly() {
     let table = 4 * 5
         + 4 * size_of::<TraceEntry>()
         + 4 * size_of::<Vec<TraceEntry>>()
-        + 4 * QUEUE_SLOT_BYTES
+        + 4 * size_of::<u32>()
         + s.queues.capacity() * size_of::<Queues>()
         + 4 * size_of::<i32>();
     let chunk = 4 + 2 * 6 + 200 + 16;
@@ -372,5 +372,200 @@ fn spans_under_several_framings_keep_their_own() {
     for (g, &(start, len, frame)) in got.iter().zip(&layout) {
         assert_eq!(g.bytes(), &body[start..start + len]);
         assert!(std::ptr::eq(g.frame(), &*frames[frame as usize]));
+    }
+}
+
+/// What a shard must do, traced by a plain model: every trace due once its home
+/// partition's stream time reaches its deadline (or its root deadline), exactly
+/// once, whatever the order of inserts, early decisions, moves and revokes.
+mod model {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const WAIT: u64 = 10_000;
+    const AFTER_ROOT: u64 = 4_000;
+    const MAX_SPANS: usize = 6;
+    const SLOTS: u32 = 3;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert {
+            id: u8,
+            slot: u32,
+            n: usize,
+            root: bool,
+        },
+        Advance {
+            slot: u32,
+            ms: u64,
+        },
+        TakeDue,
+        TakeOverLimit,
+        TakeOldest {
+            n: usize,
+        },
+        Release {
+            slot: u32,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (1u8..24, 0..SLOTS, 1usize..4, any::<bool>())
+                .prop_map(|(id, slot, n, root)| Op::Insert { id, slot, n, root }),
+            4 => (0..SLOTS, 0u64..6_000).prop_map(|(slot, ms)| Op::Advance { slot, ms }),
+            2 => Just(Op::TakeDue),
+            1 => Just(Op::TakeOverLimit),
+            1 => (0usize..4).prop_map(|n| Op::TakeOldest { n }),
+            1 => (0..SLOTS).prop_map(|slot| Op::Release { slot }),
+        ]
+    }
+
+    #[derive(Debug)]
+    struct Trace {
+        home: u32,
+        deadline: u64,
+        root: u64,
+        spans: usize,
+        slots: Vec<u32>,
+    }
+
+    fn run(ops: &[Op]) {
+        let limits = TraceLimits {
+            max_spans: MAX_SPANS as u32,
+            max_bytes: u64::MAX,
+        };
+        let mut s = Shard::new(
+            Duration::from_millis(WAIT),
+            Some(Duration::from_millis(AFTER_ROOT)),
+            limits,
+        );
+        let mut model: HashMap<u8, Trace> = HashMap::new();
+        let mut over: Vec<u8> = Vec::new();
+        let mut t = [T0; SLOTS as usize];
+        let mut offset = 0i64;
+        let mut out = Vec::new();
+        let id_of = |e: &TraceEntry| e.summary.trace_id.0[0];
+        for op in ops {
+            out.clear();
+            match *op {
+                Op::Insert { id, slot, n, root } => {
+                    let at = t[slot as usize];
+                    let spans: Vec<Span> = (0..n).map(|i| span(id, root && i == 0)).collect();
+                    offset += 1;
+                    s.insert(
+                        TraceId([id; 16]),
+                        &message(),
+                        &spans,
+                        pin_on(slot, offset),
+                        at,
+                    );
+                    let m = model.entry(id).or_insert(Trace {
+                        home: slot,
+                        deadline: at + WAIT,
+                        root: 0,
+                        spans: 0,
+                        slots: Vec::new(),
+                    });
+                    let before = m.spans;
+                    m.spans += n;
+                    m.slots.push(slot);
+                    if root && m.root == 0 && slot == m.home && at + AFTER_ROOT < m.deadline {
+                        m.root = at + AFTER_ROOT;
+                    }
+                    if before < MAX_SPANS && m.spans >= MAX_SPANS {
+                        over.push(id);
+                    }
+                }
+                Op::Advance { slot, ms } => t[slot as usize] += ms,
+                Op::TakeDue => {
+                    s.take_due(|slot| t.get(slot as usize).copied(), &mut out);
+                    let mut want: Vec<u8> = model
+                        .iter()
+                        .filter(|(_, m)| {
+                            let now = t[m.home as usize];
+                            m.deadline <= now || (m.root != 0 && m.root <= now)
+                        })
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let mut got: Vec<u8> = out.iter().map(id_of).collect();
+                    want.sort_unstable();
+                    got.sort_unstable();
+                    assert_eq!(got, want, "due after {op:?}");
+                    for id in got {
+                        model.remove(&id);
+                    }
+                }
+                Op::TakeOverLimit => {
+                    s.take_over_limit(&mut out);
+                    let mut want: Vec<u8> = std::mem::take(&mut over)
+                        .into_iter()
+                        .filter(|id| model.remove(id).is_some())
+                        .collect();
+                    let mut got: Vec<u8> = out.iter().map(id_of).collect();
+                    want.sort_unstable();
+                    got.sort_unstable();
+                    assert_eq!(got, want);
+                }
+                Op::TakeOldest { n } => {
+                    s.take_oldest(n, |slot| t.get(slot as usize).copied(), &mut out);
+                    let mut lefts: Vec<u64> = model
+                        .values()
+                        .map(|m| m.deadline.saturating_sub(t[m.home as usize]))
+                        .collect();
+                    lefts.sort_unstable();
+                    lefts.truncate(n);
+                    let mut got = Vec::new();
+                    for e in &out {
+                        let m = model.remove(&id_of(e)).expect("taken while buffered");
+                        got.push(m.deadline.saturating_sub(t[m.home as usize]));
+                    }
+                    got.sort_unstable();
+                    assert_eq!(got, lefts, "the closest to their deadlines");
+                }
+                Op::Release { slot } => {
+                    let released = s.release_partition(slot, 1, |p| t.get(p as usize).copied());
+                    let before = model.len();
+                    model.retain(|_, m| m.slots.iter().any(|&c| c != slot));
+                    assert_eq!(released, before - model.len());
+                    for m in model.values_mut().filter(|m| m.home == slot) {
+                        if let Some(&other) = m.slots.iter().find(|&&c| c != slot) {
+                            m.home = other;
+                            m.deadline = t[other as usize] + WAIT;
+                            m.root = 0;
+                        }
+                    }
+                }
+            }
+            assert_eq!(s.traces(), model.len(), "after {op:?}");
+            assert_eq!(s.spans(), model.values().map(|m| m.spans).sum::<usize>());
+            for id in model.keys() {
+                assert!(
+                    s.contains(&TraceId([*id; 16])),
+                    "trace {id} lost after {op:?}"
+                );
+            }
+        }
+        // Everything left comes out once, and nothing is held after.
+        out.clear();
+        s.take_due(|_| Some(u64::MAX / 2), &mut out);
+        let mut got: Vec<u8> = out.iter().map(id_of).collect();
+        let mut want: Vec<u8> = model.keys().copied().collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "the rest, once each");
+        assert_eq!((s.traces(), s.spans(), s.held), (0, 0, 0));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_trace_is_due_once_at_its_deadline(ops in proptest::collection::vec(op(), 0..160)) {
+            run(&ops);
+        }
     }
 }
