@@ -7,6 +7,8 @@
 //! partition its first span came from (see [`crate::clock`]): the deadline is that
 //! partition's stream time when the span was read, plus the wait. A partition's stream
 //! time only grows, so per partition two FIFO queues give the due traces in O(1) each.
+//! The first-span queue holds each trace's 4-byte store position, and each record its
+//! place in that queue, so a record the store moves is moved there too.
 //! A trace reaching the per-trace limits is due at once; under memory pressure the
 //! traces closest to their deadline are taken early.
 //!
