@@ -262,6 +262,7 @@ impl Source {
                     sink: out.sink.clone(),
                     clocks: Arc::clone(&stream.clocks),
                     budget: budget.clone(),
+                    dealer: Default::default(),
                 };
                 (tx, scanner)
             })

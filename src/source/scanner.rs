@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 use metrics::{counter, Counter};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -84,6 +85,8 @@ pub(super) struct Scanner {
     pub(super) clocks: Arc<StreamClocks>,
     /// Charges the dead letters of spans set aside until they are delivered.
     pub(super) budget: MemoryBudget,
+    /// Scratch space for dealing a message's spans, kept between messages.
+    pub(super) dealer: Dealer,
 }
 
 impl Scanner {
@@ -180,7 +183,7 @@ impl Scanner {
         spans_received.increment(spans.len() as u64);
         self.check_key(&input, spans);
         let kept = spans.len();
-        let by_shard = deal(spans, self.shards.len());
+        let by_shard = self.dealer.deal(spans, self.shards.len());
         let traces: usize = by_shard.iter().map(|s| trace_groups(s)).sum();
         // The spans set aside go to the dead-letter topic under one more pin.
         let aside = u32::from(!rejected.is_empty());
@@ -277,36 +280,112 @@ impl Scanner {
     }
 }
 
-/// Moves a message's spans into one list per shard, each sorted so that a trace's
-/// spans are adjacent. Each span's shard is worked out once (it hashes the trace
-/// id), then each list is sorted by the id as one integer: sorting the whole
-/// message by `(shard, id)` hashed two ids per comparison.
-fn deal(spans: &mut Vec<Span>, shards: usize) -> Vec<Vec<Span>> {
-    let shards = shards.max(1);
-    let mut out: Vec<Vec<Span>> = if shards == 1 {
-        vec![std::mem::take(spans)]
-    } else {
-        // Each list allocated once at its size: growing them by doubling reallocated
-        // and copied the spans several times per message.
-        let of: Vec<usize> = spans
+/// Deals a message's spans to the shards: one list per shard in which each trace's
+/// spans are adjacent, in the order they came. It keeps its scratch space between
+/// messages.
+#[derive(Debug, Default)]
+pub(super) struct Dealer {
+    /// The message's traces: id and group number, found by the id's hash.
+    traces: HashTable<(TraceId, u32)>,
+    /// Per group (a trace, in order of first appearance): its shard, then where its
+    /// next span goes in `order`.
+    groups: Vec<(u32, u32)>,
+    /// Per span: its group.
+    group_of: Vec<u32>,
+    /// Span indices, shard after shard, each trace's spans together.
+    order: Vec<u32>,
+}
+
+impl Dealer {
+    /// Moves `spans` into one list per shard, each trace's spans adjacent and in
+    /// their order in the message. Input keyed by trace id mostly holds one trace a
+    /// message, already sorted: it is dealt as it is. Otherwise (a Collector batch
+    /// mixes hundreds of traces) the spans are grouped through a small table of the
+    /// message's traces and copied once into place; sorting the 64-byte span
+    /// structs by trace id cost more than the rest of dealing.
+    pub(super) fn deal(&mut self, spans: &mut Vec<Span>, shards: usize) -> Vec<Vec<Span>> {
+        let shards = shards.max(1);
+        if spans
+            .windows(2)
+            .all(|w| trace_key(&w[0]) <= trace_key(&w[1]))
+        {
+            return deal_in_order(spans, shards);
+        }
+        self.traces.clear();
+        self.groups.clear();
+        self.group_of.clear();
+        let mut sizes = vec![0u32; shards];
+        for s in spans.iter() {
+            let h = s.trace_id.shard_hash();
+            let g = match self.traces.find(h, |(id, _)| *id == s.trace_id) {
+                Some(&(_, g)) => g,
+                None => {
+                    let g = self.groups.len() as u32;
+                    self.groups.push((shard_of_hash(h, shards) as u32, 0));
+                    self.traces
+                        .insert_unique(h, (s.trace_id, g), |(id, _)| id.shard_hash());
+                    g
+                }
+            };
+            let shard = self.groups[g as usize].0;
+            self.groups[g as usize].1 += 1;
+            sizes[shard as usize] += 1;
+            self.group_of.push(g);
+        }
+        // Each group's first place in `order`: the shards' runs one after another,
+        // within each its groups in order of first appearance.
+        let mut next: Vec<u32> = Vec::with_capacity(shards);
+        let mut at = 0u32;
+        for &n in &sizes {
+            next.push(at);
+            at += n;
+        }
+        for g in &mut self.groups {
+            let count = g.1;
+            g.1 = next[g.0 as usize];
+            next[g.0 as usize] += count;
+        }
+        self.order.clear();
+        self.order.resize(spans.len(), 0);
+        for (i, &g) in self.group_of.iter().enumerate() {
+            let place = &mut self.groups[g as usize].1;
+            self.order[*place as usize] = i as u32;
+            *place += 1;
+        }
+        let mut order = self.order.iter();
+        let out = sizes
             .iter()
-            .map(|s| shard_of_id(&s.trace_id, shards))
+            .map(|&n| {
+                order
+                    .by_ref()
+                    .take(n as usize)
+                    .filter_map(|&i| spans.get(i as usize).cloned())
+                    .collect()
+            })
             .collect();
-        let mut sizes = vec![0usize; shards];
-        for &i in &of {
-            sizes[i] += 1;
-        }
-        let mut out: Vec<Vec<Span>> = sizes.into_iter().map(Vec::with_capacity).collect();
-        for (s, i) in spans.drain(..).zip(of) {
-            out[i].push(s);
-        }
+        spans.clear();
         out
-    };
-    for list in &mut out {
-        // Input keyed by trace id mostly holds one trace a message, already grouped.
-        if list.windows(2).any(|w| trace_key(&w[0]) > trace_key(&w[1])) {
-            list.sort_unstable_by_key(trace_key);
-        }
+    }
+}
+
+/// Deals spans already sorted by trace id: each shard's list keeps their order.
+fn deal_in_order(spans: &mut Vec<Span>, shards: usize) -> Vec<Vec<Span>> {
+    if shards == 1 {
+        return vec![std::mem::take(spans)];
+    }
+    // Each list allocated once at its size: growing them by doubling reallocated
+    // and copied the spans several times per message.
+    let of: Vec<usize> = spans
+        .iter()
+        .map(|s| shard_of_id(&s.trace_id, shards))
+        .collect();
+    let mut sizes = vec![0usize; shards];
+    for &i in &of {
+        sizes[i] += 1;
+    }
+    let mut out: Vec<Vec<Span>> = sizes.into_iter().map(Vec::with_capacity).collect();
+    for (s, i) in spans.drain(..).zip(of) {
+        out[i].push(s);
     }
     out
 }
@@ -324,7 +403,12 @@ fn trace_groups(spans: &[Span]) -> usize {
 /// The shard of a trace: high bits of the trace id hash, so the shard's own hash map,
 /// which uses the low bits, still spreads its keys.
 pub(super) fn shard_of_id(id: &TraceId, shards: usize) -> usize {
-    ((id.shard_hash() >> 40) as usize) % shards.max(1)
+    shard_of_hash(id.shard_hash(), shards)
+}
+
+/// [`shard_of_id`] from the id's [`TraceId::shard_hash`].
+fn shard_of_hash(hash: u64, shards: usize) -> usize {
+    ((hash >> 40) as usize) % shards.max(1)
 }
 
 #[cfg(test)]

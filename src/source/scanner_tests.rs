@@ -49,6 +49,7 @@ fn start() -> Parts {
         sink: sink_tx,
         clocks: Arc::clone(&clocks),
         budget: MemoryBudget::new(1 << 30, 0.9, 0.8),
+        dealer: Default::default(),
     };
     Parts {
         jobs,
@@ -140,11 +141,11 @@ async fn finish(
     (p.shards, p.sink, p.clocks)
 }
 
-/// Each span goes to its trace's shard, in runs sorted by trace id; every span of
-/// the message is dealt exactly once; the partition's stream time is published once
-/// the spans are in the shards' channels.
+/// Each span goes to its trace's shard, each trace's spans in one run; every span
+/// of the message is dealt exactly once; the partition's stream time is published
+/// once the spans are in the shards' channels.
 #[tokio::test(start_paused = true)]
-async fn spans_are_dealt_to_their_trace_shard_sorted_by_trace() {
+async fn spans_are_dealt_to_their_trace_shard_grouped_by_trace() {
     let p = start();
     let (payload, truth) = request(12, 7);
     let job = ScanJob::Message(input(&p, payload, 100, T0 + 5));
@@ -156,7 +157,9 @@ async fn spans_are_dealt_to_their_trace_shard_sorted_by_trace() {
     for (shard, msg) in &got {
         let (ids, generation, _) = msg.as_ref().expect("spans only");
         assert_eq!(*generation, 0);
-        assert!(ids.windows(2).all(|w| w[0] <= w[1]), "sorted by trace id");
+        let runs = ids.chunk_by(|a, b| a == b).count();
+        let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+        assert_eq!(runs, distinct, "each trace's spans in one run");
         for id in ids {
             assert_eq!(shard_of_id(id, SHARDS), *shard, "on its trace's shard");
             match dealt.iter_mut().find(|(t, _)| t == id) {
@@ -327,4 +330,46 @@ fn a_key_is_a_trace_id_in_hex_of_128_or_64_bits() {
         unkeyed_reason(Some(b"101112131415161718191a1b1c1d1e1g")),
         Some("not_trace_id")
     );
+}
+
+/// A Collector batch mixes traces: dealing groups each trace's spans, keeps their
+/// order, and puts each on its trace's shard, exactly once; a message already
+/// sorted by trace id keeps its order.
+#[test]
+fn mixed_traces_are_grouped_in_their_order() {
+    use super::Dealer;
+    use crate::codec::{ByteRange, Span};
+    // Span i of the message: trace `i % 7` (ids spread over both shards), starting
+    // at i ns, to tell the spans apart.
+    let span = |i: usize, trace: u8| {
+        let mut s = Span::bare(TraceId([trace; 16]), ByteRange::default(), 0);
+        s.start_ns = i as u64;
+        s
+    };
+    let mut dealer = Dealer::default();
+    for round in 0..2 {
+        // The same dealer twice: its scratch space is reset between messages.
+        let mut spans: Vec<Span> = (0..200).map(|i| span(i, (i % 7) as u8 + round)).collect();
+        let by_shard = dealer.deal(&mut spans, SHARDS);
+        assert!(spans.is_empty(), "moved out");
+        let mut seen = Vec::new();
+        for (shard, list) in by_shard.iter().enumerate() {
+            for run in list.chunk_by(|a, b| a.trace_id == b.trace_id) {
+                let id = run[0].trace_id;
+                assert_eq!(shard_of_id(&id, SHARDS), shard, "on its trace's shard");
+                assert!(!seen.contains(&id), "one run per trace");
+                seen.push(id);
+                let starts: Vec<u64> = run.iter().map(|s| s.start_ns).collect();
+                let want: Vec<u64> = (0..200)
+                    .filter(|i| (i % 7) as u8 + round == id.0[0])
+                    .collect();
+                assert_eq!(starts, want, "every span of the trace, in order");
+            }
+        }
+        assert_eq!(seen.len(), 7);
+    }
+    let mut sorted: Vec<Span> = (0..10).map(|i| span(i, (i / 4) as u8)).collect();
+    let by_shard = dealer.deal(&mut sorted, 1);
+    let starts: Vec<u64> = by_shard[0].iter().map(|s| s.start_ns).collect();
+    assert_eq!(starts, (0..10).collect::<Vec<_>>());
 }
