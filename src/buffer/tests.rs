@@ -39,24 +39,24 @@ fn pin(offset: i64) -> Pin {
     }
 }
 
+/// Buffers one span of trace `trace` (the root when `root`) from the message at
+/// `offset` of partition 0, read at stream time `at`.
+fn insert_one(s: &mut Shard, trace: u8, root: bool, offset: i64, at: u64) {
+    s.insert(
+        TraceId([trace; 16]),
+        &message(),
+        &[span(trace, root)],
+        pin(offset),
+        at,
+    );
+}
+
 #[test]
 fn traces_are_due_after_decision_wait_in_order() {
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
-    s.insert(TraceId([1; 16]), &message(), &[span(1, false)], pin(0), T0);
-    s.insert(
-        TraceId([2; 16]),
-        &message(),
-        &[span(2, false)],
-        pin(1),
-        T0 + 1000,
-    );
-    s.insert(
-        TraceId([1; 16]),
-        &message(),
-        &[span(1, true)],
-        pin(2),
-        T0 + 5000,
-    );
+    insert_one(&mut s, 1, false, 0, T0);
+    insert_one(&mut s, 2, false, 1, T0 + 1000);
+    insert_one(&mut s, 1, true, 2, T0 + 5000);
     assert_eq!((s.traces(), s.spans()), (2, 3));
     let mut out = Vec::new();
     s.take_due(now(T0 + 9_999), &mut out);
@@ -169,21 +169,9 @@ fn a_place_left_by_a_trace_decided_early_neither_decides_nor_holds_up_others() {
     let mut out = Vec::new();
     s.take_over_limit(&mut out);
     assert_eq!(out.len(), 1, "decided early; its place in the queue stays");
-    s.insert(
-        TraceId([2; 16]),
-        &message(),
-        &[span(2, false)],
-        pin(1),
-        T0 + 1000,
-    );
+    insert_one(&mut s, 2, false, 1, T0 + 1000);
     // The same id again: a new trace, due at T0 + 15 s, behind trace 2 in the queue.
-    s.insert(
-        TraceId([1; 16]),
-        &message(),
-        &[span(1, false)],
-        pin(2),
-        T0 + 5000,
-    );
+    insert_one(&mut s, 1, false, 2, T0 + 5000);
     s.take_due(now(T0 + 11_000), &mut out);
     let ids: Vec<_> = out.iter().map(|e| e.summary.trace_id).collect();
     assert_eq!(ids, vec![TraceId([1; 16]), TraceId([2; 16])]);
