@@ -53,8 +53,6 @@ const ALLOCATION_OVERHEAD: usize = 16;
 const RECORD_BYTES: usize = 6;
 /// Bytes of a `ThinVec`'s length and capacity, at the start of its allocation.
 const THIN_VEC_HEADER: usize = 2 * size_of::<usize>();
-/// Bytes of a chunk's span count, at the start of its data.
-const COUNT_BYTES: usize = 4;
 
 /// The spans of one trace from one input message, copied out of it: one allocation
 /// holds their count, their records and their encoded bodies, back to back, at its
@@ -78,7 +76,9 @@ struct Chunk {
         reason = "a thin pointer: 8 bytes in every chunk instead of a slice's 16"
     )]
     more_frames: Option<Box<Vec<Arc<ScopeFrame>>>>,
-    /// Span count (`u32`), the records, then the bodies.
+    /// The records, then the bodies. The count is not stored: it is the first `n`
+    /// for which `n` records and the bodies up to the end of record `n` fill the
+    /// whole (4 bytes less in every chunk; see [`Chunk::count`]).
     data: Box<[u8]>,
 }
 
@@ -86,10 +86,8 @@ impl Chunk {
     /// Copies `spans` (at least one) of `message` out.
     fn new(message: &Message, spans: &[Span], pin: Pin) -> Self {
         let bodies: usize = spans.iter().map(Span::len).sum();
-        let head = COUNT_BYTES + spans.len() * RECORD_BYTES;
+        let head = spans.len() * RECORD_BYTES;
         let mut data = Vec::with_capacity(head + bodies);
-        let count = u32::try_from(spans.len()).unwrap_or(u32::MAX);
-        data.extend_from_slice(&count.to_le_bytes());
         let first = spans.first().map(|s| message.frame(s));
         let mut more: Vec<Arc<ScopeFrame>> = Vec::new();
         let mut end = 0usize;
@@ -129,12 +127,8 @@ impl Chunk {
 
     /// Its spans' framings and bodies, in arrival order.
     fn spans(&self) -> impl Iterator<Item = SpanRef<'_>> {
-        let count = self
-            .data
-            .first_chunk::<COUNT_BYTES>()
-            .map_or(0, |c| u32::from_le_bytes(*c) as usize);
-        let head = COUNT_BYTES + count * RECORD_BYTES;
-        let records = self.data.get(COUNT_BYTES..head).unwrap_or_default();
+        let head = self.count() * RECORD_BYTES;
+        let records = self.data.get(..head).unwrap_or_default();
         let bodies = self.data.get(head..).unwrap_or_default();
         let mut start = 0usize;
         records.chunks_exact(RECORD_BYTES).map(move |r| {
@@ -152,6 +146,21 @@ impl Chunk {
             start = end;
             SpanRef { frame, bytes }
         })
+    }
+
+    /// Its spans: the first `n` whose `n` records and bodies, up to the end record
+    /// `n - 1` gives, fill its data. Ends only grow, so `n * RECORD_BYTES + end` grows
+    /// with `n` and only the true count fits; reading it walks the records, which
+    /// every use of a chunk does anyway.
+    fn count(&self) -> usize {
+        let len = self.data.len();
+        for (i, r) in self.data.chunks_exact(RECORD_BYTES).enumerate() {
+            let end = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
+            if (i + 1) * RECORD_BYTES + end == len {
+                return i + 1;
+            }
+        }
+        0
     }
 
     /// A chunk of no spans (for tests of the record store).

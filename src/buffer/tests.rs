@@ -205,11 +205,11 @@ fn oldest_traces_can_be_taken_early() {
 #[test]
 fn spans_are_copied_out_of_their_message_exactly() {
     // The record's layout, which `cargo bench --bench memory` measures: the summary
-    // 64 bytes, the first chunk 48, the later chunks' pointer 8, first arrival and
-    // home 8, the two deadlines 16.
-    assert_eq!(size_of::<TraceSummary>(), 64);
+    // 48 bytes, the first chunk 48, the later chunks' pointer 8, first arrival,
+    // home, queue place and root lead 16, the deadline 8.
+    assert_eq!(size_of::<TraceSummary>(), 48);
     assert_eq!(size_of::<Chunk>(), 48);
-    assert_eq!(size_of::<TraceEntry>(), 144);
+    assert_eq!(size_of::<TraceEntry>(), 128);
     let mut s = Shard::new(Duration::from_secs(10), None, TraceLimits::default());
     let spans = [span(1, false), span(1, true)];
     s.insert(TraceId([1; 16]), &message(), &spans, pin(0), T0);
@@ -222,15 +222,15 @@ fn spans_are_copied_out_of_their_message_exactly() {
     // The index's four buckets of a position and a control byte, the first page's
     // first four records, the page list, the due queue's first four places, the
     // slots' partitions, and the one allocation of the chunk (inline in the record)
-    // holding the span count, two 6-byte records and the two 100-byte bodies (its
-    // frame is referenced inline): nothing else.
+    // holding two 6-byte records and the two 100-byte bodies (its frame is
+    // referenced inline): nothing else.
     let table = 4 * 5
         + 4 * size_of::<TraceEntry>()
         + 4 * size_of::<Vec<TraceEntry>>()
         + 4 * size_of::<u32>()
         + s.queues.capacity() * size_of::<Queues>()
         + 4 * size_of::<i32>();
-    let chunk = 4 + 2 * 6 + 200 + 16;
+    let chunk = 2 * 6 + 200 + 16;
     assert_eq!(held, table + chunk);
 }
 
@@ -555,5 +555,42 @@ mod model {
         fn every_trace_is_due_once_at_its_deadline(ops in proptest::collection::vec(op(), 0..160)) {
             run(&ops);
         }
+    }
+}
+
+/// A chunk stores no span count: it is found from the records and the bodies'
+/// length, for any number of spans and any body lengths, empty ones included.
+#[test]
+fn a_chunk_finds_its_span_count_from_its_records() {
+    let payload: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let msg = Message::new(
+        Bytes::from(payload.clone()),
+        vec![Arc::new(ScopeFrame::new(Bytes::new()))],
+    );
+    let lengths = [0usize, 1, 5, 6, 7, 12, 0, 100, 255, 3];
+    for n in 0..=lengths.len() {
+        let mut at = 0;
+        let spans: Vec<Span> = lengths[..n]
+            .iter()
+            .map(|&len| {
+                let s = msg
+                    .span_at(TraceId([1; 16]), at, len, 0)
+                    .expect("in the message");
+                at += len;
+                s
+            })
+            .collect();
+        let chunk = Chunk::new(&msg, &spans, pin(0));
+        assert_eq!(chunk.count(), n);
+        let bodies: Vec<&[u8]> = chunk.spans().map(|s| s.bytes).collect();
+        let mut at = 0;
+        let want: Vec<&[u8]> = lengths[..n]
+            .iter()
+            .map(|&len| {
+                at += len;
+                &payload[at - len..at]
+            })
+            .collect();
+        assert_eq!(bodies, want, "{n} spans");
     }
 }

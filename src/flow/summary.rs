@@ -18,10 +18,6 @@ pub struct TraceSummary {
     /// Encoded bytes of the spans received (saturating: a trace is never near 4 GiB,
     /// the memory budget decides it long before; 4 bytes in every buffered trace).
     pub span_bytes: u32,
-    /// Earliest span start (ns since epoch).
-    pub min_start_ns: u64,
-    /// Latest span end (ns since epoch).
-    pub max_end_ns: u64,
     /// The `dynamic` policy's key: the root span's, else the first span's (0: none).
     pub key_hash: u64,
     /// Bits of the attribute predicates (see `codec::AttrMatchers`) that some span or
@@ -49,8 +45,6 @@ impl TraceSummary {
             trace_id,
             span_count: 0,
             span_bytes: 0,
-            min_start_ns: u64::MAX,
-            max_end_ns: 0,
             key_hash: 0,
             attr_hits: 0,
             one_clock_ms: u32::MAX,
@@ -67,8 +61,6 @@ impl TraceSummary {
         self.span_bytes = self
             .span_bytes
             .saturating_add(u32::try_from(span.len()).unwrap_or(u32::MAX));
-        self.min_start_ns = self.min_start_ns.min(span.start_ns);
-        self.max_end_ns = self.max_end_ns.max(span.end_ns);
         if span.is_root {
             self.set_one_clock_ns(span.end_ns.saturating_sub(span.start_ns));
         }
@@ -87,13 +79,12 @@ impl TraceSummary {
     /// The trace's duration as latency policies see it, in whole milliseconds, robust
     /// to clock skew between hosts: the root span's own duration when the root has
     /// arrived; otherwise the longest window a single host saw (`max(end) - min(start)`
-    /// over the spans of one resource); otherwise (not computed) the span window over
-    /// all spans, as the OTel processor uses.
+    /// over the spans of one resource), which `decide::Decider::decide_entry` measures
+    /// from the spans before any latency policy reads it; 0 while neither is known.
+    /// (No span window across hosts is kept: 16 bytes in every buffered trace that
+    /// no decision read.)
     pub fn duration_ms(&self) -> u64 {
-        self.one_clock_ms().map_or_else(
-            || self.max_end_ns.saturating_sub(self.min_start_ns) / NS_PER_MS,
-            u64::from,
-        )
+        self.one_clock_ms().map_or(0, u64::from)
     }
 
     /// The trace's duration on one clock, in whole milliseconds: the root span's own

@@ -92,11 +92,10 @@ mod tests {
     use super::*;
     use crate::codec::TraceId;
 
-    fn trace(root_ms: Option<u64>, window_ms: u64) -> TraceSummary {
+    /// A trace whose duration on one clock is `ms` (`None`: not measured).
+    fn trace(ms: Option<u64>) -> TraceSummary {
         let mut t = TraceSummary::new(TraceId([1; 16]));
-        t.min_start_ns = 1_000_000_000;
-        t.max_end_ns = t.min_start_ns + window_ms * 1_000_000;
-        if let Some(ms) = root_ms {
+        if let Some(ms) = ms {
             t.set_one_clock_ns(ms * 1_000_000);
         }
         t
@@ -122,7 +121,7 @@ mod tests {
         );
         // A 60-day root span is above the lowest refused threshold and past the
         // highest accepted upper bound.
-        let mut t = trace(None, 0);
+        let mut t = trace(None);
         t.set_one_clock_ns(60 * 86_400 * 1_000_000_000);
         let at_least = Latency::new(&LatencyConfig {
             threshold_ms: longest,
@@ -138,9 +137,9 @@ mod tests {
             threshold_ms: 100,
             upper_threshold_ms: 0,
         });
-        assert_eq!(open.evaluate(&trace(Some(99), 99)), Decision::NotSampled);
-        assert_eq!(open.evaluate(&trace(Some(100), 100)), Decision::Sampled);
-        let mut t = trace(None, 0);
+        assert_eq!(open.evaluate(&trace(Some(99))), Decision::NotSampled);
+        assert_eq!(open.evaluate(&trace(Some(100))), Decision::Sampled);
+        let mut t = trace(None);
         t.set_one_clock_ns(99_999_999); // 99.99 ms is 99 whole ms
         assert_eq!(open.evaluate(&t), Decision::NotSampled);
         // With an upper bound OTel's lower bound is exclusive.
@@ -148,22 +147,24 @@ mod tests {
             threshold_ms: 100,
             upper_threshold_ms: 200,
         });
-        assert_eq!(p.evaluate(&trace(Some(100), 100)), Decision::NotSampled);
-        assert_eq!(p.evaluate(&trace(Some(101), 101)), Decision::Sampled);
-        assert_eq!(p.evaluate(&trace(Some(200), 200)), Decision::Sampled);
-        assert_eq!(p.evaluate(&trace(Some(201), 201)), Decision::NotSampled);
+        assert_eq!(p.evaluate(&trace(Some(100))), Decision::NotSampled);
+        assert_eq!(p.evaluate(&trace(Some(101))), Decision::Sampled);
+        assert_eq!(p.evaluate(&trace(Some(200))), Decision::Sampled);
+        assert_eq!(p.evaluate(&trace(Some(201))), Decision::NotSampled);
     }
 
     #[test]
-    fn root_duration_wins_over_a_skewed_span_window() {
+    fn the_duration_is_the_one_on_one_clock() {
         let p = Latency::new(&LatencyConfig {
             threshold_ms: 1000,
             upper_threshold_ms: 0,
         });
-        // A child on a host whose clock is 5 s ahead stretches the window; the root
-        // span says the request took 50 ms.
-        assert_eq!(p.evaluate(&trace(Some(50), 5_050)), Decision::NotSampled);
-        // Without a root the window is all there is.
-        assert_eq!(p.evaluate(&trace(None, 5_050)), Decision::Sampled);
+        // The root span says the request took 50 ms, whatever a child on a host with
+        // a clock 5 s ahead says.
+        assert_eq!(p.evaluate(&trace(Some(50))), Decision::NotSampled);
+        // Not measured: 0. `Decider::decide_entry` measures the longest one-host
+        // window before a latency policy reads a trace without a root.
+        assert_eq!(p.evaluate(&trace(None)), Decision::NotSampled);
+        assert_eq!(p.evaluate(&trace(Some(5_050))), Decision::Sampled);
     }
 }
