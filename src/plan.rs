@@ -19,10 +19,10 @@ use std::time::Duration;
 use crate::config::{MemoryConfig, MemorySplit};
 
 /// Bytes of book-keeping per buffered span beyond its encoded size (`cargo bench
-/// --bench memory`: "per buffered span: encoded size + 21 B" on 2026-12-07).
-pub const SPAN_OVERHEAD_BYTES: f64 = 21.0;
-/// Bytes per live trace (`cargo bench --bench memory`: "per live trace: 145 B" on 2026-12-07).
-pub const TRACE_BYTES: f64 = 145.0;
+/// --bench memory`: "per buffered span: encoded size + 20 B" on 2026-12-07).
+pub const SPAN_OVERHEAD_BYTES: f64 = 20.0;
+/// Bytes per live trace (`cargo bench --bench memory`: "per live trace: 126 B" on 2026-12-07).
+pub const TRACE_BYTES: f64 = 126.0;
 /// Bytes per decision-cache entry, an upper bound of the cache's allocation per entry
 /// (`decide/cache.rs` counts the same allocations).
 pub const CACHE_ENTRY_BYTES: f64 = 64.0;
@@ -334,8 +334,8 @@ mod tests {
     #[test]
     fn the_buffer_is_rate_times_wait_times_the_measured_costs() {
         let p = plan(&input(10_000.0, 30)).expect("plan");
-        // 300k spans of 450 + 21 B and 15k traces of 145 B.
-        let want = 300_000.0 * 471.0 + 15_000.0 * 145.0;
+        // 300k spans of 450 + 20 B and 15k traces of 126 B.
+        let want = 300_000.0 * 470.0 + 15_000.0 * 126.0;
         assert!((p.buffer_bytes - want).abs() < 1.0, "{}", p.buffer_bytes);
         assert_eq!(p.instances, 1);
         assert!(p.split.buffer as f64 * 0.75 >= p.buffer_bytes + p.cache_bytes);
