@@ -297,6 +297,7 @@ async fn copier(
         .set("queued.max.messages.kbytes", "65536")
         .set("fetch.max.bytes", "67108864")
         .set("fetch.queue.backoff.ms", "10")
+        .set("fetch.wait.max.ms", tailsift::config::INPUT_FETCH_WAIT_MS)
         .set("enable.auto.commit", "true")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create()

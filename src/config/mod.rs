@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 pub use crate::duration::{parse_duration, ConfigDuration};
 pub use crate::policy::PolicyConfig;
-pub use kafka::{Compression, KafkaConfig};
+pub use kafka::{Compression, KafkaConfig, INPUT_FETCH_WAIT_MS};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use route::RouteConfig;
 

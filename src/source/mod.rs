@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use crate::budget::{Charge, MemoryBudget};
 use crate::clock::{wall_ms, IdleTracker, PartitionTime, StreamClocks};
 use crate::codec::{FrameInterner, InputEncoding};
-use crate::config::{KafkaConfig, MemorySplit};
+use crate::config::{KafkaConfig, MemorySplit, INPUT_FETCH_WAIT_MS};
 use crate::flow::{Pin, Publisher, Restored, ScanKeys, ShardMsg, SinkMsg, TxnCommit};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{names, Health};
@@ -204,7 +204,8 @@ impl Source {
             // When that queue is full librdkafka postpones the partition's next fetch
             // by this much (default 1 s): at full speed the queue empties in well
             // under that, and the default left the source idle most of the time.
-            .set("fetch.queue.backoff.ms", "10");
+            .set("fetch.queue.backoff.ms", "10")
+            .set("fetch.wait.max.ms", INPUT_FETCH_WAIT_MS);
         // The new group protocol (KIP-848, `group.protocol: consumer`) assigns on
         // the broker, incrementally; the classic one takes a client-side strategy.
         // Exactly-once with the classic protocol rebalances eagerly, so every member
