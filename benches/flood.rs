@@ -8,7 +8,8 @@
 //! decides what was still buffered, as after a restart.
 //!
 //! `cargo bench --bench flood` (env `FLOOD_SECS`, default 60; `FLOOD_RATE` traces/s,
-//! default 2000; `FLOOD_LIMITS`, default `64MiB,256MiB`).
+//! default 2000; `FLOOD_LIMITS`, default `64MiB,256MiB`; `FLOOD_COMPRESSION` of the
+//! input, default `lz4`, or `none`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -190,7 +191,10 @@ async fn run(limit_text: &str, secs: u64, rate: u64) -> Outcome {
     let opts = gen::FeedOptions {
         traces: (secs * rate) as usize,
         rate,
-        compression: "lz4".into(),
+        // Uncompressed input is kept by librdkafka in the fetch responses themselves
+        // (a message pins its whole response), compressed input in a buffer per
+        // message set: both are worth a run.
+        compression: std::env::var("FLOOD_COMPRESSION").unwrap_or_else(|_| "lz4".into()),
         batch_spans: 0,
     };
     let (truths, fed) = gen::feed(&bootstrap, INPUT, &mut g, &opts, |s| {

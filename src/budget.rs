@@ -120,9 +120,17 @@ impl MemoryBudget {
         if data.is_empty() && extra == 0 {
             return Bytes::new();
         }
-        let charge = Charge::new(self, data.capacity() as u64 + extra);
-        Bytes::from_owner(ChargedBuf {
-            data,
+        let bytes = data.capacity() as u64 + extra;
+        self.charged(data, bytes)
+    }
+
+    /// Takes ownership of `owner`, whatever holds the bytes (a vector, a message in
+    /// librdkafka's memory), and charges `bytes` for it until the last `Bytes` slicing
+    /// it is dropped.
+    pub fn charged<T: AsRef<[u8]> + Send + 'static>(&self, owner: T, bytes: u64) -> Bytes {
+        let charge = Charge::new(self, bytes);
+        Bytes::from_owner(Charged {
+            owner,
             _charge: charge,
         })
     }
@@ -152,14 +160,15 @@ impl Drop for Charge {
     }
 }
 
-struct ChargedBuf {
-    data: Vec<u8>,
+/// Bytes and their charge, released together.
+struct Charged<T> {
+    owner: T,
     _charge: Charge,
 }
 
-impl AsRef<[u8]> for ChargedBuf {
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Charged<T> {
     fn as_ref(&self) -> &[u8] {
-        &self.data
+        self.owner.as_ref()
     }
 }
 

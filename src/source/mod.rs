@@ -11,6 +11,7 @@
 mod context;
 mod decisions;
 mod inflight;
+mod kept;
 mod offsets;
 mod scanner;
 
@@ -40,6 +41,7 @@ use crate::telemetry::{names, Health};
 pub use context::SourceContext;
 use decisions::DecisionsTopic;
 use inflight::InputGate;
+use kept::Kept;
 pub use offsets::OffsetTracker;
 use scanner::{shard_of_id, Input, ScanJob, Scanner};
 
@@ -609,14 +611,8 @@ impl Source {
     /// Reads one message and hands it to the next scanner. `Err` only when the
     /// pipeline is shutting down.
     async fn handle(&mut self, m: BorrowedMessage<'_>) -> Result<(), ()> {
-        // One copy out of librdkafka's buffer, charged to the budget until the shards
-        // have copied its spans out (or its dead letter is delivered).
-        let payload = self.gate.hold(
-            self.budget
-                .charged_bytes(m.payload().map(<[u8]>::to_vec).unwrap_or_default()),
-        );
         self.received[0].increment(1);
-        self.received[1].increment(payload.len() as u64);
+        self.received[1].increment(m.payload_len() as u64);
         // The guard pin: held until a scanner knows how many traces the message feeds.
         let Some(pin) = lock(&self.tracker).track(m.topic(), m.partition(), m.offset(), 1) else {
             static LOG: crate::telemetry::LogLimiter =
@@ -655,21 +651,31 @@ impl Source {
             counter!(names::INPUT_UNKEYED, "topic" => m.topic().to_string(), "reason" => reason)
                 .increment(1);
         }
-        let job = ScanJob::Message(Input {
-            payload,
-            key,
-            headers: m.headers().map(rdkafka::message::BorrowedHeaders::detach),
-            pin,
-            at,
-            encoding,
-            topic,
-        });
+        let headers = m.headers().map(rdkafka::message::BorrowedHeaders::detach);
         // Dealt by partition: a partition's messages (and so a trace's, as input is
         // keyed by trace id) reach the shards in the order they were read. Dealing
         // them by offset spread a trace over scanners that could be held up unequally
         // by full shard channels, so its last spans could come after its decision.
         let partition = m.partition();
-        drop(m);
+        // Kept in librdkafka's memory, not copied (see `kept`), and charged to the
+        // budget until the shards have copied its spans out (or its dead letter is
+        // delivered).
+        let len = m.payload_len() as u64;
+        let payload = if len == 0 {
+            Bytes::new()
+        } else {
+            self.gate
+                .hold(self.budget.charged(Kept::new(m, &self.consumer), len))
+        };
+        let job = ScanJob::Message(Input {
+            payload,
+            key,
+            headers,
+            pin,
+            at,
+            encoding,
+            topic,
+        });
         self.scanner_of(partition).send(job).await.map_err(drop)?;
         // Backpressure in bytes: the channels are bounded in messages only.
         self.gate.wait_below().await;
