@@ -155,7 +155,7 @@ impl Scanner {
             Err(e) => {
                 counter!(names::SPANS_REJECTED, "reason" => "bad_encoding").increment(1);
                 let reason = format!("bad_encoding: {e}");
-                self.send_dead_letter(&input, input.payload.clone(), reason, "undecodable")
+                self.send_dead_letter(&input, self.own_copy(&input.payload), reason, "undecodable")
                     .await?;
                 self.clocks.publish(pin.slot, pin.epoch, at);
                 return Ok(());
@@ -221,8 +221,16 @@ impl Scanner {
     /// Sends an undecodable message to the dead-letter topic, its guard pin with it.
     async fn dead_letter(&self, input: Input, e: CodecError) -> Result<(), ()> {
         let reason = format!("{}: {e}", e.code());
-        self.send_dead_letter(&input, input.payload.clone(), reason, "undecodable")
+        self.send_dead_letter(&input, self.own_copy(&input.payload), reason, "undecodable")
             .await
+    }
+
+    /// A copy of an input payload in memory of tailsift's own, charged to the budget:
+    /// a dead letter waits for the broker, through outages too, and the input payload
+    /// lies in librdkafka's memory, where it keeps its whole fetch response (if not
+    /// compressed) alive, far beyond the bytes the budget charges for it.
+    fn own_copy(&self, payload: &Bytes) -> Bytes {
+        self.budget.charged_bytes(payload.to_vec())
     }
 
     /// Sends the spans of `message` set aside for their trace id to the dead-letter
