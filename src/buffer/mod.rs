@@ -69,13 +69,10 @@ struct Chunk {
     offset: i64,
     /// The framing of the spans whose record says 0.
     frame: Arc<ScopeFrame>,
-    /// Framings 1.. when the spans came under several (rare: boxed to keep the
-    /// chunk small).
-    #[expect(
-        clippy::box_collection,
-        reason = "a thin pointer: 8 bytes in every chunk instead of a slice's 16"
-    )]
-    more_frames: Option<Box<Vec<Arc<ScopeFrame>>>>,
+    /// Framings 1.. when the spans came under several (a trace's spans from several
+    /// services in one Collector batch): a thin vector, 8 bytes in every chunk, no
+    /// allocation when empty, and one (growing) otherwise.
+    more_frames: ThinVec<Arc<ScopeFrame>>,
     /// The records, then the bodies. The count is not stored: it is the first `n`
     /// for which `n` records and the bodies up to the end of record `n` fill the
     /// whole (4 bytes less in every chunk; see [`Chunk::count`]).
@@ -89,7 +86,7 @@ impl Chunk {
         let head = spans.len() * RECORD_BYTES;
         let mut data = Vec::with_capacity(head + bodies);
         let first = spans.first().map(|s| message.frame(s));
-        let mut more: Vec<Arc<ScopeFrame>> = Vec::new();
+        let mut more: ThinVec<Arc<ScopeFrame>> = ThinVec::new();
         let mut end = 0usize;
         for s in spans {
             // The bytes copied below, not the range: they are what the records index.
@@ -117,10 +114,7 @@ impl Chunk {
             epoch: pin.epoch,
             offset: pin.offset,
             frame: first.map_or_else(|| Arc::new(ScopeFrame::default()), Arc::clone),
-            more_frames: (!more.is_empty()).then(|| {
-                more.shrink_to_fit();
-                Box::new(more)
-            }),
+            more_frames: more,
             data: data.into_boxed_slice(),
         }
     }
@@ -136,11 +130,7 @@ impl Chunk {
             let frame = usize::from(u16::from_le_bytes([r[4], r[5]]));
             let frame = match frame {
                 0 => &self.frame,
-                i => self
-                    .more_frames
-                    .as_deref()
-                    .and_then(|m| m.get(i - 1))
-                    .unwrap_or(&self.frame), // cannot happen: records index our frames
+                i => self.more_frames.get(i - 1).unwrap_or(&self.frame), // cannot happen: records index our frames
             };
             let bytes = bodies.get(start..end).unwrap_or_default();
             start = end;
@@ -171,7 +161,7 @@ impl Chunk {
             epoch: 0,
             offset: 0,
             frame: Arc::new(ScopeFrame::default()),
-            more_frames: None,
+            more_frames: ThinVec::new(),
             data: Box::default(),
         }
     }
@@ -181,10 +171,10 @@ impl Chunk {
     fn heap_bytes(&self) -> usize {
         let alloc = |n: usize| if n == 0 { 0 } else { n + ALLOCATION_OVERHEAD };
         alloc(self.data.len())
-            + self.more_frames.as_ref().map_or(0, |m| {
-                alloc(size_of::<Vec<Arc<ScopeFrame>>>())
-                    + alloc(m.capacity() * size_of::<Arc<ScopeFrame>>())
-            })
+            + match self.more_frames.capacity() {
+                0 => 0,
+                cap => alloc(THIN_VEC_HEADER + cap * size_of::<Arc<ScopeFrame>>()),
+            }
     }
 }
 
