@@ -32,7 +32,12 @@ pub(super) struct Kept {
 
 impl Kept {
     /// Keeps `message`, read from `consumer`.
-    pub(super) fn new(
+    ///
+    /// # Safety
+    ///
+    /// `message` must have been read from `consumer` (the same librdkafka handle):
+    /// it is that handle the `Kept` keeps alive for the message.
+    pub(super) unsafe fn new(
         message: BorrowedMessage<'_>,
         consumer: &Arc<StreamConsumer<SourceContext>>,
     ) -> Self {
@@ -41,11 +46,10 @@ impl Kept {
         // when the message is dropped, through librdkafka's handle, which the consumer
         // owns. The message owns everything else it points to (`Arc<NativeEvent>`);
         // the lifetime is only a marker (`PhantomData`), so changing it changes no
-        // layout. The consumer outlives the message here because `Kept` holds an `Arc`
-        // of it, declared after the message and so dropped after it, and `message` is
-        // private: no reference to it escapes with the shorter lifetime's guarantee
-        // gone. The caller passes the consumer the message was read from (the one
-        // place that makes a `Kept`, `Source::handle`, reads through `self.consumer`).
+        // layout. The consumer (the one it was read from, as the caller promises)
+        // outlives the message because `Kept` holds an `Arc` of it, declared after the
+        // message and so dropped after it, and `message` is private: no reference to
+        // it escapes with the shorter lifetime's guarantee gone.
         let message = unsafe {
             std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(message)
         };
@@ -115,7 +119,8 @@ mod tests {
                 .await
                 .expect("a message within 20 s")
                 .expect("consumed");
-            let kept = Bytes::from_owner(Kept::new(m, &consumer));
+            // SAFETY: `m` was read from `consumer` just above.
+            let kept = Bytes::from_owner(unsafe { Kept::new(m, &consumer) });
             assert_eq!(
                 Arc::strong_count(&consumer),
                 2,

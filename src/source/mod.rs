@@ -664,8 +664,10 @@ impl Source {
         let payload = if len == 0 {
             Bytes::new()
         } else {
-            self.gate
-                .hold(self.budget.charged(Kept::new(m, &self.consumer), len))
+            // SAFETY: `m` was read from `self.consumer`: `run` reads through a clone
+            // of that `Arc`, and nothing else calls `handle`.
+            let kept = unsafe { Kept::new(m, &self.consumer) };
+            self.gate.hold(self.budget.charged(kept, len))
         };
         let job = ScanJob::Message(Input {
             payload,
