@@ -1,5 +1,9 @@
-//! Shutdown signalling: one [`ShutdownTrigger`], any number of [`Shutdown`] listeners.
+//! Shutdown signalling: one [`ShutdownTrigger`], any number of [`Shutdown`] listeners;
+//! and [`leave_group`], how a stage's consumer leaves its group at the end.
 
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use tokio::sync::watch;
 
 /// Fires shutdown for every [`Shutdown`] made from it.
@@ -38,5 +42,83 @@ impl Shutdown {
     pub async fn recv(&mut self) {
         // An error means the trigger is gone, which also means shut down.
         let _ = self.0.wait_for(|v| *v).await;
+    }
+}
+
+/// How long a stage's consumer may take to leave its group at the end: the revoke
+/// callbacks commit what is safe, which a reachable broker does in milliseconds.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Unsubscribes `consumer` and handles the revoke that starts while the consumer is
+/// still open, reading until it owns no partition (at most `within`). Messages read
+/// meanwhile are dropped unhandled: nothing of them was committed, so the next owner
+/// reads them again.
+///
+/// Why: rdkafka's `BaseConsumer::drop` closes the consumer and polls until it is
+/// closed, handling any rebalance event that arrives meanwhile with the context's
+/// `rebalance`, which first asks librdkafka for the group's rebalance protocol. Once the
+/// consumer is closing, librdkafka may never answer (librdkafka #4041, rust-rdkafka
+/// #509), and the drop waits forever. `tests/group.rs` (1 -> 3 -> 1 instances) hung so
+/// once: an instance stopped during the rebalance another's leaving had started, and
+/// the revoke reached its consumer's drop.
+pub async fn leave_group<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    within: Duration,
+) {
+    consumer.unsubscribe();
+    let deadline = tokio::time::Instant::now() + within;
+    while consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        if tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::DefaultConsumerContext;
+
+    use super::*;
+    use crate::demo::EmbeddedBroker;
+
+    /// Once `leave_group` returns, the consumer owns nothing (the revoke ran while it
+    /// was open, so its drop has no rebalance left to handle) and dropping it returns.
+    /// Unsubscribing alone leaves the assignment in place until the next poll.
+    #[tokio::test]
+    async fn a_consumer_that_left_its_group_owns_nothing_and_closes() {
+        let broker = EmbeddedBroker::start(1).expect("mock cluster");
+        broker.create_topic("leave", 4).expect("topic");
+        let consumer: StreamConsumer<DefaultConsumerContext> = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("group.id", "leave")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&["leave"]).expect("subscribe");
+        let assigned = tokio::time::timeout(Duration::from_secs(30), async {
+            while consumer.assignment().map_or(0, |a| a.count()) < 4 {
+                let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+            }
+        })
+        .await;
+        assert!(assigned.is_ok(), "4 partitions assigned within 30 s");
+        leave_group(&consumer, Duration::from_secs(10)).await;
+        assert_eq!(
+            consumer.assignment().map(|a| a.count()).ok(),
+            Some(0),
+            "the revoke ran before leave_group returned"
+        );
+        let (done, closed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(consumer);
+            let _ = done.send(());
+        });
+        closed
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the consumer closed");
     }
 }

@@ -574,7 +574,8 @@ impl Router {
                 warn!(message = "Route stage: final commit failed; the next owner re-routes from the previous commit.", error = %e);
             }
         }
-        self.consumer.unsubscribe();
+        // The revoke runs now, not in the consumer's drop, where it can hang.
+        crate::shutdown::leave_group(&self.consumer, crate::shutdown::LEAVE_TIMEOUT).await;
         info!(message = "Route stage stopped.");
         result
     }

@@ -418,7 +418,8 @@ impl Source {
                     .await;
             }
         }
-        self.consumer.unsubscribe();
+        // The revoke runs now, not in the consumer's drop, where it can hang.
+        crate::shutdown::leave_group(&self.consumer, crate::shutdown::LEAVE_TIMEOUT).await;
         info!(message = "Source stopped.");
     }
 
