@@ -376,6 +376,8 @@ pub struct Router {
     dead_letter: Arc<str>,
     max_message_bytes: usize,
     commit_interval: Duration,
+    /// A static group member (`group.instance.id`): it does not leave its group.
+    static_member: bool,
     exactly_once: bool,
     frames: FrameInterner,
     keys: AttrMatchers,
@@ -520,6 +522,7 @@ impl Router {
             dead_letter: Arc::from(kafka.dead_letter_topic.as_str()),
             max_message_bytes: kafka.max_message_bytes,
             commit_interval: kafka.commit_interval.0,
+            static_member: kafka.consumer.contains_key("group.instance.id"),
             exactly_once: kafka.exactly_once,
             frames: FrameInterner::new(Bytes::from),
             keys: AttrMatchers::default(),
@@ -575,7 +578,12 @@ impl Router {
             }
         }
         // The revoke runs now, not in the consumer's drop, where it can hang.
-        crate::shutdown::leave_group(&self.consumer, crate::shutdown::LEAVE_TIMEOUT).await;
+        crate::shutdown::leave_group(
+            &self.consumer,
+            self.static_member,
+            crate::shutdown::LEAVE_TIMEOUT,
+        )
+        .await;
         info!(message = "Route stage stopped.");
         result
     }

@@ -120,6 +120,8 @@ pub struct Source {
     /// Input messages not keyed by trace id, for the consumer's periodic check.
     unkeyed: Arc<AtomicU64>,
     commit_interval: Duration,
+    /// A static group member (`group.instance.id`): it does not leave its group.
+    static_member: bool,
     budget: MemoryBudget,
     /// Input handed on and not yet buffered, against a cap in bytes.
     gate: Arc<InputGate>,
@@ -291,6 +293,7 @@ impl Source {
             scanners,
             releases: out.releases,
             commit_interval: cfg.commit_interval.0,
+            static_member: cfg.consumer.contains_key("group.instance.id"),
             budget,
             paused: false,
             received: [
@@ -419,7 +422,12 @@ impl Source {
             }
         }
         // The revoke runs now, not in the consumer's drop, where it can hang.
-        crate::shutdown::leave_group(&self.consumer, crate::shutdown::LEAVE_TIMEOUT).await;
+        crate::shutdown::leave_group(
+            &self.consumer,
+            self.static_member,
+            crate::shutdown::LEAVE_TIMEOUT,
+        )
+        .await;
         info!(message = "Source stopped.");
     }
 
