@@ -326,6 +326,13 @@ impl KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// Whether the input consumers are static group members (`group.instance.id` in
+    /// `consumer`): they keep their partitions across a restart within their session,
+    /// so they never leave their group.
+    pub fn static_member(&self) -> bool {
+        self.consumer.contains_key("group.instance.id")
+    }
+
     /// Makes, and drops, a consumer and a producer with the passed-through
     /// properties and no bootstrap servers (so nothing is contacted), for what
     /// librdkafka checks only when a client is made: SASL mechanisms, certificate

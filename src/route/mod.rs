@@ -522,7 +522,7 @@ impl Router {
             dead_letter: Arc::from(kafka.dead_letter_topic.as_str()),
             max_message_bytes: kafka.max_message_bytes,
             commit_interval: kafka.commit_interval.0,
-            static_member: kafka.consumer.contains_key("group.instance.id"),
+            static_member: kafka.static_member(),
             exactly_once: kafka.exactly_once,
             frames: FrameInterner::new(Bytes::from),
             keys: AttrMatchers::default(),

@@ -293,7 +293,7 @@ impl Source {
             scanners,
             releases: out.releases,
             commit_interval: cfg.commit_interval.0,
-            static_member: cfg.consumer.contains_key("group.instance.id"),
+            static_member: cfg.static_member(),
             budget,
             paused: false,
             received: [
