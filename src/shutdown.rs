@@ -49,6 +49,9 @@ impl Shutdown {
 /// callbacks commit what is safe, which a reachable broker does in milliseconds.
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`leave_group`] waits in one read before it looks at the assignment again.
+const LEAVE_POLL: Duration = Duration::from_millis(20);
+
 /// Unsubscribes `consumer` and handles the revoke that starts while the consumer is
 /// still open, reading until it owns no partition (at most `within`). Messages read
 /// meanwhile are dropped unhandled: nothing of them was committed, so the next owner
@@ -77,13 +80,14 @@ pub async fn leave_group<C: ConsumerContext + 'static>(
         return;
     }
     let deadline = tokio::time::Instant::now() + within;
+    // The revoke is handled inside `recv`, which then goes on waiting for a message
+    // that no longer comes: each wait is short, so the loop sees the empty assignment.
     while consumer.assignment().is_ok_and(|a| a.count() > 0) {
-        if tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .is_err()
-        {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             break;
         }
+        let _ = tokio::time::timeout_at(deadline.min(now + LEAVE_POLL), consumer.recv()).await;
     }
 }
 
@@ -109,7 +113,8 @@ mod tests {
 
     /// Once `leave_group` returns, the consumer owns nothing (the revoke ran while it
     /// was open, so its drop has no rebalance left to handle) and dropping it returns.
-    /// Unsubscribing alone leaves the assignment in place until the next poll.
+    /// Unsubscribing alone leaves the assignment in place until the next poll. And it
+    /// returns as soon as that is so, not at its deadline.
     #[tokio::test]
     async fn a_consumer_that_left_its_group_owns_nothing_and_closes() {
         let broker = EmbeddedBroker::start(1).expect("mock cluster");
@@ -128,7 +133,18 @@ mod tests {
         })
         .await;
         assert!(assigned.is_ok(), "4 partitions assigned within 30 s");
-        leave_group(&consumer, false, Duration::from_secs(10)).await;
+        // It returns once nothing is assigned, not at its deadline (each shutdown waited
+        // out the whole LEAVE_TIMEOUT so once: the revoke is handled inside a `recv`
+        // that then waits for a message no longer coming).
+        let left = tokio::time::timeout(
+            Duration::from_secs(30),
+            leave_group(&consumer, false, Duration::from_secs(120)),
+        )
+        .await;
+        assert!(
+            left.is_ok(),
+            "leave_group returned once nothing was assigned, not at its 120 s deadline"
+        );
         assert_eq!(
             consumer.assignment().map(|a| a.count()).ok(),
             Some(0),
