@@ -410,6 +410,8 @@ policies:
     ))
     .expect("route config");
     let route = route_cfg.route.clone().expect("route section");
+    // A mark for profilers attaching to the route stage's run (`perf record -p`).
+    eprintln!("route stage: starting");
     let routed = measured("route", async {
         let kafka = route_cfg.kafka.clone();
         let r = route.clone();

@@ -113,6 +113,86 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_and_the_rest_flows() {
     assert_eq!(got.len(), 1);
 }
 
+/// The route stage (unkeyed input) sends what it cannot decode to the dead-letter
+/// topic as it came, with its key, where it came from and why, and routes the rest:
+/// the trace sent unkeyed beside the bad messages comes out whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_stage_dead_letters_what_it_cannot_decode_and_routes_the_rest() {
+    let h = Harness::new(2, 2);
+    h.broker
+        .create_topic("spans-by-trace", 2)
+        .expect("routed topic");
+    let mut yaml = h.config_yaml("  - {name: all, type: always_sample}\n", "500ms", None);
+    yaml.push_str("route:\n  topics: [spans]\n");
+    let cfg = tailsift::config::Config::from_yaml(&yaml).expect("valid config");
+    let out = h.collector();
+    let dlq = h.dead_letters();
+    let sampler = Instance::start(&cfg).await;
+    sampler.wait_assigned().await;
+    let mut g = gen::Generator::new(gen::GenConfig::default());
+    let good = g.next_trace(gen::now_ns());
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage",
+            b"\xff\xfe this is not protobuf \x00\x01".to_vec(),
+        ),
+        (
+            "truncated",
+            good.messages[0][..good.messages[0].len() / 2].to_vec(),
+        ),
+    ];
+    // Both compressions: an uncompressed payload is read where librdkafka fetched it,
+    // an lz4 one where it was decompressed. (The producers live to the end: `send`
+    // only enqueues.)
+    let producers = [h.producer("none"), h.producer("lz4")];
+    for (p, (key, payload)) in producers.iter().zip(&bad) {
+        gen::send(p, INPUT, key.as_bytes(), payload)
+            .await
+            .expect("send");
+    }
+    for m in &good.messages {
+        gen::send(&producers[1], INPUT, &[], m).await.expect("send");
+    }
+    let ok = wait_until(Duration::from_secs(30), || {
+        dlq.len() >= bad.len() && out.traces().contains_key(&good.truth.trace_id)
+    })
+    .await;
+    sampler.stop().await;
+    assert!(
+        ok,
+        "dead letters: {}, output traces: {}",
+        dlq.len(),
+        out.traces().len()
+    );
+    let letters = dlq.records();
+    assert_eq!(letters.len(), bad.len());
+    for (key, payload) in &bad {
+        let r = letters
+            .iter()
+            .find(|r| r.key.as_deref() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("{key} not dead-lettered with its key"));
+        assert_eq!(&r.payload, payload, "{key}: the original bytes");
+        assert_eq!(r.header(HEADER_SOURCE_TOPIC).as_deref(), Some(INPUT));
+        let partition: i32 = r
+            .header(HEADER_SOURCE_PARTITION)
+            .and_then(|p| p.parse().ok())
+            .expect("partition header");
+        assert!((0..2).contains(&partition));
+        assert!(r
+            .header(HEADER_SOURCE_OFFSET)
+            .and_then(|o| o.parse::<i64>().ok())
+            .is_some_and(|o| o >= 0));
+        let why = r.header(HEADER_ERROR).expect("reason header");
+        assert!(
+            why.starts_with("invalid_protobuf") || why.starts_with("truncated"),
+            "{key}: reason {why:?}"
+        );
+    }
+    let got = out.traces();
+    assert_eq!(got[&good.truth.trace_id].distinct_spans, good.truth.spans);
+    assert_eq!(got.len(), 1);
+}
+
 /// Sum of the committed offsets of the test group over the input partitions.
 fn committed_total(bootstrap: &str) -> i64 {
     let c: BaseConsumer = match ClientConfig::new()

@@ -28,6 +28,7 @@
 //! read through [`Watch`].
 
 pub mod headers;
+pub mod kept;
 mod live;
 mod record;
 mod summary;

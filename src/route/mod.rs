@@ -50,6 +50,7 @@ use crate::config::{KafkaConfig, RouteConfig, INPUT_FETCH_WAIT_MS};
 use crate::flow::headers::{
     HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
+use crate::flow::kept::Kept;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{names, Health};
 
@@ -355,6 +356,33 @@ struct Piece {
     dead_letter: bool,
 }
 
+/// Where an input message came from: what its records and its dead letter carry,
+/// taken before its payload is handed to a `Bytes`.
+struct Origin {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+}
+
+impl Origin {
+    fn of(m: &BorrowedMessage<'_>) -> Self {
+        Origin {
+            topic: Arc::from(m.topic()),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            key: m.key().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(rdkafka::message::BorrowedHeaders::detach)
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// The records made from one input message, and where it came from.
 struct Batch {
     topic: Arc<str>,
@@ -636,12 +664,22 @@ impl Router {
             .get(m.topic())
             .map(|(t, e)| (Arc::clone(t), *e))?;
         counter!(names::ROUTE_MESSAGES, "topic" => m.topic().to_string()).increment(1);
-        let pieces = self.split(&m, &routed, encoding);
+        let from = Origin::of(&m);
+        // Read in librdkafka's memory, not copied out (see `flow::kept`): the message
+        // is dropped once its records are encoded.
+        let raw = if m.payload_len() == 0 {
+            Bytes::new()
+        } else {
+            // SAFETY: `m` was read from `self.consumer`: `run` reads through a clone of
+            // that `Arc`, and nothing else calls `prepare`.
+            Bytes::from_owner(unsafe { Kept::new(m, &self.consumer) })
+        };
+        let pieces = self.split(&from, &raw, &routed, encoding);
         Some(Batch {
-            topic: Arc::from(m.topic()),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp: m.timestamp().to_millis(),
+            topic: from.topic,
+            partition: from.partition,
+            offset: from.offset,
+            timestamp: from.timestamp,
             pieces,
         })
     }
@@ -673,17 +711,13 @@ impl Router {
     /// size), or a dead letter.
     fn split(
         &mut self,
-        m: &BorrowedMessage<'_>,
+        m: &Origin,
+        raw: &Bytes,
         routed: &Arc<str>,
         encoding: InputEncoding,
     ) -> Vec<Piece> {
-        let raw = m.payload().unwrap_or_default();
-        let headers: OwnedHeaders = m
-            .headers()
-            .map(rdkafka::message::BorrowedHeaders::detach)
-            .unwrap_or_default();
         let otlp = match encoding.to_otlp(raw) {
-            Ok(None) => Bytes::copy_from_slice(raw),
+            Ok(None) => raw.clone(),
             Ok(Some(o)) => Bytes::from(o),
             Err(e) => {
                 return vec![self.dead_letter_of(
@@ -732,7 +766,7 @@ impl Router {
                     topic: Arc::clone(routed),
                     key: Some(key.clone()),
                     payload,
-                    headers: headers.clone(),
+                    headers: m.headers.clone(),
                     dead_letter: false,
                 });
             }
@@ -755,7 +789,7 @@ impl Router {
 
     fn dead_letter_of(
         &self,
-        m: &BorrowedMessage<'_>,
+        m: &Origin,
         payload: Vec<u8>,
         reason: &str,
         label: &'static str,
@@ -764,21 +798,13 @@ impl Router {
         static LOG: crate::telemetry::LogLimiter =
             crate::telemetry::LogLimiter::new(Duration::from_secs(10));
         if let Some(suppressed) = LOG.allow() {
-            warn!(message = "Route stage: undecodable message; sending it to the dead-letter topic.", topic = %m.topic(), partition = m.partition(), offset = m.offset(), error = %reason, suppressed_since_last = suppressed);
+            warn!(message = "Route stage: undecodable message; sending it to the dead-letter topic.", topic = %m.topic, partition = m.partition, offset = m.offset, error = %reason, suppressed_since_last = suppressed);
         }
         Piece {
             topic: Arc::clone(&self.dead_letter),
-            key: m.key().map(<[u8]>::to_vec),
+            key: m.key.clone(),
             payload,
-            headers: source_headers(
-                m.headers()
-                    .map(rdkafka::message::BorrowedHeaders::detach)
-                    .unwrap_or_default(),
-                reason,
-                m.topic(),
-                m.partition(),
-                m.offset(),
-            ),
+            headers: source_headers(m.headers.clone(), reason, &m.topic, m.partition, m.offset),
             dead_letter: true,
         }
     }

@@ -11,7 +11,6 @@
 mod context;
 mod decisions;
 mod inflight;
-mod kept;
 mod offsets;
 mod scanner;
 
@@ -34,6 +33,7 @@ use crate::budget::{Charge, MemoryBudget};
 use crate::clock::{wall_ms, IdleTracker, PartitionTime, StreamClocks};
 use crate::codec::{FrameInterner, InputEncoding};
 use crate::config::{KafkaConfig, MemorySplit, INPUT_FETCH_WAIT_MS};
+use crate::flow::kept::Kept;
 use crate::flow::{Pin, Publisher, Restored, ScanKeys, ShardMsg, SinkMsg, TxnCommit};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{names, Health};
@@ -41,7 +41,6 @@ use crate::telemetry::{names, Health};
 pub use context::SourceContext;
 use decisions::DecisionsTopic;
 use inflight::InputGate;
-use kept::Kept;
 pub use offsets::OffsetTracker;
 use scanner::{shard_of_id, Input, ScanJob, Scanner};
 
@@ -666,7 +665,7 @@ impl Source {
         // them by offset spread a trace over scanners that could be held up unequally
         // by full shard channels, so its last spans could come after its decision.
         let partition = m.partition();
-        // Kept in librdkafka's memory, not copied (see `kept`), and charged to the
+        // Kept in librdkafka's memory, not copied (see `flow::kept`), and charged to the
         // budget until the shards have copied its spans out (or its dead letter is
         // delivered).
         let len = m.payload_len() as u64;

@@ -1,15 +1,16 @@
-//! A consumed message kept in librdkafka's memory, instead of copied out of it, until
-//! the shards have copied its spans.
+//! A consumed message kept in librdkafka's memory, instead of copied out of it, for as
+//! long as its payload is read: in the source, until the shards have copied its spans;
+//! in the route stage, until its records are encoded.
 //!
 //! Copying each message out cost ~15% of the sampler's CPU on the Collector's batches
 //! (the copy, and the kernel faulting in a fresh allocation for every ~4 MB message and
 //! taking it back when freed). rdkafka hands a message out as a [`BorrowedMessage`]
 //! whose lifetime is tied to a borrow of the consumer, so it cannot travel to the
-//! scanner and shard tasks as it is. A [`Kept`] holds the message together with a
-//! reference to the consumer, which keeps librdkafka's handle alive for as long as the
-//! message is.
+//! scanner and shard tasks, or be the owner of a [`bytes::Bytes`], as it is. A [`Kept`]
+//! holds the message together with a reference to the consumer, which keeps
+//! librdkafka's handle alive for as long as the message is.
 //!
-//! What the message pins in librdkafka: for compressed input, its message set's
+//! What a message the source keeps pins in librdkafka: for compressed input, its message set's
 //! decompressed buffer; for uncompressed input, the fetch response it came in (up to
 //! `fetch.max.bytes`, the prefetch share of the memory limit). The budget charges the
 //! payload's length while it is kept, as it charged the copy; the source's input gate
@@ -18,29 +19,25 @@
 
 use std::sync::Arc;
 
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 
-use super::context::SourceContext;
-
-/// A message and the consumer it came from. The fields drop in order: the message
-/// first, then the consumer handle, which may be the last.
-pub(super) struct Kept {
+/// A message and the consumer it came from, to be the owner of a `Bytes` of its
+/// payload. The fields drop in order: the message first, then the consumer handle,
+/// which may be the last.
+pub struct Kept<C: ConsumerContext + 'static> {
     message: BorrowedMessage<'static>,
-    _consumer: Arc<StreamConsumer<SourceContext>>,
+    _consumer: Arc<StreamConsumer<C>>,
 }
 
-impl Kept {
+impl<C: ConsumerContext + 'static> Kept<C> {
     /// Keeps `message`, read from `consumer`.
     ///
     /// # Safety
     ///
     /// `message` must have been read from `consumer` (the same librdkafka handle):
     /// it is that handle the `Kept` keeps alive for the message.
-    pub(super) unsafe fn new(
-        message: BorrowedMessage<'_>,
-        consumer: &Arc<StreamConsumer<SourceContext>>,
-    ) -> Self {
+    pub unsafe fn new(message: BorrowedMessage<'_>, consumer: &Arc<StreamConsumer<C>>) -> Self {
         // SAFETY: a `BorrowedMessage`'s lifetime stands for the consumer it was read
         // from, which must outlive it: rdkafka frees the message's memory (its event)
         // when the message is dropped, through librdkafka's handle, which the consumer
@@ -60,7 +57,7 @@ impl Kept {
     }
 }
 
-impl AsRef<[u8]> for Kept {
+impl<C: ConsumerContext + 'static> AsRef<[u8]> for Kept<C> {
     fn as_ref(&self) -> &[u8] {
         self.message.payload().unwrap_or_default()
     }
@@ -68,19 +65,15 @@ impl AsRef<[u8]> for Kept {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
-    use std::sync::Mutex;
     use std::time::Duration;
 
     use bytes::Bytes;
     use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::Consumer;
+    use rdkafka::consumer::{Consumer, DefaultConsumerContext};
     use rdkafka::{Offset, TopicPartitionList};
 
     use super::*;
     use crate::demo::EmbeddedBroker;
-    use crate::source::OffsetTracker;
-    use crate::telemetry::Health;
 
     /// A kept payload stays readable, whole, on another thread, after every other
     /// handle of its consumer is gone; dropping it destroys the message and then
@@ -99,16 +92,10 @@ mod tests {
             crate::gen::send(&producer, topic, b"k", &payload)
                 .await
                 .expect("sent");
-            let consumer: StreamConsumer<SourceContext> = ClientConfig::new()
+            let consumer: StreamConsumer<DefaultConsumerContext> = ClientConfig::new()
                 .set("bootstrap.servers", &bootstrap)
                 .set("group.id", "kept")
-                .create_with_context(SourceContext::new(
-                    Arc::new(Mutex::new(OffsetTracker::default())),
-                    Health::new(),
-                    false,
-                    None,
-                    Arc::new(AtomicU64::new(0)),
-                ))
+                .create()
                 .expect("consumer");
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, 0, Offset::Beginning)
