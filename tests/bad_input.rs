@@ -12,6 +12,7 @@ use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use tailsift::demo::Record;
 use tailsift::gen;
 use tailsift::sink::{
     HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
@@ -79,25 +80,7 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_and_the_rest_flows() {
     let letters = dlq.records();
     assert_eq!(letters.len(), 3);
     for (key, payload) in &bad {
-        let r = letters
-            .iter()
-            .find(|r| r.key.as_deref() == Some(key.as_bytes()))
-            .unwrap_or_else(|| panic!("{key} not dead-lettered"));
-        assert_eq!(
-            &r.payload, payload,
-            "{key}: dead letter must carry the original bytes"
-        );
-        assert_eq!(r.header(HEADER_SOURCE_TOPIC).as_deref(), Some(INPUT));
-        let partition: i32 = r
-            .header(HEADER_SOURCE_PARTITION)
-            .and_then(|p| p.parse().ok())
-            .expect("partition header");
-        assert!((0..2).contains(&partition));
-        assert!(r
-            .header(HEADER_SOURCE_OFFSET)
-            .and_then(|o| o.parse::<i64>().ok())
-            .is_some());
-        let why = r.header(HEADER_ERROR).expect("reason header");
+        let why = dead_letter_as_sent(&letters, key, payload);
         let code = match *key {
             "garbage" => "invalid_protobuf",
             "truncated" => "truncated",
@@ -167,22 +150,7 @@ async fn the_route_stage_dead_letters_what_it_cannot_decode_and_routes_the_rest(
     let letters = dlq.records();
     assert_eq!(letters.len(), bad.len());
     for (key, payload) in &bad {
-        let r = letters
-            .iter()
-            .find(|r| r.key.as_deref() == Some(key.as_bytes()))
-            .unwrap_or_else(|| panic!("{key} not dead-lettered with its key"));
-        assert_eq!(&r.payload, payload, "{key}: the original bytes");
-        assert_eq!(r.header(HEADER_SOURCE_TOPIC).as_deref(), Some(INPUT));
-        let partition: i32 = r
-            .header(HEADER_SOURCE_PARTITION)
-            .and_then(|p| p.parse().ok())
-            .expect("partition header");
-        assert!((0..2).contains(&partition));
-        assert!(r
-            .header(HEADER_SOURCE_OFFSET)
-            .and_then(|o| o.parse::<i64>().ok())
-            .is_some_and(|o| o >= 0));
-        let why = r.header(HEADER_ERROR).expect("reason header");
+        let why = dead_letter_as_sent(&letters, key, payload);
         assert!(
             why.starts_with("invalid_protobuf") || why.starts_with("truncated"),
             "{key}: reason {why:?}"
@@ -191,6 +159,31 @@ async fn the_route_stage_dead_letters_what_it_cannot_decode_and_routes_the_rest(
     let got = out.traces();
     assert_eq!(got[&good.truth.trace_id].distinct_spans, good.truth.spans);
     assert_eq!(got.len(), 1);
+}
+
+/// The dead letter of the input message sent with `key`: it carries the message's
+/// bytes as sent, its key, and where it came from (the input topic, one of its two
+/// partitions, an offset). Returns its reason.
+fn dead_letter_as_sent(letters: &[Record], key: &str, payload: &[u8]) -> String {
+    let r = letters
+        .iter()
+        .find(|r| r.key.as_deref() == Some(key.as_bytes()))
+        .unwrap_or_else(|| panic!("{key} not dead-lettered with its key"));
+    assert_eq!(
+        r.payload, payload,
+        "{key}: dead letter must carry the original bytes"
+    );
+    assert_eq!(r.header(HEADER_SOURCE_TOPIC).as_deref(), Some(INPUT));
+    let partition: i32 = r
+        .header(HEADER_SOURCE_PARTITION)
+        .and_then(|p| p.parse().ok())
+        .expect("partition header");
+    assert!((0..2).contains(&partition));
+    assert!(r
+        .header(HEADER_SOURCE_OFFSET)
+        .and_then(|o| o.parse::<i64>().ok())
+        .is_some_and(|o| o >= 0));
+    r.header(HEADER_ERROR).expect("reason header")
 }
 
 /// Sum of the committed offsets of the test group over the input partitions.
