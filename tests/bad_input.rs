@@ -12,7 +12,7 @@ use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use tailsift::demo::Record;
+use tailsift::demo::{Collector, Record};
 use tailsift::gen;
 use tailsift::sink::{
     HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
@@ -22,12 +22,7 @@ use tailsift::sink::{
 async fn undecodable_messages_go_to_the_dead_letter_topic_and_the_rest_flows() {
     let h = Harness::new(2, 2);
     let cfg = h.config("  - {name: all, type: always_sample}\n", "500ms", None);
-    let out = h.collector();
-    let dlq = h.dead_letters();
-    let sampler = Instance::start(&cfg).await;
-    sampler.wait_assigned().await;
-    let mut g = gen::Generator::new(gen::GenConfig::default());
-    let good = g.next_trace(gen::now_ns());
+    let (out, dlq, sampler, good) = start_with_a_trace(&h, &cfg).await;
     let truncated = good.messages[0][..good.messages[0].len() / 2].to_vec();
     let mut zero_trace_id = good.messages[0].clone();
     // Overwrite every span's trace id with zeros: no span of it can be grouped, so the
@@ -108,12 +103,7 @@ async fn the_route_stage_dead_letters_what_it_cannot_decode_and_routes_the_rest(
     let mut yaml = h.config_yaml("  - {name: all, type: always_sample}\n", "500ms", None);
     yaml.push_str("route:\n  topics: [spans]\n");
     let cfg = tailsift::config::Config::from_yaml(&yaml).expect("valid config");
-    let out = h.collector();
-    let dlq = h.dead_letters();
-    let sampler = Instance::start(&cfg).await;
-    sampler.wait_assigned().await;
-    let mut g = gen::Generator::new(gen::GenConfig::default());
-    let good = g.next_trace(gen::now_ns());
+    let (out, dlq, sampler, good) = start_with_a_trace(&h, &cfg).await;
     let bad: Vec<(&str, Vec<u8>)> = vec![
         (
             "garbage",
@@ -159,6 +149,20 @@ async fn the_route_stage_dead_letters_what_it_cannot_decode_and_routes_the_rest(
     let got = out.traces();
     assert_eq!(got[&good.truth.trace_id].distinct_spans, good.truth.spans);
     assert_eq!(got.len(), 1);
+}
+
+/// The output and dead-letter collectors, an instance on `cfg` with its partitions
+/// assigned, and a good trace to send beside the bad input.
+async fn start_with_a_trace(
+    h: &Harness,
+    cfg: &tailsift::config::Config,
+) -> (Collector, Collector, Instance, gen::GeneratedTrace) {
+    let out = h.collector();
+    let dlq = h.dead_letters();
+    let sampler = Instance::start(cfg).await;
+    sampler.wait_assigned().await;
+    let mut g = gen::Generator::new(gen::GenConfig::default());
+    (out, dlq, sampler, g.next_trace(gen::now_ns()))
 }
 
 /// The dead letter of the input message sent with `key`: it carries the message's
