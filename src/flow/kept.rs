@@ -10,12 +10,13 @@
 //! holds the message together with a reference to the consumer, which keeps
 //! librdkafka's handle alive for as long as the message is.
 //!
-//! What a message the source keeps pins in librdkafka: for compressed input, its message set's
-//! decompressed buffer; for uncompressed input, the fetch response it came in (up to
-//! `fetch.max.bytes`, the prefetch share of the memory limit). The budget charges the
-//! payload's length while it is kept, as it charged the copy; the source's input gate
-//! keeps the messages in flight to an eighth of the buffer's share, read in order, so
-//! they pin at most the last responses read.
+//! What a message the source keeps pins in librdkafka: for compressed input, its
+//! message set's decompressed buffer; for uncompressed input, the fetch response it
+//! came in (up to `fetch.max.bytes`, the prefetch share of the memory limit). The
+//! budget charges the payload's length while it is kept, as it charged the copy; the
+//! source's input gate keeps the messages in flight to an eighth of the buffer's
+//! share, read in order, so they pin at most the last responses read. The route stage
+//! drops each message once its records are encoded.
 
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 /// A message and the consumer it came from, to be the owner of a `Bytes` of its
 /// payload. The fields drop in order: the message first, then the consumer handle,
 /// which may be the last.
-pub struct Kept<C: ConsumerContext + 'static> {
+pub(crate) struct Kept<C: ConsumerContext + 'static> {
     message: BorrowedMessage<'static>,
     _consumer: Arc<StreamConsumer<C>>,
 }
@@ -37,7 +38,10 @@ impl<C: ConsumerContext + 'static> Kept<C> {
     ///
     /// `message` must have been read from `consumer` (the same librdkafka handle):
     /// it is that handle the `Kept` keeps alive for the message.
-    pub unsafe fn new(message: BorrowedMessage<'_>, consumer: &Arc<StreamConsumer<C>>) -> Self {
+    pub(crate) unsafe fn new(
+        message: BorrowedMessage<'_>,
+        consumer: &Arc<StreamConsumer<C>>,
+    ) -> Self {
         // SAFETY: a `BorrowedMessage`'s lifetime stands for the consumer it was read
         // from, which must outlive it: rdkafka frees the message's memory (its event)
         // when the message is dropped, through librdkafka's handle, which the consumer

@@ -28,7 +28,7 @@
 //! read through [`Watch`].
 
 pub mod headers;
-pub mod kept;
+pub(crate) mod kept;
 mod live;
 mod record;
 mod summary;

@@ -664,7 +664,7 @@ impl Router {
             .get(m.topic())
             .map(|(t, e)| (Arc::clone(t), *e))?;
         counter!(names::ROUTE_MESSAGES, "topic" => m.topic().to_string()).increment(1);
-        let from = Origin::of(&m);
+        let origin = Origin::of(&m);
         // Read in librdkafka's memory, not copied out (see `flow::kept`): the message
         // is dropped once its records are encoded.
         let raw = if m.payload_len() == 0 {
@@ -674,12 +674,12 @@ impl Router {
             // that `Arc`, and nothing else calls `prepare`.
             Bytes::from_owner(unsafe { Kept::new(m, &self.consumer) })
         };
-        let pieces = self.split(&from, &raw, &routed, encoding);
+        let pieces = self.split(&origin, &raw, &routed, encoding);
         Some(Batch {
-            topic: from.topic,
-            partition: from.partition,
-            offset: from.offset,
-            timestamp: from.timestamp,
+            topic: origin.topic,
+            partition: origin.partition,
+            offset: origin.offset,
+            timestamp: origin.timestamp,
             pieces,
         })
     }
@@ -711,7 +711,7 @@ impl Router {
     /// size), or a dead letter.
     fn split(
         &mut self,
-        m: &Origin,
+        origin: &Origin,
         raw: &Bytes,
         routed: &Arc<str>,
         encoding: InputEncoding,
@@ -721,7 +721,7 @@ impl Router {
             Ok(Some(o)) => Bytes::from(o),
             Err(e) => {
                 return vec![self.dead_letter_of(
-                    m,
+                    origin,
                     raw.to_vec(),
                     &format!("bad_encoding: {e}"),
                     "bad_encoding",
@@ -740,7 +740,7 @@ impl Router {
             Ok(msg) => msg,
             Err(e) => {
                 return vec![self.dead_letter_of(
-                    m,
+                    origin,
                     raw.to_vec(),
                     &format!("{}: {e}", e.code()),
                     "undecodable",
@@ -750,7 +750,7 @@ impl Router {
         if spans.is_empty() && !rejected.is_empty() {
             let e = &rejected[0].error;
             return vec![self.dead_letter_of(
-                m,
+                origin,
                 raw.to_vec(),
                 &format!("{}: {e}", e.code()),
                 "undecodable",
@@ -766,7 +766,7 @@ impl Router {
                     topic: Arc::clone(routed),
                     key: Some(key.clone()),
                     payload,
-                    headers: m.headers.clone(),
+                    headers: origin.headers.clone(),
                     dead_letter: false,
                 });
             }
@@ -782,14 +782,14 @@ impl Router {
                 rejected.len() + spans.len()
             );
             let payload = encode_trace(&refs, usize::MAX).concat();
-            pieces.push(self.dead_letter_of(m, payload, &reason, "invalid_spans"));
+            pieces.push(self.dead_letter_of(origin, payload, &reason, "invalid_spans"));
         }
         pieces
     }
 
     fn dead_letter_of(
         &self,
-        m: &Origin,
+        origin: &Origin,
         payload: Vec<u8>,
         reason: &str,
         label: &'static str,
@@ -798,13 +798,19 @@ impl Router {
         static LOG: crate::telemetry::LogLimiter =
             crate::telemetry::LogLimiter::new(Duration::from_secs(10));
         if let Some(suppressed) = LOG.allow() {
-            warn!(message = "Route stage: undecodable message; sending it to the dead-letter topic.", topic = %m.topic, partition = m.partition, offset = m.offset, error = %reason, suppressed_since_last = suppressed);
+            warn!(message = "Route stage: undecodable message; sending it to the dead-letter topic.", topic = %origin.topic, partition = origin.partition, offset = origin.offset, error = %reason, suppressed_since_last = suppressed);
         }
         Piece {
             topic: Arc::clone(&self.dead_letter),
-            key: m.key.clone(),
+            key: origin.key.clone(),
             payload,
-            headers: source_headers(m.headers.clone(), reason, &m.topic, m.partition, m.offset),
+            headers: source_headers(
+                origin.headers.clone(),
+                reason,
+                &origin.topic,
+                origin.partition,
+                origin.offset,
+            ),
             dead_letter: true,
         }
     }
