@@ -707,8 +707,8 @@ impl Router {
         }
     }
 
-    /// The records `m` becomes: one per trace (more for a trace over the record
-    /// size), or a dead letter.
+    /// The records the message from `origin` with payload `raw` becomes: one per trace
+    /// (more for a trace over the record size), or a dead letter.
     fn split(
         &mut self,
         origin: &Origin,
