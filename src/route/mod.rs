@@ -385,10 +385,7 @@ impl Origin {
 
 /// The records made from one input message, and where it came from.
 struct Batch {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    timestamp: Option<i64>,
+    origin: Origin,
     pieces: Vec<Piece>,
 }
 
@@ -675,35 +672,30 @@ impl Router {
             Bytes::from_owner(unsafe { Kept::new(m, &self.consumer) })
         };
         let pieces = self.split(&origin, &raw, &routed, encoding);
-        Some(Batch {
-            topic: origin.topic,
-            partition: origin.partition,
-            offset: origin.offset,
-            timestamp: origin.timestamp,
-            pieces,
-        })
+        Some(Batch { origin, pieces })
     }
 
     /// Produces the records of one input message, its offset pending until every
     /// one is acknowledged.
     async fn send(&self, b: Batch) {
+        let o = &b.origin;
         let Some(epoch) =
-            lock(&self.acks).track(&b.topic, b.partition, b.offset, b.pieces.len() as u32)
+            lock(&self.acks).track(&o.topic, o.partition, o.offset, b.pieces.len() as u32)
         else {
             return; // revoked meanwhile
         };
         for piece in b.pieces {
             let ticket = Ticket {
-                topic: Arc::clone(&b.topic),
-                partition: b.partition,
+                topic: Arc::clone(&o.topic),
+                partition: o.partition,
                 epoch,
-                offset: b.offset,
+                offset: o.offset,
                 dead_letter: piece.dead_letter,
             };
             if !piece.dead_letter {
                 counter!(names::ROUTE_RECORDS, "topic" => piece.topic.to_string()).increment(1);
             }
-            self.produce(piece, b.timestamp, ticket).await;
+            self.produce(piece, o.timestamp, ticket).await;
         }
     }
 
