@@ -219,7 +219,11 @@ fn main() {
             (&oc_out2, 4),
         ],
     ));
-    warm_up_group_coordinator(&bootstrap, &input, &format!("peers-warm-up-{run_id}"));
+    rt.block_on(warm_up_group_coordinator(
+        &bootstrap,
+        &input,
+        &format!("peers-warm-up-{run_id}"),
+    ));
     let truths: Vec<Truth> = rt.block_on(async {
         let mut g = Generator::new(GenConfig {
             seed: 7,
@@ -379,31 +383,27 @@ fn main() {
 /// that the broker's `__consumer_offsets` exists before any timed run. On a freshly
 /// started broker the first group to join waits for its creation (tailsift, run
 /// first, took 3.9 s to consume instead of 0.8 s), and whichever peer ran first paid
-/// for it.
-fn warm_up_group_coordinator(bootstrap: &str, topic: &str, group: &str) {
+/// for it. It leaves as tailsift's stages do (`shutdown::leave_group`).
+async fn warm_up_group_coordinator(bootstrap: &str, topic: &str, group: &str) {
     use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = ClientConfig::new()
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .create()
         .expect("warm-up consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
-    let assigned = |c: &BaseConsumer| c.assignment().map_or(0, |a| a.count());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while assigned(&consumer) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the warm-up group got no partitions within 60 s"
-        );
-        let _ = consumer.poll(Duration::from_millis(100));
-    }
-    // Leave while open (see `tailsift::shutdown::leave_group`), bounded as well.
-    consumer.unsubscribe();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while assigned(&consumer) > 0 && Instant::now() < deadline {
-        let _ = consumer.poll(Duration::from_millis(100));
-    }
+    let assigned = tokio::time::timeout(Duration::from_secs(60), async {
+        while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+        }
+    })
+    .await;
+    assert!(
+        assigned.is_ok(),
+        "the warm-up group got no partitions within 60 s"
+    );
+    tailsift::shutdown::leave_group(&consumer, false, tailsift::shutdown::LEAVE_TIMEOUT).await;
 }
 
 async fn create_topics(bootstrap: &str, topics: &[(&String, i32)]) {
