@@ -196,6 +196,13 @@ async fn start_pipeline(
         probe_interval: (shortest / 10)
             .clamp(Duration::from_millis(100), Duration::from_millis(500)),
         restarted,
+        // Several waits, and the longer idle confirmation after an outage on top.
+        stall_after: worker_cfg.decision_wait * 3
+            + cfg
+                .buffer
+                .idle_delay_after_outage
+                .0
+                .max(cfg.buffer.idle_delay.0),
     };
     let mut shard_txs = Vec::new();
     let mut workers = Vec::new();

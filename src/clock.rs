@@ -3,7 +3,8 @@
 //! A trace is due `decision_wait` after its first span *in stream time*, not on the
 //! wall clock. A partition's stream time is the newest record timestamp read from it
 //! so far (CreateTime or LogAppendTime, whichever the topic keeps), as in Kafka
-//! Streams. It stands still while nothing can be read: the broker is down, the
+//! Streams, but never past the wall clock (a producer whose clock runs ahead must
+//! not make other traces due early). It stands still while nothing can be read: the broker is down, the
 //! consumer is paused, rebalancing, frozen (SIGSTOP, a VM pause) or behind, so no
 //! trace is decided before the rest of its spans could have been read. Only a
 //! partition confirmed caught up and idle follows the wall clock (see
@@ -191,10 +192,12 @@ impl PartitionTime {
     }
 
     /// Takes a record's timestamp into account (`None`: the record has none, and its
-    /// arrival on the wall clock stands in). A timestamp more than `max_skew` ahead of
-    /// the wall clock is ignored (`false`): a producer with a broken clock must not
-    /// decide every buffered trace at once.
-    pub fn record(&mut self, timestamp_ms: Option<i64>, max_skew: Duration) -> bool {
+    /// arrival on the wall clock stands in). Stream time never passes the wall clock:
+    /// a timestamp ahead of it moves stream time only up to now, so one producer
+    /// whose clock runs ahead cannot make other traces due early (their waits are
+    /// counted on `min(stream time, wall clock)`). A timestamp more than `max_skew`
+    /// ahead does not move it at all.
+    pub fn record(&mut self, timestamp_ms: Option<i64>, max_skew: Duration) -> Stamp {
         let wall = wall_ms();
         self.seq += 1;
         self.idle_since = None;
@@ -202,11 +205,48 @@ impl PartitionTime {
             Some(t) if t > 0 => t as u64,
             _ => wall,
         };
-        if ts > wall.saturating_add(max_skew.as_millis() as u64) {
-            return false;
+        let ahead = ts.saturating_sub(wall);
+        if ahead > max_skew.as_millis() as u64 {
+            return Stamp::Ignored { ahead_ms: ahead };
         }
-        self.stream_ms = self.stream_ms.max(ts);
-        true
+        self.stream_ms = self.stream_ms.max(ts.min(wall));
+        if ahead > AHEAD_TOLERANCE_MS {
+            Stamp::Ahead { ahead_ms: ahead }
+        } else {
+            Stamp::InTime
+        }
+    }
+}
+
+/// How far ahead of the wall clock a record may be stamped before it counts as a
+/// future timestamp: hosts whose clocks are synchronised differ by less.
+pub const AHEAD_TOLERANCE_MS: u64 = 1_000;
+
+/// How a record's timestamp moved its partition's stream time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// At or behind the wall clock (within [`AHEAD_TOLERANCE_MS`]): taken as it is.
+    InTime,
+    /// Ahead of the wall clock, within `max_timestamp_skew`: stream time moved only up
+    /// to the wall clock.
+    Ahead {
+        /// How far ahead, in ms.
+        ahead_ms: u64,
+    },
+    /// Further ahead than `max_timestamp_skew`: stream time did not move.
+    Ignored {
+        /// How far ahead, in ms.
+        ahead_ms: u64,
+    },
+}
+
+impl Stamp {
+    /// How far ahead of the wall clock the record was stamped, if it counts as ahead.
+    pub fn ahead_ms(self) -> Option<u64> {
+        match self {
+            Stamp::InTime => None,
+            Stamp::Ahead { ahead_ms } | Stamp::Ignored { ahead_ms } => Some(ahead_ms),
+        }
     }
 }
 
@@ -337,18 +377,43 @@ mod tests {
     fn records_move_stream_time_forward_only_and_not_from_the_future() {
         let mut t = PartitionTime::default();
         let now = wall_ms() as i64;
-        assert!(t.record(Some(now - 10_000), Duration::from_secs(60)));
+        let skew = Duration::from_secs(60);
+        assert_eq!(t.record(Some(now - 10_000), skew), Stamp::InTime);
         assert_eq!(t.stream_ms, (now - 10_000) as u64);
-        assert!(t.record(Some(now - 20_000), Duration::from_secs(60)));
+        assert_eq!(t.record(Some(now - 20_000), skew), Stamp::InTime);
         assert_eq!(t.stream_ms, (now - 10_000) as u64, "never backwards");
-        assert!(!t.record(Some(now + 3_600_000), Duration::from_secs(60)));
+        assert!(matches!(
+            t.record(Some(now + 3_600_000), skew),
+            Stamp::Ignored { ahead_ms } if ahead_ms >= 3_599_000
+        ));
         assert_eq!(
             t.stream_ms,
             (now - 10_000) as u64,
             "an hour ahead is ignored"
         );
-        assert!(t.record(None, Duration::from_secs(60)));
+        assert_eq!(t.record(None, skew), Stamp::InTime);
         assert!(t.stream_ms >= now as u64, "no timestamp: its arrival");
+    }
+
+    /// A record stamped 45 s ahead (inside the skew allowed) moves stream time only to
+    /// the wall clock: traces buffered before it keep their whole wait.
+    #[test]
+    fn a_timestamp_ahead_moves_stream_time_no_further_than_now() {
+        let mut t = PartitionTime::default();
+        let now = wall_ms() as i64;
+        let stamp = t.record(Some(now + 45_000), Duration::from_secs(60));
+        assert!(
+            matches!(stamp, Stamp::Ahead { ahead_ms } if ahead_ms > 40_000),
+            "{stamp:?}"
+        );
+        assert!(
+            t.stream_ms <= wall_ms(),
+            "stream time {} past the wall clock {}",
+            t.stream_ms,
+            wall_ms()
+        );
+        assert!(t.stream_ms >= now as u64);
+        assert_eq!(stamp.ahead_ms().map(|a| a > 40_000), Some(true));
     }
 
     #[test]
@@ -406,12 +471,12 @@ mod tests {
             "1 s is not enough"
         );
         // A record read meanwhile does not end the outage's claim.
-        assert!(t.record(Some(15_000), Duration::from_secs(60)));
+        t.record(Some(15_000), Duration::from_secs(60));
         assert_eq!(idle.apply(&mut t, 6, 22_000, Some(true)), None);
         assert_eq!(idle.apply(&mut t, 6, 31_900, Some(true)), None, "9.9 s");
         assert_eq!(idle.apply(&mut t, 6, 32_000, Some(true)), Some(31_000));
         assert_eq!(idle.apply(&mut t, 6, 33_000, Some(true)), Some(32_000));
-        assert!(t.record(Some(16_000), Duration::from_secs(60)));
+        t.record(Some(16_000), Duration::from_secs(60));
         assert_eq!(idle.apply(&mut t, 7, 40_000, Some(true)), None);
         assert_eq!(
             idle.apply(&mut t, 7, 41_000, Some(true)),
@@ -431,7 +496,7 @@ mod tests {
         };
         for (after_outage, moves_at) in [(true, 30_000), (false, 21_000)] {
             let mut t = PartitionTime::new(1, after_outage);
-            assert!(t.record(Some(15_000), Duration::from_secs(60)));
+            t.record(Some(15_000), Duration::from_secs(60));
             let mut moved = None;
             for probe in (20_000..=31_000).step_by(500) {
                 if idle.apply(&mut t, 1, probe, Some(true)).is_some() {

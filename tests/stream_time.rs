@@ -318,3 +318,177 @@ async fn an_idle_partitions_last_trace_is_decided_on_time() {
     assert_kept_whole_once(&[t.truth], &out.traces(), "idle partition");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One producer's clock runs 45 s ahead (inside the default `max_timestamp_skew` of
+/// 1 min). Its record must not move the partition's stream time past the wall clock:
+/// an error trace whose first piece was read before it still waits its whole
+/// `decision_wait` for the rest, sent 1 s later, and comes out whole. The skewed
+/// trace itself is decided on time, not 45 s late. Before stream time was capped at
+/// the wall clock, the skewed record made the first trace due at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_clock_ahead_shortens_no_other_traces_wait() {
+    use rdkafka::producer::FutureRecord;
+    let h = Harness::new(1, 1);
+    let (dir, log) = workdir("clock-ahead");
+    let yaml = h.config_yaml(ERRORS_SLOW_AND, "3s", None);
+    let out = h.collector();
+    let sampler = spawn(&dir, &yaml, &log);
+    wait_ready(&sampler, &log).await;
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed: 97,
+        error_rate: 1.0,
+        ..gen::GenConfig::default()
+    });
+    let mut traces = (0..200)
+        .map(|_| g.next_trace(gen::now_ns()))
+        .filter(|t| t.messages.len() >= 2);
+    let (early, skewed) = (
+        traces.next().expect("a trace"),
+        traces.next().expect("a trace"),
+    );
+    let producer = h.producer("none");
+    let send = |t: &gen::GeneratedTrace, m: usize, ahead_ms: i64| {
+        let key = t.truth.trace_id.to_hex();
+        let record = FutureRecord::to(INPUT)
+            .key(key.as_bytes())
+            .payload(&t.messages[m])
+            .timestamp(gen::now_ns() as i64 / 1_000_000 + ahead_ms)
+            .partition(0);
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .expect("enqueued");
+        async move { assert!(matches!(delivery.await, Ok(Ok(_))), "not delivered") }
+    };
+    send(&early, 0, 0).await;
+    // Read by the sampler before the skewed record comes.
+    let read = wait_until(Duration::from_secs(10), || {
+        metric_of(&sampler, names::MESSAGES_RECEIVED) >= 1.0
+    })
+    .await;
+    assert!(read, "first piece never read");
+    for m in 0..skewed.messages.len() {
+        send(&skewed, m, 45_000).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for m in 1..early.messages.len() {
+        send(&early, m, 0).await;
+    }
+    let sent = std::time::Instant::now();
+    let both = wait_until(Duration::from_secs(30), || {
+        let got = out.traces();
+        got.contains_key(&early.truth.trace_id) && got.contains_key(&skewed.truth.trace_id)
+    })
+    .await;
+    let took = sent.elapsed();
+    let counted = metric_of(&sampler, names::FUTURE_TIMESTAMPS);
+    settle(&h, &out, sampler, &log).await;
+    assert!(both, "a trace was never decided");
+    assert!(
+        took < Duration::from_secs(15),
+        "the skewed trace waited {took:?}: its timestamp, not the wall clock, set its wait"
+    );
+    assert_eq!(
+        counted,
+        skewed.messages.len() as f64,
+        "each skewed record counted"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("stamped ahead of the wall clock"),
+        "the skewed record was not logged"
+    );
+    assert_kept_whole_once(
+        &[early.truth, skewed.truth],
+        &out.traces(),
+        "a producer clock ahead",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The progress watchdog. The idle probes of a quiet partition fail (the broker
+/// refuses to list its offsets), so its last trace can never become due: once the
+/// partition has held it without moving for 3 `decision_wait`s plus
+/// `idle_delay_after_outage`, `/readyz` answers 503 naming the partition and why,
+/// the stall is counted and logged once. When the probes answer again the trace is
+/// decided, whole, and the instance is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_stops_moving_is_named_by_readyz_until_it_moves() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let h = Harness::new(1, 1);
+    let (dir, log) = workdir("watchdog");
+    // Stalled after 3 x 1 s + 3 s without a move.
+    let yaml = h
+        .config_yaml(ERRORS_SLOW_AND, "1s", None)
+        .replace("buffer:\n", "buffer:\n  idle_delay_after_outage: 3s\n");
+    let out = h.collector();
+    let sampler = spawn(&dir, &yaml, &log);
+    wait_ready(&sampler, &log).await;
+    let mut g = gen::Generator::new(gen::GenConfig {
+        seed: 101,
+        error_rate: 1.0,
+        ..gen::GenConfig::default()
+    });
+    // A first trace, read and decided: the consumer has its position.
+    let warm = g.next_trace(gen::now_ns());
+    let producer = h.producer("none");
+    let warm_key = warm.truth.trace_id.to_hex();
+    for m in &warm.messages {
+        gen::send(&producer, INPUT, warm_key.as_bytes(), m)
+            .await
+            .expect("send");
+    }
+    let warmed = wait_until(Duration::from_secs(30), || {
+        out.traces().contains_key(&warm.truth.trace_id)
+    })
+    .await;
+    assert!(warmed, "the first trace was never decided");
+    let t = g.next_trace(gen::now_ns());
+    // From now on every ListOffsets request fails.
+    let refused = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 5_000];
+    h.broker
+        .cluster()
+        .request_errors(RDKafkaApiKey::ListOffsets, &refused);
+    let key = t.truth.trace_id.to_hex();
+    for m in &t.messages {
+        gen::send(&producer, INPUT, key.as_bytes(), m)
+            .await
+            .expect("send");
+    }
+    let stalled = wait_until(Duration::from_secs(40), || {
+        http_get(sampler.telemetry, "/readyz").0 == 503
+    })
+    .await;
+    let (_, why) = http_get(sampler.telemetry, "/readyz");
+    let gauge = metric_of(&sampler, names::STALLED_PARTITIONS);
+    let decided_meanwhile = out.traces().contains_key(&t.truth.trace_id);
+    h.broker
+        .cluster()
+        .clear_request_errors(RDKafkaApiKey::ListOffsets);
+    let recovered = wait_until(Duration::from_secs(30), || {
+        http_get(sampler.telemetry, "/readyz").0 == 200
+            && out.traces().contains_key(&t.truth.trace_id)
+    })
+    .await;
+    let episodes = metric_of(&sampler, names::PARTITION_STALLS);
+    let gauge_after = metric_of(&sampler, names::STALLED_PARTITIONS);
+    settle(&h, &out, sampler, &log).await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(stalled, "/readyz never reported the stuck partition");
+    assert!(!decided_meanwhile, "the trace was decided though its partition was stuck");
+    assert!(
+        why.contains(&format!("{INPUT}[0]")) && why.contains("idle probes fail"),
+        "/readyz does not name the partition and why: {why}"
+    );
+    assert_eq!(gauge, 1.0, "tailsift_stalled_partitions while stuck");
+    assert!(recovered, "not ready again, or the trace not decided, once probes answered");
+    assert_eq!(episodes, 1.0, "one episode counted");
+    assert_eq!(gauge_after, 0.0);
+    assert_eq!(
+        text.matches("Input partition not progressing").count(),
+        1,
+        "logged once per episode"
+    );
+    assert_kept_whole_once(&[warm.truth, t.truth], &out.traces(), "stuck partition");
+    let _ = std::fs::remove_dir_all(&dir);
+}

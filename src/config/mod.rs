@@ -223,8 +223,9 @@ pub struct BufferConfig {
     #[serde(default = "default_decision_cache")]
     pub decision_cache_traces: usize,
     /// Record timestamps further ahead of the wall clock than this do not move a
-    /// partition's stream time (a producer with a broken clock must not make every
-    /// buffered trace due at once); counted in `tailsift_future_timestamps_total`.
+    /// partition's stream time at all; nearer ones move it only up to the wall clock
+    /// (a producer with a broken clock must not make buffered traces due early);
+    /// both counted in `tailsift_future_timestamps_total`.
     #[serde(default = "default_max_timestamp_skew")]
     pub max_timestamp_skew: ConfigDuration,
     /// How long a caught-up partition must have had no new record, confirmed by the

@@ -12,7 +12,9 @@ mod context;
 mod decisions;
 mod inflight;
 mod offsets;
+mod replicas;
 mod scanner;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,7 +44,9 @@ pub use context::SourceContext;
 use decisions::DecisionsTopic;
 use inflight::InputGate;
 pub use offsets::OffsetTracker;
+use replicas::{BrokerStates, PartitionReplicas, Replicas};
 use scanner::{shard_of_id, Input, ScanJob, Scanner};
+use watchdog::{Change, Watchdog};
 
 /// How long a shutdown waits for workers and the sink to hand back their pins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(35);
@@ -73,6 +77,9 @@ pub struct StreamTime {
     /// as after a failed probe. Producers cut off by the same outage may still hold
     /// records of the traces re-read from the committed offsets.
     pub restarted: bool,
+    /// How long a partition holding undecided input may go without its stream time
+    /// or lowest pinned offset moving before the progress watchdog calls it stalled.
+    pub stall_after: Duration,
 }
 
 /// The consumer could not be created or subscribed.
@@ -135,15 +142,37 @@ pub struct Source {
     probing: bool,
     /// [`Health::outages`] when the last probe was applied.
     outages_seen: u64,
+    /// Which brokers the consumer has lost (its statistics), and what the last probe
+    /// saw of each partition slot's replicas: an outage of one partition.
+    brokers: Arc<BrokerStates>,
+    replicas: HashMap<u32, PartitionReplicas>,
+    /// Whether each partition slot moves; what its last idle probe found (why it
+    /// may be stalled); the stalled ones, by slot.
+    watchdog: Watchdog,
+    probe_notes: HashMap<u32, String>,
+    stalled: std::collections::BTreeMap<u32, String>,
     future_timestamps: Counter,
     health: Arc<Health>,
 }
 
-/// The answer to one idle probe: per partition `(partition, slot, epoch, records
-/// read by then, caught up?)`, `None` when the broker could not be asked.
+/// The answer to one idle probe.
 struct Probe {
+    /// Wall time before the broker was asked.
     started_ms: u64,
-    parts: Vec<(i32, u32, u32, u64, Option<bool>)>,
+    parts: Vec<ProbeAnswer>,
+}
+
+/// What one idle probe found of one partition.
+struct ProbeAnswer {
+    partition: i32,
+    slot: u32,
+    epoch: u32,
+    /// Records read in the assignment when the probe started.
+    seq: u64,
+    /// Read to its end (`None`: the broker could not be asked).
+    caught_up: Option<bool>,
+    /// Its leader and in-sync replicas (`None`: the metadata read did not say).
+    replicas: Option<Replicas>,
 }
 
 /// Decisions read back for some newly assigned partitions.
@@ -239,12 +268,14 @@ impl Source {
             }));
         }
         let unkeyed = Arc::new(AtomicU64::new(0));
+        let brokers = Arc::new(BrokerStates::default());
         let ctx = SourceContext::new(
             Arc::clone(&tracker),
             Arc::clone(&health),
             cfg.decisions_topic.is_some(),
             out.txn.clone(),
             Arc::clone(&unkeyed),
+            Arc::clone(&brokers),
         );
         let prober = probe_client(&c, &cfg.group_id)?;
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(ctx)?;
@@ -300,10 +331,15 @@ impl Source {
                 counter!(names::BYTES_RECEIVED),
             ],
             times: Vec::new(),
+            watchdog: Watchdog::new(stream.stall_after),
             stream,
             probed: mpsc::unbounded_channel(),
             probing: false,
             outages_seen: 0,
+            brokers,
+            replicas: HashMap::new(),
+            probe_notes: HashMap::new(),
+            stalled: Default::default(),
             future_timestamps: counter!(names::FUTURE_TIMESTAMPS),
             health,
             txn: out.txn,
@@ -638,10 +674,23 @@ impl Source {
         let at = {
             let max_skew = self.stream.max_skew;
             let t = self.time_of(pin.slot, pin.epoch);
-            let in_time = t.record(m.timestamp().to_millis(), max_skew);
+            let stamp = t.record(m.timestamp().to_millis(), max_skew);
             let at = t.stream_ms;
-            if !in_time {
+            if let Some(ahead_ms) = stamp.ahead_ms() {
                 self.future_timestamps.increment(1);
+                static LOG: crate::telemetry::LogLimiter =
+                    crate::telemetry::LogLimiter::new(Duration::from_secs(60));
+                if let Some(suppressed) = LOG.allow() {
+                    warn!(
+                        message = "Input record stamped ahead of the wall clock: it moves its partition's stream time no further than now (not at all past buffer.max_timestamp_skew). A producer's clock is wrong.",
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        ahead_ms,
+                        ignored = matches!(stamp, crate::clock::Stamp::Ignored { .. }),
+                        suppressed_since_last = suppressed
+                    );
+                }
             }
             at
         };
@@ -718,6 +767,7 @@ impl Source {
     /// input is paused (nothing is read, so nothing is caught up) or one still runs.
     fn start_probe(&mut self) {
         self.publish_stream_lag();
+        self.check_progress();
         if self.probing || self.paused {
             return;
         }
@@ -755,6 +805,7 @@ impl Source {
             }
             let ends = prober.offsets_for_times(tpl, PROBE_TIMEOUT).ok();
             let positions = consumer.position().ok();
+            let replicas = replicas_of(&prober, &parts);
             // Each list read once into a map: `find_partition` searches its list
             // linearly, which made a probe quadratic in the partitions assigned
             // (256 partitions: ~130k topic comparisons, every probe interval).
@@ -767,8 +818,14 @@ impl Source {
                     let key = (a.topic.to_string(), a.partition);
                     let end = ends.get(&key).copied();
                     let position = positions.get(&key).copied();
-                    let caught_up = end.map(|end| caught_up(end, a.next, position));
-                    (a.partition, a.slot, a.epoch, seq, caught_up)
+                    ProbeAnswer {
+                        partition: a.partition,
+                        slot: a.slot,
+                        epoch: a.epoch,
+                        seq,
+                        caught_up: end.map(|end| caught_up(end, a.next, position)),
+                        replicas: replicas.get(&key).cloned(),
+                    }
                 })
                 .collect();
             let _ = done.send(Probe {
@@ -802,12 +859,52 @@ impl Source {
             delay: self.stream.idle_delay,
             after_outage: self.stream.idle_delay_after_outage,
         };
-        for (partition, slot, epoch, seq, caught_up) in probe.parts {
+        let brokers = self.brokers.view();
+        for answer in probe.parts {
+            let ProbeAnswer {
+                partition,
+                slot,
+                epoch,
+                seq,
+                caught_up,
+                replicas,
+            } = answer;
             if !lock(&self.tracker).is_current(slot, epoch) {
                 continue;
             }
+            // An outage of this partition alone: as if its probe had failed.
+            let disturbed = self
+                .replicas
+                .entry(slot)
+                .or_default()
+                .check(replicas.as_ref(), &brokers);
+            if let Some(why) = disturbed {
+                counter!(names::PARTITION_OUTAGES, "reason" => why.as_str()).increment(1);
+                static LOG: crate::telemetry::LogLimiter =
+                    crate::telemetry::LogLimiter::new(Duration::from_secs(10));
+                if let Some(suppressed) = LOG.allow() {
+                    info!(
+                        message = "Input partition in an outage of its own: its stream time waits, then follows the wall clock only after idle_delay_after_outage.",
+                        partition,
+                        reason = why.as_str(),
+                        suppressed_since_last = suppressed
+                    );
+                }
+            }
+            let note = match (disturbed, caught_up) {
+                (Some(why), _) => format!("partition outage ({})", why.as_str()),
+                (None, None) => "its end offset cannot be read (idle probes fail)".to_string(),
+                (None, Some(false)) => {
+                    "records below its end offset do not arrive (fetch stalled)".to_string()
+                }
+                (None, Some(true)) => {
+                    "read to its end and idle, but its stream time does not follow the wall clock"
+                        .to_string()
+                }
+            };
+            self.probe_notes.insert(slot, note);
             let t = self.time_of(slot, epoch);
-            let caught_up = match (outage, reading) {
+            let caught_up = match (outage || disturbed.is_some(), reading) {
                 (true, _) => None,
                 (false, false) => caught_up.map(|_| false),
                 (false, true) => caught_up,
@@ -822,6 +919,83 @@ impl Source {
                 .map_err(drop)?;
         }
         Ok(())
+    }
+
+    /// The progress watchdog (see [`watchdog`]): checks that every assigned partition
+    /// holding undecided input moves, and reports those that stopped in `/readyz`,
+    /// a gauge, a counter and one log line per episode.
+    fn check_progress(&mut self) {
+        let now = wall_ms();
+        let parts = lock(&self.tracker).assigned_partitions();
+        let mut changed = false;
+        for a in &parts {
+            let held = self
+                .loading
+                .iter()
+                .any(|(t, p)| **t == *a.topic && *p == a.partition);
+            let stream_ms = self.time_of(a.slot, a.epoch).stream_ms;
+            match self
+                .watchdog
+                .check(a.slot, a.epoch, stream_ms, a.lowest_pending, held, now)
+            {
+                Some(Change::Stalled(still_ms)) => {
+                    let why = self.stall_reason(a.slot);
+                    warn!(
+                        message = "Input partition not progressing: it holds undecided traces and neither its stream time nor its committed offset has moved.",
+                        topic = &*a.topic,
+                        partition = a.partition,
+                        still_s = still_ms / 1000,
+                        reason = %why
+                    );
+                    counter!(names::PARTITION_STALLS).increment(1);
+                    self.stalled
+                        .insert(a.slot, format!("{}[{}]: {why}", a.topic, a.partition));
+                    changed = true;
+                }
+                Some(Change::Recovered) => {
+                    info!(
+                        message = "Input partition progressing again.",
+                        topic = &*a.topic,
+                        partition = a.partition
+                    );
+                    self.stalled.remove(&a.slot);
+                    changed = true;
+                }
+                None => {}
+            }
+        }
+        let gone: Vec<u32> = self
+            .watchdog
+            .slots()
+            .filter(|s| !parts.iter().any(|a| a.slot == *s))
+            .collect();
+        for slot in gone {
+            self.watchdog.forget(slot);
+            changed |= self.stalled.remove(&slot).is_some();
+        }
+        if changed {
+            self.health
+                .set_input_stalled(self.stalled.values().cloned().collect());
+        }
+    }
+
+    /// Why a partition may have stopped moving, from what tailsift knows of it now.
+    fn stall_reason(&self, slot: u32) -> String {
+        if self.paused {
+            format!(
+                "input paused by memory pressure and not draining ({} of {} bytes charged; resumes at {})",
+                self.budget.used(),
+                self.budget.capacity(),
+                self.budget.low_watermark()
+            )
+        } else if !self.health.kafka_up() {
+            "no broker reachable".to_string()
+        } else {
+            self.probe_notes
+                .get(&slot)
+                .cloned()
+                .unwrap_or_else(|| "no idle probe has answered".to_string())
+        }
     }
 
     /// Publishes each assigned partition's stream-time lag (wall clock minus stream
@@ -892,6 +1066,39 @@ fn probe_client(consumer: &ClientConfig, group: &str) -> Result<BaseConsumer, Ka
     c.set("group.id", format!("{group}.idle-probe"))
         .set("statistics.interval.ms", "0");
     c.create()
+}
+
+/// The leader and in-sync replicas of each probed partition, from one metadata
+/// read per topic (which also refreshes the prober's view of leaders and
+/// partitions, so its end-offset requests follow a moved leader or partitions added
+/// since it started). Partitions the read did not cover are left out.
+fn replicas_of(
+    prober: &BaseConsumer,
+    parts: &[offsets::Assigned],
+) -> HashMap<(String, i32), Replicas> {
+    let mut topics: Vec<&str> = parts.iter().map(|a| &*a.topic).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    let mut out = HashMap::new();
+    for topic in topics {
+        let Ok(md) = prober.fetch_metadata(Some(topic), PROBE_TIMEOUT) else {
+            continue;
+        };
+        for t in md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+        {
+            for p in t.partitions() {
+                let mut isr = p.isr().to_vec();
+                isr.sort_unstable();
+                // -1 while the partition has no leader.
+                let leader = p.leader();
+                out.insert((topic.to_string(), p.id()), Replicas { leader, isr });
+            }
+        }
+    }
+    out
 }
 
 /// The offsets of a partition list by `(topic, partition)`, those that are offsets

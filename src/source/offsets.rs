@@ -25,6 +25,8 @@ pub struct Assigned {
     pub epoch: u32,
     /// One past the last message read in this assignment, if any was.
     pub next: Option<i64>,
+    /// Its lowest pinned offset (`None`: nothing read is undecided).
+    pub lowest_pending: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -259,6 +261,7 @@ impl OffsetTracker {
                 slot: slot as u32,
                 epoch: p.epoch,
                 next: p.next,
+                lowest_pending: p.pending.keys().next().copied(),
             })
             .collect()
     }

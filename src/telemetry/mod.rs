@@ -40,6 +40,8 @@ pub struct Health {
     last_error: std::sync::Mutex<String>,
     /// Why output cannot progress, while it cannot.
     produce_stalled: std::sync::Mutex<Option<String>>,
+    /// Input partitions that stopped moving, each with why.
+    input_stalled: std::sync::Mutex<Vec<String>>,
     /// Set when a shutdown gave up waiting for decisions or acknowledgements.
     drain_incomplete: AtomicBool,
     /// Why the pipeline stopped by itself (an aborted transaction), once it has.
@@ -150,6 +152,23 @@ impl Health {
     /// Why output cannot progress, while it cannot.
     pub fn produce_stalled(&self) -> Option<String> {
         self.produce_stalled.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Records which input partitions hold undecided input and stopped moving (one
+    /// line each: the partition, how long, why); empty when every one moves.
+    pub fn set_input_stalled(&self, stalled: Vec<String>) {
+        metrics::gauge!(names::STALLED_PARTITIONS).set(stalled.len() as f64);
+        if let Ok(mut s) = self.input_stalled.lock() {
+            *s = stalled;
+        }
+    }
+
+    /// The input partitions that stopped moving, with why.
+    pub fn input_stalled(&self) -> Vec<String> {
+        self.input_stalled
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// Records that a shutdown gave up with work outstanding (its input stays

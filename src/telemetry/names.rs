@@ -112,9 +112,22 @@ metric_names! {
     /// Wall clock minus stream time per input partition, labels `topic` and `partition`
     /// (gauge, seconds): how far behind its input's own clock decisions are running.
     Gauge STREAM_TIME_LAG = "tailsift_stream_time_lag_seconds";
-    /// Input records whose timestamp was too far ahead of the wall clock to move stream
-    /// time (counter).
+    /// Input records stamped ahead of the wall clock (more than 1 s): they move stream
+    /// time only up to the wall clock, or not at all past the allowed skew (counter).
     Counter FUTURE_TIMESTAMPS = "tailsift_future_timestamps_total";
+    /// Idle probes that found an input partition in an outage of its own while the
+    /// cluster was up, label `reason` (`offline`: no leader; `leader_or_isr_changed`;
+    /// `replica_unreachable`: a broker among its leader and in-sync replicas lost):
+    /// its stream time stood still and its next idle streak is the longer one
+    /// (counter).
+    Counter PARTITION_OUTAGES = "tailsift_partition_outages_total";
+    /// Input partitions holding undecided input whose stream time and lowest pinned
+    /// offset have not moved for several decision waits, though tailsift does not
+    /// hold them on purpose; `/readyz` names them (gauge).
+    Gauge STALLED_PARTITIONS = "tailsift_stalled_partitions";
+    /// Episodes of an input partition stalled as `tailsift_stalled_partitions` counts
+    /// (counter).
+    Counter PARTITION_STALLS = "tailsift_partition_stalls_total";
     /// 1 when at least one broker connection is up, else 0 (gauge).
     Gauge KAFKA_UP = "tailsift_kafka_up";
     /// Partitions assigned to this instance (gauge).

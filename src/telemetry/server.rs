@@ -144,6 +144,12 @@ async fn respond(mut stream: TcpStream, handle: PrometheusHandle, health: Arc<He
                     "text/plain",
                     format!("not ready: output stalled: {why}\n"),
                 )
+            } else if let stalled @ [_, ..] = &health.input_stalled()[..] {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("not ready: input not progressing: {}\n", stalled.join("; ")),
+                )
             } else if !health.joined() {
                 (
                     "503 Service Unavailable",
