@@ -1031,6 +1031,228 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The broker ids holding `topic`'s `partition`: its leader and its replicas.
+    fn replicas(&self, topic: &str, partition: i32) -> (i32, Vec<i32>) {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("consumer");
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        md.topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .and_then(|t| t.partitions().iter().find(|p| p.id() == partition))
+            .map(|p| (p.leader(), p.replicas().to_vec()))
+            .expect("partition has replicas")
+    }
+
+    /// The broker id coordinating consumer group `group`: the leader of its
+    /// `__consumer_offsets` partition (Kafka's `Utils.abs(groupId.hashCode) %
+    /// partitions`).
+    fn coordinator(&self, group: &str) -> i32 {
+        let hash = group
+            .encode_utf16()
+            .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("consumer");
+        let md = c
+            .fetch_metadata(Some("__consumer_offsets"), Duration::from_secs(10))
+            .expect("metadata");
+        let parts = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == "__consumer_offsets")
+            .map_or(0, |t| t.partitions().len() as i32);
+        assert!(parts > 0, "no __consumer_offsets yet");
+        // Kafka's Utils.abs: Math.abs, with MIN_VALUE as 0.
+        let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+        self.replicas("__consumer_offsets", abs % parts).0
+    }
+
+    /// SIGKILLs the node with broker id `id`.
+    fn kill(&self, id: i32) {
+        let out = Self::script(&self.dir, &["kill", &(id - 1).to_string()]);
+        assert!(out.status.success(), "kill broker {id}");
+    }
+
+    /// Starts the node with broker id `id` again on its data.
+    async fn restart(&self, id: i32) {
+        let (dir, node) = (self.dir.clone(), (id - 1).to_string());
+        let out = tokio::task::spawn_blocking(move || Self::script(&dir, &["restart", &node]))
+            .await
+            .expect("restart task");
+        assert!(
+            out.status.success(),
+            "restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Sends the pieces `pieces` of each trace to `partition` of `topic` with `acks=all`,
+/// stamped now, and returns their deliveries without waiting for them.
+fn send_pieces(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    traces: &[tailsift::gen::GeneratedTrace],
+    pieces: std::ops::Range<usize>,
+) -> Vec<rdkafka::producer::DeliveryFuture> {
+    let mut deliveries = Vec::new();
+    for t in traces {
+        let key = t.truth.trace_id.to_hex();
+        for m in t.messages.iter().take(pieces.end).skip(pieces.start) {
+            let record = rdkafka::producer::FutureRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(m)
+                .partition(partition);
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("enqueued"),
+            );
+        }
+    }
+    deliveries
+}
+
+/// On a 3-node cluster (replication 3, `min.insync.replicas` 2), an in-sync
+/// follower of a quiet input partition is SIGKILLed between the first and the last
+/// pieces of error traces. Its leader cannot move the high watermark (what a
+/// consumer may read, what an end-offset probe reports) until the dead node stops
+/// counting as in sync, so the rest of each trace, produced at once with
+/// `acks=all`, is read only then; meanwhile the partition looks read to its end and
+/// idle, its leader answers every probe, and the rest of the cluster is up. Its
+/// traces must wait for those pieces: every one out whole, once. (The killed node
+/// leads no partition tailsift reads and does not coordinate its group: either
+/// would make every probe fail, or rebalance, and hide the case.)
+///
+/// Then, on a topic of its own, the leader of an input partition is killed and
+/// started again; the partition's leader has moved, and a last trace sent to it
+/// once it is quiet is decided on time: its stream time follows the wall clock
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_mid_trace_holds_its_partition_until_the_rest_is_read() {
+    if broker().is_none() {
+        return; // no Java here: the suite is off
+    }
+    let cluster = Cluster::start();
+    let s = Scenario::new(&cluster.bootstrap, "follower", 1).await;
+    let input = s.input();
+    let yaml = s.yaml(false, "3s");
+    let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+    let a = s.spawn(&yaml, "a");
+    ready(&a).await;
+    let coordinator = cluster.coordinator(&format!("{}-group", s.name));
+    let (leader, replicas) = cluster.replicas(&input, 0);
+    let follower = *replicas
+        .iter()
+        .find(|r| **r != leader && **r != coordinator)
+        .expect("a follower that does not coordinate the group");
+    let mut g = tailsift::gen::Generator::new(tailsift::gen::GenConfig {
+        seed: 107,
+        error_rate: 1.0,
+        ..tailsift::gen::GenConfig::default()
+    });
+    let traces: Vec<tailsift::gen::GeneratedTrace> = (0..400)
+        .map(|_| g.next_trace(tailsift::gen::now_ns()))
+        .filter(|t| t.messages.len() >= 2)
+        .take(20)
+        .collect();
+    assert_eq!(traces.len(), 20, "traces of several messages");
+    let producer = tailsift::gen::producer(&s.bootstrap, "none").expect("producer");
+    for d in send_pieces(&producer, &input, 0, &traces, 0..1) {
+        assert!(matches!(d.await, Ok(Ok(_))), "a first piece not delivered");
+    }
+    let read = wait_until(Duration::from_secs(20), || {
+        metric_of(&a, "tailsift_messages_received_total") >= traces.len() as f64
+    })
+    .await;
+    assert!(read, "first pieces never read");
+    cluster.kill(follower);
+    let rest = send_pieces(&producer, &input, 0, &traces, 1..usize::MAX);
+    let delivered_at = Instant::now();
+    let mut delivered = true;
+    for d in rest {
+        delivered &= matches!(
+            tokio::time::timeout(Duration::from_secs(90), d).await,
+            Ok(Ok(Ok(_)))
+        );
+    }
+    let held = delivered_at.elapsed();
+    eprintln!("pieces held by the cluster for {held:?} after broker {follower} was killed");
+    cluster.restart(follower).await;
+    let truths: Vec<Truth> = traces.iter().map(|t| t.truth.clone()).collect();
+    let settled = s.settle(&out, &truths).await;
+    let outages = labelled_metric_at(a.telemetry, "tailsift_partition_outages_total", &[]);
+    stop(a);
+    assert!(delivered, "the held pieces were never delivered");
+    assert!(
+        settled,
+        "input not committed: {:?}\n{}",
+        s.uncommitted(),
+        s.tails()
+    );
+    let got = out.traces();
+    assert_kept_whole_once(
+        &truths,
+        &got,
+        &format!(
+            "follower {follower} of partition 0 (leader {leader}) killed, pieces held {held:?} ({})",
+            s.report(&truths, &got)
+        ),
+    );
+    assert!(outages > 0.0, "the partition's outage was not counted");
+
+    // The leader of a partition killed and back: the partition's leader moved.
+    let s = Scenario::new(&cluster.bootstrap, "moved", 3).await;
+    let input = s.input();
+    let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+    let b = s.spawn(&s.yaml(false, "3s"), "b");
+    ready(&b).await;
+    let coordinator = cluster.coordinator(&format!("{}-group", s.name));
+    let (partition, killed) = (0..s.input_partitions)
+        .map(|p| (p, cluster.replicas(&input, p).0))
+        .find(|(_, l)| *l != coordinator)
+        .expect("a partition led by a node that does not coordinate the group");
+    cluster.kill(killed);
+    let moved = wait_until(Duration::from_secs(60), || {
+        cluster.replicas(&input, partition).0 != killed
+    })
+    .await;
+    cluster.restart(killed).await;
+    assert!(moved, "partition {partition} never got another leader");
+    let last: Vec<_> = (0..50)
+        .map(|_| g.next_trace(tailsift::gen::now_ns()))
+        .take(1)
+        .collect();
+    let sent = Instant::now();
+    for d in send_pieces(&producer, &input, partition, &last, 0..usize::MAX) {
+        assert!(matches!(d.await, Ok(Ok(_))), "the last trace not delivered");
+    }
+    let id = last[0].truth.trace_id;
+    let decided = wait_until(Duration::from_secs(60), || out.traces().contains_key(&id)).await;
+    let took = sent.elapsed();
+    stop(b);
+    assert!(
+        decided,
+        "the last trace of partition {partition}, whose leader moved, was never decided: its stream time no longer follows the wall clock\n{}",
+        s.tails()
+    );
+    assert!(took < Duration::from_secs(40), "decided after {took:?}");
+    assert_kept_whole_once(
+        &[last[0].truth.clone()],
+        &out.traces(),
+        "partition whose leader moved",
+    );
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = Self::script(&self.dir, &["stop"]);

@@ -475,13 +475,19 @@ async fn a_partition_that_stops_moving_is_named_by_readyz_until_it_moves() {
     settle(&h, &out, sampler, &log).await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(stalled, "/readyz never reported the stuck partition");
-    assert!(!decided_meanwhile, "the trace was decided though its partition was stuck");
+    assert!(
+        !decided_meanwhile,
+        "the trace was decided though its partition was stuck"
+    );
     assert!(
         why.contains(&format!("{INPUT}[0]")) && why.contains("idle probes fail"),
         "/readyz does not name the partition and why: {why}"
     );
     assert_eq!(gauge, 1.0, "tailsift_stalled_partitions while stuck");
-    assert!(recovered, "not ready again, or the trace not decided, once probes answered");
+    assert!(
+        recovered,
+        "not ready again, or the trace not decided, once probes answered"
+    );
     assert_eq!(episodes, 1.0, "one episode counted");
     assert_eq!(gauge_after, 0.0);
     assert_eq!(

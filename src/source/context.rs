@@ -13,7 +13,6 @@ use tracing::{info, warn};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::replicas::BrokerStates;
 use super::{lock, OffsetTracker};
 use crate::flow::TxnCommit;
 use crate::telemetry::{names, Health, LogLimiter};
@@ -30,8 +29,6 @@ pub struct SourceContext {
     /// Input messages not keyed by trace id so far (the source counts), and how
     /// many the last statistics saw.
     unkeyed: (Arc<AtomicU64>, AtomicU64),
-    /// Which brokers the consumer has lost, for the idle probes.
-    brokers: Arc<BrokerStates>,
 }
 
 impl SourceContext {
@@ -41,7 +38,6 @@ impl SourceContext {
         restore_decisions: bool,
         txn: Option<Arc<dyn TxnCommit>>,
         unkeyed: Arc<AtomicU64>,
-        brokers: Arc<BrokerStates>,
     ) -> Self {
         SourceContext {
             tracker,
@@ -49,7 +45,6 @@ impl SourceContext {
             restore_decisions,
             txn,
             unkeyed: (unkeyed, AtomicU64::new(0)),
-            brokers,
         }
     }
 
@@ -84,7 +79,6 @@ impl SourceContext {
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
         self.check_unkeyed(&stats);
-        self.brokers.observe(&stats);
         let up = stats.brokers.values().any(|b| b.state == "UP");
         let why = (!up && self.health.last_error().is_empty())
             .then(|| "no broker connection is up".to_string());

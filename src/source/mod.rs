@@ -99,7 +99,7 @@ pub struct Source {
     /// holds open for `fetch.wait.max.ms` when there is no data (measured: 445 ms per
     /// probe on an idle partition), which made each idle partition's last traces wait
     /// a second or more instead of `idle_delay`.
-    prober: Arc<BaseConsumer>,
+    prober: Arc<BaseConsumer<ProbeContext>>,
     tracker: Arc<Mutex<OffsetTracker>>,
     /// Set while a commit is running; one at a time.
     committing: Arc<AtomicBool>,
@@ -142,7 +142,7 @@ pub struct Source {
     probing: bool,
     /// [`Health::outages`] when the last probe was applied.
     outages_seen: u64,
-    /// Which brokers the consumer has lost (its statistics), and what the last probe
+    /// Which brokers the prober has lost (its statistics), and what the last probe
     /// saw of each partition slot's replicas: an outage of one partition.
     brokers: Arc<BrokerStates>,
     replicas: HashMap<u32, PartitionReplicas>,
@@ -171,6 +171,8 @@ struct ProbeAnswer {
     seq: u64,
     /// Read to its end (`None`: the broker could not be asked).
     caught_up: Option<bool>,
+    /// Its end offset, if the broker said.
+    end: Option<i64>,
     /// Its leader and in-sync replicas (`None`: the metadata read did not say).
     replicas: Option<Replicas>,
 }
@@ -275,9 +277,8 @@ impl Source {
             cfg.decisions_topic.is_some(),
             out.txn.clone(),
             Arc::clone(&unkeyed),
-            Arc::clone(&brokers),
         );
-        let prober = probe_client(&c, &cfg.group_id)?;
+        let prober = probe_client(&c, &cfg.group_id, Arc::clone(&brokers))?;
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(ctx)?;
         let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -803,6 +804,8 @@ impl Source {
             for a in &parts {
                 let _ = tpl.add_partition_offset(&a.topic, a.partition, Offset::End);
             }
+            // Serves the prober's statistics: which brokers it is connected to.
+            let _ = prober.poll(Duration::ZERO);
             let ends = prober.offsets_for_times(tpl, PROBE_TIMEOUT).ok();
             let positions = consumer.position().ok();
             let replicas = replicas_of(&prober, &parts);
@@ -824,6 +827,7 @@ impl Source {
                         epoch: a.epoch,
                         seq,
                         caught_up: end.map(|end| caught_up(end, a.next, position)),
+                        end,
                         replicas: replicas.get(&key).cloned(),
                     }
                 })
@@ -867,18 +871,20 @@ impl Source {
                 epoch,
                 seq,
                 caught_up,
+                end,
                 replicas,
             } = answer;
             if !lock(&self.tracker).is_current(slot, epoch) {
                 continue;
             }
             // An outage of this partition alone: as if its probe had failed.
-            let disturbed = self
-                .replicas
-                .entry(slot)
-                .or_default()
-                .check(replicas.as_ref(), &brokers);
+            let disturbed =
+                self.replicas
+                    .entry(slot)
+                    .or_default()
+                    .check(replicas.as_ref(), &brokers, end);
             if let Some(why) = disturbed {
+                tracing::debug!(message = "Partition outage.", partition, reason = why.as_str(), replicas = ?replicas, brokers = ?brokers);
                 counter!(names::PARTITION_OUTAGES, "reason" => why.as_str()).increment(1);
                 static LOG: crate::telemetry::LogLimiter =
                     crate::telemetry::LogLimiter::new(Duration::from_secs(10));
@@ -1060,20 +1066,47 @@ impl Source {
 /// The idle probes' client: the consumer's properties (brokers, security, isolation
 /// level, so it is told the same end offsets) under a group id of its own that it
 /// never joins, without the consumer's static membership.
-fn probe_client(consumer: &ClientConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
+///
+/// It keeps a connection to every broker of the cluster (librdkafka's hidden
+/// `enable.sparse.connections=false`; by default a client connects only to the
+/// brokers it needs), and its statistics say which it lost ([`BrokerStates`]): a
+/// follower that dies is seen within a report, though no client of tailsift reads
+/// from it.
+fn probe_client(
+    consumer: &ClientConfig,
+    group: &str,
+    brokers: Arc<BrokerStates>,
+) -> Result<BaseConsumer<ProbeContext>, KafkaError> {
     let mut c = consumer.clone();
     c.remove("group.instance.id");
     c.set("group.id", format!("{group}.idle-probe"))
-        .set("statistics.interval.ms", "0");
-    c.create()
+        .set("enable.sparse.connections", "false")
+        .set("statistics.interval.ms", PROBE_STATS_MS);
+    c.create_with_context(ProbeContext { brokers })
 }
+
+/// How often the prober reports its broker connections.
+const PROBE_STATS_MS: &str = "500";
+
+/// The prober's callbacks: its statistics feed [`BrokerStates`].
+pub struct ProbeContext {
+    brokers: Arc<BrokerStates>,
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        self.brokers.observe(&stats);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
 
 /// The leader and in-sync replicas of each probed partition, from one metadata
 /// read per topic (which also refreshes the prober's view of leaders and
 /// partitions, so its end-offset requests follow a moved leader or partitions added
 /// since it started). Partitions the read did not cover are left out.
 fn replicas_of(
-    prober: &BaseConsumer,
+    prober: &BaseConsumer<ProbeContext>,
     parts: &[offsets::Assigned],
 ) -> HashMap<(String, i32), Replicas> {
     let mut topics: Vec<&str> = parts.iter().map(|a| &*a.topic).collect();
