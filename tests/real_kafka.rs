@@ -1386,6 +1386,79 @@ async fn killing_partition_leaders_of_a_three_node_cluster_loses_nothing() {
     );
 }
 
+/// Partitions added to the input while tailsift runs, picked up through a
+/// rebalance (a second member joins, and leaves again): a trace sent to a new
+/// partition, which then stays quiet, is decided on time. Its stream time can
+/// follow the wall clock only if the idle probes can ask the broker for the new
+/// partition's end offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_added_while_running_is_decided_on_time() {
+    use rdkafka::admin::NewPartitions;
+    let Some(bootstrap) = broker() else { return };
+    let s = Scenario::new(&bootstrap, "added", 2).await;
+    let input = s.input();
+    let yaml = s.yaml(false, "2s");
+    let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+    let a = s.spawn(&yaml, "a");
+    ready(&a).await;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin client");
+    let added = admin
+        .create_partitions(&[NewPartitions::new(&input, 4)], &AdminOptions::new())
+        .await
+        .expect("create partitions");
+    for r in added {
+        r.unwrap_or_else(|(t, e)| panic!("partitions of {t} not added: {e}"));
+    }
+    // A second member makes the group rebalance with the new partitions; when it
+    // leaves, `a` owns all four.
+    let b = s.spawn(&yaml, "b");
+    ready(&b).await;
+    stop(b);
+    let all = wait_until(Duration::from_secs(60), || {
+        max_metric_of(&a, "tailsift_assigned_partitions") == 4.0
+    })
+    .await;
+    assert!(
+        all,
+        "the first member never took all four partitions\n{}",
+        s.tails()
+    );
+    let mut g = tailsift::gen::Generator::new(tailsift::gen::GenConfig {
+        seed: 109,
+        error_rate: 1.0,
+        ..tailsift::gen::GenConfig::default()
+    });
+    let traces: Vec<_> = (0..2)
+        .map(|_| g.next_trace(tailsift::gen::now_ns()))
+        .collect();
+    let producer = tailsift::gen::producer(&s.bootstrap, "none").expect("producer");
+    let sent = Instant::now();
+    for (i, partition) in [2, 3].into_iter().enumerate() {
+        for d in send_pieces(&producer, &input, partition, &traces[i..=i], 0..usize::MAX) {
+            assert!(matches!(d.await, Ok(Ok(_))), "not delivered");
+        }
+    }
+    let truths: Vec<Truth> = traces.iter().map(|t| t.truth.clone()).collect();
+    let decided = wait_until(Duration::from_secs(60), || {
+        missing_kept(&truths, &out.traces()).is_empty()
+    })
+    .await;
+    let took = sent.elapsed();
+    stop(a);
+    assert!(
+        decided,
+        "traces on the added partitions never decided\n{}",
+        s.tails()
+    );
+    // decision_wait, idle_delay, a probe and delivery; a rebalance's after-outage
+    // wait at most.
+    assert!(took < Duration::from_secs(20), "decided after {took:?}");
+    assert_kept_whole_once(&truths, &out.traces(), "added partitions");
+}
+
 /// A SCRAM user the broker's StandardAuthorizer lets read the input and write the
 /// dead-letter topic but not write the output: each kept trace is refused with a
 /// clear error, goes to the dead-letter topic with the reason, and the input is
