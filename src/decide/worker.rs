@@ -407,15 +407,19 @@ impl ShardWorker {
 
     /// Under memory pressure, decides the oldest traces early until usage is back
     /// under the low watermark (every worker does this for its own shard). A worker
-    /// stops at its share of the low watermark: memory held elsewhere (input in
-    /// flight, traces awaiting acknowledgement, another shard) is not a reason to
-    /// decide its youngest traces, whose other spans are likely on their way.
+    /// stops at its share of the low watermark, less what its decision cache holds:
+    /// memory held elsewhere that drains by itself (input in flight, traces awaiting
+    /// acknowledgement, another shard) is not a reason to decide its youngest
+    /// traces, whose other spans are likely on their way; the cache does not drain,
+    /// and counted outside the share it kept usage above the low watermark with
+    /// every shard at its share, so the paused input never resumed.
     async fn evict(&mut self) -> Result<(), Closed> {
         if !self.budget.should_evict() {
             return Ok(());
         }
+        let share = self.fair_share.saturating_sub(self.cache.allocated_bytes());
         let mut due = std::mem::take(&mut self.due);
-        while !self.budget.below_low() && self.shard.bytes() > self.fair_share {
+        while !self.budget.below_low() && self.shard.bytes() > share {
             let clocks = &self.clocks;
             self.shard
                 .take_oldest(EVICTION_BATCH, |s| clocks.get(s), &mut due);

@@ -52,13 +52,23 @@ fn parts() -> Parts {
 /// A worker with the policies `policies` (YAML list entries), per-trace `limits` and
 /// the memory `budget`.
 fn parts_with(policies: &str, limits: TraceLimits, budget: MemoryBudget) -> Parts {
+    parts_caching(policies, limits, budget, 1000)
+}
+
+/// [`parts_with`], remembering `cache_capacity` decisions.
+fn parts_caching(
+    policies: &str,
+    limits: TraceLimits,
+    budget: MemoryBudget,
+    cache_capacity: usize,
+) -> Parts {
     let live = LivePolicies::new(Generation::build(&config(policies), None).expect("builds"));
     let clocks = Arc::new(StreamClocks::new());
     let wc = WorkerConfig {
         decision_wait: WAIT,
         after_root: None,
         limits,
-        cache_capacity: 1000,
+        cache_capacity,
         max_message_bytes: 1 << 20,
         output_encoding: Default::default(),
         shards: 1,
@@ -132,16 +142,19 @@ fn kept_in(out: &mut mpsc::Receiver<SinkMsg>) -> Vec<(TraceId, usize)> {
 /// One input message holding one span of trace `t` (an OTLP span body with just
 /// its trace id).
 fn spans_of(t: u8, slot: u32, epoch: u32, offset: i64, at: u64) -> ShardMsg {
+    span_of_trace(TraceId([t; 16]), slot, epoch, offset, at)
+}
+
+/// [`spans_of`] for any trace id.
+fn span_of_trace(id: TraceId, slot: u32, epoch: u32, offset: i64, at: u64) -> ShardMsg {
     let mut body = vec![0x0a, 16];
-    body.extend_from_slice(&[t; 16]);
+    body.extend_from_slice(&id.0);
     let len = body.len();
     let message = Message::new(
         Bytes::from(body),
         vec![Arc::new(ScopeFrame::new(Bytes::new()))],
     );
-    let mut span: Span = message
-        .span_at(TraceId([t; 16]), 0, len, 0)
-        .expect("in the message");
+    let mut span: Span = message.span_at(id, 0, len, 0).expect("in the message");
     span.end_ns = 10;
     ShardMsg::Spans {
         pin: Pin {
@@ -496,4 +509,62 @@ async fn limits_force_decisions_early() {
             .expect("sink open");
     }
     assert!(p.out.is_empty(), "decided early without pressure");
+}
+
+/// Memory pressure ends once the shards are at their share of the low watermark,
+/// though the decision cache holds memory that never drains: the cache counts in
+/// the shard's share. Before, a shard stopped evicting at its share with its cache
+/// on top, usage stayed above the low watermark, and input stayed paused forever.
+#[tokio::test(start_paused = true)]
+async fn memory_pressure_ends_though_the_decision_cache_holds_memory() {
+    const REMEMBERED: u32 = 20_000;
+    let budget = MemoryBudget::new(4 << 20, 0.9, 0.5);
+    let mut p = parts_caching(
+        "  - {name: big, type: span_count, span_count: {min_spans: 1000}}\n",
+        TraceLimits::default(),
+        budget.clone(),
+        REMEMBERED as usize,
+    );
+    p.clocks.enter(0, 1);
+    // Decisions (all dropped) to remember.
+    let trace = |n: u32| {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        TraceId(id)
+    };
+    let mut offset = 0;
+    for n in 0..REMEMBERED {
+        p.worker
+            .handle(span_of_trace(trace(n), 0, 1, offset, T0))
+            .await
+            .expect("sink open");
+        offset += 1;
+    }
+    p.clocks.publish(0, 1, T0 + 3_000);
+    p.worker.on_tick().await.expect("sink open");
+    assert_eq!(
+        released_offsets(&mut p.released).len(),
+        REMEMBERED as usize,
+        "decided"
+    );
+    let cache = p.worker.cache.allocated_bytes() as u64;
+    assert!(cache > 500_000, "the cache holds {cache} bytes");
+    // New one-span traces until the worker has to decide some early.
+    let mut n = REMEMBERED;
+    while released_offsets(&mut p.released).is_empty() {
+        assert!(n < 10 * REMEMBERED, "never under pressure");
+        p.worker
+            .handle(span_of_trace(trace(n), 0, 1, offset, T0 + 3_000))
+            .await
+            .expect("sink open");
+        offset += 1;
+        n += 1;
+    }
+    assert!(
+        budget.below_low(),
+        "still {} bytes used over the low watermark {} ({cache} in the cache): input would stay paused",
+        budget.used(),
+        budget.low_watermark()
+    );
+    assert!(!budget.pressure());
 }
