@@ -267,14 +267,12 @@ async fn a_flood_of_garbage_is_dead_lettered_with_its_headers_and_logged_a_few_t
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_signal_ends_a_stuck_drain_at_once_with_a_failure_status() {
-    let h = Harness::new(2, 2);
-    let dir = std::env::temp_dir().join(format!("tailsift-drain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+/// A sampler holding a kept trace the broker refuses to take (every produce
+/// fails with a retriable error), so a drain would wait for it.
+async fn stuck_in_the_producer(h: &Harness, dir: &std::path::Path) -> Sampler {
     let log = dir.join("tailsift.log");
     let yaml = h.config_yaml(ERRORS_SLOW_AND, "500ms", None);
-    let mut sampler = spawn(&dir, &yaml, &log);
+    let sampler = spawn(dir, &yaml, &log);
     let ready = wait_until(Duration::from_secs(40), || {
         // Ready, and holding partitions (a member with none is ready too).
         http_get(sampler.telemetry, "/readyz").0 == 200
@@ -282,8 +280,7 @@ async fn a_second_signal_ends_a_stuck_drain_at_once_with_a_failure_status() {
     })
     .await;
     assert!(ready, "sampler not ready");
-    send_error_trace(&h, 5).await;
-    // The kept trace cannot be written: the drain would wait for it.
+    send_error_trace(h, 5).await;
     h.broker.cluster().request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 1000],
@@ -292,30 +289,68 @@ async fn a_second_signal_ends_a_stuck_drain_at_once_with_a_failure_status() {
         metric_of(&sampler, tailsift::telemetry::names::PRODUCE_OLDEST_PENDING) >= 2.0
     })
     .await;
+    assert!(stuck, "the kept trace was never held up in the producer");
+    sampler
+}
+
+/// Waits up to `max` for a child to exit (killing it then); its status, if it did.
+async fn exit_within(sampler: &mut Sampler, max: Duration) -> Option<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = sampler.child.try_wait().expect("status") {
+            return Some(s);
+        }
+        if start.elapsed() > max {
+            let _ = sampler.child.kill();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_a_stuck_drain_at_once_with_a_failure_status() {
+    let h = Harness::new(2, 2);
+    let dir = std::env::temp_dir().join(format!("tailsift-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut sampler = stuck_in_the_producer(&h, &dir).await;
     signal(&sampler.child, "-TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&sampler.child, "-TERM");
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = sampler.child.try_wait().expect("status") {
-            break Some(s);
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = sampler.child.kill();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_within(&mut sampler, Duration::from_secs(10)).await;
     h.broker
         .cluster()
         .clear_request_errors(RDKafkaApiKey::Produce);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(stuck, "the kept trace was never held up in the producer");
     let status = status.expect("exited within 10 s of the second signal");
     assert_eq!(
         status.code(),
         Some(3),
         "exit status after an incomplete drain"
+    );
+}
+
+/// One SIGTERM whose drain gives up waiting for the output's acknowledgement (the
+/// sink's 30 s) exits 3, as the README says, not 0: the kept trace's input stays
+/// uncommitted, and the exit status must not claim a clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_gives_up_exits_with_a_failure_status() {
+    let h = Harness::new(2, 2);
+    let dir = std::env::temp_dir().join(format!("tailsift-giveup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut sampler = stuck_in_the_producer(&h, &dir).await;
+    signal(&sampler.child, "-TERM");
+    let status = exit_within(&mut sampler, Duration::from_secs(90)).await;
+    h.broker
+        .cluster()
+        .clear_request_errors(RDKafkaApiKey::Produce);
+    let text = std::fs::read_to_string(dir.join("tailsift.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status.expect("exited within 90 s of SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exit status after a drain that gave up; log:\n{text}"
     );
 }
 

@@ -322,6 +322,8 @@ impl Sink {
             self.health.set_produce_stalled(Some(
                 "shutdown before every delivery was acknowledged".to_string(),
             ));
+            // The exit status says so (3), as when the source gives up waiting.
+            self.health.set_drain_incomplete();
         }
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
