@@ -155,6 +155,15 @@ macro_rules! out {
     };
 }
 
+/// `eprintln!` that never panics: a line to a closed stderr is dropped (the exit
+/// status still tells).
+macro_rules! err_out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn print_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -162,7 +171,7 @@ fn print_line(args: std::fmt::Arguments<'_>) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("error: cannot write to standard output: {e}");
+        err_out!("error: cannot write to standard output: {e}");
         std::process::exit(1);
     }
 }
@@ -198,7 +207,7 @@ async fn main() -> ExitCode {
     match dispatch(cli.command, signals).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            err_out!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -386,9 +395,11 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
                 batch_spans,
             };
             let (truths, stats) = gen::feed(&brokers, &topic, &mut g, &opts, |s| {
-                eprintln!(
+                err_out!(
                     "sent {} traces, {} spans, {} messages",
-                    s.traces, s.spans, s.messages
+                    s.traces,
+                    s.spans,
+                    s.messages
                 );
             })
             .await
@@ -417,7 +428,7 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
                 broker.create_topic(name, parts)?;
             }
             out!("{}", broker.bootstrap_servers());
-            eprintln!("embedded broker running; Ctrl-C to stop");
+            err_out!("embedded broker running; Ctrl-C to stop");
             signals.recv().await;
             Ok(ExitCode::SUCCESS)
         }

@@ -396,3 +396,83 @@ async fn a_stop_requested_while_starting_exits_cleanly() {
         "the signal came while starting, not after; log:\n{text}"
     );
 }
+
+/// With stderr a closed pipe (`tailsift run ... 2>&1 | head -1` once `head` is
+/// gone), every log line fails to write. That must not end the process: a config
+/// error still exits 1 (it panicked with 101), and a running instance keeps
+/// running and stops cleanly (it aborted from librdkafka's log callback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_neither_panics_nor_aborts() {
+    use std::process::{Command, Stdio};
+    let closed_stderr = || {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        Stdio::from(writer)
+    };
+    let status = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .args(["run", "-c", "/nonexistent/tailsift.yaml"])
+        .stdout(Stdio::null())
+        .stderr(closed_stderr())
+        .status()
+        .expect("runs");
+    assert_eq!(status.code(), Some(1), "a config error with stderr closed");
+
+    let h = Harness::new(1, 1);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let telemetry = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let dir = std::env::temp_dir().join(format!("tailsift-stderr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // Unreachable brokers: librdkafka logs connection errors over and over.
+    let yaml = h
+        .config_yaml(ERRORS_SLOW_AND, "500ms", None)
+        .replace(&h.bootstrap, &dead.to_string())
+        .replace("127.0.0.1:0", &telemetry.to_string());
+    let config = dir.join("tailsift.yaml");
+    std::fs::write(&config, yaml).expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tailsift"))
+        .arg("run")
+        .arg("-c")
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(closed_stderr())
+        .spawn()
+        .expect("starts");
+    // Serving, and still alive after librdkafka reported the broker unreachable
+    // (its connection attempts fail within milliseconds; the first metadata read
+    // gives up after 3 s).
+    let served = wait_until(Duration::from_secs(20), || {
+        http_get(telemetry, "/healthz").0 != 0
+    })
+    .await;
+    let errors_seen = wait_until(Duration::from_secs(20), || {
+        http_get(telemetry, "/readyz")
+            .1
+            .contains("no broker reachable")
+            && child.try_wait().ok().flatten().is_none()
+    })
+    .await;
+    let early_exit = child.try_wait().expect("status");
+    signal(&child, "-TERM");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("status") {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(served, "telemetry never answered");
+    assert_eq!(early_exit, None, "the process ended by itself");
+    assert!(errors_seen, "never saw the broker unreachable");
+    let status = status.expect("exited within 15 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}

@@ -188,11 +188,12 @@ const RESERVED_CONSUMER_KEYS: &[&str] =
 
 impl KafkaConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.brokers.trim().is_empty() {
+        // Each entry of the list, not only the whole: " , " names no broker.
+        if self.brokers.split(',').any(|b| b.trim().is_empty()) {
             return Err(ConfigError::invalid(
                 "kafka.brokers",
-                "\"\"",
-                "host:port[,host:port...]",
+                format!("{:?}", self.brokers),
+                "host:port[,host:port...], no entry empty",
             ));
         }
         if self.group_id.trim().is_empty() {

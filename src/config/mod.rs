@@ -509,11 +509,26 @@ impl Config {
             };
             let field = format!("policies[{i}].topic");
             kafka::check_topic(&field, t)?;
-            if self.kafka.input_topics.contains(t) || *t == self.kafka.dead_letter_topic {
+            // Topics tailsift reads: the inputs, and what the route stage writes for
+            // the sampler to read (kept traces written there loop: 5 traces became
+            // 11,500 records in 20 s).
+            let routed = self
+                .route
+                .as_ref()
+                .is_some_and(|r| r.topics.iter().any(|input| r.target_of(input) == *t));
+            if self.kafka.input_topics.contains(t) || routed {
                 return Err(ConfigError::invalid(
                     field,
                     t,
-                    "a topic that is not an input or the dead-letter topic (kept traces would be read back as input, forever)",
+                    "a topic tailsift does not read (not an input topic nor a route.target): kept traces would be read back as input, forever",
+                ));
+            }
+            if *t == self.kafka.dead_letter_topic || self.kafka.decisions_topic.as_ref() == Some(t)
+            {
+                return Err(ConfigError::invalid(
+                    field,
+                    t,
+                    "a topic other than kafka.dead_letter_topic and kafka.decisions_topic (their readers expect dead letters and decision records, not traces)",
                 ));
             }
         }

@@ -91,6 +91,16 @@ impl RouteConfig {
             }
         }
         let targets: Vec<String> = self.topics.iter().map(|t| self.target_of(t)).collect();
+        // Each name the target makes must be one Kafka accepts.
+        for routed in &targets {
+            super::kafka::check_topic("route.target", routed).map_err(|_| {
+                ConfigError::invalid(
+                    "route.target",
+                    &self.target,
+                    format!("a pattern naming valid Kafka topics: 1-249 characters of [a-zA-Z0-9._-], not `.` or `..` (it names {routed:?})"),
+                )
+            })?;
+        }
         let clash = self.topics.iter().zip(&targets).find(|(t, routed)| {
             routed.trim().is_empty()
                 || kafka.input_topics.contains(routed)

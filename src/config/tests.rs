@@ -667,3 +667,63 @@ fn the_route_section_names_input_topics_and_targets_of_their_own() {
     ));
     assert!(e.contains("tagret"), "an unknown key: {e}");
 }
+
+#[test]
+fn brokers_lists_with_an_empty_entry_are_refused() {
+    for brokers in ["\" , \"", "\"a:9092,,b:9092\"", "\"a:9092, \""] {
+        let e = err(&MINIMAL.replace("brokers: localhost:9092", &format!("brokers: {brokers}")));
+        assert!(
+            e.contains("kafka.brokers") && e.contains("no entry empty"),
+            "{brokers}: {e}"
+        );
+    }
+    // As `--brokers` / TAILSIFT_BROKERS set it after the file was read.
+    let mut cfg = Config::from_yaml(MINIMAL).expect("valid");
+    cfg.kafka.brokers = " , ".to_string();
+    let e = cfg.validate().expect_err("refused").to_string();
+    assert!(e.contains("kafka.brokers"), "{e}");
+}
+
+#[test]
+fn a_policy_topic_tailsift_reads_or_writes_other_records_to_is_refused() {
+    let routed = format!(
+        "{}route:\n  topics: [spans]\n",
+        MINIMAL.replace(
+            "type: always_sample}",
+            "type: always_sample, topic: spans-by-trace}"
+        )
+    );
+    let e = err(&routed);
+    assert!(
+        e.contains("policies[0].topic")
+            && e.contains("spans-by-trace")
+            && e.contains("route.target"),
+        "{e}"
+    );
+    let decisions = MINIMAL
+        .replace(
+            "output_topic: sampled",
+            "output_topic: sampled\n  decisions_topic: decided",
+        )
+        .replace(
+            "type: always_sample}",
+            "type: always_sample, topic: decided}",
+        );
+    let e = err(&decisions);
+    assert!(
+        e.contains("policies[0].topic") && e.contains("kafka.decisions_topic"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}route:\n  topics: [spans]\n  target: \"{{topic}} by trace\"\n"
+    ));
+    assert!(
+        e.contains("route.target") && e.contains("spans by trace"),
+        "{e}"
+    );
+    let long = "x".repeat(245);
+    let e = err(&format!(
+        "{MINIMAL}route:\n  topics: [spans]\n  target: \"{{topic}}-{long}\"\n"
+    ));
+    assert!(e.contains("route.target"), "{e}");
+}

@@ -250,7 +250,8 @@ pub const VERSION: &str = concat!(
 
 /// Sets up `tracing` logging to stderr in `encoding`, filtered by `RUST_LOG`, else by
 /// `level` (an `EnvFilter` directive list such as `info,librdkafka=warn`). Colours
-/// only when stderr is a terminal, so files and log collectors get plain text.
+/// only when stderr is a terminal, so files and log collectors get plain text. Lines
+/// that cannot be written are dropped: a closed stderr never stops the process.
 pub fn init_logging(level: &str, encoding: LogEncoding) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -258,7 +259,11 @@ pub fn init_logging(level: &str, encoding: LogEncoding) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        // A line that cannot be written (stderr a closed pipe) is lost, not
+        // reported with `eprintln!`, which panics there: inside librdkafka's log
+        // callback, or while a drop unwinds, that aborted the process.
+        .log_internal_errors(false);
     let _ = match encoding {
         LogEncoding::Text => builder.try_init(),
         LogEncoding::Json => builder.json().flatten_event(true).try_init(),
