@@ -998,50 +998,30 @@ impl Cluster {
 
     /// SIGKILLs the node with broker id `id`, waits `down`, and starts it again.
     async fn bounce(&self, id: i32, down: Duration) {
-        let node = (id - 1).to_string();
-        let out = Self::script(&self.dir, &["kill", &node]);
-        assert!(out.status.success(), "kill node {node}");
+        self.kill(id);
         tokio::time::sleep(down).await;
-        let dir = self.dir.clone();
-        let out = tokio::task::spawn_blocking(move || Self::script(&dir, &["restart", &node]))
-            .await
-            .expect("restart task");
-        assert!(
-            out.status.success(),
-            "restart: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.restart(id).await;
     }
 
     /// The broker id leading `topic`'s `partition`.
     fn leader(&self, topic: &str, partition: i32) -> i32 {
+        self.replicas(topic, partition).0
+    }
+
+    /// The cluster's metadata of `topic`.
+    fn metadata(&self, topic: &str) -> rdkafka::metadata::Metadata {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()
             .expect("consumer");
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        md.topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .and_then(|t| t.partitions().iter().find(|p| p.id() == partition))
-            .map(|p| p.leader())
-            .expect("partition has a leader")
+        c.fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata")
     }
-}
 
-impl Cluster {
     /// The broker ids holding `topic`'s `partition`: its leader and its replicas.
     fn replicas(&self, topic: &str, partition: i32) -> (i32, Vec<i32>) {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .expect("consumer");
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        md.topics()
+        self.metadata(topic)
+            .topics()
             .iter()
             .find(|t| t.name() == topic)
             .and_then(|t| t.partitions().iter().find(|p| p.id() == partition))
@@ -1056,14 +1036,8 @@ impl Cluster {
         let hash = group
             .encode_utf16()
             .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .expect("consumer");
-        let md = c
-            .fetch_metadata(Some("__consumer_offsets"), Duration::from_secs(10))
-            .expect("metadata");
-        let parts = md
+        let parts = self
+            .metadata("__consumer_offsets")
             .topics()
             .iter()
             .find(|t| t.name() == "__consumer_offsets")

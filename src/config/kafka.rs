@@ -80,6 +80,16 @@ pub struct KafkaConfig {
     /// and no trace comes out half kept. Unset: decisions live only in memory.
     #[serde(default)]
     pub decisions_topic: Option<String>,
+    /// How far back a partition's next owner reads the decisions topic for late
+    /// spans: it reads from the earlier of now less this window and the time of the
+    /// input record at the partition's committed offset (less a minute for clock
+    /// skew), never from the topic's start, so the read does not grow with the
+    /// topic's history. Late spans of traces decided longer ago are decided afresh.
+    /// A compacted topic keyed by unique trace ids never shrinks: give it
+    /// `cleanup.policy=compact,delete` and a `retention.ms` above this window plus
+    /// the longest consumer lag.
+    #[serde(default = "default_decisions_window")]
+    pub decisions_window: ConfigDuration,
     /// Largest record tailsift produces; a bigger kept trace is split into several
     /// records (each a valid OTLP request). Keep it at or below the broker's
     /// `message.max.bytes`.
@@ -157,6 +167,10 @@ impl KafkaConfig {
             self.producer.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
+}
+
+fn default_decisions_window() -> ConfigDuration {
+    ConfigDuration::from_millis(600_000)
 }
 
 fn default_replication_factor() -> i32 {
@@ -283,6 +297,13 @@ impl KafkaConfig {
                 "kafka.commit_interval",
                 self.commit_interval,
                 "at least 1ms",
+            ));
+        }
+        if self.decisions_window.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "kafka.decisions_window",
+                self.decisions_window,
+                "at least 1s",
             ));
         }
         if self.exactly_once && self.decisions_topic.is_none() {

@@ -39,6 +39,7 @@ fn example_config_is_valid_and_complete() {
         "output_topic:",
         "dead_letter_topic:",
         "decisions_topic:",
+        "decisions_window:",
         "max_message_bytes:",
         "compression:",
         "commit_interval:",

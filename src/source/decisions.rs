@@ -3,8 +3,19 @@
 //! A partition's new owner (after a crash, restart or rebalance) must decide the late
 //! spans of traces decided before the same way. With `kafka.decisions_topic` set, the
 //! source pauses each newly assigned partition, reads the decisions partition
-//! numbered like it from the start to its end, hands the decisions to the shards'
-//! caches, and only then resumes the partition.
+//! numbered like it, hands the decisions to the shards' caches, and only then
+//! resumes the partition.
+//!
+//! Only a window of the topic matters, so only a window is read: decisions made
+//! since the input record at the partition's committed offset was written (every
+//! trace the new owner re-reads was decided after that), and those of the last
+//! `kafka.decisions_window` (late spans). The read starts at the earlier of the two,
+//! less [`SKEW_MARGIN_MS`], found by time ([`Consumer::offsets_for_times`]); a
+//! partition with no committed offset is read from its start. At most `limit`
+//! decisions are kept, the newest: the shards' caches hold no more. A compacted
+//! topic keyed by unique trace ids never shrinks; reading it from its start made a
+//! new owner's wait and memory grow with all traffic ever (4 partitions of 1M
+//! decisions: 21.9 s and 480 MB).
 //!
 //! A read that fails (a broker down, a leader moving) is tried again. In exactly-once
 //! mode it is tried until it succeeds: a partition read without its decisions would
@@ -23,7 +34,14 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
+use crate::clock::wall_ms;
 use crate::flow::DecisionRecord;
+
+/// Clock skew allowed between the hosts that stamped the input and the decisions.
+pub(super) const SKEW_MARGIN_MS: i64 = 60_000;
+
+/// How long finding the time of the record at a committed offset may take.
+const PEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest a load may take; after it the partition is read with what was loaded.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +73,12 @@ pub(super) struct DecisionsTopic {
     /// A group id of its own: librdkafka assigns partitions only in a group, though
     /// this reader never joins or commits.
     pub(super) reader_group: String,
+    /// The sampler's group, whose committed input offsets say what will be re-read.
+    pub(super) input_group: String,
+    /// How far back decisions matter for late spans (`kafka.decisions_window`).
+    pub(super) window: Duration,
+    /// Most decisions a load keeps (the newest).
+    pub(super) limit: usize,
 }
 
 use crate::flow::Restored;
@@ -65,8 +89,13 @@ impl DecisionsTopic {
         group: &str,
         consumer: &[(String, String)],
         topic: &str,
+        window: Duration,
+        limit: usize,
     ) -> Self {
         DecisionsTopic {
+            input_group: group.to_string(),
+            window,
+            limit,
             brokers: brokers.to_string(),
             properties: consumer
                 .iter()
@@ -78,12 +107,13 @@ impl DecisionsTopic {
         }
     }
 
-    /// Reads every decision of `input_partitions`, trying again after each failure
-    /// while `wanted()` holds: until it succeeds when `exactly_once`, else for at most
-    /// [`AT_LEAST_ONCE_PATIENCE`], after which what was read is returned. Blocking.
+    /// Reads the decisions that matter for `inputs` (input topic, partition), trying
+    /// again after each failure while `wanted()` holds: until it succeeds when
+    /// `exactly_once`, else for at most [`AT_LEAST_ONCE_PATIENCE`], after which what
+    /// was read is returned. Blocking.
     pub(super) fn load_until(
         &self,
-        input_partitions: &[i32],
+        inputs: &[(String, i32)],
         exactly_once: bool,
         wanted: impl Fn() -> bool,
     ) -> Vec<Restored> {
@@ -91,7 +121,7 @@ impl DecisionsTopic {
         let mut backoff = Duration::from_millis(500);
         let mut best = Vec::new();
         loop {
-            let e = match self.load(input_partitions) {
+            let e = match self.load(inputs) {
                 Ok(d) => return d,
                 Err(e) => {
                     let why = e.to_string();
@@ -113,19 +143,78 @@ impl DecisionsTopic {
             static LOG: crate::telemetry::LogLimiter =
                 crate::telemetry::LogLimiter::new(Duration::from_secs(10));
             if let Some(suppressed) = LOG.allow() {
-                warn!(message = "Cannot read decisions back yet; the partitions stay paused and the read is tried again.", error = %e, partitions = ?input_partitions, retry_in = ?backoff, suppressed_since_last = suppressed);
+                warn!(message = "Cannot read decisions back yet; the partitions stay paused and the read is tried again.", error = %e, partitions = ?inputs.iter().map(|(_, p)| *p).collect::<Vec<_>>(), retry_in = ?backoff, suppressed_since_last = suppressed);
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(8));
         }
     }
 
-    /// Reads every decision in the decisions partitions matching `input_partitions`
-    /// (blocking: run it on the blocking pool).
-    fn load(&self, input_partitions: &[i32]) -> Result<Vec<Restored>, LoadError> {
-        let ends = self.ends(input_partitions)?;
-        tracing::debug!(message = "Reading decisions back.", ranges = ?ends);
-        self.read(ends)
+    /// Reads the decisions that matter for `inputs` from the decisions partitions
+    /// numbered like them (blocking: run it on the blocking pool).
+    fn load(&self, inputs: &[(String, i32)]) -> Result<Vec<Restored>, LoadError> {
+        let since = self.since(inputs, wall_ms() as i64)?;
+        let ranges = self.ranges(&since)?;
+        tracing::debug!(message = "Reading decisions back.", since = ?since, ranges = ?ranges);
+        self.read(ranges)
+    }
+
+    /// Per input partition number, the earliest decision time (ms) that can matter
+    /// at `now_ms`: `None` to read from the start (nothing committed).
+    fn since(
+        &self,
+        inputs: &[(String, i32)],
+        now_ms: i64,
+    ) -> Result<HashMap<i32, Option<i64>>, KafkaError> {
+        let window_start = now_ms - self.window.as_millis() as i64;
+        let committed: BaseConsumer = self.client().set("group.id", &self.input_group).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in inputs {
+            tpl.add_partition(topic, *p);
+        }
+        let offsets = committed.committed_offsets(tpl, Duration::from_secs(10))?;
+        let mut since: HashMap<i32, Option<i64>> = HashMap::new();
+        for (topic, p) in inputs {
+            let from = match offsets.find_partition(topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => {
+                    let written = self.time_at(topic, *p, o)?.unwrap_or(now_ms);
+                    Some(read_from(window_start, written))
+                }
+                _ => None,
+            };
+            let entry = since.entry(*p).or_insert(from);
+            *entry = match (*entry, from) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                _ => None,
+            };
+        }
+        Ok(since)
+    }
+
+    /// When the record at `offset` of an input partition was written (`None`: there
+    /// is none yet, nothing will be re-read).
+    fn time_at(&self, topic: &str, partition: i32, offset: i64) -> Result<Option<i64>, KafkaError> {
+        let reader: BaseConsumer = self.client().create()?;
+        let (_, high) = reader.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        if offset >= high {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        reader.assign(&tpl)?;
+        let start = Instant::now();
+        while start.elapsed() < PEEK_TIMEOUT {
+            match reader.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => return Ok(Some(m.timestamp().to_millis().unwrap_or(0))),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        // Records are there and could not be read: reading too few decisions would
+        // write re-read traces out again, so the load is tried again.
+        Err(KafkaError::MessageConsumption(
+            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+        ))
     }
 
     /// The client properties both readers share.
@@ -145,14 +234,19 @@ impl DecisionsTopic {
         c
     }
 
-    /// Where each decisions partition matching `input_partitions` starts and ends.
+    /// Where to read each decisions partition matching the input partitions of
+    /// `since`: from the first decision at or after its time (the partition's start
+    /// when `None`) to the end.
     ///
     /// Ends are the high watermarks, of every record written, not the last stable
     /// offsets a read_committed client is told: the previous owner's last
     /// transaction (committed in its revoke callback, say) may not have its markers
     /// on this partition yet, and reading only to the stable offset would miss its
     /// decisions and write those traces out again.
-    fn ends(&self, input_partitions: &[i32]) -> Result<HashMap<i32, (i64, i64)>, KafkaError> {
+    fn ranges(
+        &self,
+        since: &HashMap<i32, Option<i64>>,
+    ) -> Result<HashMap<i32, (i64, i64)>, KafkaError> {
         let client: BaseConsumer = self
             .client()
             .set("isolation.level", "read_uncommitted")
@@ -163,21 +257,41 @@ impl DecisionsTopic {
             .iter()
             .find(|t| t.name() == self.topic)
             .map_or(0, |t| t.partitions().len() as i32);
-        let mut ends = HashMap::new();
+        let mut ranges = HashMap::new();
         if count == 0 {
-            return Ok(ends);
+            return Ok(ranges);
         }
-        for p in input_partitions {
-            let p = p.rem_euclid(count);
-            if ends.contains_key(&p) {
-                continue;
-            }
+        // The earliest time of the input partitions numbered onto each decisions
+        // partition (several input topics share them).
+        let mut from: HashMap<i32, Option<i64>> = HashMap::new();
+        for (p, t) in since {
+            let entry = from.entry(p.rem_euclid(count)).or_insert(*t);
+            *entry = match (*entry, *t) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                _ => None,
+            };
+        }
+        for (p, time) in from {
             let (low, high) = client.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?;
-            if high > low {
-                ends.insert(p, (low, high));
+            let start = match time {
+                None => low,
+                Some(ms) => {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition_offset(&self.topic, p, Offset::Offset(ms))?;
+                    let found = client.offsets_for_times(tpl, Duration::from_secs(10))?;
+                    match found.find_partition(&self.topic, p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o.max(low),
+                        // No decision that recent.
+                        Some(Offset::End) => high,
+                        _ => low,
+                    }
+                }
+            };
+            if high > start {
+                ranges.insert(p, (start, high));
             }
         }
-        Ok(ends)
+        Ok(ranges)
     }
 
     /// Reads the decisions partitions from their start to their end, read_committed
@@ -185,9 +299,9 @@ impl DecisionsTopic {
     /// transaction still open it gets only once that is committed or aborted, by its
     /// producer or by the transaction timeout.
     fn read(&self, ranges: HashMap<i32, (i64, i64)>) -> Result<Vec<Restored>, LoadError> {
-        let mut out = Vec::new();
+        let mut out = std::collections::VecDeque::new();
         if ranges.is_empty() {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let consumer: BaseConsumer = self
             .client()
@@ -203,7 +317,7 @@ impl DecisionsTopic {
         let start = Instant::now();
         while !ends.is_empty() {
             if start.elapsed() > LOAD_TIMEOUT {
-                return Err(LoadError::Incomplete(out));
+                return Err(LoadError::Incomplete(out.into()));
             }
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
@@ -212,7 +326,11 @@ impl DecisionsTopic {
                         .and_then(|p| DecisionRecord::decode(p).ok())
                         .and_then(|r| r.restored())
                     {
-                        out.push(r);
+                        // The newest `limit`: the caches would forget older ones.
+                        if out.len() >= self.limit.max(1) {
+                            out.pop_front();
+                        }
+                        out.push_back(r);
                     }
                     if ends
                         .get(&m.partition())
@@ -236,7 +354,25 @@ impl DecisionsTopic {
                 }
             }
         }
-        Ok(out)
+        Ok(out.into())
+    }
+}
+
+/// The earliest decision time that matters for a partition whose committed input
+/// record was written at `written_ms`, with late spans wanted from `window_start_ms`
+/// on: the earlier, less [`SKEW_MARGIN_MS`].
+fn read_from(window_start_ms: i64, written_ms: i64) -> i64 {
+    window_start_ms.min(written_ms) - SKEW_MARGIN_MS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{read_from, SKEW_MARGIN_MS};
+
+    #[test]
+    fn the_read_starts_at_the_earlier_of_the_window_and_the_committed_input() {
+        assert_eq!(read_from(100_000, 500_000), 100_000 - SKEW_MARGIN_MS);
+        assert_eq!(read_from(500_000, 100_000), 100_000 - SKEW_MARGIN_MS);
     }
 }
 
@@ -251,11 +387,33 @@ mod real_kafka_tests {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{Offset, TopicPartitionList};
 
     use super::DecisionsTopic;
     use crate::codec::TraceId;
     use crate::flow::{DecisionRecord, Pin};
+
+    /// Creates topics of one partition each on the broker.
+    fn create_topics(bootstrap: &str, names: &[&str]) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("admin");
+        let topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1)))
+            .collect();
+        let created = rt
+            .block_on(admin.create_topics(&topics, &AdminOptions::new()))
+            .expect("create topics");
+        assert!(created.iter().all(Result::is_ok), "{created:?}");
+    }
 
     /// The previous owner's last transaction, still unresolved when the next owner
     /// reads the decisions back (its markers not yet written): the read's end covers
@@ -268,21 +426,7 @@ mod real_kafka_tests {
             return;
         };
         let topic = format!("decisions-unmarked-{}", std::process::id());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .expect("admin");
-        let created = rt
-            .block_on(admin.create_topics(
-                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-                &AdminOptions::new(),
-            ))
-            .expect("create topics");
-        assert!(created.iter().all(Result::is_ok), "{created:?}");
+        create_topics(&bootstrap, &[&topic]);
 
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -314,8 +458,15 @@ mod real_kafka_tests {
             .expect("enqueue");
         producer.flush(t).expect("flush");
 
-        let reader = DecisionsTopic::new(&bootstrap, "decisions-unmarked", &[], &topic);
-        let ends = reader.ends(&[0]).expect("ends");
+        let reader = DecisionsTopic::new(
+            &bootstrap,
+            "decisions-unmarked",
+            &[],
+            &topic,
+            Duration::from_secs(600),
+            1000,
+        );
+        let ends = reader.ranges(&[(0, None)].into()).expect("ends");
         assert_eq!(
             ends.get(&0).map(|&(_, end)| end),
             Some(1),
@@ -326,5 +477,114 @@ mod real_kafka_tests {
         assert_eq!(read.len(), 1, "{read:?}");
         assert_eq!(read[0].trace_id, trace);
         assert_eq!(read[0].output_below, Some((0, 7)));
+    }
+
+    /// Only the window that matters is read back: decisions made since the input
+    /// record at the committed offset was written, and those of the last
+    /// `decisions_window`, the newest `limit` of them; older ones are not read.
+    #[test]
+    fn only_the_decisions_since_the_committed_input_or_the_window_are_read_back() {
+        let Some(bootstrap) = crate::demo::real_kafka_from_env() else {
+            return;
+        };
+        let id = std::process::id();
+        let (input, topic) = (
+            format!("window-input-{id}"),
+            format!("window-decisions-{id}"),
+        );
+        create_topics(&bootstrap, &[&input, &topic]);
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("producer");
+        let now = crate::clock::wall_ms() as i64;
+        const HOUR: i64 = 3_600_000;
+        // Input: offset 0 written 2.5 h ago, offset 1 10 s ago.
+        for at in [now - 5 * HOUR / 2, now - 10_000] {
+            producer
+                .send(
+                    BaseRecord::<(), _>::to(&input)
+                        .partition(0)
+                        .payload(&b"x"[..])
+                        .timestamp(at),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueue");
+        }
+        // Decisions made 3 h, 2 h and 1 s ago.
+        let traces = [TraceId([1; 16]), TraceId([2; 16]), TraceId([3; 16])];
+        let pin = Pin {
+            slot: 0,
+            epoch: 1,
+            offset: 0,
+            partition: 0,
+        };
+        for (trace, at) in traces
+            .iter()
+            .zip([now - 3 * HOUR, now - 2 * HOUR, now - 1_000])
+        {
+            let record = DecisionRecord::decided(*trace, Some("errors"), &[pin], 1)
+                .expect("a pin")
+                .encode_to_vec();
+            producer
+                .send(
+                    BaseRecord::to(&topic)
+                        .partition(0)
+                        .key(&trace.0[..])
+                        .payload(&record)
+                        .timestamp(at),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueue");
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+        let group = format!("window-group-{id}");
+        let commit = |offset: i64| {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", &group)
+                .create()
+                .expect("consumer");
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&input, 0, Offset::Offset(offset))
+                .expect("offset");
+            c.commit(&tpl, CommitMode::Sync).expect("commit");
+        };
+        let loaded = |group: &str, limit: usize| {
+            let reader = DecisionsTopic::new(
+                &bootstrap,
+                group,
+                &[],
+                &topic,
+                Duration::from_secs(600),
+                limit,
+            );
+            let mut ids: Vec<u8> = reader
+                .load(&[(input.clone(), 0)])
+                .expect("load")
+                .iter()
+                .map(|r| r.trace_id.0[0])
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        commit(1);
+        assert_eq!(loaded(&group, 1000), vec![3], "caught up: the window only");
+        commit(0);
+        assert_eq!(
+            loaded(&group, 1000),
+            vec![2, 3],
+            "2.5 h to re-read: decisions since then"
+        );
+        assert_eq!(
+            loaded(&format!("{group}-new"), 1000),
+            vec![1, 2, 3],
+            "nothing committed: from the start"
+        );
+        assert_eq!(
+            loaded(&format!("{group}-new"), 2),
+            vec![2, 3],
+            "the newest within the limit"
+        );
     }
 }

@@ -303,6 +303,9 @@ impl Source {
                 (tx, scanner)
             })
             .unzip();
+        // Decisions read back are held until the shards take them: at most a
+        // quarter of the buffer's share in them (the caches keep fewer anyway).
+        let decisions_limit = (memory.buffer / 4) as usize / (std::mem::size_of::<Restored>() + 16);
         let consumer_props: Vec<(String, String)> = cfg
             .consumer
             .iter()
@@ -310,10 +313,16 @@ impl Source {
             .collect();
         Ok(Source {
             shards: out.shards,
-            decisions: cfg
-                .decisions_topic
-                .as_deref()
-                .map(|t| DecisionsTopic::new(&cfg.brokers, &cfg.group_id, &consumer_props, t)),
+            decisions: cfg.decisions_topic.as_deref().map(|t| {
+                DecisionsTopic::new(
+                    &cfg.brokers,
+                    &cfg.group_id,
+                    &consumer_props,
+                    t,
+                    cfg.decisions_window.0,
+                    decisions_limit,
+                )
+            }),
             loading: Vec::new(),
             loaded: mpsc::unbounded_channel(),
             consumer: Arc::new(consumer),
@@ -566,7 +575,6 @@ impl Source {
         let budget = self.budget.clone();
         let (tracker, exactly_once) = (Arc::clone(&self.tracker), self.txn.is_some());
         tokio::task::spawn_blocking(move || {
-            let numbers: Vec<i32> = parts.iter().map(|(_, p)| *p).collect();
             // Worth trying again while the source runs and some of the partitions
             // are still in the assignment they are loaded for.
             let wanted = || {
@@ -577,7 +585,7 @@ impl Source {
                         .zip(&epochs)
                         .any(|((topic, p), e)| e.is_some() && t.epoch_of(topic, *p) == *e)
             };
-            let decisions = topic.load_until(&numbers, exactly_once, wanted);
+            let decisions = topic.load_until(&parts, exactly_once, wanted);
             let bytes = decisions.capacity() * std::mem::size_of::<Restored>()
                 + decisions
                     .iter()
