@@ -910,11 +910,30 @@ async fn records_the_output_topic_refuses_as_too_large_go_to_the_dead_letter_top
         !letters.is_empty(),
         "nothing was refused: the test proves nothing"
     );
+    // Each says where its trace's input starts: a message keyed by its trace id at
+    // that partition and offset (so one sent without its payload can be found).
+    let input = Collector::start(&s.bootstrap, &s.input(), s.input_partitions).expect("input");
+    input
+        .settle(Duration::from_secs(3), Duration::from_secs(30))
+        .await;
+    let inputs = input.records();
     for r in &letters {
         let why = r.header(tailsift::sink::HEADER_ERROR).unwrap_or_default();
         assert!(
             why.contains(&s.output()) && why.to_lowercase().contains("too large"),
             "reason {why:?}"
+        );
+        let at = |h: &str| r.header(h).and_then(|v| v.parse::<i64>().ok());
+        let (partition, offset) = (
+            at(tailsift::sink::HEADER_SOURCE_PARTITION),
+            at(tailsift::sink::HEADER_SOURCE_OFFSET),
+        );
+        assert!(
+            inputs.iter().any(|i| Some(i64::from(i.partition)) == partition
+                && Some(i.offset) == offset
+                && i.key == r.key),
+            "dead letter without its source coordinates (partition {partition:?}, offset {offset:?}): {:?}",
+            r.headers
         );
     }
 }

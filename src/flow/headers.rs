@@ -10,9 +10,11 @@ pub const HEADER_FORCED: &str = "tailsift.forced";
 pub const HEADER_ERROR: &str = "tailsift.error";
 /// Header on dead letters: the input topic.
 pub const HEADER_SOURCE_TOPIC: &str = "tailsift.source.topic";
-/// Header on dead letters: the input partition.
+/// Header on dead letters: the input partition (of a refused kept trace: the
+/// partition of its first input message).
 pub const HEADER_SOURCE_PARTITION: &str = "tailsift.source.partition";
-/// Header on dead letters: the input offset.
+/// Header on dead letters: the input offset (of a refused kept trace: its first
+/// input message's, keyed by its trace id like the dead letter).
 pub const HEADER_SOURCE_OFFSET: &str = "tailsift.source.offset";
 /// Header on a dead letter whose payload the broker refused as too large: the
 /// payload's size in bytes. The record then carries no payload; the original stays

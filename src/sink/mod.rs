@@ -380,8 +380,11 @@ async fn deliver(
                     if let Some(suppressed) = LOG.allow() {
                         error!(message = "Kept trace refused by the broker; sending it to the dead-letter topic.", topic = output, trace_id = %kept.trace_id, error = %e, suppressed_since_last = suppressed);
                     }
-                    let headers =
-                        refused_headers(&format!("produce to {output} failed: {e}"), &kept.policy);
+                    let headers = refused_headers(
+                        &format!("produce to {output} failed: {e}"),
+                        &kept.policy,
+                        &kept.pins,
+                    );
                     dead_letter(
                         &producer,
                         &topics,
@@ -396,7 +399,7 @@ async fn deliver(
             }
             for payload in kept.rejected.iter().flat_map(|r| &r.payloads) {
                 let reason = kept.rejected.as_ref().map_or("", |r| &r.reason);
-                let headers = refused_headers(reason, &kept.policy);
+                let headers = refused_headers(reason, &kept.policy, &kept.pins);
                 dead_letter(
                     &producer,
                     &topics,
@@ -452,11 +455,28 @@ fn kept_headers(kept: &KeptTrace) -> OwnedHeaders {
     }
 }
 
-/// Headers of a kept record (or spans) sent to the dead-letter topic instead.
-fn refused_headers(reason: &str, policy: &str) -> OwnedHeaders {
-    OwnedHeaders::new()
-        .insert(header(HEADER_ERROR, reason))
-        .insert(header(HEADER_POLICY, policy))
+/// Headers of a kept record (or spans) sent to the dead-letter topic instead: why,
+/// the policy, and where its input starts.
+fn refused_headers(reason: &str, policy: &str, pins: &[Pin]) -> OwnedHeaders {
+    with_source(
+        OwnedHeaders::new()
+            .insert(header(HEADER_ERROR, reason))
+            .insert(header(HEADER_POLICY, policy)),
+        pins,
+    )
+}
+
+/// `headers` with where a kept trace's input starts: the partition and lowest
+/// offset of its pins (its input messages there are keyed by its id, the record's
+/// key). A dead letter sent without its payload (too large for the dead-letter
+/// topic too) is found again from them.
+pub(super) fn with_source(headers: OwnedHeaders, pins: &[Pin]) -> OwnedHeaders {
+    match pins.iter().map(|p| (p.partition, p.offset)).min() {
+        Some((partition, offset)) => headers
+            .insert(header(HEADER_SOURCE_PARTITION, &partition.to_string()))
+            .insert(header(HEADER_SOURCE_OFFSET, &offset.to_string())),
+        None => headers,
+    }
 }
 
 /// An undecodable input's headers: its own, then why and where it came from.

@@ -32,8 +32,8 @@ use rdkafka::TopicPartitionList;
 use tracing::{error, warn};
 
 use super::{
-    dead_letter_headers, decision_record, header, kept_headers, refused_headers, ProducerContext,
-    SinkMsg, Topics, HEADER_ERROR, HEADER_PAYLOAD_OMITTED,
+    dead_letter_headers, decision_record, header, kept_headers, refused_headers, with_source,
+    ProducerContext, SinkMsg, Topics, HEADER_ERROR, HEADER_PAYLOAD_OMITTED,
 };
 use crate::flow::{Pin, PinCheck, TxnCommit, TxnError};
 use crate::telemetry::names;
@@ -289,10 +289,13 @@ pub(super) async fn deliver(
                         partition: None,
                         key: Some(key.as_bytes()),
                         payload: &[],
-                        headers: headers
-                            .clone()
-                            .insert(header(HEADER_ERROR, &too_large))
-                            .insert(header(HEADER_PAYLOAD_OMITTED, size)),
+                        headers: with_source(
+                            headers
+                                .clone()
+                                .insert(header(HEADER_ERROR, &too_large))
+                                .insert(header(HEADER_PAYLOAD_OMITTED, size)),
+                            &kept.pins,
+                        ),
                     });
                 }
             }
@@ -303,7 +306,7 @@ pub(super) async fn deliver(
                     partition: None,
                     key: Some(key.as_bytes()),
                     payload: if p.len() <= limit { p } else { &[] },
-                    headers: refused_headers(reason, &kept.policy),
+                    headers: refused_headers(reason, &kept.policy, &kept.pins),
                 });
             }
             let decision = kept
