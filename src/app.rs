@@ -148,6 +148,9 @@ async fn start_pipeline(
             warn!(message = "A topic tailsift writes does not exist; its records wait (input uncommitted, nothing lost) until it is created, unless the broker creates topics on first use. Set kafka.create_missing_topics to create it.", topic = %topic);
         }
     }
+    for problem in crate::sink::decisions_retention_problems(&cfg.kafka).await {
+        warn!(message = "The decisions topic's retention does not fit.", detail = %problem);
+    }
     let split = cfg.memory.split();
     let budget = MemoryBudget::new(
         split.buffer,

@@ -79,7 +79,7 @@ impl Scenario {
             NewTopic::new(&input, input_partitions, TopicReplication::Fixed(-1)),
             NewTopic::new(&dlq, 1, TopicReplication::Fixed(-1)),
             NewTopic::new(&decisions, input_partitions, TopicReplication::Fixed(-1))
-                .set("cleanup.policy", "compact"),
+                .set("cleanup.policy", "compact,delete"),
         ];
         if let Some(configs) = output_configs {
             let mut t = NewTopic::new(&output, 2, TopicReplication::Fixed(-1));
@@ -1450,6 +1450,59 @@ async fn a_partition_added_while_running_is_decided_on_time() {
     // wait at most.
     assert!(took < Duration::from_secs(20), "decided after {took:?}");
     assert_kept_whole_once(&truths, &out.traces(), "added partitions");
+}
+
+/// The decisions topic's retention is checked at start: compaction alone (it never
+/// shrinks a topic keyed by unique trace ids) and a `retention.ms` shorter than
+/// `kafka.decisions_window` are named, with the setting, its value and what is
+/// expected; `compact,delete` with the broker's week is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decisions_topic_that_never_shrinks_or_forgets_too_soon_is_named_at_start() {
+    let Some(bootstrap) = broker() else { return };
+    let s = Scenario::new(&bootstrap, "retention", 1).await;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin client");
+    let topics = [
+        (s.topic("compact-only"), "compact", None),
+        (s.topic("short"), "compact,delete", Some("60000")),
+        (s.topic("fine"), "compact,delete", None),
+    ];
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, policy, retention)| {
+            let t =
+                NewTopic::new(name, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", policy);
+            match retention {
+                Some(ms) => t.set("retention.ms", ms),
+                None => t,
+            }
+        })
+        .collect();
+    for r in admin
+        .create_topics(new.iter(), &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        r.unwrap_or_else(|(t, e)| panic!("topic {t} not created: {e}"));
+    }
+    let problems = |topic: &str| {
+        let yaml = s.yaml(true, "1s").replace(&s.topic("decisions"), topic);
+        let cfg = tailsift::config::Config::from_yaml(&yaml).expect("valid");
+        async move { tailsift::sink::decisions_retention_problems(&cfg.kafka).await }
+    };
+    let p = problems(&topics[0].0).await;
+    assert!(
+        p.len() == 1 && p[0].contains("cleanup.policy") && p[0].contains("compact,delete"),
+        "{p:?}"
+    );
+    let p = problems(&topics[1].0).await;
+    assert!(
+        p.len() == 1 && p[0].contains("retention.ms=60000") && p[0].contains("decisions_window"),
+        "{p:?}"
+    );
+    assert_eq!(problems(&topics[2].0).await, Vec::<String>::new());
 }
 
 /// A SCRAM user the broker's StandardAuthorizer lets read the input and write the

@@ -30,7 +30,7 @@ use crate::flow::{DeadLetter, DecisionRecord, KeptTrace, Pin, Releases, SinkMsg}
 use crate::telemetry::{names, Health};
 
 use crate::flow::{TxnCommit, TxnError};
-pub use topics::{create_missing, missing, TopicError};
+pub use topics::{create_missing, decisions_retention_problems, missing, TopicError};
 pub use txn::Transactions;
 
 pub use crate::flow::headers::*;

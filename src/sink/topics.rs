@@ -76,7 +76,8 @@ pub async fn missing(cfg: &KafkaConfig, topics: &[(String, bool)]) -> Vec<String
 }
 
 /// Creates those of `topics` the broker does not have: as many partitions as the first
-/// input topic (1 if it has none yet), `compacted` ones with `cleanup.policy=compact`.
+/// input topic (1 if it has none yet), `compacted` ones with
+/// `cleanup.policy=compact,delete`.
 /// Returns the topics created.
 ///
 /// # Errors
@@ -108,7 +109,9 @@ pub async fn create_missing(
                 TopicReplication::Fixed(cfg.replication_factor),
             );
             if *compacted {
-                topic.set("cleanup.policy", "compact")
+                // Keyed by unique trace ids, compaction alone never shrinks it;
+                // deletion by age (the broker's retention.ms) bounds it.
+                topic.set("cleanup.policy", "compact,delete")
             } else {
                 topic
             }
@@ -145,4 +148,90 @@ pub async fn create_missing(
         }
     }
     Ok(created)
+}
+
+/// What is wrong with the decisions topic's retention for `kafka.decisions_window`:
+/// one sentence per problem, naming the topic setting, its value and what is
+/// expected (none: fine, or the topic or its settings cannot be read, which the
+/// pipeline's clients report their own way).
+///
+/// A compacted topic keyed by unique trace ids never shrinks by compaction: without
+/// `delete` in its `cleanup.policy` it grows with all traffic ever. A `retention.ms`
+/// shorter than the window deletes decisions a partition's next owner reads back.
+pub async fn decisions_retention_problems(cfg: &KafkaConfig) -> Vec<String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let Some(topic) = &cfg.decisions_topic else {
+        return Vec::new();
+    };
+    let Ok(admin) = admin(cfg) else {
+        return Vec::new();
+    };
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let Ok(results) = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+        .await
+    else {
+        return Vec::new();
+    };
+    let Some(Ok(resource)) = results.into_iter().next() else {
+        return Vec::new();
+    };
+    let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+    retention_problems(
+        topic,
+        value("cleanup.policy").as_deref(),
+        value("retention.ms").and_then(|v| v.parse::<i64>().ok()),
+        cfg.decisions_window.0,
+    )
+}
+
+/// [`decisions_retention_problems`] on the values read.
+fn retention_problems(
+    topic: &str,
+    policy: Option<&str>,
+    retention_ms: Option<i64>,
+    window: Duration,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let policies: Vec<&str> = policy.unwrap_or("").split(',').map(str::trim).collect();
+    if !policies.contains(&"delete") {
+        problems.push(format!(
+            "decisions topic `{topic}` has cleanup.policy={:?}; expected `compact,delete`: keyed by unique trace ids it never shrinks by compaction alone",
+            policy.unwrap_or("")
+        ));
+    }
+    if let Some(ms) = retention_ms.filter(|&ms| ms >= 0) {
+        if (ms as u128) < window.as_millis() {
+            problems.push(format!(
+                "decisions topic `{topic}` has retention.ms={ms}; expected at least kafka.decisions_window ({} ms) plus the longest consumer lag: decisions read back would be deleted first",
+                window.as_millis()
+            ));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retention_problems;
+    use std::time::Duration;
+
+    #[test]
+    fn a_decisions_topic_must_delete_by_age_and_keep_the_window() {
+        let w = Duration::from_secs(600);
+        assert!(retention_problems("d", Some("compact,delete"), Some(604_800_000), w).is_empty());
+        assert!(retention_problems("d", Some("delete, compact"), Some(-1), w).is_empty());
+        let p = retention_problems("d", Some("compact"), Some(604_800_000), w);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("cleanup.policy") && p[0].contains("compact,delete"),
+            "{p:?}"
+        );
+        let p = retention_problems("d", Some("compact,delete"), Some(60_000), w);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("retention.ms=60000") && p[0].contains("600000"),
+            "{p:?}"
+        );
+    }
 }

@@ -275,23 +275,39 @@ impl DecisionsTopic {
             let (low, high) = client.fetch_watermarks(&self.topic, p, Duration::from_secs(10))?;
             let start = match time {
                 None => low,
-                Some(ms) => {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition_offset(&self.topic, p, Offset::Offset(ms))?;
-                    let found = client.offsets_for_times(tpl, Duration::from_secs(10))?;
-                    match found.find_partition(&self.topic, p).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => o.max(low),
-                        // No decision that recent.
-                        Some(Offset::End) => high,
-                        _ => low,
-                    }
-                }
+                Some(ms) => match self.offset_for_time(&client, p, ms)? {
+                    Some(o) => o.max(low),
+                    // No decision that recent, if the broker can look offsets up by
+                    // time at all (librdkafka's mock cluster cannot: it answers
+                    // "none" for any time; then the whole partition is read).
+                    None if self.offset_for_time(&client, p, 0)?.is_some() => high,
+                    None => low,
+                },
             };
             if high > start {
                 ranges.insert(p, (start, high));
             }
         }
         Ok(ranges)
+    }
+
+    /// The first offset of decisions partition `p` written at or after `ms`, `None`
+    /// when the broker knows none.
+    fn offset_for_time(
+        &self,
+        client: &BaseConsumer,
+        p: i32,
+        ms: i64,
+    ) -> Result<Option<i64>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, p, Offset::Offset(ms))?;
+        let found = client.offsets_for_times(tpl, Duration::from_secs(10))?;
+        Ok(
+            match found.find_partition(&self.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) if o >= 0 => Some(o),
+                _ => None,
+            },
+        )
     }
 
     /// Reads the decisions partitions from their start to their end, read_committed
