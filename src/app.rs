@@ -148,9 +148,14 @@ async fn start_pipeline(
             warn!(message = "A topic tailsift writes does not exist; its records wait (input uncommitted, nothing lost) until it is created, unless the broker creates topics on first use. Set kafka.create_missing_topics to create it.", topic = %topic);
         }
     }
-    for problem in crate::sink::decisions_retention_problems(&cfg.kafka).await {
-        warn!(message = "The decisions topic's retention does not fit.", detail = %problem);
-    }
+    // In the background: a broker without DescribeConfigs (the embedded one) takes
+    // the request's whole timeout (10 s) to say nothing.
+    let kafka = cfg.kafka.clone();
+    tokio::spawn(async move {
+        for problem in crate::sink::decisions_retention_problems(&kafka).await {
+            warn!(message = "The decisions topic's retention does not fit.", detail = %problem);
+        }
+    });
     let split = cfg.memory.split();
     let budget = MemoryBudget::new(
         split.buffer,
