@@ -775,6 +775,9 @@ impl Source {
     /// to let caught-up idle partitions' stream time follow the wall clock. Not while
     /// input is paused (nothing is read, so nothing is caught up) or one still runs.
     fn start_probe(&mut self) {
+        // Serves the prober's statistics (which brokers it is connected to), also
+        // while no probe runs, so its reports never pile up.
+        let _ = self.prober.poll(Duration::ZERO);
         self.publish_stream_lag();
         self.check_progress();
         if self.probing || self.paused {
@@ -812,8 +815,6 @@ impl Source {
             for a in &parts {
                 let _ = tpl.add_partition_offset(&a.topic, a.partition, Offset::End);
             }
-            // Serves the prober's statistics: which brokers it is connected to.
-            let _ = prober.poll(Duration::ZERO);
             let ends = prober.offsets_for_times(tpl, PROBE_TIMEOUT).ok();
             let positions = consumer.position().ok();
             let replicas = replicas_of(&prober, &parts);
