@@ -431,6 +431,28 @@ mod real_kafka_tests {
         assert!(created.iter().all(Result::is_ok), "{created:?}");
     }
 
+    /// Enqueues the decision record the sink writes for `trace` kept from `pin`, in
+    /// partition 0 of `topic`, stamped `at` (now when `None`).
+    fn send_decision(
+        producer: &BaseProducer,
+        topic: &str,
+        trace: TraceId,
+        pin: Pin,
+        at: Option<i64>,
+    ) {
+        let record = DecisionRecord::decided(trace, Some("errors"), &[pin], 1)
+            .expect("a pin")
+            .encode_to_vec();
+        let mut r = BaseRecord::to(topic)
+            .partition(0)
+            .key(&trace.0[..])
+            .payload(&record);
+        if let Some(at) = at {
+            r = r.timestamp(at);
+        }
+        producer.send(r).map_err(|(e, _)| e).expect("enqueue");
+    }
+
     /// The previous owner's last transaction, still unresolved when the next owner
     /// reads the decisions back (its markers not yet written): the read's end covers
     /// its records, and the read returns them once the transaction commits. With
@@ -460,18 +482,7 @@ mod real_kafka_tests {
             offset: 6,
             partition: 0,
         };
-        let record = DecisionRecord::decided(trace, Some("errors"), &[pin], 1)
-            .expect("a pin")
-            .encode_to_vec();
-        producer
-            .send(
-                BaseRecord::to(&topic)
-                    .partition(0)
-                    .key(&trace.0[..])
-                    .payload(&record),
-            )
-            .map_err(|(e, _)| e)
-            .expect("enqueue");
+        send_decision(&producer, &topic, trace, pin, None);
         producer.flush(t).expect("flush");
 
         let reader = DecisionsTopic::new(
@@ -539,19 +550,7 @@ mod real_kafka_tests {
             .iter()
             .zip([now - 3 * HOUR, now - 2 * HOUR, now - 1_000])
         {
-            let record = DecisionRecord::decided(*trace, Some("errors"), &[pin], 1)
-                .expect("a pin")
-                .encode_to_vec();
-            producer
-                .send(
-                    BaseRecord::to(&topic)
-                        .partition(0)
-                        .key(&trace.0[..])
-                        .payload(&record)
-                        .timestamp(at),
-                )
-                .map_err(|(e, _)| e)
-                .expect("enqueue");
+            send_decision(&producer, &topic, *trace, pin, Some(at));
         }
         producer.flush(Duration::from_secs(30)).expect("flush");
         let group = format!("window-group-{id}");

@@ -149,7 +149,7 @@ pub struct Source {
     /// Whether each partition slot moves; what its last idle probe found (why it
     /// may be stalled); the stalled ones, by slot.
     watchdog: Watchdog,
-    probe_notes: HashMap<u32, String>,
+    probe_notes: HashMap<u32, &'static str>,
     stalled: std::collections::BTreeMap<u32, String>,
     future_timestamps: Counter,
     health: Arc<Health>,
@@ -907,14 +907,11 @@ impl Source {
                 }
             }
             let note = match (disturbed, caught_up) {
-                (Some(why), _) => format!("partition outage ({})", why.as_str()),
-                (None, None) => "its end offset cannot be read (idle probes fail)".to_string(),
-                (None, Some(false)) => {
-                    "records below its end offset do not arrive (fetch stalled)".to_string()
-                }
+                (Some(why), _) => why.note(),
+                (None, None) => "its end offset cannot be read (idle probes fail)",
+                (None, Some(false)) => "records below its end offset do not arrive (fetch stalled)",
                 (None, Some(true)) => {
                     "read to its end and idle, but its stream time does not follow the wall clock"
-                        .to_string()
                 }
             };
             self.probe_notes.insert(slot, note);
@@ -1008,8 +1005,9 @@ impl Source {
         } else {
             self.probe_notes
                 .get(&slot)
-                .cloned()
-                .unwrap_or_else(|| "no idle probe has answered".to_string())
+                .copied()
+                .unwrap_or("no idle probe has answered")
+                .to_string()
         }
     }
 
@@ -1098,7 +1096,7 @@ fn probe_client(
 const PROBE_STATS_MS: &str = "500";
 
 /// The prober's callbacks: its statistics feed [`BrokerStates`].
-pub struct ProbeContext {
+struct ProbeContext {
     brokers: Arc<BrokerStates>,
 }
 

@@ -128,6 +128,15 @@ pub enum Disturbance {
 }
 
 impl Disturbance {
+    /// What the progress watchdog says of a partition held by it.
+    pub fn note(self) -> &'static str {
+        match self {
+            Disturbance::Offline => "partition outage (offline)",
+            Disturbance::Moved => "partition outage (leader_or_isr_changed)",
+            Disturbance::ReplicaUnreachable => "partition outage (replica_unreachable)",
+        }
+    }
+
     /// The metric label and log word.
     pub fn as_str(self) -> &'static str {
         match self {
