@@ -174,6 +174,7 @@ async fn start_pipeline(
             .map_err(|e| AppError::Stopped(e.to_string()))??
     };
     let clocks = Arc::new(StreamClocks::new());
+    let (reread_tx, reread_rx) = mpsc::unbounded_channel();
     let worker_cfg = WorkerConfig {
         decision_wait: cfg.buffer.decision_wait.0,
         after_root: cfg.buffer.decision_wait_after_root_received.map(|d| d.0),
@@ -191,6 +192,7 @@ async fn start_pipeline(
         remember_output: cfg.kafka.input_topics.len() == 1,
         forget_on_revoke: cfg.kafka.exactly_once,
         clocks: Arc::clone(&clocks),
+        rereads: cfg.promotion.enabled.then_some(reread_tx),
     };
     let shortest = worker_cfg
         .after_root
@@ -261,10 +263,16 @@ async fn start_pipeline(
             txn: sink
                 .transactions()
                 .map(|t| t as Arc<dyn crate::flow::TxnCommit>),
+            rereads: cfg
+                .promotion
+                .enabled
+                .then(|| (reread_rx, cfg.promotion.clone())),
         },
     )?;
-    // The source must not hold a release sender, or its drain would never end.
+    // The source must not hold a release sender, or its drain would never end; nor
+    // may a re-read sender outlive the workers, or the re-reader would not end.
     drop(releases);
+    drop(worker_cfg);
     health.set_started();
     info!(
         message = "tailsift started.",

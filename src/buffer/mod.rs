@@ -291,25 +291,31 @@ impl TraceEntry {
     /// process), `max(end) - min(start)` of its spans, and the largest of those.
     /// Intervals on one host's clock are immune to clock skew between hosts.
     pub fn longest_host_window_ns(&self) -> u64 {
-        let mut windows: Vec<(&ScopeFrame, u64, u64)> = Vec::new();
-        for s in self.spans() {
-            let Some((start, end)) = span_times(s.bytes) else {
-                continue;
-            };
-            match windows.iter_mut().find(|w| w.0.same_resource(s.frame)) {
-                Some(w) => {
-                    w.1 = w.1.min(start);
-                    w.2 = w.2.max(end);
-                }
-                None => windows.push((s.frame, start, end)),
-            }
-        }
-        windows
-            .iter()
-            .map(|(_, start, end)| end.saturating_sub(*start))
-            .max()
-            .unwrap_or(0)
+        longest_host_window_ns(&self.spans())
     }
+}
+
+/// The longest time any one host saw `spans` take: per resource (a host, a
+/// process), `max(end) - min(start)` of its spans, and the largest of those.
+pub fn longest_host_window_ns(spans: &[SpanRef<'_>]) -> u64 {
+    let mut windows: Vec<(&ScopeFrame, u64, u64)> = Vec::new();
+    for s in spans {
+        let Some((start, end)) = span_times(s.bytes) else {
+            continue;
+        };
+        match windows.iter_mut().find(|w| w.0.same_resource(s.frame)) {
+            Some(w) => {
+                w.1 = w.1.min(start);
+                w.2 = w.2.max(end);
+            }
+            None => windows.push((s.frame, start, end)),
+        }
+    }
+    windows
+        .iter()
+        .map(|(_, start, end)| end.saturating_sub(*start))
+        .max()
+        .unwrap_or(0)
 }
 
 /// One shard of the buffer.

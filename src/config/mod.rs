@@ -8,6 +8,7 @@
 
 mod kafka;
 mod memory;
+mod promotion;
 mod route;
 mod subst;
 
@@ -19,6 +20,7 @@ pub use crate::duration::{parse_duration, ConfigDuration};
 pub use crate::policy::PolicyConfig;
 pub use kafka::{Compression, KafkaConfig, INPUT_FETCH_WAIT_MS};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
+pub use promotion::PromotionConfig;
 pub use route::RouteConfig;
 
 /// Why a configuration was rejected.
@@ -94,6 +96,9 @@ pub struct Config {
     /// Limits on a single trace.
     #[serde(default)]
     pub trace: TraceConfig,
+    /// Whether and how late spans promote a dropped trace.
+    #[serde(default)]
+    pub promotion: PromotionConfig,
     /// Metrics and health endpoints.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -451,6 +456,7 @@ impl Config {
     /// The first [`ConfigError::Invalid`] found.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
+        self.promotion.validate()?;
         if let Some(r) = &self.route {
             r.validate(&self.kafka)?;
         }

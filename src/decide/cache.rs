@@ -11,6 +11,7 @@ use std::mem::size_of;
 
 use crate::buffer::TraceIdHasher;
 use crate::codec::TraceId;
+use crate::flow::{Evidence, Pieces};
 
 use super::Verdict;
 
@@ -27,6 +28,9 @@ pub struct DecisionCache {
     /// For kept decisions read back from the decisions topic: (input partition,
     /// offset) below which the trace's spans are in the output already.
     output: HashMap<u64, (i32, i64), BuildHasherDefault<TraceIdHasher>>,
+    /// For dropped decisions: what the trace was judged on and where its input
+    /// lies, so late spans can revise the decision.
+    dropped: HashMap<u64, (Evidence, Pieces), BuildHasherDefault<TraceIdHasher>>,
     /// Insertion order, with the partition slot each decision was made for
     /// ([`RESTORED`] for decisions read back).
     order: VecDeque<(u64, u32)>,
@@ -43,6 +47,7 @@ impl DecisionCache {
         DecisionCache {
             map: HashMap::default(),
             output: HashMap::default(),
+            dropped: HashMap::default(),
             order: VecDeque::new(),
             capacity,
         }
@@ -64,6 +69,7 @@ impl DecisionCache {
                 if let Some((old, _)) = self.order.pop_front() {
                     self.map.remove(&old);
                     self.output.remove(&old);
+                    self.dropped.remove(&old);
                 }
             }
         }
@@ -90,6 +96,32 @@ impl DecisionCache {
         self.output.get(&fingerprint(id)).copied()
     }
 
+    /// Remembers, for a remembered dropped decision, what it was judged on and where
+    /// its input lies.
+    pub fn set_dropped(&mut self, id: &TraceId, evidence: Evidence, pieces: Pieces) {
+        let fp = fingerprint(id);
+        if self.map.get(&fp) == Some(&DROPPED) {
+            self.dropped.insert(fp, (evidence, pieces));
+        }
+    }
+
+    /// What a remembered dropped decision was judged on and where its input lies,
+    /// to add late spans to.
+    pub fn dropped_mut(&mut self, id: &TraceId) -> Option<&mut (Evidence, Pieces)> {
+        self.dropped.get_mut(&fingerprint(id))
+    }
+
+    /// Turns a remembered decision into `verdict` (a promotion), forgetting what
+    /// its drop was judged on; a trace not remembered is inserted.
+    pub fn revise(&mut self, id: &TraceId, verdict: Verdict, slot: u32) {
+        let fp = fingerprint(id);
+        self.dropped.remove(&fp);
+        match self.map.get_mut(&fp) {
+            Some(p) => *p = verdict.policy().unwrap_or(DROPPED),
+            None => self.insert(id, verdict, slot),
+        }
+    }
+
     /// Renumbers the kept decisions' policies (after the policy set was replaced).
     pub fn remap(&mut self, new_index: impl Fn(u16) -> u16) {
         for p in self.map.values_mut() {
@@ -103,11 +135,12 @@ impl DecisionCache {
     /// on revoke: some may never commit; those that did are read back from the
     /// decisions topic if the partition comes back).
     pub fn forget_slot(&mut self, slot: u32) {
-        let (map, output) = (&mut self.map, &mut self.output);
+        let (map, output, dropped) = (&mut self.map, &mut self.output, &mut self.dropped);
         self.order.retain(|&(fp, s)| {
             if s == slot {
                 map.remove(&fp);
                 output.remove(&fp);
+                dropped.remove(&fp);
             }
             s != slot
         });
@@ -123,11 +156,13 @@ impl DecisionCache {
         self.map.is_empty()
     }
 
-    /// Bytes allocated: the map's slots and control bytes (at its 7/8 load factor)
-    /// and the eviction queue.
+    /// Bytes allocated: the maps' slots and control bytes (at their 7/8 load
+    /// factor) and the eviction queue. (The input topic names the dropped
+    /// decisions share are not counted: one per topic.)
     pub fn allocated_bytes(&self) -> usize {
         self.map.capacity() * (size_of::<(u64, u16)>() + 1) * 8 / 7
             + self.output.capacity() * (size_of::<(u64, (i32, i64))>() + 1) * 8 / 7
+            + self.dropped.capacity() * (size_of::<(u64, (Evidence, Pieces))>() + 1) * 8 / 7
             + self.order.capacity() * size_of::<(u64, u32)>()
     }
 }

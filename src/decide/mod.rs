@@ -167,14 +167,33 @@ impl Decider {
     /// Every evaluated policy's vote is counted, so per-policy metrics show what each
     /// would keep.
     pub fn decide(&self, trace: &TraceSummary) -> Verdict {
+        self.judge(trace, false)
+    }
+
+    /// Judges a dropped trace again on everything known of it (what it was dropped
+    /// on and its late spans), with the policies' [`Policy::revise`] votes: only
+    /// votes that depend on the trace alone count, so chance and budgets never turn
+    /// a drop into a keep. Not counted in the per-policy metrics.
+    ///
+    /// [`Policy::revise`]: crate::policy::Policy::revise
+    pub fn revise(&self, trace: &TraceSummary) -> Verdict {
+        self.judge(trace, true)
+    }
+
+    fn judge(&self, trace: &TraceSummary, revise: bool) -> Verdict {
         let mut first_sampled: Option<usize> = None;
         let mut first_inverted: Option<usize> = None;
         let mut any_not_sampled = false;
         let mut vetoed = false;
         let mut dropped: Option<usize> = None;
         for (i, p) in self.set.policies.iter().enumerate() {
-            let d = p.policy.evaluate(trace);
-            self.votes[i][d.index()].increment(1);
+            let d = if revise {
+                p.policy.revise(trace)
+            } else {
+                let d = p.policy.evaluate(trace);
+                self.votes[i][d.index()].increment(1);
+                d
+            };
             match d {
                 Decision::Sampled => {
                     first_sampled.get_or_insert(i);
@@ -198,10 +217,12 @@ impl Decider {
         } else {
             first_sampled.or(first_inverted.filter(|_| !any_not_sampled))
         };
-        match (kept, dropped) {
-            (Some(i), _) => self.decided[i].increment(1),
-            (None, Some(i)) => self.dropped_by[i].increment(1),
-            (None, None) => self.not_sampled.increment(1),
+        if !revise {
+            match (kept, dropped) {
+                (Some(i), _) => self.decided[i].increment(1),
+                (None, Some(i)) => self.dropped_by[i].increment(1),
+                (None, None) => self.not_sampled.increment(1),
+            }
         }
         // The set holds at most u16::MAX - 1 policies (checked when built).
         Verdict::new(kept.and_then(|i| u16::try_from(i).ok()))
@@ -280,5 +301,35 @@ mod tests {
             decider(first, true).decide(&trace(0, false)).policy(),
             Some(1)
         );
+    }
+
+    #[test]
+    fn a_revision_counts_settled_votes_only() {
+        let prob =
+            "  - {name: some, type: probabilistic, probabilistic: {sampling_percentage: 100}}\n";
+        let rate =
+            "  - {name: few, type: rate_limiting, rate_limiting: {spans_per_second: 1000000}}\n";
+        // Chance would keep a plain trace now; a revision never lets it.
+        let d = decider(&format!("{prob}{rate}"), false);
+        assert!(d.decide(&trace(0, false)).keep());
+        assert!(!d.revise(&trace(0, false)).keep());
+        // A settled policy that now sees an error keeps it.
+        let d = decider(&format!("{prob}{ERRORS}"), false);
+        assert_eq!(d.revise(&trace(1, false)).policy(), Some(1));
+        assert!(!d.revise(&trace(0, false)).keep());
+        // `not` over chance is chance too.
+        let not_prob = "  - {name: not-some, type: not, not: {not_sub_policy: {name: p, type: probabilistic, probabilistic: {sampling_percentage: 0}}}}\n";
+        let d = decider(not_prob, false);
+        assert!(d.decide(&trace(0, false)).keep());
+        assert!(!d.revise(&trace(0, false)).keep());
+        // A drop whose settled part matches still drops on revision, whatever its
+        // chance part would say.
+        let drop = "  - {name: no-errors, type: drop, drop: {drop_sub_policy: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}, {name: p, type: probabilistic, probabilistic: {sampling_percentage: 0}}]}}\n";
+        let d = decider(&format!("{drop}{ERRORS}"), false);
+        assert!(
+            d.decide(&trace(1, false)).keep(),
+            "chance spared it at first"
+        );
+        assert!(!d.revise(&trace(1, false)).keep());
     }
 }

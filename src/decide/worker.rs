@@ -1,5 +1,6 @@
 //! The task that owns one buffer shard.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,15 +8,15 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use tokio::sync::mpsc;
 
 use crate::budget::{Charge, MemoryBudget};
-use crate::buffer::{Shard, TraceEntry, TraceLimits};
+use crate::buffer::{longest_host_window_ns, Shard, TraceEntry, TraceLimits};
 use crate::clock::{ClockReading, StreamClocks};
 use crate::codec::{
     check_span, encode_trace, rescan, Annotated, Annotation, EncodedSpan, Message, OutputEncoding,
     Span, SpanDefect, SpanRef, TraceId,
 };
 use crate::flow::{
-    output_reach, DroppedTrace, KeptTrace, Pin, Rejected, Releases, Restored, ShardMsg, SinkMsg,
-    TraceSummary,
+    output_reach, DroppedTrace, Evidence, Found, KeptTrace, Pieces, Pin, Promotion, Rejected,
+    Releases, Reread, Rereads, Restored, ShardMsg, SinkMsg, TraceSummary,
 };
 use crate::telemetry::names;
 
@@ -66,6 +67,7 @@ struct Metrics {
     late_kept: Counter,
     late_dropped: Counter,
     late_output: Counter,
+    promoted_late: Counter,
 }
 
 impl Metrics {
@@ -81,6 +83,7 @@ impl Metrics {
             late_kept: counter!(names::LATE_SPANS, "decision" => "sampled"),
             late_dropped: counter!(names::LATE_SPANS, "decision" => "not_sampled"),
             late_output: counter!(names::LATE_SPANS, "decision" => "already_output"),
+            promoted_late: counter!(names::PROMOTIONS, "reason" => "late"),
         }
     }
 }
@@ -121,6 +124,26 @@ pub struct WorkerConfig {
     pub forget_on_revoke: bool,
     /// Each input partition's stream time, by which traces are due.
     pub clocks: Arc<StreamClocks>,
+    /// Where to ask for a dropped trace's earlier pieces when late spans promote
+    /// it; `None`: late spans of a dropped trace are dropped.
+    pub rereads: Option<Rereads>,
+}
+
+/// A dropped trace being promoted: its earlier pieces are being read again.
+#[derive(Debug)]
+struct Promoting {
+    /// The revised verdict.
+    verdict: Verdict,
+    /// Everything the policies judged it on.
+    evidence: Evidence,
+    /// Where its earlier pieces lie (what was asked for again), restored to the
+    /// cache if the promotion is given up.
+    earlier: Pieces,
+    /// The late messages with its spans, and their pins, held until it goes out.
+    held: Vec<(Message, Vec<Span>, Pin)>,
+    /// The partition slot of the late spans that promoted it: a revoke there gives
+    /// the promotion up (the partition's next owner re-reads them and promotes).
+    slot: u32,
 }
 
 /// Owns one [`Shard`]: inserts spans, decides due traces, forwards outcomes.
@@ -152,6 +175,13 @@ pub struct ShardWorker {
     charged: u64,
     due: Vec<TraceEntry>,
     metrics: Metrics,
+    rereads: Option<Rereads>,
+    /// Answers to this worker's re-reads.
+    found: (mpsc::UnboundedSender<Found>, mpsc::UnboundedReceiver<Found>),
+    /// Promotions awaiting their earlier pieces.
+    promoting: HashMap<TraceId, Promoting>,
+    /// The input topic of each partition slot seen.
+    slot_topics: Vec<Option<Arc<str>>>,
 }
 
 impl ShardWorker {
@@ -194,6 +224,10 @@ impl ShardWorker {
             charged: 0,
             due: Vec::new(),
             metrics: Metrics::new(),
+            rereads: cfg.rereads.clone(),
+            found: mpsc::unbounded_channel(),
+            promoting: HashMap::new(),
+            slot_topics: Vec::new(),
         }
     }
 
@@ -211,6 +245,7 @@ impl ShardWorker {
                     Ok(())
                 }
                 _ = tick.tick() => self.on_tick().await,
+                Some(found) = self.found.1.recv() => self.promote(found).await,
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
                     None => break,
@@ -229,6 +264,7 @@ impl ShardWorker {
         match msg {
             ShardMsg::Spans {
                 pin,
+                topic,
                 message,
                 mut spans,
                 at,
@@ -243,6 +279,7 @@ impl ShardWorker {
                     return Ok(());
                 }
                 self.retest(generation, &message, &mut spans);
+                self.learn_topic(pin.slot, topic);
                 self.insert(pin, message, spans, at).await
             }
             ShardMsg::Decisions {
@@ -300,7 +337,52 @@ impl ShardWorker {
         if self.forget_on_revoke {
             self.cache.forget_slot(slot);
         }
+        self.give_up_promotions(slot);
         self.publish();
+    }
+
+    /// Gives up the promotions started by late spans of partition slot `slot`,
+    /// revoked: their pins are stale, and the partition's next owner re-reads those
+    /// spans and promotes the trace itself. The traces are remembered as dropped
+    /// again (unless that decision was forgotten with the slot), and the pins of
+    /// spans from other partitions released.
+    fn give_up_promotions(&mut self, slot: u32) {
+        let gone: Vec<TraceId> = self
+            .promoting
+            .iter()
+            .filter(|(_, p)| p.slot == slot)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            let Some(p) = self.promoting.remove(&id) else {
+                continue;
+            };
+            if self.cache.get(&id).is_some() {
+                self.cache.revise(&id, Verdict::new(None), slot);
+                self.cache.set_dropped(&id, p.evidence, p.earlier);
+            }
+            let others = p.held.into_iter().map(|(_, _, pin)| pin);
+            self.releases
+                .release(others.filter(|pin| pin.slot != slot).collect());
+        }
+    }
+
+    /// Remembers the input topic of partition slot `slot`.
+    fn learn_topic(&mut self, slot: u32, topic: Arc<str>) {
+        let i = slot as usize;
+        if self.slot_topics.len() <= i {
+            self.slot_topics.resize(i + 1, None);
+        }
+        if self.slot_topics[i].is_none() {
+            self.slot_topics[i] = Some(topic);
+        }
+    }
+
+    /// Where the spans pinned by `pins` lie (the first pin's topic and partition).
+    fn pieces_of(&self, pins: &[Pin]) -> Option<Pieces> {
+        let slot = pins.first()?.slot as usize;
+        let topic = self.slot_topics.get(slot)?.as_ref()?;
+        Pieces::of(topic, pins)
     }
 
     /// Switches to the newest policy set: remembered decisions are renumbered to
@@ -353,6 +435,7 @@ impl ShardWorker {
             trace_id: id,
             policy,
             output_below: output,
+            dropped,
         } in decisions
         {
             if self.shard.contains(&id) {
@@ -364,6 +447,9 @@ impl ShardWorker {
             self.cache.insert(&id, verdict, RESTORED);
             if let Some(output) = output.filter(|_| self.skip_reread) {
                 self.cache.set_output(&id, output);
+            }
+            if let Some((evidence, pieces)) = dropped.filter(|_| self.rereads.is_some()) {
+                self.cache.set_dropped(&id, evidence, pieces);
             }
         }
         self.publish();
@@ -445,6 +531,11 @@ impl ShardWorker {
     ) -> Result<(), Closed> {
         for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
             let id = group[0].trace_id;
+            if let Some(p) = self.promoting.get_mut(&id) {
+                // Its earlier pieces are being read again: these go out with them.
+                p.held.push((message.clone(), group.to_vec(), pin));
+                continue;
+            }
             match self.cache.get(&id) {
                 None => self.shard.insert(id, &message, group, pin, at),
                 Some(verdict) => self.late(id, verdict, &message, group, pin).await?,
@@ -462,7 +553,8 @@ impl ShardWorker {
         self.evict().await
     }
 
-    /// Spans of a trace already decided: kept ones are forwarded, dropped ones dropped.
+    /// Spans of a trace already decided: kept ones are forwarded; dropped ones are
+    /// judged with what the trace was dropped on (see [`ShardWorker::late_dropped`]).
     async fn late(
         &mut self,
         id: TraceId,
@@ -471,11 +563,10 @@ impl ShardWorker {
         group: &[Span],
         pin: Pin,
     ) -> Result<(), Closed> {
-        let late = if verdict.keep() {
-            &self.metrics.late_kept
-        } else {
-            &self.metrics.late_dropped
-        };
+        if !verdict.keep() {
+            return self.late_dropped(id, message, group, pin).await;
+        }
+        let late = &self.metrics.late_kept;
         if verdict.keep()
             && self
                 .cache
@@ -503,16 +594,148 @@ impl ShardWorker {
                 self.cache.set_output(&id, (pin.partition, below));
             }
         }
-        if verdict.keep() {
-            let spans: Vec<SpanRef<'_>> = group.iter().map(|s| message.span_ref(s)).collect();
-            let summary = TraceSummary::new(id);
-            let record = self.record_decisions;
-            self.send_kept(&summary, &spans, vec![pin], verdict, None, record)
-                .await
-        } else {
+        let spans: Vec<SpanRef<'_>> = group.iter().map(|s| message.span_ref(s)).collect();
+        let summary = TraceSummary::new(id);
+        let outcome = Outcome {
+            verdict,
+            forced: None,
+            record: self.record_decisions,
+            promoted: None,
+            pieces: self.pieces_of(&[pin]),
+        };
+        self.send_kept(&summary, &spans, vec![pin], outcome).await
+    }
+
+    /// Late spans of a dropped trace: judged together with what it was dropped on,
+    /// by the settled policies (`Decider::revise`). If one would now keep the
+    /// trace, it is promoted: its earlier pieces are read again from the input and
+    /// it goes out whole ([`ShardWorker::promote`]). Else the spans are dropped, and
+    /// what they showed is added to the trace's evidence (and, with a decisions
+    /// topic, recorded before their input is released, so the partition's next
+    /// owner judges later spans with it too).
+    async fn late_dropped(
+        &mut self,
+        id: TraceId,
+        message: &Message,
+        group: &[Span],
+        pin: Pin,
+    ) -> Result<(), Closed> {
+        let revisable = self.rereads.is_some();
+        let Some((evidence, pieces)) = self.cache.dropped_mut(&id).filter(|_| revisable) else {
+            self.metrics.late_dropped.increment(group.len() as u64);
             self.releases.release(vec![pin]);
-            Ok(())
+            return Ok(());
+        };
+        let mut late = TraceSummary::new(id);
+        for s in group {
+            late.add(s);
         }
+        if late.one_clock_ms().is_none() {
+            let spans: Vec<SpanRef<'_>> = group.iter().map(|s| message.span_ref(s)).collect();
+            match longest_host_window_ns(&spans) {
+                0 => {}
+                window => late.set_one_clock_ns(window),
+            }
+        }
+        let earlier = pieces.clone();
+        evidence.merge(&Evidence::of(&late));
+        pieces.extend(pin.partition, pin.offset);
+        let (evidence, pieces) = (*evidence, pieces.clone());
+        let verdict = self.policies.get().decider.revise(&evidence.summary(id));
+        if !verdict.keep() {
+            self.metrics.late_dropped.increment(group.len() as u64);
+            if !self.record_decisions {
+                self.releases.release(vec![pin]);
+                return Ok(());
+            }
+            let dropped = DroppedTrace {
+                trace_id: id,
+                pins: vec![pin],
+                pieces: Some(pieces),
+                evidence,
+            };
+            return self
+                .sink
+                .send(SinkMsg::Dropped(dropped))
+                .await
+                .map_err(|_| Closed);
+        }
+        self.cache.revise(&id, verdict, pin.slot);
+        self.promoting.insert(
+            id,
+            Promoting {
+                verdict,
+                evidence,
+                earlier: earlier.clone(),
+                held: vec![(message.clone(), group.to_vec(), pin)],
+                slot: pin.slot,
+            },
+        );
+        if let Some(rereads) = &self.rereads {
+            // Refused only at shutdown: the held input is then not committed and
+            // its next reader promotes the trace.
+            let _ = rereads.send(Reread {
+                trace_id: id,
+                pieces: earlier,
+                reply: self.found.0.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A promoted trace's earlier pieces came back: it goes out whole, with the
+    /// late spans that promoted it (and any that came meanwhile), marked promoted
+    /// and recorded as kept.
+    async fn promote(&mut self, found: Found) -> Result<(), Closed> {
+        let Some(p) = self.promoting.remove(&found.trace_id) else {
+            return Ok(()); // given up on a revoke meanwhile
+        };
+        let id = found.trace_id;
+        let held_at = |offset: i64| {
+            p.held
+                .iter()
+                .any(|(_, _, pin)| pin.partition == p.earlier.partition && pin.offset == offset)
+        };
+        let mut spans: Vec<SpanRef<'_>> = Vec::new();
+        for (offset, message, found_spans) in &found.found {
+            if !held_at(*offset) {
+                spans.extend(found_spans.iter().map(|s| message.span_ref(s)));
+            }
+        }
+        for (message, held_spans, _) in &p.held {
+            spans.extend(held_spans.iter().map(|s| message.span_ref(s)));
+        }
+        let pins: Vec<Pin> = p.held.iter().map(|(_, _, pin)| *pin).collect();
+        self.metrics.promoted_late.increment(1);
+        if let Some(why) = &found.incomplete {
+            counter!(names::PROMOTIONS_INCOMPLETE, "reason" => why.reason).increment(1);
+        }
+        static LOG: crate::telemetry::LogLimiter =
+            crate::telemetry::LogLimiter::new(Duration::from_secs(10));
+        if let Some(suppressed) = LOG.allow() {
+            tracing::info!(message = "Late spans promoted a dropped trace; it goes out whole.", trace_id = %id, policy = %self.policies.get().decider.policy_name(p.verdict.policy().unwrap_or(RESTORED_POLICY)), spans = spans.len(), incomplete = ?found.incomplete.as_ref().map(|i| &i.detail), suppressed_since_last = suppressed);
+        }
+        if self.remember_output {
+            if let Some(reach) = output_reach(&pins) {
+                self.cache.set_output(&id, reach);
+            }
+        }
+        let mut pieces = p.earlier.clone();
+        for pin in &pins {
+            pieces.extend(pin.partition, pin.offset);
+        }
+        let outcome = Outcome {
+            verdict: p.verdict,
+            forced: None,
+            record: self.record_decisions,
+            promoted: Some(Promotion {
+                reason: "late",
+                incomplete: found.incomplete.clone(),
+            }),
+            pieces: Some(pieces),
+        };
+        let summary = p.evidence.summary(id);
+        self.send_kept(&summary, &spans, pins, outcome).await
     }
 
     async fn decide(
@@ -533,38 +756,46 @@ impl ShardWorker {
         // A trace dropped early for memory was judged on what had arrived; its later
         // spans (an error, say) are judged afresh rather than dropped unseen. Every
         // other decision binds the trace's late spans.
+        let pins = self.shard.pins(&entry);
+        let pieces = self.pieces_of(&pins);
         if verdict.keep() || forced != Some(Forced::Memory) {
             let slot = entry.first_slot();
             self.cache.insert(&id, verdict, slot);
+            let revisable = !verdict.keep() && self.rereads.is_some();
+            if let Some(pieces) = pieces.clone().filter(|_| revisable) {
+                self.cache
+                    .set_dropped(&id, Evidence::of(&entry.summary), pieces);
+            }
         }
         let record = self.record_decisions;
         if verdict.keep() {
-            let pins = self.shard.pins(&entry);
             if self.remember_output {
                 if let Some(reach) = output_reach(&pins) {
                     self.cache.set_output(&id, reach);
                 }
             }
-            self.send_kept(
-                &entry.summary,
-                &entry.spans(),
-                pins,
+            let outcome = Outcome {
                 verdict,
                 forced,
                 record,
-            )
-            .await
+                promoted: None,
+                pieces,
+            };
+            self.send_kept(&entry.summary, &entry.spans(), pins, outcome)
+                .await
         } else if record && forced != Some(Forced::Memory) {
             let dropped = DroppedTrace {
                 trace_id: id,
-                pins: self.shard.pins(&entry),
+                pins,
+                pieces,
+                evidence: Evidence::of(&entry.summary),
             };
             self.sink
                 .send(SinkMsg::Dropped(dropped))
                 .await
                 .map_err(|_| Closed)
         } else {
-            self.releases.release(self.shard.pins(&entry));
+            self.releases.release(pins);
             Ok(())
         }
     }
@@ -576,10 +807,15 @@ impl ShardWorker {
         summary: &TraceSummary,
         spans: &[S],
         pins: Vec<Pin>,
-        verdict: Verdict,
-        forced: Option<Forced>,
-        record_decision: bool,
+        outcome: Outcome,
     ) -> Result<(), Closed> {
+        let Outcome {
+            verdict,
+            forced,
+            record: record_decision,
+            promoted,
+            pieces,
+        } = outcome;
         let trace_id = summary.trace_id;
         let policy = verdict.policy().map_or_else(
             || Arc::from(""),
@@ -645,6 +881,9 @@ impl ShardWorker {
             rejected,
             charge: Charge::new(&self.budget, bytes),
             record_decision,
+            pieces,
+            evidence: Evidence::of(summary),
+            promoted,
         };
         self.sink
             .send(SinkMsg::Kept(kept))
@@ -697,6 +936,17 @@ impl ShardWorker {
         self.budget.adjust(self.charged, charged);
         self.charged = charged;
     }
+}
+
+/// How a kept trace was decided, for [`ShardWorker::send_kept`].
+struct Outcome {
+    verdict: Verdict,
+    forced: Option<Forced>,
+    /// Whether its decision is recorded.
+    record: bool,
+    promoted: Option<Promotion>,
+    /// Where its input lies, for the record.
+    pieces: Option<Pieces>,
 }
 
 /// The sink is gone: the pipeline is shutting down.

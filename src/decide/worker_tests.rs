@@ -11,10 +11,11 @@ use super::{ShardWorker, WorkerConfig};
 use crate::budget::MemoryBudget;
 use crate::buffer::TraceLimits;
 use crate::clock::StreamClocks;
+use crate::codec::StatusCode;
 use crate::codec::{Message, ScopeFrame, Span, TraceId};
 use crate::config::Config;
 use crate::decide::{Generation, LivePolicies};
-use crate::flow::{Pin, Releases, Restored, ShardMsg, SinkMsg};
+use crate::flow::{Evidence, Found, Pieces, Pin, Releases, Reread, Restored, ShardMsg, SinkMsg};
 
 /// A stream time well after the epoch.
 const T0: u64 = 1_700_000_000_000;
@@ -30,6 +31,8 @@ struct Parts {
     released: mpsc::UnboundedReceiver<Vec<Pin>>,
     /// Where a test reloads the policies.
     live: LivePolicies,
+    /// The re-reads the worker asks for (when promotion is on).
+    rereads: mpsc::UnboundedReceiver<Reread>,
 }
 
 const ALL: &str = "  - {name: all, type: always_sample}\n";
@@ -62,6 +65,22 @@ fn parts_caching(
     budget: MemoryBudget,
     cache_capacity: usize,
 ) -> Parts {
+    parts_full(policies, limits, budget, cache_capacity, false)
+}
+
+/// [`parts_with`] with promotion on: late spans of a dropped trace are judged again.
+fn parts_promoting(policies: &str) -> Parts {
+    let budget = MemoryBudget::new(1 << 30, 0.9, 0.8);
+    parts_full(policies, TraceLimits::default(), budget, 1000, true)
+}
+
+fn parts_full(
+    policies: &str,
+    limits: TraceLimits,
+    budget: MemoryBudget,
+    cache_capacity: usize,
+    promote: bool,
+) -> Parts {
     let live = LivePolicies::new(Generation::build(&config(policies), None).expect("builds"));
     let clocks = Arc::new(StreamClocks::new());
     let wc = WorkerConfig {
@@ -78,6 +97,12 @@ fn parts_caching(
         remember_output: false,
         forget_on_revoke: true,
         clocks: Arc::clone(&clocks),
+        rereads: None,
+    };
+    let (reread_tx, rereads) = mpsc::unbounded_channel();
+    let wc = WorkerConfig {
+        rereads: promote.then_some(reread_tx),
+        ..wc
     };
     let (tx, rx) = mpsc::channel(64);
     let (sink, out) = mpsc::channel(256);
@@ -90,6 +115,7 @@ fn parts_caching(
         clocks,
         released,
         live,
+        rereads,
     }
 }
 
@@ -163,6 +189,7 @@ fn span_of_trace(id: TraceId, slot: u32, epoch: u32, offset: i64, at: u64) -> Sh
             offset,
             partition: 0,
         },
+        topic: Arc::from("i"),
         message,
         spans: vec![span],
         at,
@@ -314,6 +341,7 @@ async fn restored_decisions_bind_later_spans() {
         trace_id: TraceId([t; 16]),
         policy: policy.map(Arc::from),
         output_below: None,
+        dropped: None,
     };
     p.worker
         .handle(ShardMsg::Decisions {
@@ -376,6 +404,7 @@ async fn a_revoke_arriving_after_the_read_back_keeps_the_restored_decisions() {
                     trace_id: TraceId([t; 16]),
                     policy: Some(Arc::from("all")),
                     output_below: Some((0, 12)),
+                    dropped: None,
                 })
                 .collect(),
             assignments: vec![(0, 2)],
@@ -567,4 +596,263 @@ async fn memory_pressure_ends_though_the_decision_cache_holds_memory() {
         budget.low_watermark()
     );
     assert!(!budget.pressure());
+}
+
+const ERRORS_OR_SOME: &str = "  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n  - {name: some, type: probabilistic, probabilistic: {sampling_percentage: 0}}\n";
+
+/// One span of trace `t` in partition slot 0, assignment 1, at `offset`, with an
+/// ERROR status when `error`.
+fn span_with_status(t: u8, offset: i64, error: bool) -> ShardMsg {
+    let mut msg = spans_of(t, 0, 1, offset, T0);
+    if let ShardMsg::Spans { spans, .. } = &mut msg {
+        spans[0].status = if error {
+            StatusCode::Error
+        } else {
+            StatusCode::Ok
+        };
+    }
+    msg
+}
+
+/// The answer to a re-read of trace `t`, finding `spans` (as sent to the worker).
+fn found(t: u8, spans: Vec<ShardMsg>) -> Found {
+    let found = spans
+        .into_iter()
+        .filter_map(|m| match m {
+            ShardMsg::Spans {
+                pin,
+                message,
+                spans,
+                ..
+            } => Some((pin.offset, message, spans)),
+            _ => None,
+        })
+        .collect();
+    Found {
+        trace_id: TraceId([t; 16]),
+        found,
+        incomplete: None,
+        charge: crate::budget::Charge::new(&MemoryBudget::new(1 << 20, 0.9, 0.8), 0),
+    }
+}
+
+/// Every kept trace with its span count, pins' offsets and promotion reason.
+fn promoted_in(
+    out: &mut mpsc::Receiver<SinkMsg>,
+) -> Vec<(TraceId, usize, Vec<i64>, Option<&'static str>)> {
+    let mut kept = Vec::new();
+    while let Ok(m) = out.try_recv() {
+        if let SinkMsg::Kept(k) = m {
+            let offsets = k.pins.iter().map(|p| p.offset).collect();
+            kept.push((k.trace_id, k.spans, offsets, k.promoted.map(|p| p.reason)));
+        }
+    }
+    kept
+}
+
+/// Decides trace 1 (one OK span at offset 10) dropped, with promotion on.
+async fn dropped_at_10(policies: &str) -> Parts {
+    let mut p = parts_promoting(policies);
+    p.clocks.enter(0, 1);
+    p.worker
+        .handle(span_with_status(1, 10, false))
+        .await
+        .expect("sink open");
+    p.clocks.publish(0, 1, T0 + 2_000);
+    p.worker.on_tick().await.expect("sink open");
+    assert!(kept_in(&mut p.out).is_empty(), "dropped");
+    assert_eq!(released_offsets(&mut p.released), vec![10]);
+    p
+}
+
+/// A late ERROR span of a dropped trace promotes it: the worker asks for its
+/// earlier pieces (offset 10 of input `i`, partition 0), then sends the whole
+/// trace out, marked promoted, holding the late span's pin until it is delivered.
+#[tokio::test(start_paused = true)]
+async fn a_late_error_span_promotes_a_dropped_trace_whole() {
+    let mut p = dropped_at_10(ERRORS_OR_SOME).await;
+    p.worker
+        .handle(span_with_status(1, 20, true))
+        .await
+        .expect("sink open");
+    let asked = p
+        .rereads
+        .try_recv()
+        .expect("a re-read of the earlier pieces");
+    assert_eq!(asked.trace_id, TraceId([1; 16]));
+    assert_eq!(
+        asked.pieces,
+        Pieces {
+            topic: Arc::from("i"),
+            partition: 0,
+            first: 10,
+            last: 10
+        }
+    );
+    assert!(
+        promoted_in(&mut p.out).is_empty(),
+        "not before its earlier pieces"
+    );
+    assert!(
+        released_offsets(&mut p.released).is_empty(),
+        "the late span is held"
+    );
+    p.worker
+        .promote(found(1, vec![span_with_status(1, 10, false)]))
+        .await
+        .expect("sink open");
+    assert_eq!(
+        promoted_in(&mut p.out),
+        vec![(TraceId([1; 16]), 2, vec![20], Some("late"))],
+        "both spans, once, under the late span's pin"
+    );
+}
+
+/// A late span that makes no settled policy keep the trace does not promote it:
+/// no re-read, its pin released.
+#[tokio::test(start_paused = true)]
+async fn a_late_plain_span_does_not_promote() {
+    let mut p = dropped_at_10(ERRORS_OR_SOME).await;
+    p.worker
+        .handle(span_with_status(1, 20, false))
+        .await
+        .expect("sink open");
+    assert!(p.rereads.try_recv().is_err(), "no re-read");
+    assert!(promoted_in(&mut p.out).is_empty());
+    assert_eq!(released_offsets(&mut p.released), vec![20]);
+}
+
+/// A trace dropped by chance stays dropped: after a reload to a 100 % sample, its
+/// late span would be kept by a fresh decision, but chance never revises a drop.
+#[tokio::test(start_paused = true)]
+async fn a_probabilistic_drop_never_flips() {
+    let mut p = dropped_at_10(ERRORS_OR_SOME).await;
+    let all = "  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n  - {name: some, type: probabilistic, probabilistic: {sampling_percentage: 100}}\n";
+    p.live.replace(&config(all)).expect("reloads");
+    p.worker.adopt_policies();
+    p.worker
+        .handle(span_with_status(1, 20, false))
+        .await
+        .expect("sink open");
+    assert!(p.rereads.try_recv().is_err(), "no re-read");
+    assert!(promoted_in(&mut p.out).is_empty());
+    assert_eq!(released_offsets(&mut p.released), vec![20]);
+}
+
+/// Spans that come while a promotion reads the earlier pieces go out with it; spans
+/// after it follow the new decision, kept.
+#[tokio::test(start_paused = true)]
+async fn a_promoted_traces_later_spans_follow_it() {
+    let mut p = dropped_at_10(ERRORS_OR_SOME).await;
+    p.worker
+        .handle(span_with_status(1, 20, true))
+        .await
+        .expect("sink open");
+    p.worker
+        .handle(span_with_status(1, 21, false))
+        .await
+        .expect("sink open");
+    let _ = p.rereads.try_recv().expect("a re-read");
+    // The re-read found the earlier piece and, its range reaching it, the held one.
+    p.worker
+        .promote(found(
+            1,
+            vec![
+                span_with_status(1, 10, false),
+                span_with_status(1, 20, true),
+            ],
+        ))
+        .await
+        .expect("sink open");
+    assert_eq!(
+        promoted_in(&mut p.out),
+        vec![(TraceId([1; 16]), 3, vec![20, 21], Some("late"))],
+        "three spans, the held ones once"
+    );
+    p.worker
+        .handle(span_with_status(1, 22, false))
+        .await
+        .expect("sink open");
+    assert_eq!(
+        promoted_in(&mut p.out),
+        vec![(TraceId([1; 16]), 1, vec![22], None)],
+        "a later span goes out as a kept trace's late span"
+    );
+    assert!(p.rereads.try_recv().is_err(), "one re-read");
+}
+
+/// After a restart the partition's next owner promotes as the old one would: a
+/// dropped decision read back from the decisions topic carries what the trace was
+/// judged on and where its pieces lie.
+#[tokio::test(start_paused = true)]
+async fn a_restored_drop_is_promoted_by_late_evidence() {
+    let mut p = parts_promoting(ERRORS_OR_SOME);
+    let pieces = Pieces {
+        topic: Arc::from("i"),
+        partition: 0,
+        first: 100,
+        last: 140,
+    };
+    let evidence = Evidence {
+        span_count: 3,
+        one_clock_ms: 12,
+        attr_hits: 0,
+        flags: 2,
+    };
+    p.worker
+        .handle(ShardMsg::Decisions {
+            decisions: vec![Restored {
+                trace_id: TraceId([1; 16]),
+                policy: None,
+                output_below: None,
+                dropped: Some((evidence, pieces.clone())),
+            }],
+            assignments: vec![(0, 1)],
+        })
+        .await
+        .expect("sink open");
+    p.clocks.enter(0, 1);
+    p.worker
+        .handle(span_with_status(1, 150, true))
+        .await
+        .expect("sink open");
+    let asked = p.rereads.try_recv().expect("a re-read");
+    assert_eq!(asked.pieces, pieces);
+    p.worker
+        .promote(found(1, vec![span_with_status(1, 100, false)]))
+        .await
+        .expect("sink open");
+    let out = promoted_in(&mut p.out);
+    assert_eq!(out, vec![(TraceId([1; 16]), 2, vec![150], Some("late"))]);
+}
+
+/// A revoke of the late spans' partition gives the promotion up: its pins are
+/// stale (the next owner re-reads them and promotes), nothing goes out when the
+/// re-read answers, and the trace is remembered as dropped again.
+#[tokio::test(start_paused = true)]
+async fn a_revoke_gives_a_promotion_up() {
+    let mut p = dropped_at_10(ERRORS_OR_SOME).await;
+    p.worker.forget_on_revoke = false;
+    p.worker
+        .handle(span_with_status(1, 20, true))
+        .await
+        .expect("sink open");
+    let _ = p.rereads.try_recv().expect("a re-read");
+    p.worker
+        .handle(ShardMsg::Revoked { slot: 0, epoch: 1 })
+        .await
+        .expect("sink open");
+    p.worker
+        .promote(found(1, vec![span_with_status(1, 10, false)]))
+        .await
+        .expect("sink open");
+    assert!(promoted_in(&mut p.out).is_empty(), "given up");
+    assert!(
+        released_offsets(&mut p.released).is_empty(),
+        "stale pins are not released"
+    );
+    assert_eq!(
+        p.worker.cache.get(&TraceId([1; 16])).map(|v| v.keep()),
+        Some(false)
+    );
 }

@@ -6,6 +6,12 @@ pub const HEADER_POLICY: &str = "tailsift.policy";
 /// Header on kept-trace records decided early, with the reason (`memory`,
 /// `trace_limit`); absent when the trace got its full wait.
 pub const HEADER_FORCED: &str = "tailsift.forced";
+/// Header on kept-trace records of a trace that had been dropped and was promoted,
+/// with the reason (`late`: late spans made a policy keep it); absent otherwise.
+pub const HEADER_PROMOTED: &str = "tailsift.promoted";
+/// Header on promoted kept-trace records some of whose earlier spans could not be
+/// read again (deleted by retention, say): what is missing and why.
+pub const HEADER_INCOMPLETE: &str = "tailsift.incomplete";
 /// Header on dead letters: why the message was refused.
 pub const HEADER_ERROR: &str = "tailsift.error";
 /// Header on dead letters: the input topic.

@@ -31,6 +31,7 @@ pub mod headers;
 pub(crate) mod kept;
 mod live;
 mod record;
+mod revision;
 mod summary;
 mod txn;
 
@@ -45,6 +46,7 @@ use crate::codec::{Message, Span, TraceId};
 
 pub use live::{Publisher, ScanKeys, Watch};
 pub use record::DecisionRecord;
+pub use revision::{Evidence, Found, Incomplete, Pieces, Reread, Rereads};
 pub use summary::{TraceSummary, MAX_ONE_CLOCK_MS};
 pub use txn::{PinCheck, TxnCommit, TxnError};
 
@@ -105,6 +107,8 @@ pub enum ShardMsg {
     Spans {
         /// The input message's pin.
         pin: Pin,
+        /// The input message's topic.
+        topic: Arc<str>,
         /// The message the spans refer to.
         message: Message,
         /// The spans.
@@ -144,6 +148,9 @@ pub struct Restored {
     /// For a kept trace: `(input partition, offset)` below which its spans are in the
     /// output already.
     pub output_below: Option<(i32, i64)>,
+    /// For a dropped trace: what it was judged on and where its input lies, so late
+    /// spans can promote it (`None` for records written before these were).
+    pub dropped: Option<(Evidence, Pieces)>,
 }
 
 /// What the sink is asked to deliver.
@@ -193,6 +200,24 @@ pub struct KeptTrace {
     /// Whether its decision is to be recorded (with a decisions topic; late spans of a
     /// kept trace are recorded too, moving the output offset of its record forward).
     pub record_decision: bool,
+    /// Where its input lies (for the decision record; `None`: from the pins).
+    pub pieces: Option<Pieces>,
+    /// What the policies judged it on (for the decision record).
+    pub evidence: Evidence,
+    /// Set when it had been dropped and late spans promoted it.
+    pub promoted: Option<Promotion>,
+}
+
+/// A kept trace that had been dropped: why it was promoted, and whether all of it
+/// could be read again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    /// The `tailsift.promoted` header's value and the `reason` label of
+    /// `tailsift_promotions_total`: `late` (late spans made a policy keep it) or
+    /// `request` (`tailsift promote`).
+    pub reason: &'static str,
+    /// Why some of its earlier pieces are missing, if some are.
+    pub incomplete: Option<Incomplete>,
 }
 
 /// Spans of a kept trace set apart for the dead-letter topic, and why.
@@ -211,6 +236,11 @@ pub struct DroppedTrace {
     pub trace_id: TraceId,
     /// Input pins released once the decision is acknowledged.
     pub pins: Vec<Pin>,
+    /// Where its input lies, late spans included (`None`: from the pins).
+    pub pieces: Option<Pieces>,
+    /// What it was dropped on, late spans included, so a later owner judges its
+    /// late spans with it.
+    pub evidence: Evidence,
 }
 
 /// An input message that could not be decoded.

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{output_reach, Pin, Restored};
+use super::{output_reach, DroppedTrace, Evidence, KeptTrace, Pieces, Pin, Restored};
 use crate::codec::TraceId;
 
 /// One decided trace, as written to the decisions topic (`tailsift.v1.Decision`).
@@ -30,6 +30,31 @@ pub struct DecisionRecord {
     /// in the output already (0: nothing known).
     #[prost(int64, tag = "6")]
     pub output_below_offset: i64,
+    /// The input topic the trace's spans were read from.
+    #[prost(string, tag = "7")]
+    pub input_topic: String,
+    /// Offset of the first input message holding spans of the trace in
+    /// `input_partition`.
+    #[prost(int64, tag = "8")]
+    pub first_offset: i64,
+    /// Offset of the last input message holding spans of the trace there.
+    #[prost(int64, tag = "9")]
+    pub last_offset: i64,
+    /// Spans the policies saw.
+    #[prost(uint32, tag = "10")]
+    pub span_count: u32,
+    /// The duration on one clock they saw, in ms, plus one (0: unknown).
+    #[prost(uint32, tag = "11")]
+    pub one_clock_ms_plus_one: u32,
+    /// Attribute predicate bits hit.
+    #[prost(uint64, tag = "12")]
+    pub attr_hits: u64,
+    /// Status and sampled flags (see [`Evidence::flags`]).
+    #[prost(uint32, tag = "13")]
+    pub flags: u32,
+    /// Why a kept trace went out after it had been dropped; empty otherwise.
+    #[prost(string, tag = "14")]
+    pub promoted: String,
 }
 
 impl DecisionRecord {
@@ -54,6 +79,12 @@ impl DecisionRecord {
             Some(_) => output_reach(pins).map_or(0, |(_, below)| below),
             None => 0,
         };
+        let (first_offset, last_offset) = pins
+            .iter()
+            .filter(|p| p.partition == pin.partition)
+            .fold((pin.offset, pin.offset), |(lo, hi), p| {
+                (lo.min(p.offset), hi.max(p.offset))
+            });
         Some(DecisionRecord {
             trace_id: trace_id.0.to_vec(),
             kept: policy.is_some(),
@@ -61,6 +92,75 @@ impl DecisionRecord {
             decided_unix_nano,
             input_partition: pin.partition,
             output_below_offset,
+            first_offset,
+            last_offset,
+            ..DecisionRecord::default()
+        })
+    }
+
+    /// The record of a kept trace decided at `at_ns` (`None` without pins).
+    pub fn of_kept(kept: &KeptTrace, at_ns: u64) -> Option<DecisionRecord> {
+        let promoted = kept.promoted.as_ref().map(|p| p.reason);
+        Some(
+            DecisionRecord::decided(kept.trace_id, Some(&kept.policy), &kept.pins, at_ns)?.with(
+                kept.pieces.as_ref(),
+                &kept.evidence,
+                promoted,
+            ),
+        )
+    }
+
+    /// The record of a dropped trace decided at `at_ns` (`None` without pins).
+    pub fn of_dropped(dropped: &DroppedTrace, at_ns: u64) -> Option<DecisionRecord> {
+        Some(
+            DecisionRecord::decided(dropped.trace_id, None, &dropped.pins, at_ns)?.with(
+                dropped.pieces.as_ref(),
+                &dropped.evidence,
+                None,
+            ),
+        )
+    }
+
+    /// Adds where the input lies (when known better than from the pins), what the
+    /// policies judged the trace on, and why it was promoted (if it was).
+    pub fn with(
+        mut self,
+        pieces: Option<&Pieces>,
+        evidence: &Evidence,
+        promoted: Option<&str>,
+    ) -> Self {
+        if let Some(p) = pieces {
+            self.input_topic = p.topic.to_string();
+            self.input_partition = p.partition;
+            self.first_offset = p.first;
+            self.last_offset = p.last;
+        }
+        self.span_count = evidence.span_count;
+        self.one_clock_ms_plus_one = evidence.one_clock_ms.wrapping_add(1);
+        self.attr_hits = evidence.attr_hits;
+        self.flags = u32::from(evidence.flags);
+        self.promoted = promoted.unwrap_or_default().to_string();
+        self
+    }
+
+    /// What the policies judged the trace on.
+    pub fn evidence(&self) -> Evidence {
+        Evidence {
+            span_count: self.span_count,
+            one_clock_ms: self.one_clock_ms_plus_one.wrapping_sub(1),
+            attr_hits: self.attr_hits,
+            flags: u8::try_from(self.flags & 0xff).unwrap_or(0),
+        }
+    }
+
+    /// Where the trace's input lies, if the record says (older records name no
+    /// input topic).
+    pub fn pieces(&self) -> Option<Pieces> {
+        (!self.input_topic.is_empty()).then(|| Pieces {
+            topic: Arc::from(self.input_topic.as_str()),
+            partition: self.input_partition,
+            first: self.first_offset,
+            last: self.last_offset.max(self.first_offset),
         })
     }
 
@@ -79,6 +179,11 @@ impl DecisionRecord {
             policy: self.kept.then(|| Arc::from(self.policy.as_str())),
             output_below: (self.kept && self.output_below_offset > 0)
                 .then_some((self.input_partition, self.output_below_offset)),
+            dropped: if self.kept {
+                None
+            } else {
+                self.pieces().map(|p| (self.evidence(), p))
+            },
         })
     }
 }
@@ -134,9 +239,31 @@ mod tests {
         assert_eq!(r.trace_id, id);
         assert_eq!(r.policy.as_deref(), Some("errors"));
         assert_eq!(r.output_below, Some((5, 13)));
-        let dropped = DecisionRecord::decided(id, None, &pins, 1).expect("pins");
-        let r = dropped.restored().expect("a trace");
+        assert_eq!((kept.first_offset, kept.last_offset), (10, 12));
+        let evidence = Evidence {
+            span_count: 3,
+            one_clock_ms: u32::MAX,
+            attr_hits: 5,
+            flags: 4,
+        };
+        let dropped = DecisionRecord::decided(id, None, &pins, 1)
+            .expect("pins")
+            .with(
+                Pieces::of(&Arc::from("spans"), &pins).as_ref(),
+                &evidence,
+                None,
+            );
+        let back = DecisionRecord::decode(&dropped.encode_to_vec()[..]).expect("decodes");
+        let r = back.restored().expect("a trace");
         assert_eq!((r.policy, r.output_below), (None, None));
+        // A dropped trace's record carries what its late spans are judged with, and
+        // where its earlier pieces lie.
+        let (e, p) = r.dropped.expect("revisable");
+        assert_eq!(e, evidence);
+        assert_eq!(
+            (&*p.topic, p.partition, p.first, p.last),
+            ("spans", 5, 10, 12)
+        );
         assert!(DecisionRecord::decided(id, None, &[], 1).is_none());
         assert!(DecisionRecord::default().restored().is_none());
     }

@@ -53,6 +53,10 @@ impl Policy for And {
             .iter()
             .try_fold(1.0, |acc, p| Some(acc * p.probability(t)?))
     }
+
+    fn settled(&self) -> bool {
+        self.subs.iter().all(|p| p.settled())
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,11 @@ impl Policy for Limiting {
     fn probability(&self, _t: &TraceSummary) -> Option<f64> {
         None
     }
+
+    /// Chance or traffic decides: never revises a drop.
+    fn settled(&self) -> bool {
+        false
+    }
 }
 
 /// Tokens refilled at a fixed rate up to a capacity; shared by every shard worker

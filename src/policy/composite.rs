@@ -186,6 +186,11 @@ impl Policy for Composite {
     fn probability(&self, _t: &TraceSummary) -> Option<f64> {
         None
     }
+
+    /// Chance or traffic decides: never revises a drop.
+    fn settled(&self) -> bool {
+        false
+    }
 }
 
 /// The spans-per-second share of each sub-policy, in `names` order: a listed

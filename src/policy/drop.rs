@@ -49,6 +49,22 @@ impl Policy for DropPolicy {
             Decision::NotSampled
         }
     }
+
+    fn settled(&self) -> bool {
+        self.subs.iter().all(|p| p.settled())
+    }
+
+    /// With a sub-policy that chance decides, still drops when every settled
+    /// sub-policy would keep the trace: a late span never escapes a drop that
+    /// might have applied.
+    fn revise(&self, t: &TraceSummary) -> Decision {
+        let mut settled = self.subs.iter().filter(|p| p.settled());
+        if !self.subs.is_empty() && settled.all(|p| p.evaluate(t).samples()) {
+            Decision::Dropped
+        } else {
+            Decision::NotSampled
+        }
+    }
 }
 
 #[cfg(test)]

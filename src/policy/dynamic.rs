@@ -147,6 +147,11 @@ impl Policy for Dynamic {
         let s = self.lock();
         Some(1.0 / s.rates.get(&t.key_hash).copied().unwrap_or(1.0))
     }
+
+    /// Chance or traffic decides: never revises a drop.
+    fn settled(&self) -> bool {
+        false
+    }
 }
 
 /// Whether the trace falls in the kept share `p`, by a hash of its id.

@@ -136,6 +136,25 @@ pub trait Policy: Send + Sync + fmt::Debug {
     fn probability(&self, _trace: &TraceSummary) -> Option<f64> {
         Some(1.0)
     }
+
+    /// Whether its vote depends on the trace alone, not on chance, a budget or the
+    /// traffic (probabilistic, rate and bytes limiting, dynamic, composite): only
+    /// such votes may revise a decision when late spans come (`decide::Decider::revise`).
+    fn settled(&self) -> bool {
+        true
+    }
+
+    /// Its vote when a dropped trace is judged again with its late spans: as
+    /// [`Policy::evaluate`] if [`Policy::settled`], else `NotSampled` without
+    /// evaluating (a budget is not spent, and chance never turns a drop into a
+    /// keep).
+    fn revise(&self, trace: &TraceSummary) -> Decision {
+        if self.settled() {
+            self.evaluate(trace)
+        } else {
+            Decision::NotSampled
+        }
+    }
 }
 
 /// Why a policy set could not be built from a config that passed validation.

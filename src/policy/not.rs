@@ -55,6 +55,10 @@ impl Policy for Not {
             .probability(t)
             .map(|p| if p >= 1.0 { 1.0 } else { 1.0 - p })
     }
+
+    fn settled(&self) -> bool {
+        self.sub.settled()
+    }
 }
 
 #[cfg(test)]

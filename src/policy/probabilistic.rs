@@ -87,6 +87,11 @@ impl Policy for Probabilistic {
     fn probability(&self, _t: &TraceSummary) -> Option<f64> {
         Some(self.ratio)
     }
+
+    /// Chance or traffic decides: never revises a drop.
+    fn settled(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::clock::now_ns;
 use crate::codec::TraceId;
 use crate::config::{KafkaConfig, MemorySplit};
 use crate::flow::{DeadLetter, DecisionRecord, KeptTrace, Pin, Releases, SinkMsg};
@@ -348,7 +349,7 @@ async fn deliver(
     match msg {
         SinkMsg::AfterOutput { pin, .. } => vec![pin],
         SinkMsg::Dropped(d) => {
-            record_decision(&producer, &topics, d.trace_id, None, &d.pins).await;
+            record_decision(&producer, &topics, DecisionRecord::of_dropped(&d, now_ns())).await;
             d.pins
         }
         SinkMsg::Kept(kept) => {
@@ -417,8 +418,7 @@ async fn deliver(
                 counter!(names::BYTES_PRODUCED).increment(bytes as u64);
             }
             if kept.record_decision {
-                let policy = Some(&*kept.policy);
-                record_decision(&producer, &topics, kept.trace_id, policy, &kept.pins).await;
+                record_decision(&producer, &topics, DecisionRecord::of_kept(&kept, now_ns())).await;
             }
             kept.pins
         }
@@ -446,13 +446,20 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
     }
 }
 
-/// A kept trace's record headers: the deciding policy and, if forced, why.
+/// A kept trace's record headers: the deciding policy; if forced, why; if
+/// promoted, why, and what is missing if something is.
 fn kept_headers(kept: &KeptTrace) -> OwnedHeaders {
-    let headers = OwnedHeaders::new().insert(header(HEADER_POLICY, &kept.policy));
-    match kept.forced {
-        Some(reason) => headers.insert(header(HEADER_FORCED, reason)),
-        None => headers,
+    let mut headers = OwnedHeaders::new().insert(header(HEADER_POLICY, &kept.policy));
+    if let Some(reason) = kept.forced {
+        headers = headers.insert(header(HEADER_FORCED, reason));
     }
+    if let Some(p) = &kept.promoted {
+        headers = headers.insert(header(HEADER_PROMOTED, p.reason));
+        if let Some(why) = &p.incomplete {
+            headers = headers.insert(header(HEADER_INCOMPLETE, &why.detail));
+        }
+    }
+    headers
 }
 
 /// Headers of a kept record (or spans) sent to the dead-letter topic instead: why,
@@ -600,13 +607,12 @@ async fn produce(
 async fn record_decision(
     producer: &FutureProducer<ProducerContext>,
     topics: &Topics,
-    trace_id: TraceId,
-    policy: Option<&str>,
-    pins: &[Pin],
+    record: Option<DecisionRecord>,
 ) {
-    let Some(d) = decision_record(topics, trace_id, policy, pins) else {
+    let Some(d) = decision_record(topics, record) else {
         return;
     };
+    let trace_id = d.trace_id;
     match produce(
         producer,
         topics,
@@ -628,6 +634,7 @@ async fn record_decision(
 
 /// A decision record, encoded, and where it goes.
 struct Decision {
+    trace_id: TraceId,
     topic: Arc<str>,
     partition: i32,
     payload: Vec<u8>,
@@ -635,17 +642,13 @@ struct Decision {
     label: &'static str,
 }
 
-/// The decision record of a trace kept by `policy` (or dropped), if decisions are
-/// recorded: in the partition numbered like its input partition.
-fn decision_record(
-    topics: &Topics,
-    trace_id: TraceId,
-    policy: Option<&str>,
-    pins: &[Pin],
-) -> Option<Decision> {
+/// `record`, encoded, if decisions are recorded: in the partition numbered like its
+/// input partition.
+fn decision_record(topics: &Topics, record: Option<DecisionRecord>) -> Option<Decision> {
     let (topic, partitions) = topics.decisions.as_ref()?;
-    let record = DecisionRecord::decided(trace_id, policy, pins, crate::clock::now_ns())?;
+    let record = record?;
     Some(Decision {
+        trace_id: record.trace()?,
         topic: Arc::clone(topic),
         partition: record.partition_for(*partitions),
         payload: record.encode_to_vec(),

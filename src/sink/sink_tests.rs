@@ -71,6 +71,9 @@ fn kept(p: &Parts, t: u8, pins: Vec<Pin>) -> SinkMsg {
         rejected: None,
         charge: Charge::new(&p.budget, 2),
         record_decision: false,
+        pieces: None,
+        evidence: Default::default(),
+        promoted: None,
     })
 }
 
@@ -103,6 +106,8 @@ async fn nothing_unacknowledged_is_released() {
     p.tx.send(SinkMsg::Dropped(DroppedTrace {
         trace_id: TraceId([3; 16]),
         pins: vec![pin(30)],
+        pieces: None,
+        evidence: Default::default(),
     }))
     .await
     .expect("sink up");

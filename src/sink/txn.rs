@@ -35,7 +35,8 @@ use super::{
     dead_letter_headers, decision_record, header, kept_headers, refused_headers, with_source,
     ProducerContext, SinkMsg, Topics, HEADER_ERROR, HEADER_PAYLOAD_OMITTED,
 };
-use crate::flow::{Pin, PinCheck, TxnCommit, TxnError};
+use crate::clock::now_ns;
+use crate::flow::{DecisionRecord, Pin, PinCheck, TxnCommit, TxnError};
 use crate::telemetry::names;
 
 /// How long one transactional call may take before it counts as failed.
@@ -246,7 +247,8 @@ pub(super) async fn deliver(
     match msg {
         SinkMsg::AfterOutput { pin, .. } => vec![pin],
         SinkMsg::Dropped(d) => {
-            let Some(dec) = decision_record(topics, d.trace_id, None, &d.pins) else {
+            let Some(dec) = decision_record(topics, DecisionRecord::of_dropped(&d, now_ns()))
+            else {
                 return d.pins;
             };
             let rec = Rec {
@@ -311,7 +313,7 @@ pub(super) async fn deliver(
             }
             let decision = kept
                 .record_decision
-                .then(|| decision_record(topics, kept.trace_id, Some(&kept.policy), &kept.pins))
+                .then(|| decision_record(topics, DecisionRecord::of_kept(&kept, now_ns())))
                 .flatten();
             if let Some(d) = &decision {
                 records.push(Rec {

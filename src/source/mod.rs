@@ -13,6 +13,7 @@ mod decisions;
 mod inflight;
 mod offsets;
 mod replicas;
+mod reread;
 mod scanner;
 mod watchdog;
 
@@ -34,9 +35,9 @@ use tracing::{info, warn};
 use crate::budget::{Charge, MemoryBudget};
 use crate::clock::{wall_ms, IdleTracker, PartitionTime, StreamClocks};
 use crate::codec::{FrameInterner, InputEncoding};
-use crate::config::{KafkaConfig, MemorySplit, INPUT_FETCH_WAIT_MS};
+use crate::config::{KafkaConfig, MemorySplit, PromotionConfig, INPUT_FETCH_WAIT_MS};
 use crate::flow::kept::Kept;
-use crate::flow::{Pin, Publisher, Restored, ScanKeys, ShardMsg, SinkMsg, TxnCommit};
+use crate::flow::{Pin, Publisher, Reread, Restored, ScanKeys, ShardMsg, SinkMsg, TxnCommit};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{names, Health};
 
@@ -105,6 +106,8 @@ pub struct Source {
     committing: Arc<AtomicBool>,
     /// Scanners not yet started (`run` spawns them).
     idle: Vec<Scanner>,
+    /// The re-reader, not yet started (`run` spawns it).
+    rereader: Option<reread::Rereader>,
     /// One channel per scanner; each partition's messages go to one of them.
     scanners: Vec<mpsc::Sender<ScanJob>>,
     /// The shards, for decisions read back from the decisions topic.
@@ -200,6 +203,9 @@ pub struct Outputs {
     pub releases: mpsc::UnboundedReceiver<Vec<Pin>>,
     /// Exactly-once mode: the sink's transactions, which commit the input offsets.
     pub txn: Option<Arc<dyn TxnCommit>>,
+    /// Requests from the workers to read a promoted trace's earlier pieces again,
+    /// with the limits re-reads keep to (`None`: promotion is off).
+    pub rereads: Option<(mpsc::UnboundedReceiver<Reread>, PromotionConfig)>,
 }
 
 impl Source {
@@ -279,6 +285,9 @@ impl Source {
             Arc::clone(&unkeyed),
         );
         let prober = probe_client(&c, &cfg.group_id, Arc::clone(&brokers))?;
+        let rereader = out.rereads.map(|(rx, limits)| {
+            reread::Rereader::new(rx, &c, cfg, &limits, budget.clone(), memory.consumer_queue)
+        });
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(ctx)?;
         let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -327,6 +336,7 @@ impl Source {
             loaded: mpsc::unbounded_channel(),
             consumer: Arc::new(consumer),
             prober: Arc::new(prober),
+            rereader,
             tracker,
             committing: Arc::new(AtomicBool::new(false)),
             idle,
@@ -376,6 +386,9 @@ impl Source {
         let mut probe_tick = tokio::time::interval(self.stream.probe_interval);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         gauge!(names::MEMORY_BUDGET).set(self.budget.capacity() as f64);
+        if let Some(r) = self.rereader.take() {
+            tokio::spawn(r.run());
+        }
         for s in self.idle.drain(..) {
             tokio::spawn(s.run());
         }

@@ -204,6 +204,7 @@ impl Scanner {
             self.shards[shard]
                 .send(ShardMsg::Spans {
                     pin,
+                    topic: Arc::clone(&input.topic),
                     message: message.clone(),
                     spans: chunk,
                     at,

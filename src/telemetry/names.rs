@@ -77,6 +77,17 @@ metric_names! {
     Counter POLICY_EVALUATIONS = "tailsift_policy_evaluations_total";
     /// Spans that arrived after their trace was decided, label `decision` (counter).
     Counter LATE_SPANS = "tailsift_late_spans_total";
+    /// Dropped traces that late spans made a settled policy keep, sent out whole
+    /// with their earlier pieces read again from the input: label `reason` (`late`)
+    /// (counter).
+    Counter PROMOTIONS = "tailsift_promotions_total";
+    /// Promoted traces that went out without some earlier piece: label `reason`
+    /// (`retention`: deleted from the input; `too_large`: the range exceeds
+    /// `promotion.max_range_bytes`; `unreadable`: the broker did not serve it in time)
+    /// (counter).
+    Counter PROMOTIONS_INCOMPLETE = "tailsift_promotions_incomplete_total";
+    /// Input bytes read again to promote dropped traces (counter).
+    Counter PROMOTION_REREAD_BYTES = "tailsift_promotion_reread_bytes_total";
     /// Time from a trace's first span to its decision (histogram, seconds).
     Histogram DECISION_LATENCY = "tailsift_decision_latency_seconds";
     /// Traces in the buffer (gauge).
