@@ -125,13 +125,31 @@ fn request(service: &str, spans: Vec<Span>) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Spans spread over the decision wait follow one decision; late spans of a kept
+/// trace are forwarded under it; a late ERROR span of a dropped trace promotes it:
+/// it comes out whole (its earlier spans read again from the input), once, marked
+/// `tailsift.promoted: late`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
+    late_spans_after_the_decision("errors-across-waits", true).await;
+}
+
+/// With `promotion.enabled: false`, a dropped trace's late spans are dropped with
+/// it, as the Collector does (and as every drop was final before promotion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_promotion_a_late_error_span_of_a_dropped_trace_is_dropped() {
+    late_spans_after_the_decision("errors-no-promotion", false).await;
+}
+
+async fn late_spans_after_the_decision(policy: &str, promotion: bool) {
     let h = Harness::new(4, 2);
-    // A policy name of this test's own: its evaluation counter counts only this
+    // A policy name of the test's own: its evaluation counter counts only this
     // instance's traces (the metrics registry is the test process's).
-    let policies = "  - {name: errors-across-waits, type: status_code, status_code: {status_codes: [ERROR]}}\n";
-    let cfg = h.config(policies, "1500ms", None);
+    let policies = format!(
+        "  - {{name: {policy}, type: status_code, status_code: {{status_codes: [ERROR]}}}}\n"
+    );
+    let mut cfg = h.config(&policies, "1500ms", None);
+    cfg.promotion.enabled = promotion;
     let out = h.collector();
     let sampler = Instance::start(&cfg).await;
     sampler.wait_assigned().await;
@@ -155,9 +173,8 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
         // spread over the wait.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // Wait past the decision; then late spans: the kept trace's are forwarded, the
-    // dropped trace's are dropped even though one carries an error (the decision
-    // was made; it is not taken twice).
+    // Wait past the decision; then late spans: the kept trace's are forwarded, and
+    // an error span of the dropped one promotes it (unless promotion is off).
     let first = wait_until(Duration::from_secs(20), || out.traces().contains_key(&kept)).await;
     assert!(first, "the error trace was not kept");
     // Both traces are due at the same moment, perhaps in different shards: the late
@@ -167,7 +184,7 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
         labelled_metric_at(
             addr,
             names::POLICY_EVALUATIONS,
-            &["policy=\"errors-across-waits\"", "decision=\"not_sampled\""],
+            &[&format!("policy=\"{policy}\""), "decision=\"not_sampled\""],
         ) >= 1.0
     })
     .await;
@@ -182,7 +199,9 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     .await;
     send(dropped, vec![span(dropped, 1, None, true, 0, 20)]).await;
     let late = wait_until(Duration::from_secs(20), || {
-        out.traces().get(&kept).is_some_and(|t| t.spans == 7)
+        let got = out.traces();
+        got.get(&kept).is_some_and(|t| t.spans == 7)
+            && (!promotion || got.get(&dropped).is_some_and(|t| t.spans == 6))
     })
     .await;
     out.settle(Duration::from_secs(3), Duration::from_secs(20))
@@ -197,12 +216,25 @@ async fn spans_arriving_across_decision_wait_boundaries_follow_one_decision() {
     let k = &got[&kept];
     assert_eq!((k.spans, k.distinct_spans), (7, 7), "kept trace: {k:?}");
     assert_eq!(k.records, 2, "decided once, then one late record");
-    assert_eq!(k.policy, "errors-across-waits");
-    assert!(
-        !got.contains_key(&dropped),
-        "late spans of a dropped trace came out: {:?}",
-        got.get(&dropped)
-    );
+    assert_eq!(k.policy, policy);
+    assert_eq!(k.promoted, "", "kept at its first decision");
+    if promotion {
+        let d = got
+            .get(&dropped)
+            .expect("the dropped trace was not promoted");
+        assert_eq!(
+            (d.spans, d.distinct_spans, d.records),
+            (6, 6, 1),
+            "promoted whole, once, in one record: {d:?}"
+        );
+        assert_eq!((d.policy.as_str(), d.promoted.as_str()), (policy, "late"));
+    } else {
+        assert!(
+            !got.contains_key(&dropped),
+            "late spans of a dropped trace came out: {:?}",
+            got.get(&dropped)
+        );
+    }
 }
 
 /// `spans` sent from host `host` (its resource's `host.name`).

@@ -13,7 +13,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec::TraceId;
-use crate::sink::HEADER_POLICY;
+use crate::sink::{HEADER_POLICY, HEADER_PROMOTED};
 
 /// One record as read back.
 #[derive(Debug, Clone)]
@@ -55,6 +55,8 @@ pub struct OutputTrace {
     pub policy: String,
     /// Records whose key was not the trace's hex id, or holding other traces' spans.
     pub misplaced: usize,
+    /// The `tailsift.promoted` header of its first record that has one (empty: none).
+    pub promoted: String,
 }
 
 /// Collects every record of a topic in a background task.
@@ -214,6 +216,9 @@ pub fn traces_of(records: &[Record]) -> HashMap<TraceId, OutputTrace> {
                 t.records += 1;
                 if t.policy.is_empty() {
                     t.policy = r.header(HEADER_POLICY).unwrap_or_default();
+                }
+                if t.promoted.is_empty() {
+                    t.promoted = r.header(HEADER_PROMOTED).unwrap_or_default();
                 }
                 if key != Some(id) {
                     t.misplaced += 1;
