@@ -5,6 +5,7 @@
 #   scripts/kafka.sh start [--nodes N]   # prints the bootstrap address on stdout
 #   scripts/kafka.sh stop                # stops exactly the processes it started
 #   scripts/kafka.sh kill NODE           # SIGKILLs one node (cluster tests)
+#   scripts/kafka.sh term NODE           # stops one node gracefully (SIGTERM), waits
 #   scripts/kafka.sh restart NODE        # starts a killed node again on its data
 #   scripts/kafka.sh secure              # prints the secure listeners and credentials
 #   scripts/kafka.sh acl ARGS            # Kafka's AclCommand (StandardAuthorizer is on;
@@ -289,6 +290,20 @@ cmd_kill() {
   rm -f "$dir/pid"
 }
 
+# A graceful stop of one node (SIGTERM: controlled shutdown, its partitions' leadership
+# moved first), waiting up to 60 s for it to exit; as a rolling restart does.
+cmd_term() {
+  local dir="$STATE/node$1" pid
+  [ -f "$dir/pid" ] || die "node $1 is not running"
+  pid="$(cat "$dir/pid")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 600); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$dir/pid"; return 0; }
+    sleep 0.1
+  done
+  die "node $1 did not stop within 60 s of SIGTERM"
+}
+
 cmd_restart() {
   local dir="$STATE/node$1"
   [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null && die "node $1 is running"
@@ -299,11 +314,12 @@ case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) cmd_stop ;;
   kill) cmd_kill "$2" ;;
+  term) cmd_term "$2" ;;
   restart) cmd_restart "$2" ;;
   bootstrap) bootstrap ;;
   secure) cmd_secure ;;
   acl) shift; cmd_acl "$@" ;;
   topic) shift; cmd_topic "$@" ;;
   fetch) fetch ;;
-  *) die "usage: kafka.sh start [--nodes N] | stop | kill NODE | restart NODE | bootstrap | secure | acl ARGS | topic NAME PARTITIONS | fetch" ;;
+  *) die "usage: kafka.sh start [--nodes N] | stop | kill NODE | term NODE | restart NODE | bootstrap | secure | acl ARGS | topic NAME PARTITIONS | fetch" ;;
 esac

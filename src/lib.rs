@@ -38,6 +38,7 @@ pub mod demo;
 pub mod duration;
 pub mod flow;
 pub mod gen;
+pub mod inspect;
 pub mod ottl;
 pub mod plan;
 pub mod policy;

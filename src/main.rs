@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tailsift::codec::TraceId;
 use tailsift::config::Config;
 use tailsift::demo::{self, DemoOptions, EmbeddedBroker};
 use tailsift::gen::{self, FeedOptions, GenConfig, Generator};
@@ -107,6 +108,41 @@ enum Command {
         #[arg(long = "topic")]
         topics: Vec<String>,
     },
+    /// What happened to one trace: its decisions (kept or dropped, when, by which
+    /// policy, on what evidence, promoted or not) and where its input lies, read
+    /// from the decisions topic and a time window of the input.
+    Explain {
+        /// The trace id, 32 hex digits.
+        trace_id: String,
+        /// Config file (its kafka section is used).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Search around this time (RFC 3339, e.g. 2026-12-07T21:30:00Z); default:
+        /// the window ending now.
+        #[arg(long)]
+        around: Option<String>,
+        /// How much of the input to search.
+        #[arg(long, default_value = "10m", value_parser = parse_wait)]
+        window: Duration,
+    },
+    /// Write a trace, whole, from the retained input to the output topic (or
+    /// `--to`), marked `tailsift.promoted: request`, and record it as kept.
+    Promote {
+        /// The trace id, 32 hex digits.
+        trace_id: String,
+        /// Config file (its kafka section is used).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Search around this time (RFC 3339); default: the window ending now.
+        #[arg(long)]
+        around: Option<String>,
+        /// How much of the input to search.
+        #[arg(long, default_value = "10m", value_parser = parse_wait)]
+        window: Duration,
+        /// Topic to write to instead of `kafka.output_topic`.
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Capacity planning: memory per instance, instances, partitions and network for
     /// a given input, from the figures the benches measure (see README, Capacity).
     Plan {
@@ -135,6 +171,43 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         decision_cache_traces: u64,
     },
+}
+
+/// A trace id from the command line: 32 hex digits.
+fn parse_trace_id(s: &str) -> anyhow::Result<TraceId> {
+    TraceId::from_hex(s.trim())
+        .ok_or_else(|| anyhow::anyhow!("trace id {s:?}: expected 32 hex digits"))
+}
+
+/// The time window to search: `window` centred on `around` (RFC 3339), or ending now.
+fn search_window(
+    around: Option<&str>,
+    window: Duration,
+) -> anyhow::Result<tailsift::inspect::Window> {
+    let centre = match around {
+        Some(t) => humantime::parse_rfc3339_weak(t).map_err(|e| {
+            anyhow::anyhow!(
+                "--around {t:?}: expected an RFC 3339 time such as 2026-12-07T21:30:00Z ({e})"
+            )
+        })?,
+        None => std::time::SystemTime::now(),
+    };
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    };
+    let w = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let c = ms(centre);
+    Ok(match around {
+        Some(_) => tailsift::inspect::Window {
+            from_ms: c.saturating_sub(w / 2),
+            to_ms: c.saturating_add(w / 2),
+        },
+        None => tailsift::inspect::Window {
+            from_ms: c.saturating_sub(w),
+            to_ms: c,
+        },
+    })
 }
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
@@ -300,6 +373,49 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
             }
         }
         Command::Route { config, brokers } => route(&config, brokers, signals).await,
+        Command::Explain {
+            trace_id,
+            config,
+            around,
+            window,
+        } => {
+            let cfg = Config::load(&config)?;
+            let (id, window) = (
+                parse_trace_id(&trace_id)?,
+                search_window(around.as_deref(), window)?,
+            );
+            let kafka = cfg.sampler_kafka();
+            let explained = tokio::task::spawn_blocking(move || {
+                tailsift::inspect::explain(&kafka, id, window, &mut |p| err_out!("{p}"))
+            })
+            .await??;
+            out!("{}", explained.report().trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Promote {
+            trace_id,
+            config,
+            around,
+            window,
+            to,
+        } => {
+            let cfg = Config::load(&config)?;
+            let (id, window) = (
+                parse_trace_id(&trace_id)?,
+                search_window(around.as_deref(), window)?,
+            );
+            let kafka = cfg.sampler_kafka();
+            let topic = to.unwrap_or_else(|| cfg.kafka.output_topic.clone());
+            let (explained, written) = tokio::task::spawn_blocking(move || {
+                let e = tailsift::inspect::explain(&kafka, id, window, &mut |p| err_out!("{p}"))?;
+                let n = tailsift::inspect::promote(&kafka, &e, &topic)?;
+                Ok::<_, tailsift::inspect::InspectError>((e, (n, topic)))
+            })
+            .await??;
+            out!("{}", explained.report().trim_end());
+            out!("promoted: {} spans written to {}", written.0, written.1);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
             cfg.kafka.check_clients()?;

@@ -1067,6 +1067,19 @@ impl Cluster {
         self.replicas("__consumer_offsets", abs % parts).0
     }
 
+    /// Stops the node with broker id `id` gracefully (SIGTERM), waiting for it.
+    async fn term(&self, id: i32) {
+        let (dir, node) = (self.dir.clone(), (id - 1).to_string());
+        let out = tokio::task::spawn_blocking(move || Self::script(&dir, &["term", &node]))
+            .await
+            .expect("term task");
+        assert!(
+            out.status.success(),
+            "term: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// SIGKILLs the node with broker id `id`.
     fn kill(&self, id: i32) {
         let out = Self::script(&self.dir, &["kill", &(id - 1).to_string()]);
@@ -1608,5 +1621,161 @@ async fn a_user_without_write_permission_on_the_output_loses_nothing() {
     assert!(
         !log.contains(sec["LIMITED_PASSWORD"].as_str()),
         "password in the log"
+    );
+}
+
+/// What the chaos test does next.
+#[derive(Debug, Clone, Copy)]
+enum Chaos {
+    /// SIGKILL a broker node, restart it a few seconds later.
+    KillNode,
+    /// A rolling restart: every node in turn stopped with SIGTERM and started again.
+    RollingRestart,
+    /// SIGSTOP a sampler for 2 decision waits, then SIGCONT.
+    FreezeSampler,
+    /// SIGKILL a sampler and start it again.
+    KillSampler,
+    /// Add two input partitions (once).
+    AddPartitions,
+}
+
+/// Chaos on a 3-node cluster (replication 3, `min.insync.replicas` 2): two
+/// exactly-once instances, `decision_wait` 3 s, and a producer streaming traces
+/// keyed by id (each trace's pieces over 1.5 s, root last, stamped when sent) for
+/// three minutes without pause, while a seeded schedule SIGKILLs broker nodes and
+/// restarts them, restarts the cluster node by node with SIGTERM, freezes a
+/// sampler with SIGSTOP, SIGKILLs one and starts it again, and adds input
+/// partitions. Every error and slow trace must come out with all its spans, none
+/// twice. Each wrong guess that a trace was complete is repaired by promotion:
+/// with `promotion.enabled: false` (set `TAILSIFT_CHAOS_NO_PROMOTION=1`) error and
+/// slow traces are lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_a_three_node_cluster_loses_no_kept_trace() {
+    use rdkafka::admin::NewPartitions;
+    if broker().is_none() {
+        return; // no Java here: the suite is off
+    }
+    const SECONDS: u64 = 180;
+    const RATE: u64 = 60;
+    let cluster = Cluster::start();
+    let mut s = Scenario::new(&cluster.bootstrap, "chaos", 4).await;
+    let mut yaml = s.yaml(true, "3s");
+    if std::env::var_os("TAILSIFT_CHAOS_NO_PROMOTION").is_some() {
+        yaml.push_str("promotion: {enabled: false}\n");
+    }
+    let out = Collector::start(&s.bootstrap, &s.output(), 2).expect("collector");
+    let mut samplers = vec![s.spawn(&yaml, "a0"), s.spawn(&yaml, "b0")];
+    for sampler in &samplers {
+        ready(sampler).await;
+    }
+    let traffic = spread_traffic_to(
+        &s.bootstrap,
+        &s.input(),
+        (SECONDS * RATE) as usize,
+        RATE,
+        131,
+        Duration::from_millis(1500),
+    );
+    // A seeded schedule (xorshift), bounded by the traffic's time.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let end = Instant::now() + Duration::from_secs(SECONDS - 15);
+    let mut done: Vec<String> = Vec::new();
+    let mut restarts = 0;
+    let mut added = false;
+    while Instant::now() < end {
+        // The schedule's pace, not synchronisation: 5-10 s between faults.
+        tokio::time::sleep(Duration::from_secs(5 + next(6))).await;
+        let action = match next(10) {
+            0..=3 => Chaos::KillNode,
+            4 => Chaos::RollingRestart,
+            5 | 6 => Chaos::FreezeSampler,
+            7 | 8 => Chaos::KillSampler,
+            _ if !added => Chaos::AddPartitions,
+            _ => Chaos::KillNode,
+        };
+        match action {
+            Chaos::KillNode => {
+                let node = 1 + next(3) as i32;
+                cluster.bounce(node, Duration::from_secs(2 + next(4))).await;
+                done.push(format!("killed node {node}"));
+            }
+            Chaos::RollingRestart => {
+                for node in 1..=3 {
+                    cluster.term(node).await;
+                    cluster.restart(node).await;
+                }
+                done.push("rolling restart".into());
+            }
+            Chaos::FreezeSampler => {
+                let i = next(2) as usize;
+                signal(&samplers[i].child, "-STOP");
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                signal(&samplers[i].child, "-CONT");
+                done.push(format!("froze sampler {i}"));
+            }
+            Chaos::KillSampler => {
+                let i = next(2) as usize;
+                restarts += 1;
+                let fresh = s.spawn(&yaml, &format!("{}{restarts}", ["a", "b"][i]));
+                kill(std::mem::replace(&mut samplers[i], fresh));
+                done.push(format!("killed sampler {i}"));
+            }
+            Chaos::AddPartitions => {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", &s.bootstrap)
+                    .create()
+                    .expect("admin client");
+                let input = s.input();
+                let r = admin
+                    .create_partitions([&NewPartitions::new(&input, 6)], &AdminOptions::new())
+                    .await
+                    .expect("create partitions");
+                for r in r {
+                    r.unwrap_or_else(|(t, e)| panic!("partitions of {t} not added: {e}"));
+                }
+                s.input_partitions = 6;
+                added = true;
+                done.push("added 2 input partitions".into());
+            }
+        }
+    }
+    let truths = traffic.await.expect("traffic");
+    let settled = s.settle(&out, &truths).await;
+    for sampler in samplers {
+        stop(sampler);
+    }
+    let got = out.traces();
+    let kept = truths.iter().filter(|t| t.error || t.slow).count();
+    let promoted = got.values().filter(|o| o.promoted == "late").count();
+    let split = got.values().filter(|o| o.records > 1).count();
+    eprintln!(
+        "chaos: {} traces, {kept} error/slow, {} out ({promoted} promoted, {split} in more than one record); faults: {done:?}",
+        truths.len(),
+        got.len()
+    );
+    let missing = missing_kept(&truths, &got);
+    let twice: Vec<TraceId> = got
+        .iter()
+        .filter(|(_, o)| o.spans != o.distinct_spans)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "after {done:?}: {} of {kept} error/slow traces lost or incomplete {missing:?}, {} with spans twice {twice:?}\n{}",
+        missing.len(),
+        twice.len(),
+        s.report(&truths, &got)
+    );
+    assert!(
+        settled,
+        "input not committed: {:?}\n{}",
+        s.uncommitted(),
+        s.tails()
     );
 }

@@ -13,6 +13,7 @@
 mod annotate;
 mod attrs;
 mod encode;
+mod find;
 mod formats;
 mod frames;
 mod jaeger;
@@ -34,6 +35,7 @@ pub use annotate::{
 };
 pub use attrs::{AttrMatchers, KeyField, Matcher, MAX_MATCHERS};
 pub use encode::{encode_trace, EncodedSpan};
+pub use find::TraceFinder;
 pub use formats::{FormatError, InputEncoding};
 pub use frames::FrameInterner;
 pub use json::{json_to_protobuf, JsonError};
@@ -331,6 +333,11 @@ impl Message {
         (start.checked_add(len)? <= self.payload.len() && (frame as usize) < self.frames.len())
             .then_some(())?;
         Some(Span::bare(trace_id, ByteRange::new(start, len)?, frame))
+    }
+
+    /// Bytes of its payload.
+    pub fn payload_len(&self) -> usize {
+        self.payload.len()
     }
 
     /// The encoded body of `span`, one of this message's spans.

@@ -25,6 +25,67 @@ pub enum Compression {
     Zstd,
 }
 
+/// How the producers of the input pick a keyed record's partition, so `tailsift
+/// explain` and `promote` can search only the partition a trace id's key hashes to.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// Not known: every partition is searched.
+    #[default]
+    Unknown,
+    /// Kafka's murmur2 of the key, as the Java client, franz-go and so the OTel
+    /// Collector's kafka exporter use.
+    Murmur2,
+    /// CRC-32 of the key, as librdkafka's `consistent` and `consistent_random`
+    /// (its default, for keyed records) partitioners.
+    Crc32,
+}
+
+impl Partitioner {
+    /// The partition of `partitions` a record keyed `key` goes to, if known.
+    pub fn partition(self, key: &[u8], partitions: i32) -> Option<i32> {
+        if partitions <= 0 {
+            return None;
+        }
+        let hash = match self {
+            Partitioner::Unknown => return None,
+            // Kafka's `Utils.toPositive(Utils.murmur2(key)) % partitions`.
+            Partitioner::Murmur2 => murmur2(key) & 0x7fff_ffff,
+            // librdkafka's `rd_crc32(key) % partitions`.
+            Partitioner::Crc32 => crc32fast::hash(key),
+        };
+        i32::try_from(hash % partitions.unsigned_abs()).ok()
+    }
+}
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`).
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, &b) in tail.iter().enumerate().rev() {
+            h ^= u32::from(b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
 impl Compression {
     /// The librdkafka `compression.codec` value.
     pub fn to_librdkafka(self) -> &'static str {
@@ -90,6 +151,12 @@ pub struct KafkaConfig {
     /// the longest consumer lag.
     #[serde(default = "default_decisions_window")]
     pub decisions_window: ConfigDuration,
+    /// How the input's producers partition records keyed by trace id: `murmur2`
+    /// (Java clients, franz-go, the OTel Collector's kafka exporter), `crc32`
+    /// (librdkafka's default) or `unknown`. Known, `tailsift explain` and `promote`
+    /// search only the partition a trace's key goes to.
+    #[serde(default)]
+    pub input_partitioner: Partitioner,
     /// Largest record tailsift produces; a bigger kept trace is split into several
     /// records (each a valid OTLP request). Keep it at or below the broker's
     /// `message.max.bytes`.
@@ -471,5 +538,43 @@ pub(super) fn check_topic(field: &str, t: &str) -> Result<(), ConfigError> {
             format!("{t:?}"),
             "a Kafka topic name: 1-249 characters of [a-zA-Z0-9._-], not `.` or `..`",
         ))
+    }
+}
+
+#[cfg(test)]
+mod partitioner_tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas() {
+        // Values of Kafka's Utils.murmur2 (its UtilsTest), as signed ints.
+        let cases: [(&[u8], i32); 4] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+        ];
+        for (key, want) in cases {
+            assert_eq!(
+                murmur2(key) as i32,
+                want,
+                "{:?}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_goes_to_one_known_partition() {
+        let key = b"0af7651916cd43dd8448eb211c80319c";
+        assert_eq!(Partitioner::Unknown.partition(key, 6), None);
+        let m = Partitioner::Murmur2.partition(key, 6).expect("known");
+        assert!((0..6).contains(&m));
+        // librdkafka: rd_crc32 is the IEEE CRC-32 ("123456789" -> 0xcbf43926).
+        assert_eq!(crc32fast::hash(b"123456789"), 0xcbf4_3926);
+        assert_eq!(
+            Partitioner::Crc32.partition(b"123456789", 7),
+            Some((0xcbf4_3926u32 % 7) as i32)
+        );
     }
 }

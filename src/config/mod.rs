@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 pub use crate::duration::{parse_duration, ConfigDuration};
 pub use crate::policy::PolicyConfig;
-pub use kafka::{Compression, KafkaConfig, INPUT_FETCH_WAIT_MS};
+pub use kafka::{Compression, KafkaConfig, Partitioner, INPUT_FETCH_WAIT_MS};
 pub use memory::{parse_bytes, ByteSize, MemoryConfig, MemorySplit, TraceConfig};
 pub use promotion::PromotionConfig;
 pub use route::RouteConfig;

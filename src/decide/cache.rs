@@ -59,6 +59,11 @@ impl DecisionCache {
             return;
         }
         let fp = fingerprint(id);
+        if verdict.keep() && !self.dropped.is_empty() {
+            // A kept decision read back after a dropped one of the same trace (a
+            // promotion): nothing to revise any more.
+            self.dropped.remove(&fp);
+        }
         if self
             .map
             .insert(fp, verdict.policy().unwrap_or(DROPPED))

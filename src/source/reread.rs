@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use memchr::memmem;
 use metrics::counter;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -27,9 +25,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::warn;
 
 use crate::budget::{Charge, MemoryBudget};
-use crate::codec::{
-    scan_partial, AttrMatchers, FrameInterner, InputEncoding, Message, Span, TraceId,
-};
+use crate::codec::{InputEncoding, Message, Span, TraceFinder, TraceId};
 use crate::config::{KafkaConfig, PromotionConfig};
 use crate::flow::{Found, Incomplete, Reread};
 use crate::telemetry::{names, LogLimiter};
@@ -238,14 +234,8 @@ impl Job {
             return self.fail(&format!("cannot read the partition: {e}"));
         }
         let ids: Vec<TraceId> = self.requests.iter().map(|r| r.trace_id).collect();
-        let finders: Vec<memmem::Finder<'_>> = ids
-            .iter()
-            .map(|id| memmem::Finder::new(&id.0[..]))
-            .collect();
+        let mut finder = TraceFinder::new(&ids);
         let mut gathered: HashMap<TraceId, Gathered> = HashMap::new();
-        let keys = AttrMatchers::default();
-        let mut frames = FrameInterner::default();
-        let (mut spans, mut rejected) = (Vec::new(), Vec::new());
         let (mut next, mut read) = (start, 0u64);
         let began = Instant::now();
         let mut error = None;
@@ -277,36 +267,18 @@ impl Job {
             read += payload.len() as u64;
             self.pace.take(payload.len() as u64);
             counter!(names::PROMOTION_REREAD_BYTES).increment(payload.len() as u64);
-            // Other encodings become OTLP protobuf first; ids are raw bytes there.
-            let otlp: Bytes = match self.encoding.to_otlp(payload) {
-                Ok(Some(converted)) => Bytes::from(converted),
-                Ok(None) => {
-                    if !finders.iter().any(|f| f.find(payload).is_some()) {
-                        continue;
+            let Some((message, spans)) = finder.find(payload, self.encoding) else {
+                continue;
+            };
+            let bytes = message.payload_len() as u64;
+            for group in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
+                let g = gathered.entry(group[0].trace_id).or_default();
+                g.bytes += bytes;
+                match g.found.last_mut() {
+                    Some((offset, _, mine)) if *offset == m.offset() => {
+                        mine.extend_from_slice(group)
                     }
-                    Bytes::copy_from_slice(payload)
-                }
-                Err(_) => continue, // dead-lettered when first read
-            };
-            if !finders.iter().any(|f| f.find(&otlp).is_some()) {
-                continue;
-            }
-            spans.clear();
-            rejected.clear();
-            let Ok(message) = scan_partial(&otlp, &keys, &mut frames, &mut spans, &mut rejected)
-            else {
-                continue;
-            };
-            for id in &ids {
-                let mine: Vec<Span> = spans
-                    .iter()
-                    .filter(|s| s.trace_id == *id)
-                    .cloned()
-                    .collect();
-                if !mine.is_empty() {
-                    let g = gathered.entry(*id).or_default();
-                    g.bytes += otlp.len() as u64;
-                    g.found.push((m.offset(), message.clone(), mine));
+                    _ => g.found.push((m.offset(), message.clone(), group.to_vec())),
                 }
             }
         }
