@@ -24,8 +24,10 @@ pub const SPAN_OVERHEAD_BYTES: f64 = 20.0;
 /// Bytes per live trace (`cargo bench --bench memory`: "per live trace: 126 B" on 2026-12-07).
 pub const TRACE_BYTES: f64 = 126.0;
 /// Bytes per decision-cache entry, an upper bound of the cache's allocation per entry
-/// (`decide/cache.rs` counts the same allocations).
-pub const CACHE_ENTRY_BYTES: f64 = 64.0;
+/// (`decide/cache.rs` counts the same allocations): ~36 B for the verdict and its
+/// place in the eviction order, ~83 B more for a dropped trace's evidence and input
+/// range (promotion), with the maps' growth slack.
+pub const CACHE_ENTRY_BYTES: f64 = 160.0;
 /// Process memory beyond `memory.limit`: binary, runtime, librdkafka threads and
 /// sockets, allocator slack (`cargo bench --bench flood`: up to 40 MiB seen; 48 MiB
 /// planned, as the README says).
@@ -38,9 +40,10 @@ pub const CPU_NS_PER_SPAN: f64 = 1100.0;
 /// Share of an instance's cores a plan fills, leaving room for bursts and catch-up
 /// after an outage (a consumer at 100% never catches up).
 pub const TARGET_CPU_SHARE: f64 = 0.7;
-/// Bytes per record written to the decisions topic (key, a ~45-byte value, headers
+/// Bytes per record written to the decisions topic (key, a value of at most 80
+/// bytes with a 10-character input topic, see `flow::record`'s size test, headers
 /// and batch overhead).
-pub const DECISION_RECORD_BYTES: f64 = 96.0;
+pub const DECISION_RECORD_BYTES: f64 = 128.0;
 
 /// What `tailsift plan` is asked.
 #[derive(Debug, Clone)]

@@ -697,8 +697,11 @@ impl ShardWorker {
                 .any(|(_, _, pin)| pin.partition == p.earlier.partition && pin.offset == offset)
         };
         let mut spans: Vec<SpanRef<'_>> = Vec::new();
+        let mut seen: Vec<i64> = Vec::with_capacity(found.found.len());
         for (offset, message, found_spans) in &found.found {
-            if !held_at(*offset) {
+            // Each input message once: held, or found (once).
+            if !held_at(*offset) && !seen.contains(offset) {
+                seen.push(*offset);
                 spans.extend(found_spans.iter().map(|s| message.span_ref(s)));
             }
         }

@@ -856,3 +856,29 @@ async fn a_revoke_gives_a_promotion_up() {
         Some(false)
     );
 }
+
+/// A re-read that hands the same input message over twice (a pooled client's
+/// leftovers, a leader change) still puts each span in the promoted trace once.
+#[tokio::test(start_paused = true)]
+async fn a_message_found_twice_goes_out_once() {
+    let mut p = dropped_at_10(ERRORS_OR_SOME).await;
+    p.worker
+        .handle(span_with_status(1, 20, true))
+        .await
+        .expect("sink open");
+    let _ = p.rereads.try_recv().expect("a re-read");
+    p.worker
+        .promote(found(
+            1,
+            vec![
+                span_with_status(1, 10, false),
+                span_with_status(1, 10, false),
+            ],
+        ))
+        .await
+        .expect("sink open");
+    assert_eq!(
+        promoted_in(&mut p.out),
+        vec![(TraceId([1; 16]), 2, vec![20], Some("late"))]
+    );
+}

@@ -267,4 +267,40 @@ mod tests {
         assert!(DecisionRecord::decided(id, None, &[], 1).is_none());
         assert!(DecisionRecord::default().restored().is_none());
     }
+
+    #[test]
+    fn a_records_value_stays_small() {
+        // A busy partition's trace: offsets near 10^10, a 10-character topic, a
+        // 30 s duration, a few attribute hits.
+        let pins = [
+            Pin {
+                slot: 0,
+                epoch: 1,
+                offset: 9_876_543_210,
+                partition: 63,
+            },
+            Pin {
+                slot: 0,
+                epoch: 1,
+                offset: 9_876_543_299,
+                partition: 63,
+            },
+        ];
+        let evidence = Evidence {
+            span_count: 120,
+            one_clock_ms: 30_000,
+            attr_hits: 0b1011,
+            flags: 5,
+        };
+        let topic: Arc<str> = Arc::from("otlp_spans");
+        let id = TraceId([0xab; 16]);
+        let dropped = DecisionRecord::decided(id, None, &pins, u64::MAX / 2)
+            .expect("pins")
+            .with(Pieces::of(&topic, &pins).as_ref(), &evidence, None);
+        let kept = DecisionRecord::decided(id, Some("slow-checkouts"), &pins, u64::MAX / 2)
+            .expect("pins")
+            .with(Pieces::of(&topic, &pins).as_ref(), &evidence, Some("late"));
+        let (d, k) = (dropped.encode_to_vec().len(), kept.encode_to_vec().len());
+        assert!(d <= 70 && k <= 100, "dropped {d} B, kept {k} B");
+    }
 }

@@ -260,6 +260,12 @@ impl Job {
                     continue;
                 }
             };
+            // A pooled client can still hand out what it fetched for its previous
+            // range, and a leader change can make it fetch some offsets again: only
+            // this partition's records, each offset once, in order.
+            if m.topic() != &*self.topic || m.partition() != self.partition || m.offset() < next {
+                continue;
+            }
             next = m.offset() + 1;
             let Some(payload) = m.payload() else {
                 continue;
