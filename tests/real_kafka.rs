@@ -1749,9 +1749,20 @@ async fn a_promotion_whose_earlier_pieces_retention_deleted_goes_out_marked() {
             .await
             .expect("sent");
     }
-    // Decided (dropped: no error yet) once its input is committed.
-    let decided = wait_until(Duration::from_secs(30), || s.uncommitted().is_empty()).await;
-    assert!(decided, "never decided: {:?}", s.uncommitted());
+    {
+        use rdkafka::producer::Producer as _;
+        producer.flush(Duration::from_secs(10)).expect("delivered");
+    }
+    // Decided: dropped, no error yet.
+    let decided = wait_until(Duration::from_secs(30), || {
+        labelled_metric_at(
+            a.telemetry,
+            tailsift::telemetry::names::TRACES_DECIDED,
+            &["decision=\"not_sampled\""],
+        ) >= 1.0
+    })
+    .await;
+    assert!(decided, "never decided\n{}", s.tails());
     assert!(out.traces().is_empty(), "dropped");
     // Retention deletes its early pieces.
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -1818,7 +1829,8 @@ enum Chaos {
 /// restarts them, restarts the cluster node by node with SIGTERM, freezes a
 /// sampler with SIGSTOP, SIGKILLs one and starts it again, and adds input
 /// partitions. Every error and slow trace must come out with all its spans, none
-/// twice, also 30 error traces whose error spans come 15 s after the rest (a
+/// twice (but those that adding partitions split over two, as keyed input is
+/// by Kafka's design), also 30 error traces whose error spans come 15 s after the rest (a
 /// late exporter): each wrong guess that a trace was complete is repaired by
 /// promotion. With `promotion.enabled: false` (set `TAILSIFT_CHAOS_NO_PROMOTION=1`)
 /// those are lost.
@@ -1941,7 +1953,38 @@ async fn chaos_on_a_three_node_cluster_loses_no_kept_trace() {
         truths.len(),
         got.len()
     );
-    let missing = missing_kept(&truths, &got);
+    let mut missing = missing_kept(&truths, &got);
+    // Adding partitions moves keys (crc32(key) % partitions): a trace whose
+    // producer learned of the new partitions between its pieces is split over two
+    // partitions, each piece decided by its partition's owner on its own, by Kafka's
+    // design. Those are found in the input and reported, not counted.
+    let mut split_by_repartition = Vec::new();
+    if !missing.is_empty() {
+        let input =
+            Collector::start(&s.bootstrap, &s.input(), s.input_partitions).expect("input reader");
+        input
+            .settle(Duration::from_secs(5), Duration::from_secs(90))
+            .await;
+        let records = input.records();
+        missing.retain(|id| {
+            let key = id.to_hex();
+            let mut parts: Vec<i32> = records
+                .iter()
+                .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
+                .map(|r| r.partition)
+                .collect();
+            parts.sort_unstable();
+            parts.dedup();
+            if parts.len() > 1 {
+                split_by_repartition.push(*id);
+            }
+            parts.len() <= 1
+        });
+    }
+    eprintln!(
+        "chaos: {} error/slow traces split over two partitions by the repartition: {split_by_repartition:?}",
+        split_by_repartition.len()
+    );
     let late_lost = missing.iter().filter(|id| late_ids.contains(id)).count();
     eprintln!(
         "chaos: {late_lost} of {} late-exported error traces lost",
