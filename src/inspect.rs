@@ -24,6 +24,7 @@ use crate::codec::{encode_trace, Message, Span, TraceFinder, TraceId};
 use crate::config::KafkaConfig;
 use crate::flow::headers::{HEADER_POLICY, HEADER_PROMOTED};
 use crate::flow::{DecisionRecord, Evidence};
+use crate::policy::PolicySet;
 
 /// How long any one read may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
@@ -534,8 +535,10 @@ fn scan(
 }
 
 impl Explained {
-    /// The report `tailsift explain` prints.
-    pub fn report(&self) -> String {
+    /// The report `tailsift explain` prints. With the configured `policies`, each
+    /// decision lists every policy's vote on what it was judged on (a vote that
+    /// depends on chance or a budget is not cast again, and says so).
+    pub fn report(&self, policies: Option<&PolicySet>) -> String {
         let mut out = format!("trace {}\n", self.trace_id);
         if self.decisions.is_empty() {
             out.push_str("decisions: none found (no decisions topic, or none in the window)\n");
@@ -564,6 +567,17 @@ impl Explained {
                 d.first_offset,
                 d.last_offset,
             ));
+            if let Some(set) = policies {
+                let summary = e.summary(self.trace_id);
+                for p in &set.policies {
+                    let vote = if p.policy.settled() {
+                        p.policy.evaluate(&summary).label()
+                    } else {
+                        "depends on chance or a budget (not cast again)"
+                    };
+                    out.push_str(&format!("  policy {:?}: {vote}\n", p.name));
+                }
+            }
         }
         for s in &self.searched {
             out.push_str(&format!("searched: {s}\n"));

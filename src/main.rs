@@ -389,7 +389,8 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
                 tailsift::inspect::explain(&kafka, id, window, &mut |p| err_out!("{p}"))
             })
             .await??;
-            out!("{}", explained.report().trim_end());
+            let set = PolicySet::build(&cfg.policies).ok();
+            out!("{}", explained.report(set.as_ref()).trim_end());
             Ok(ExitCode::SUCCESS)
         }
         Command::Promote {
@@ -412,7 +413,8 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
                 Ok::<_, tailsift::inspect::InspectError>((e, (n, topic)))
             })
             .await??;
-            out!("{}", explained.report().trim_end());
+            let set = PolicySet::build(&cfg.policies).ok();
+            out!("{}", explained.report(set.as_ref()).trim_end());
             out!("promoted: {} spans written to {}", written.0, written.1);
             Ok(ExitCode::SUCCESS)
         }

@@ -2081,6 +2081,7 @@ async fn explain_and_promote_find_a_trace_by_its_id() {
     let (ok, text, err) = tailsift_cli(&["explain", &kept.trace_id.to_hex(), "-c", &config]);
     assert!(ok, "explain failed: {err}");
     assert!(text.contains("kept by policy \"errors\""), "{text}");
+    assert!(text.contains("policy \"errors\": sampled"), "{text}");
     assert!(
         text.contains(&format!("input: {} spans", kept.spans)),
         "{text}"
@@ -2088,6 +2089,7 @@ async fn explain_and_promote_find_a_trace_by_its_id() {
     let (ok, text, err) = tailsift_cli(&["explain", &dropped.trace_id.to_hex(), "-c", &config]);
     assert!(ok, "explain failed: {err}");
     assert!(text.contains(": dropped;"), "{text}");
+    assert!(text.contains("policy \"errors\": not_sampled"), "{text}");
     assert!(
         text.contains(&format!("input: {} spans", dropped.spans)),
         "{text}"
