@@ -121,7 +121,8 @@ impl DecisionRecord {
         )
     }
 
-    /// Adds where the input lies (when known better than from the pins), what the
+    /// Adds where the input lies (when known better than from the pins, in their
+    /// partition), what the
     /// policies judged the trace on, and why it was promoted (if it was).
     pub fn with(
         mut self,
@@ -129,7 +130,10 @@ impl DecisionRecord {
         evidence: &Evidence,
         promoted: Option<&str>,
     ) -> Self {
-        if let Some(p) = pieces {
+        // Pieces in another partition than the pins' (a trace split over two, as
+        // adding partitions to a keyed topic does) do not move the record: the next
+        // owner of the pins' partition must read it, with their output offset.
+        if let Some(p) = pieces.filter(|p| p.partition == self.input_partition) {
             self.input_topic = p.topic.to_string();
             self.input_partition = p.partition;
             self.first_offset = p.first;
@@ -302,5 +306,29 @@ mod tests {
             .with(Pieces::of(&topic, &pins).as_ref(), &evidence, Some("late"));
         let (d, k) = (dropped.encode_to_vec().len(), kept.encode_to_vec().len());
         assert!(d <= 70 && k <= 100, "dropped {d} B, kept {k} B");
+    }
+
+    #[test]
+    fn a_promotion_over_two_partitions_is_recorded_for_the_late_spans_partition() {
+        let late = [Pin {
+            slot: 1,
+            epoch: 1,
+            offset: 5142,
+            partition: 1,
+        }];
+        let earlier = Pieces {
+            topic: Arc::from("spans"),
+            partition: 3,
+            first: 4000,
+            last: 4010,
+        };
+        let r = DecisionRecord::decided(TraceId([4; 16]), Some("errors"), &late, 1)
+            .expect("pins")
+            .with(Some(&earlier), &Evidence::default(), Some("late"));
+        assert_eq!(
+            (r.input_partition, r.output_below_offset, r.partition_for(4)),
+            (1, 5143, 1),
+            "where the late spans' next reader finds it, with their output offset"
+        );
     }
 }
