@@ -249,7 +249,7 @@ pub fn promote(
             ..DecisionRecord::default()
         }
         .with(None, &Evidence::default(), Some("request"));
-        let partitions = partition_count(&producer, decisions)?;
+        let partitions = partitions_via(producer.client(), decisions)?.max(1);
         let payload = record.encode_to_vec();
         let r = BaseRecord::to(decisions)
             .key(&explained.trace_id.0[..])
@@ -307,7 +307,15 @@ fn home_partitions(
 }
 
 fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<i32, InspectError> {
-    let md = c
+    partitions_via(c.client(), topic)
+}
+
+/// Partitions of `topic` by the metadata `client` reads (0 if it does not exist).
+fn partitions_via<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<i32, InspectError> {
+    let md = client
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(self::kafka(format!("cannot read the metadata of {topic}")))?;
     Ok(md
@@ -315,21 +323,6 @@ fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<i32, InspectError> {
         .iter()
         .find(|t| t.name() == topic)
         .map_or(0, |t| t.partitions().len() as i32))
-}
-
-fn partition_count(
-    p: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-) -> Result<i32, InspectError> {
-    let md = p
-        .client()
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(self::kafka(format!("cannot read the metadata of {topic}")))?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map_or(1, |t| t.partitions().len().max(1) as i32))
 }
 
 /// The decisions partitions numbered like the input partitions searched.

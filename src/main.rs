@@ -112,33 +112,14 @@ enum Command {
     /// policy, on what evidence, promoted or not) and where its input lies, read
     /// from the decisions topic and a time window of the input.
     Explain {
-        /// The trace id, 32 hex digits.
-        trace_id: String,
-        /// Config file (its kafka section is used).
-        #[arg(short, long)]
-        config: PathBuf,
-        /// Search around this time (RFC 3339, e.g. 2026-12-07T21:30:00Z); default:
-        /// the window ending now.
-        #[arg(long)]
-        around: Option<String>,
-        /// How much of the input to search.
-        #[arg(long, default_value = "10m", value_parser = parse_wait)]
-        window: Duration,
+        #[command(flatten)]
+        lookup: Lookup,
     },
     /// Write a trace, whole, from the retained input to the output topic (or
     /// `--to`), marked `tailsift.promoted: request`, and record it as kept.
     Promote {
-        /// The trace id, 32 hex digits.
-        trace_id: String,
-        /// Config file (its kafka section is used).
-        #[arg(short, long)]
-        config: PathBuf,
-        /// Search around this time (RFC 3339); default: the window ending now.
-        #[arg(long)]
-        around: Option<String>,
-        /// How much of the input to search.
-        #[arg(long, default_value = "10m", value_parser = parse_wait)]
-        window: Duration,
+        #[command(flatten)]
+        lookup: Lookup,
         /// Topic to write to instead of `kafka.output_topic`.
         #[arg(long)]
         to: Option<String>,
@@ -173,8 +154,35 @@ enum Command {
     },
 }
 
+/// Which trace `explain` and `promote` look up, and where.
+#[derive(clap::Args, Debug)]
+struct Lookup {
+    /// The trace id, 32 hex digits.
+    trace_id: String,
+    /// Config file (its kafka section is used).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Search around this time (RFC 3339, e.g. 2026-12-07T21:30:00Z); default:
+    /// the window ending now.
+    #[arg(long)]
+    around: Option<String>,
+    /// How much of the input to search.
+    #[arg(long, default_value = "10m", value_parser = parse_wait)]
+    window: Duration,
+}
+
+impl Lookup {
+    /// The config, the trace id and the window, checked.
+    fn resolve(&self) -> Result<(Config, TraceId, tailsift::inspect::Window)> {
+        let cfg = Config::load(&self.config)?;
+        let id = parse_trace_id(&self.trace_id)?;
+        let window = search_window(self.around.as_deref(), self.window)?;
+        Ok((cfg, id, window))
+    }
+}
+
 /// A trace id from the command line: 32 hex digits.
-fn parse_trace_id(s: &str) -> anyhow::Result<TraceId> {
+fn parse_trace_id(s: &str) -> Result<TraceId> {
     TraceId::from_hex(s.trim())
         .ok_or_else(|| anyhow::anyhow!("trace id {s:?}: expected 32 hex digits"))
 }
@@ -373,17 +381,8 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
             }
         }
         Command::Route { config, brokers } => route(&config, brokers, signals).await,
-        Command::Explain {
-            trace_id,
-            config,
-            around,
-            window,
-        } => {
-            let cfg = Config::load(&config)?;
-            let (id, window) = (
-                parse_trace_id(&trace_id)?,
-                search_window(around.as_deref(), window)?,
-            );
+        Command::Explain { lookup } => {
+            let (cfg, id, window) = lookup.resolve()?;
             let kafka = cfg.sampler_kafka();
             let explained = tokio::task::spawn_blocking(move || {
                 tailsift::inspect::explain(&kafka, id, window, &mut |p| err_out!("{p}"))
@@ -393,18 +392,8 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
             out!("{}", explained.report(set.as_ref()).trim_end());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Promote {
-            trace_id,
-            config,
-            around,
-            window,
-            to,
-        } => {
-            let cfg = Config::load(&config)?;
-            let (id, window) = (
-                parse_trace_id(&trace_id)?,
-                search_window(around.as_deref(), window)?,
-            );
+        Command::Promote { lookup, to } => {
+            let (cfg, id, window) = lookup.resolve()?;
             let kafka = cfg.sampler_kafka();
             let topic = to.unwrap_or_else(|| cfg.kafka.output_topic.clone());
             let (explained, written) = tokio::task::spawn_blocking(move || {

@@ -650,14 +650,19 @@ fn promoted_in(
     kept
 }
 
+/// Hands the worker one span of trace 1 at `offset` (ERROR when `error`).
+async fn late_span(p: &mut Parts, offset: i64, error: bool) {
+    p.worker
+        .handle(span_with_status(1, offset, error))
+        .await
+        .expect("sink open");
+}
+
 /// Decides trace 1 (one OK span at offset 10) dropped, with promotion on.
 async fn dropped_at_10(policies: &str) -> Parts {
     let mut p = parts_promoting(policies);
     p.clocks.enter(0, 1);
-    p.worker
-        .handle(span_with_status(1, 10, false))
-        .await
-        .expect("sink open");
+    late_span(&mut p, 10, false).await;
     p.clocks.publish(0, 1, T0 + 2_000);
     p.worker.on_tick().await.expect("sink open");
     assert!(kept_in(&mut p.out).is_empty(), "dropped");
@@ -671,10 +676,7 @@ async fn dropped_at_10(policies: &str) -> Parts {
 #[tokio::test(start_paused = true)]
 async fn a_late_error_span_promotes_a_dropped_trace_whole() {
     let mut p = dropped_at_10(ERRORS_OR_SOME).await;
-    p.worker
-        .handle(span_with_status(1, 20, true))
-        .await
-        .expect("sink open");
+    late_span(&mut p, 20, true).await;
     let asked = p
         .rereads
         .try_recv()
@@ -713,10 +715,7 @@ async fn a_late_error_span_promotes_a_dropped_trace_whole() {
 #[tokio::test(start_paused = true)]
 async fn a_late_plain_span_does_not_promote() {
     let mut p = dropped_at_10(ERRORS_OR_SOME).await;
-    p.worker
-        .handle(span_with_status(1, 20, false))
-        .await
-        .expect("sink open");
+    late_span(&mut p, 20, false).await;
     assert!(p.rereads.try_recv().is_err(), "no re-read");
     assert!(promoted_in(&mut p.out).is_empty());
     assert_eq!(released_offsets(&mut p.released), vec![20]);
@@ -730,10 +729,7 @@ async fn a_probabilistic_drop_never_flips() {
     let all = "  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n  - {name: some, type: probabilistic, probabilistic: {sampling_percentage: 100}}\n";
     p.live.replace(&config(all)).expect("reloads");
     p.worker.adopt_policies();
-    p.worker
-        .handle(span_with_status(1, 20, false))
-        .await
-        .expect("sink open");
+    late_span(&mut p, 20, false).await;
     assert!(p.rereads.try_recv().is_err(), "no re-read");
     assert!(promoted_in(&mut p.out).is_empty());
     assert_eq!(released_offsets(&mut p.released), vec![20]);
@@ -744,14 +740,8 @@ async fn a_probabilistic_drop_never_flips() {
 #[tokio::test(start_paused = true)]
 async fn a_promoted_traces_later_spans_follow_it() {
     let mut p = dropped_at_10(ERRORS_OR_SOME).await;
-    p.worker
-        .handle(span_with_status(1, 20, true))
-        .await
-        .expect("sink open");
-    p.worker
-        .handle(span_with_status(1, 21, false))
-        .await
-        .expect("sink open");
+    late_span(&mut p, 20, true).await;
+    late_span(&mut p, 21, false).await;
     let _ = p.rereads.try_recv().expect("a re-read");
     // The re-read found the earlier piece and, its range reaching it, the held one.
     p.worker
@@ -769,10 +759,7 @@ async fn a_promoted_traces_later_spans_follow_it() {
         vec![(TraceId([1; 16]), 3, vec![20, 21], Some("late"))],
         "three spans, the held ones once"
     );
-    p.worker
-        .handle(span_with_status(1, 22, false))
-        .await
-        .expect("sink open");
+    late_span(&mut p, 22, false).await;
     assert_eq!(
         promoted_in(&mut p.out),
         vec![(TraceId([1; 16]), 1, vec![22], None)],
@@ -812,10 +799,7 @@ async fn a_restored_drop_is_promoted_by_late_evidence() {
         .await
         .expect("sink open");
     p.clocks.enter(0, 1);
-    p.worker
-        .handle(span_with_status(1, 150, true))
-        .await
-        .expect("sink open");
+    late_span(&mut p, 150, true).await;
     let asked = p.rereads.try_recv().expect("a re-read");
     assert_eq!(asked.pieces, pieces);
     p.worker
@@ -833,10 +817,7 @@ async fn a_restored_drop_is_promoted_by_late_evidence() {
 async fn a_revoke_gives_a_promotion_up() {
     let mut p = dropped_at_10(ERRORS_OR_SOME).await;
     p.worker.forget_on_revoke = false;
-    p.worker
-        .handle(span_with_status(1, 20, true))
-        .await
-        .expect("sink open");
+    late_span(&mut p, 20, true).await;
     let _ = p.rereads.try_recv().expect("a re-read");
     p.worker
         .handle(ShardMsg::Revoked { slot: 0, epoch: 1 })
@@ -862,10 +843,7 @@ async fn a_revoke_gives_a_promotion_up() {
 #[tokio::test(start_paused = true)]
 async fn a_message_found_twice_goes_out_once() {
     let mut p = dropped_at_10(ERRORS_OR_SOME).await;
-    p.worker
-        .handle(span_with_status(1, 20, true))
-        .await
-        .expect("sink open");
+    late_span(&mut p, 20, true).await;
     let _ = p.rereads.try_recv().expect("a re-read");
     p.worker
         .promote(found(
