@@ -127,11 +127,15 @@ pub fn explain(
 ) -> Result<Explained, InspectError> {
     let client = client(kafka);
     let key = id.to_hex();
-    let home = home_partitions(&client, kafka, key.as_bytes())?;
+    // One client for every metadata and offset lookup.
+    let meta: BaseConsumer = client
+        .create()
+        .map_err(self::kafka("cannot create a client"))?;
+    let home = home_partitions(&meta, kafka, key.as_bytes())?;
     let decisions = match &kafka.decisions_topic {
         Some(topic) => {
-            let parts = decision_partitions(&client, topic, &home)?;
-            read_decisions(&client, topic, &parts, id, window, progress)?
+            let parts = decision_partitions(&meta, topic, &home)?;
+            read_decisions(&client, &meta, topic, &parts, id, window, progress)?
         }
         None => Vec::new(),
     };
@@ -152,7 +156,7 @@ pub fn explain(
     } else {
         for s in &home {
             for &p in &s.partitions {
-                let Some((from, to)) = offsets_between(&client, &s.topic, p, window)? else {
+                let Some((from, to)) = offsets_between(&meta, &s.topic, p, window)? else {
                     continue;
                 };
                 ranges.push(Range {
@@ -283,16 +287,13 @@ fn client(kafka: &KafkaConfig) -> ClientConfig {
 /// Per input topic, the partitions to search: the key's, if the partitioner is
 /// known, else all.
 fn home_partitions(
-    client: &ClientConfig,
+    c: &BaseConsumer,
     kafka: &KafkaConfig,
     key: &[u8],
 ) -> Result<Vec<Search>, InspectError> {
-    let c: BaseConsumer = client
-        .create()
-        .map_err(self::kafka("cannot create a client"))?;
     let mut out = Vec::new();
     for topic in &kafka.input_topics {
-        let n = partitions_of(&c, topic)?;
+        let n = partitions_of(c, topic)?;
         let (partitions, how) = match kafka.input_partitioner.partition(key, n) {
             Some(p) => (vec![p], "from its key"),
             None => ((0..n).collect(), "every partition"),
@@ -327,14 +328,11 @@ fn partitions_via<C: rdkafka::ClientContext>(
 
 /// The decisions partitions numbered like the input partitions searched.
 fn decision_partitions(
-    client: &ClientConfig,
+    c: &BaseConsumer,
     topic: &str,
     home: &[Search],
 ) -> Result<Vec<i32>, InspectError> {
-    let c: BaseConsumer = client
-        .create()
-        .map_err(self::kafka("cannot create a client"))?;
-    let n = partitions_of(&c, topic)?.max(1);
+    let n = partitions_of(c, topic)?.max(1);
     let mut parts: Vec<i32> = home
         .iter()
         .flat_map(|s| s.partitions.iter().map(|p| p.rem_euclid(n)))
@@ -348,14 +346,11 @@ fn decision_partitions(
 /// at or after its start, to the first after its end (or the end). `None` when the
 /// partition holds nothing in it.
 fn offsets_between(
-    client: &ClientConfig,
+    c: &BaseConsumer,
     topic: &str,
     partition: i32,
     window: Window,
 ) -> Result<Option<(i64, i64)>, InspectError> {
-    let c: BaseConsumer = client
-        .create()
-        .map_err(self::kafka("cannot create a client"))?;
     let (low, high) = c
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(self::kafka(format!(
@@ -387,6 +382,7 @@ fn offsets_between(
 /// Reads `topic`'s `parts` over the window and keeps the records keyed `id`.
 fn read_decisions(
     client: &ClientConfig,
+    meta: &BaseConsumer,
     topic: &str,
     parts: &[i32],
     id: TraceId,
@@ -400,7 +396,7 @@ fn read_decisions(
             from_ms: window.from_ms - 60_000,
             to_ms: window.to_ms.saturating_add(600_000),
         };
-        if let Some((from, to)) = offsets_between(client, topic, p, w)? {
+        if let Some((from, to)) = offsets_between(meta, topic, p, w)? {
             ranges.push(Range {
                 topic: topic.to_string(),
                 partition: p,
