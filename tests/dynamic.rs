@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use common::*;
 /// The dynamic sampler end to end: keyed by route and HTTP status code, aiming at
-/// ~1000 spans/s out of ~10000. Once it has seen an interval of traffic, the rare keys
+/// ~1500 spans/s out of ~10000 (each route's errors bring ~60 spans/s, under half
+/// their equal share of the goal: at 1000 spans/s they sat at it, and a burst of
+/// decisions after a stall under CPU contention thinned one of them in CI). Once it has seen an interval of traffic, the rare keys
 /// (each route's errors) are kept whole and the common ones thinned toward the goal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dynamic_sampler_keeps_rare_keys_and_thins_common_ones() {
     let h = Harness::new(8, 2);
-    let policy = "  - {name: dyn, type: dynamic, dynamic: {key_fields: [http.route, http.status_code], goal_spans_per_second: 1000, adjustment_interval: 1s}}\n";
+    let policy = "  - {name: dyn, type: dynamic, dynamic: {key_fields: [http.route, http.status_code], goal_spans_per_second: 1500, adjustment_interval: 1s}}\n";
     let cfg = h.config(policy, "1s", Some("200ms"));
     let out = h.collector();
     let sampler = Instance::start(&cfg).await;
@@ -40,8 +42,8 @@ async fn the_dynamic_sampler_keeps_rare_keys_and_thins_common_ones() {
         .count();
     let share = kept as f64 / plain.len() as f64;
     assert!(
-        (0.03..0.15).contains(&share),
-        "common keys kept at {share:.3}; the goal is ~7%"
+        (0.05..0.2).contains(&share),
+        "common keys kept at {share:.3}; the goal is ~11%"
     );
     for o in got.values() {
         assert_eq!(o.policy, "dyn");
