@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use common::*;
 /// The dynamic sampler end to end: keyed by route and HTTP status code, aiming at
-/// ~1500 spans/s out of ~10000 (each route's errors bring ~60 spans/s, under half
-/// their equal share of the goal: at 1000 spans/s they sat at it, and a burst of
-/// decisions after a stall under CPU contention thinned one of them in CI). Once it has seen an interval of traffic, the rare keys
+/// ~1500 spans/s out of ~10000. Each route's errors bring ~45 spans/s against an
+/// equal share of ~107 of the goal (14 keys); at a goal of 1000 the share was ~71,
+/// and a burst of decisions after a stall under CPU contention (1.6x) thinned one
+/// of them in CI. Once it has seen an interval of traffic, the rare keys
 /// (each route's errors) are kept whole and the common ones thinned toward the goal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dynamic_sampler_keeps_rare_keys_and_thins_common_ones() {
@@ -43,7 +44,7 @@ async fn the_dynamic_sampler_keeps_rare_keys_and_thins_common_ones() {
     let share = kept as f64 / plain.len() as f64;
     assert!(
         (0.05..0.2).contains(&share),
-        "common keys kept at {share:.3}; the goal is ~11%"
+        "common keys kept at {share:.3}; the goal leaves ~12%"
     );
     for o in got.values() {
         assert_eq!(o.policy, "dyn");
