@@ -8,7 +8,7 @@
 //! zero-copy scan of the messages that hold one). Requests for one partition that
 //! queue while the readers are busy are served by one pass over the union of their
 //! ranges: after a leader election, the traces promoted together lie together.
-//! Bounded in concurrency, in bytes per second over all readers, and in bytes per
+//! Each pass has a client of its own. Bounded in concurrency, in bytes per second over all readers, and in bytes per
 //! range; the spans found are charged to the memory budget until their trace is
 //! encoded.
 
@@ -83,7 +83,6 @@ impl Rereader {
     /// partition's range for those of that partition.
     pub(crate) async fn run(mut self) {
         let permits = Arc::new(Semaphore::new(self.concurrency));
-        let consumers: Arc<Mutex<Vec<BaseConsumer>>> = Arc::default();
         let mut queued: Vec<Reread> = Vec::new();
         loop {
             if queued.is_empty() {
@@ -116,20 +115,16 @@ impl Rereader {
                 max_range: self.max_range,
                 budget: self.budget.clone(),
             };
-            let (client, consumers) = (self.client.clone(), Arc::clone(&consumers));
+            let client = self.client.clone();
             tokio::task::spawn_blocking(move || {
-                let consumer = lock(&consumers).pop();
-                let consumer = match consumer.map(Ok).unwrap_or_else(|| client.create()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        job.fail(&format!("cannot create the re-read client: {e}"));
-                        drop(permit);
-                        return;
-                    }
-                };
-                job.run(&consumer);
-                let _ = consumer.unassign();
-                lock(&consumers).push(consumer);
+                // A client of its own for each pass: a reused one hands out what it
+                // prefetched for its previous range, of the same partition too, and
+                // a record past this range ends the pass before it read anything
+                // (a promoted trace went out with its late spans only).
+                match client.create::<BaseConsumer>() {
+                    Ok(consumer) => job.run(&consumer),
+                    Err(e) => job.fail(&format!("cannot create the re-read client: {e}")),
+                }
                 drop(permit);
             });
         }
@@ -260,8 +255,7 @@ impl Job {
                     continue;
                 }
             };
-            // A pooled client can still hand out what it fetched for its previous
-            // range, and a leader change can make it fetch some offsets again: only
+            // A leader change can make the client fetch some offsets again: only
             // this partition's records, each offset once, in order.
             if m.topic() != &*self.topic || m.partition() != self.partition || m.offset() < next {
                 continue;
