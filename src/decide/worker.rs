@@ -760,7 +760,11 @@ impl ShardWorker {
         // spans (an error, say) are judged afresh rather than dropped unseen. Every
         // other decision binds the trace's late spans.
         let pins = self.shard.pins(&entry);
-        let pieces = self.pieces_of(&pins);
+        // Where its input lies: for its record and for revising a drop; neither
+        // without a decisions topic and with promotion off.
+        let pieces = (self.record_decisions || self.rereads.is_some())
+            .then(|| self.pieces_of(&pins))
+            .flatten();
         if verdict.keep() || forced != Some(Forced::Memory) {
             let slot = entry.first_slot();
             self.cache.insert(&id, verdict, slot);
