@@ -11,6 +11,9 @@
 //! default 2000; `FLOOD_LIMITS`, default `64MiB,256MiB`; `FLOOD_COMPRESSION` of the
 //! input, default `lz4`, or `none`).
 
+mod proc;
+use proc::status_kib;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -25,15 +28,6 @@ use tailsift::gen::{self, GenConfig, Generator, Truth};
 const BIN: &str = env!("CARGO_BIN_EXE_tailsift");
 const INPUT: &str = "flood-in";
 const OUTPUT: &str = "flood-out";
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -12,6 +12,9 @@
 //! bench reports the time from its start to its log line "Decisions read back", how
 //! many it read, and its peak RSS (VmHWM).
 
+mod proc;
+use proc::status_kib;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,15 +28,6 @@ use tailsift::flow::DecisionRecord;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tailsift");
 const DAY_MS: i64 = 86_400_000;
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
