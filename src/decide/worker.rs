@@ -444,6 +444,12 @@ impl ShardWorker {
             let verdict = Verdict::new(
                 policy.map(|name| index_or_restored(&self.policies.get().decider, &name)),
             );
+            if !verdict.keep() && self.cache.get(&id).is_some_and(|v| v.keep()) {
+                // A kept decision is final (a drop can become a keep, never the
+                // reverse), so a dropped record read after a kept one is the older
+                // of the two, whatever their order in the topic.
+                continue;
+            }
             self.cache.insert(&id, verdict, RESTORED);
             if let Some(output) = output.filter(|_| self.skip_reread) {
                 self.cache.set_output(&id, output);

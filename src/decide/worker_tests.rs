@@ -810,6 +810,43 @@ async fn a_restored_drop_is_promoted_by_late_evidence() {
     assert_eq!(out, vec![(TraceId([1; 16]), 2, vec![150], Some("late"))]);
 }
 
+/// A promotion's kept record read back before the drop it revised (records of one
+/// trace out of order in the decisions topic) still binds: the trace is kept, its
+/// late spans go out as a kept trace's, and nothing is re-read or promoted again.
+#[tokio::test(start_paused = true)]
+async fn a_restored_keep_outranks_a_drop_read_after_it() {
+    let mut p = parts_promoting(ERRORS_OR_SOME);
+    let restored = |policy: Option<&str>| Restored {
+        trace_id: TraceId([1; 16]),
+        policy: policy.map(Arc::from),
+        output_below: None,
+        dropped: policy.is_none().then(|| {
+            let pieces = Pieces {
+                topic: Arc::from("i"),
+                partition: 0,
+                first: 100,
+                last: 140,
+            };
+            (Evidence::default(), pieces)
+        }),
+    };
+    p.worker
+        .handle(ShardMsg::Decisions {
+            decisions: vec![restored(Some("errors")), restored(None)],
+            assignments: vec![(0, 1)],
+        })
+        .await
+        .expect("sink open");
+    p.clocks.enter(0, 1);
+    late_span(&mut p, 150, true).await;
+    assert!(p.rereads.try_recv().is_err(), "no re-read: it is kept");
+    assert_eq!(
+        promoted_in(&mut p.out),
+        vec![(TraceId([1; 16]), 1, vec![150], None)],
+        "the late span follows the kept decision"
+    );
+}
+
 /// A revoke of the late spans' partition gives the promotion up: its pins are
 /// stale (the next owner re-reads them and promotes), nothing goes out when the
 /// re-read answers, and the trace is remembered as dropped again.

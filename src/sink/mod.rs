@@ -299,7 +299,7 @@ impl Sink {
                         seq += 1;
                         pending.insert(seq, tokio::time::Instant::now());
                         let (producer, topics, n) = (self.producer.clone(), Arc::clone(&self.topics), seq);
-                        in_flight.push(async move { (n, trace, deliver(producer, topics, m).await) });
+                        in_flight.push(async move { (n, trace, deliver(producer, topics, m, n).await) });
                     }
                     None => break,
                 },
@@ -331,20 +331,24 @@ impl Sink {
     }
 }
 
-/// Delivers one message and returns the pins to release.
+/// Delivers one message, the `n`th the sink received (from 1), and returns the pins
+/// to release.
 async fn deliver(
     producer: FutureProducer<ProducerContext>,
     topics: Arc<Topics>,
     msg: SinkMsg,
+    n: u64,
 ) -> Vec<Pin> {
     let (output, dlq) = (&*topics.output, &*topics.dead_letter);
+    // Its place in the transaction's enqueue order, given up on any early return.
+    let turn = topics.txn.as_ref().map(|t| t.turn(n));
     if topics.aborted() {
         // Aborted: nothing of this transaction is visible and its input stays
         // uncommitted; the pipeline is stopping.
         return Vec::new();
     }
-    if let Some(txn) = &topics.txn {
-        return txn::deliver(&producer, &topics, txn, msg).await;
+    if let (Some(txn), Some(turn)) = (&topics.txn, turn) {
+        return txn::deliver(&producer, &topics, txn, msg, turn).await;
     }
     match msg {
         SinkMsg::AfterOutput { pin, .. } => vec![pin],

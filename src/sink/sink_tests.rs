@@ -160,3 +160,96 @@ async fn pins_follow_the_acknowledgement() {
     drop(p.tx);
     p.running.await.expect("sink ends");
 }
+
+/// Exactly-once, on the mock cluster: records enter the transaction in the order the
+/// sink received their messages, however their deliveries wake after a commit held
+/// the gate. Here a trace's dropped decision, then the kept decision of its
+/// promotion, both wait out a commit, and the later one is polled first once it
+/// ends (as when its retry timer fires first). Enqueued in wake order, the kept
+/// record landed before the dropped one, and the partition's next owner, restoring
+/// the last record, promoted the trace again (a chaos-test duplicate).
+#[tokio::test(start_paused = true)]
+async fn records_enter_the_transaction_in_the_order_received() {
+    use futures_util::FutureExt;
+    use prost::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message as _;
+
+    let broker = EmbeddedBroker::start(1).expect("mock cluster");
+    for topic in ["sampled", "decisions", "tailsift-dead-letter"] {
+        broker.create_topic(topic, 1).expect("topic");
+    }
+    let bootstrap = broker.bootstrap_servers();
+    let cfg = Config::from_yaml(&format!(
+        "kafka: {{brokers: '{bootstrap}', input_topics: [spans], output_topic: sampled, decisions_topic: decisions, exactly_once: true}}\npolicies:\n  - {{name: all, type: always_sample}}\n"
+    ))
+    .expect("valid");
+    let (_tx, rx) = mpsc::channel(1);
+    let (releases, _released) = Releases::channel();
+    let sink = Sink::new(&cfg.kafka, &cfg.memory.split(), Health::new(), rx, releases)
+        .expect("transactional producer");
+    let txn = sink.transactions().expect("exactly-once");
+    let budget = MemoryBudget::new(1 << 30, 0.9, 0.8);
+    let id = TraceId([7; 16]);
+    let dropped = SinkMsg::Dropped(DroppedTrace {
+        trace_id: id,
+        pins: vec![pin(10)],
+        pieces: None,
+        evidence: Default::default(),
+    });
+    let promoted = SinkMsg::Kept(KeptTrace {
+        trace_id: id,
+        payloads: vec![vec![0x0a, 0x00]],
+        pins: vec![pin(20)],
+        policy: Arc::from("all"),
+        topic: None,
+        forced: None,
+        spans: 1,
+        rejected: None,
+        charge: Charge::new(&budget, 2),
+        record_decision: true,
+        pieces: None,
+        evidence: Default::default(),
+        promoted: None,
+    });
+    let commit = txn.hold_gate();
+    let deliver = |m, n| super::deliver(sink.producer.clone(), Arc::clone(&sink.topics), m, n);
+    let mut first = Box::pin(deliver(dropped, 1));
+    let mut second = Box::pin(deliver(promoted, 2));
+    assert!(first.as_mut().now_or_never().is_none(), "gated");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(second.as_mut().now_or_never().is_none(), "gated");
+    drop(commit);
+    tokio::time::advance(Duration::from_millis(2)).await;
+    let (kept_pins, dropped_pins) = tokio::join!(second, first);
+    assert_eq!(
+        (kept_pins.len(), dropped_pins.len()),
+        (1, 1),
+        "both delivered"
+    );
+
+    let read = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "order-check")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&["decisions"]).expect("subscribe");
+        let mut kept = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while kept.len() < 2 && std::time::Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let r = crate::flow::DecisionRecord::decode(m.payload().unwrap_or_default())
+                    .expect("a decision record");
+                kept.push(r.kept);
+            }
+        }
+        kept
+    });
+    assert_eq!(
+        read.await.expect("reader"),
+        vec![false, true],
+        "the drop, then the promotion that revised it"
+    );
+}

@@ -21,6 +21,7 @@
 //! that output, is rebuilt from what was committed: the instance exits with status 4
 //! for its supervisor to restart it.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::TopicPartitionList;
+use tokio::sync::Notify;
 use tracing::{error, warn};
 
 use super::{
@@ -53,6 +55,95 @@ pub struct Transactions {
     /// Set by the source: records of traces whose partitions were revoked must not
     /// enter a transaction committed after the revoke.
     current: OnceLock<PinCheck>,
+    /// The order records are enqueued in: the order the sink received them.
+    turns: Turns,
+}
+
+/// Hands out enqueue turns in the sink's receive order (1, 2, ...).
+///
+/// The sink delivers several messages at once, and each waits for the gate while a
+/// commit holds it; without turns, whichever woke first after the commit enqueued
+/// first. A trace's dropped decision record and the kept record of its promotion
+/// could then land in the decisions topic in the wrong order, and the partition's
+/// next owner, restoring the last record, promoted the trace a second time.
+#[derive(Debug)]
+struct Turns {
+    /// The next turn, and turns that finished before it (given up early).
+    state: Mutex<(u64, BTreeSet<u64>)>,
+    changed: Notify,
+}
+
+impl Turns {
+    fn new() -> Self {
+        Turns {
+            state: Mutex::new((1, BTreeSet::new())),
+            changed: Notify::new(),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+    }
+
+    /// Ends turn `n`, at once or, if earlier turns are still open, when they end.
+    fn finish(&self, n: u64) {
+        {
+            let mut s = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if n == s.0 {
+                s.0 += 1;
+                let (next, early) = &mut *s;
+                while early.remove(next) {
+                    *next += 1;
+                }
+            } else if n > s.0 {
+                s.1.insert(n);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// One delivery's place in the enqueue order; ended when dropped, whatever path
+/// the delivery took.
+pub(super) struct Turn<'a> {
+    turns: &'a Turns,
+    n: u64,
+    finished: bool,
+}
+
+impl Turn<'_> {
+    /// Waits until every earlier delivery has enqueued its records (or given up).
+    async fn wait(&self) {
+        loop {
+            let changed = self.turns.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.turns.next() >= self.n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Lets the next delivery enqueue.
+    fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.turns.finish(self.n);
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 impl Transactions {
@@ -73,11 +164,30 @@ impl Transactions {
             gate: RwLock::new(()),
             failed: Mutex::new(None),
             current: OnceLock::new(),
+            turns: Turns::new(),
         })
     }
 
+    /// Holds the gate as a commit does (tests: a commit in progress).
+    #[cfg(test)]
+    pub(super) fn hold_gate(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The place in the enqueue order of the sink's `n`th delivery (from 1).
+    pub(super) fn turn(&self, n: u64) -> Turn<'_> {
+        Turn {
+            turns: &self.turns,
+            n,
+            finished: false,
+        }
+    }
+
     /// Enqueues `records` into the open transaction together (no commit between
-    /// them), provided some pin of theirs is still current, then waits for their
+    /// them), provided some pin of theirs is still current, once every delivery the
+    /// sink received before this one has enqueued (`turn`), then waits for their
     /// deliveries. `false`: not sent (stale, or the transactions failed) or not all
     /// delivered; the caller then releases nothing, as the transaction will abort or
     /// the partition's next owner decides the trace again.
@@ -86,7 +196,9 @@ impl Transactions {
         producer: &FutureProducer<ProducerContext>,
         records: &[Rec<'_>],
         pins: &[Pin],
+        turn: &mut Turn<'_>,
     ) -> bool {
+        turn.wait().await;
         let deliveries = loop {
             if self.failed().is_some() {
                 return false;
@@ -104,6 +216,7 @@ impl Transactions {
                 Enqueue::Gated => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         };
+        turn.finish();
         let mut ok = true;
         for d in deliveries {
             match d.await {
@@ -241,6 +354,7 @@ pub(super) async fn deliver(
     topics: &Arc<Topics>,
     txn: &Transactions,
     msg: SinkMsg,
+    mut turn: Turn<'_>,
 ) -> Vec<Pin> {
     let limit = topics.local_limit.unwrap_or(usize::MAX);
     let omitted = |len: usize| len.to_string();
@@ -258,7 +372,10 @@ pub(super) async fn deliver(
                 payload: &dec.payload,
                 headers: OwnedHeaders::new(),
             };
-            if txn.send_together(producer, &[rec], &d.pins).await {
+            if txn
+                .send_together(producer, &[rec], &d.pins, &mut turn)
+                .await
+            {
                 counter!(names::DECISIONS_RECORDED, "decision" => dec.label).increment(1);
                 d.pins
             } else {
@@ -324,7 +441,10 @@ pub(super) async fn deliver(
                     headers: OwnedHeaders::new(),
                 });
             }
-            if !txn.send_together(producer, &records, &kept.pins).await {
+            if !txn
+                .send_together(producer, &records, &kept.pins, &mut turn)
+                .await
+            {
                 return Vec::new();
             }
             tracing::trace!(message = "Kept trace delivered in the transaction.", trace_id = %kept.trace_id, spans = kept.spans, forced = ?kept.forced, recorded = decision.is_some(), pins = ?kept.pins.iter().map(|p| (p.partition, p.epoch, p.offset)).collect::<Vec<_>>());
@@ -353,7 +473,10 @@ pub(super) async fn deliver(
                 payload,
                 headers,
             };
-            if txn.send_together(producer, &[rec], &[d.pin]).await {
+            if txn
+                .send_together(producer, &[rec], &[d.pin], &mut turn)
+                .await
+            {
                 counter!(names::MESSAGES_DEAD_LETTERED, "reason" => d.label).increment(1);
                 vec![d.pin]
             } else {
