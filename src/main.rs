@@ -125,7 +125,7 @@ enum Command {
         to: Option<String>,
     },
     /// Capacity planning: memory per instance, instances, partitions and network for
-    /// a given input, from the figures the benches measure (see README, Capacity).
+    /// a given input, from the figures the benches measure (see README, Memory and capacity).
     Plan {
         /// Spans per second across the whole input.
         #[arg(long)]

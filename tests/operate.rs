@@ -292,6 +292,26 @@ fn check_rejects_a_bad_config_naming_field_value_and_expectation() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The README's minimal configuration loads, and its example policies are the ones
+/// `check` prints: what a user pastes first works.
+#[test]
+fn the_readmes_configuration_example_loads() {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .expect("README has a Configuration section");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a yaml block in it");
+    let cfg = tailsift::config::Config::from_yaml(yaml)
+        .unwrap_or_else(|e| panic!("the README's example does not load: {e}\n{yaml}"));
+    let names: Vec<&str> = cfg.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["errors", "slow", "some"]);
+}
+
 #[test]
 fn readme_lists_every_metric() {
     let readme = include_str!("../README.md");

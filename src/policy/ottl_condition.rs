@@ -7,7 +7,7 @@ use crate::ottl::{Condition, OttlContext, OttlError};
 use serde::{Deserialize, Serialize};
 
 /// `ottl_condition`: keep traces where a span satisfies one of `span` or a span event
-/// one of `spanevent` (OTTL conditions; the supported subset is in the README).
+/// one of `spanevent` (OTTL conditions; the supported subset is in docs/configuration.md).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OttlConditionConfig {

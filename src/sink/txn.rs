@@ -18,8 +18,7 @@
 //! fails its next commit; every transaction carries the offsets of every assigned
 //! partition, so that check happens even when nothing moved. A transaction that
 //! cannot commit is aborted, and the pipeline stops so that its state, which assumed
-//! that output, is rebuilt from what was committed: the instance exits with status 4
-//! for its supervisor to restart it.
+//! that output, is rebuilt from what was committed: the process starts it again.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
