@@ -22,8 +22,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec::{encode_trace, Message, Span, TraceFinder, TraceId};
 use crate::config::KafkaConfig;
-use crate::flow::headers::{HEADER_POLICY, HEADER_PROMOTED};
 use crate::flow::{DecisionRecord, Evidence};
+use crate::kafka::headers::{HEADER_POLICY, HEADER_PROMOTED};
 use crate::policy::PolicySet;
 
 /// How long any one read may take.

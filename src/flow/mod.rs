@@ -27,7 +27,6 @@
 //! attribute predicates the scanners test) are published through [`Publisher`] and
 //! read through [`Watch`].
 
-pub mod headers;
 pub(crate) mod kept;
 mod live;
 mod record;

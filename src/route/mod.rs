@@ -28,17 +28,16 @@
 //!   starts it again from what was committed).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use metrics::counter;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message as _, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
@@ -46,11 +45,12 @@ use tracing::{error, info, warn};
 use crate::codec::{
     encode_trace, scan_partial, AttrMatchers, FrameInterner, InputEncoding, SpanRef,
 };
-use crate::config::{KafkaConfig, RouteConfig, INPUT_FETCH_WAIT_MS};
-use crate::flow::headers::{
-    HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
-};
+use crate::config::{KafkaConfig, RouteConfig};
 use crate::flow::kept::Kept;
+use crate::flow::Pin;
+use crate::kafka::clients::RECORD_OVERHEAD_BYTES;
+use crate::kafka::headers::dead_letter_headers;
+use crate::kafka::offsets::{lock, OffsetTracker};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{names, Health};
 
@@ -81,131 +81,24 @@ pub enum RouteError {
     },
 }
 
-/// Per input partition: the offsets whose records are not all acknowledged yet.
-#[derive(Debug, Default)]
-struct Part {
-    epoch: u32,
-    assigned: bool,
-    /// Offset -> records (or dead letters) not yet acknowledged.
-    pending: std::collections::BTreeMap<i64, u32>,
-    /// One past the last message read.
-    next: Option<i64>,
-    /// Last offset committed.
-    committed: Option<i64>,
-}
-
-impl Part {
-    fn safe(&self) -> Option<i64> {
-        self.pending.keys().next().copied().or(self.next)
-    }
-}
-
-/// Which input offsets are routed: shared by the stage (which reads), the producer's
-/// delivery callback (which acknowledges) and the rebalance callback (which commits).
-#[derive(Debug, Default)]
-struct Acks {
-    parts: HashMap<(Arc<str>, i32), Part>,
-}
-
 /// What a produced record stands for, handed back by its delivery report.
 #[derive(Debug, Clone)]
 struct Ticket {
+    /// The input topic (the pin names its partition and offset).
     topic: Arc<str>,
-    partition: i32,
-    epoch: u32,
-    offset: i64,
+    /// The input message's pin in the offset tracker.
+    pin: Pin,
     /// A dead letter: if it fails too, the offset stays pending (nothing is lost).
     dead_letter: bool,
 }
 
-impl Acks {
-    fn assign(&mut self, topic: &str, partition: i32) {
-        let p = self.parts.entry((Arc::from(topic), partition)).or_default();
-        p.epoch += 1;
-        p.assigned = true;
-        p.pending.clear();
-        p.next = None;
-        p.committed = None;
+/// Offsets as librdkafka takes them.
+fn offset_list(offsets: &[(Arc<str>, i32, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
     }
-
-    fn revoke(&mut self, topic: &str, partition: i32) {
-        if let Some(p) = self.parts.get_mut(&(Arc::from(topic), partition)) {
-            p.assigned = false;
-            p.pending.clear();
-            p.next = None;
-        }
-    }
-
-    /// Records a message read, with `records` deliveries outstanding for it. `None`:
-    /// its partition is not assigned (revoked meanwhile), skip it.
-    fn track(
-        &mut self,
-        topic: &Arc<str>,
-        partition: i32,
-        offset: i64,
-        records: u32,
-    ) -> Option<u32> {
-        let p = self.parts.get_mut(&(Arc::clone(topic), partition))?;
-        if !p.assigned {
-            return None;
-        }
-        if records > 0 {
-            *p.pending.entry(offset).or_insert(0) += records;
-        }
-        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
-        Some(p.epoch)
-    }
-
-    /// One delivery of `t` is acknowledged.
-    fn done(&mut self, t: &Ticket) {
-        let Some(p) = self.parts.get_mut(&(Arc::clone(&t.topic), t.partition)) else {
-            return;
-        };
-        if !p.assigned || p.epoch != t.epoch {
-            return;
-        }
-        if let Some(n) = p.pending.get_mut(&t.offset) {
-            *n -= 1;
-            if *n == 0 {
-                p.pending.remove(&t.offset);
-            }
-        }
-    }
-
-    /// Safe offsets of `only` (every assigned partition when empty) that moved since
-    /// their last commit (every one with `all`: a transaction carries them all, so
-    /// the coordinator checks this member's generation), marked committed.
-    fn offsets_to_commit(&mut self, only: &[(String, i32)], all: bool) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), p) in &mut self.parts {
-            if !p.assigned
-                || (!only.is_empty() && !only.iter().any(|(t, n)| **t == **topic && n == partition))
-            {
-                continue;
-            }
-            let Some(safe) = p.safe() else { continue };
-            if (all || p.committed != Some(safe))
-                && tpl
-                    .add_partition_offset(topic, *partition, Offset::Offset(safe))
-                    .is_ok()
-            {
-                p.committed = Some(safe);
-            }
-        }
-        tpl
-    }
-
-    fn forget_committed(&mut self, tpl: &TopicPartitionList) {
-        for e in tpl.elements() {
-            if let Some(p) = self.parts.get_mut(&(Arc::from(e.topic()), e.partition())) {
-                p.committed = None;
-            }
-        }
-    }
-}
-
-fn lock(a: &Mutex<Acks>) -> MutexGuard<'_, Acks> {
-    a.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    tpl
 }
 
 /// A record whose delivery failed for good, to be dead-lettered by the stage.
@@ -218,7 +111,7 @@ struct Refused {
 
 /// The producer's callbacks: acknowledgements move the safe offsets.
 struct RouteProducerContext {
-    acks: Arc<Mutex<Acks>>,
+    acks: Arc<Mutex<OffsetTracker>>,
     refused: std::sync::mpsc::Sender<Refused>,
 }
 
@@ -229,7 +122,7 @@ impl ProducerContext for RouteProducerContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Self::DeliveryOpaque) {
         match result {
-            Ok(_) => lock(&self.acks).done(&ticket),
+            Ok(_) => lock(&self.acks).release(ticket.pin),
             Err((e, m)) if !ticket.dead_letter => {
                 let _ = self.refused.send(Refused {
                     key: m.key().map(<[u8]>::to_vec),
@@ -239,7 +132,7 @@ impl ProducerContext for RouteProducerContext {
                 });
             }
             Err((e, _)) => {
-                error!(message = "Route stage: a dead letter was refused too; its input offset stays uncommitted (re-read on restart).", topic = %ticket.topic, partition = ticket.partition, offset = ticket.offset, error = %e);
+                error!(message = "Route stage: a dead letter was refused too; its input offset stays uncommitted (re-read on restart).", topic = %ticket.topic, partition = ticket.pin.partition, offset = ticket.pin.offset, error = %e);
             }
         }
     }
@@ -248,7 +141,7 @@ impl ProducerContext for RouteProducerContext {
 /// The consumer's callbacks: a revoked partition's routed records are flushed and
 /// its offset committed (in exactly-once mode: the transaction) before it moves.
 struct RouteConsumerContext {
-    acks: Arc<Mutex<Acks>>,
+    acks: Arc<Mutex<OffsetTracker>>,
     producer: Arc<ThreadedProducer<RouteProducerContext>>,
     exactly_once: bool,
     health: Arc<Health>,
@@ -276,7 +169,7 @@ impl ConsumerContext for RouteConsumerContext {
             }
         } else {
             let _ = self.producer.flush(CALL_TIMEOUT);
-            let offsets = lock(&self.acks).offsets_to_commit(&parts, true);
+            let offsets = offset_list(&lock(&self.acks).safe_offsets(&parts));
             if offsets.count() > 0 {
                 if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
                     warn!(message = "Route stage: commit on revoke failed; the next owner re-routes from the previous commit.", error = %e);
@@ -287,8 +180,10 @@ impl ConsumerContext for RouteConsumerContext {
         for (t, p) in &parts {
             a.revoke(t, *p);
         }
-        let assigned = a.parts.values().filter(|p| p.assigned).count();
-        self.health.set_assigned(assigned);
+        // The route stage has no shards to tell: records of revoked assignments are
+        // simply not counted (their pins are stale).
+        let _ = a.take_revoked();
+        self.health.set_assigned(a.assigned());
         info!(message = "Route stage: partitions revoked.", partitions = ?parts.iter().map(|(_, p)| *p).collect::<Vec<_>>());
     }
 
@@ -298,9 +193,8 @@ impl ConsumerContext for RouteConsumerContext {
             for e in tpl.elements() {
                 a.assign(e.topic(), e.partition());
             }
-            let assigned = a.parts.values().filter(|p| p.assigned).count();
             self.health.set_joined();
-            self.health.set_assigned(assigned);
+            self.health.set_assigned(a.assigned());
             info!(message = "Route stage: partitions assigned.", partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>());
         }
     }
@@ -311,9 +205,10 @@ impl ConsumerContext for RouteConsumerContext {
 fn commit_transaction<C: Consumer<RouteConsumerContext>>(
     consumer: &C,
     producer: &ThreadedProducer<RouteProducerContext>,
-    acks: &Mutex<Acks>,
+    acks: &Mutex<OffsetTracker>,
 ) -> Result<(), RouteError> {
-    let offsets = lock(acks).offsets_to_commit(&[], true);
+    let safe = lock(acks).all_safe();
+    let offsets = offset_list(&safe);
     let step = |step: &'static str| {
         move |e: KafkaError| RouteError::Transaction {
             step,
@@ -341,7 +236,7 @@ fn commit_transaction<C: Consumer<RouteConsumerContext>>(
             counter!(names::ROUTE_COMMITS, "result" => "error").increment(1);
             error!(message = "Route stage: transaction failed; aborting it (its records stay invisible, its input uncommitted).", error = %e);
             let _ = producer.abort_transaction(CALL_TIMEOUT);
-            lock(acks).forget_committed(&offsets);
+            lock(acks).forget_committed(&safe);
         }
     }
     result
@@ -393,7 +288,7 @@ struct Batch {
 pub struct Router {
     consumer: Arc<StreamConsumer<RouteConsumerContext>>,
     producer: Arc<ThreadedProducer<RouteProducerContext>>,
-    acks: Arc<Mutex<Acks>>,
+    acks: Arc<Mutex<OffsetTracker>>,
     /// Records the broker refused for good, from the delivery callback.
     refused: Mutex<std::sync::mpsc::Receiver<Refused>>,
     /// Per routed input topic: its routed topic and input encoding.
@@ -420,42 +315,22 @@ impl Router {
         route: &RouteConfig,
         health: Arc<Health>,
     ) -> Result<Self, RouteError> {
-        let acks = Arc::new(Mutex::new(Acks::default()));
+        let acks = Arc::new(Mutex::new(OffsetTracker::default()));
         let (refused_tx, refused) = std::sync::mpsc::channel();
-        let mut p = ClientConfig::new();
-        p.set("bootstrap.servers", &kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("compression.codec", kafka.compression.to_librdkafka())
-            .set("linger.ms", "5")
-            .set(
-                "message.max.bytes",
-                (kafka.max_message_bytes + 64 * 1024).to_string(),
-            )
-            // Retriable errors are retried for as long as they last: input stays
-            // uncommitted meanwhile.
-            .set("message.timeout.ms", "0")
-            // Bounded (librdkafka's default is 1 GiB): a full queue holds the stage
-            // back, and the input waits in Kafka.
-            // It must admit the largest record, or that record would wait forever.
-            .set(
-                "queue.buffering.max.kbytes",
-                (ROUTE_PRODUCER_QUEUE_KB)
-                    .max(2 * (kafka.max_message_bytes / 1024 + 64))
-                    .to_string(),
-            );
         let group = route.group_of(kafka);
-        if kafka.exactly_once {
-            let timeout = kafka
-                .producer
-                .get("transaction.timeout.ms")
-                .map_or("10000", String::as_str);
-            p.set("transactional.id", format!("{group}-{}", unique()))
-                .set("transaction.timeout.ms", timeout)
-                .set("message.timeout.ms", timeout);
-        }
-        for (k, v) in &kafka.producer {
-            p.set(k, v);
-        }
+        // Retriable errors are retried for as long as they last (`message.timeout.ms`
+        // 0): input stays uncommitted meanwhile. The queue is bounded (librdkafka's
+        // default is 1 GiB): a full queue holds the stage back, and the input waits
+        // in Kafka; it must admit the largest record, or that record would wait
+        // forever.
+        let limits = crate::kafka::clients::ProducerLimits {
+            max_record_bytes: kafka.max_message_bytes + RECORD_OVERHEAD_BYTES,
+            queue_kbytes: ROUTE_PRODUCER_QUEUE_KB
+                .max(2 * (kafka.max_message_bytes / 1024 + RECORD_OVERHEAD_BYTES / 1024)),
+            message_timeout_ms: "0",
+            transactional_group: kafka.exactly_once.then_some(group.as_str()),
+        };
+        let p = crate::kafka::clients::producer(kafka, limits, &[]);
         let producer: ThreadedProducer<RouteProducerContext> =
             p.create_with_context(RouteProducerContext {
                 acks: Arc::clone(&acks),
@@ -474,50 +349,13 @@ impl Router {
             producer.begin_transaction().map_err(step("begin"))?;
         }
         let producer = Arc::new(producer);
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &kafka.brokers)
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            // Prefetch bounded too (librdkafka's default is 64 MiB), with fetch
-            // responses no larger (librdkafka's default is 50 MB).
-            .set(
-                "queued.max.messages.kbytes",
-                ROUTE_CONSUMER_QUEUE_KB.to_string(),
-            )
-            .set(
-                "fetch.max.bytes",
-                (ROUTE_CONSUMER_QUEUE_KB * 1024)
-                    .max(kafka.max_message_bytes + 64 * 1024)
-                    .to_string(),
-            )
-            // A full prefetch queue postpones the next fetch by this (default 1 s,
-            // which left the stage idle most of the time: 5.4 s instead of 0.9 s for
-            // the e2e bench's 170 MiB).
-            .set("fetch.queue.backoff.ms", "10")
-            // A fetch held open on partitions at their end holds up the rest.
-            .set("fetch.wait.max.ms", INPUT_FETCH_WAIT_MS);
-        if kafka
-            .consumer
-            .get("group.protocol")
-            .is_none_or(|p| p != "consumer")
-        {
-            c.set(
-                "partition.assignment.strategy",
-                if kafka.exactly_once {
-                    "range,roundrobin"
-                } else {
-                    "cooperative-sticky"
-                },
-            );
-        }
-        if kafka.exactly_once {
-            c.set("isolation.level", "read_committed");
-        }
-        for (k, v) in &kafka.consumer {
-            c.set(k, v);
-        }
+        // Its prefetch is bounded too (librdkafka's default is 64 MiB).
+        let c = crate::kafka::clients::input_consumer(
+            kafka,
+            &group,
+            ROUTE_CONSUMER_QUEUE_KB * 1024,
+            &[],
+        );
         let consumer: StreamConsumer<RouteConsumerContext> =
             c.create_with_context(RouteConsumerContext {
                 acks: Arc::clone(&acks),
@@ -635,16 +473,17 @@ impl Router {
             if exactly_once {
                 return commit_transaction(&*consumer, &producer, &acks);
             }
-            let offsets = lock(&acks).offsets_to_commit(&[], false);
-            if offsets.count() == 0 {
+            let safe = lock(&acks).to_commit();
+            if safe.is_empty() {
                 return Ok(());
             }
+            let offsets = offset_list(&safe);
             match consumer.commit(&offsets, CommitMode::Sync) {
                 Ok(()) => counter!(names::ROUTE_COMMITS, "result" => "ok").increment(1),
                 Err(e) => {
                     counter!(names::ROUTE_COMMITS, "result" => "error").increment(1);
                     warn!(message = "Route stage: offset commit failed; retrying on the next round.", error = %e);
-                    lock(&acks).forget_committed(&offsets);
+                    lock(&acks).forget_committed(&safe);
                 }
             }
             Ok(())
@@ -679,7 +518,7 @@ impl Router {
     /// one is acknowledged.
     async fn send(&self, b: Batch) {
         let o = &b.origin;
-        let Some(epoch) =
+        let Some(pin) =
             lock(&self.acks).track(&o.topic, o.partition, o.offset, b.pieces.len() as u32)
         else {
             return; // revoked meanwhile
@@ -687,9 +526,7 @@ impl Router {
         for piece in b.pieces {
             let ticket = Ticket {
                 topic: Arc::clone(&o.topic),
-                partition: o.partition,
-                epoch,
-                offset: o.offset,
+                pin,
                 dead_letter: piece.dead_letter,
             };
             if !piece.dead_letter {
@@ -796,7 +633,7 @@ impl Router {
             topic: Arc::clone(&self.dead_letter),
             key: origin.key.clone(),
             payload,
-            headers: source_headers(
+            headers: dead_letter_headers(
                 origin.headers.clone(),
                 reason,
                 &origin.topic,
@@ -869,12 +706,12 @@ impl Router {
         let t = &r.ticket;
         let piece = Piece {
             topic: Arc::clone(&self.dead_letter),
-            headers: source_headers(
+            headers: dead_letter_headers(
                 OwnedHeaders::new(),
                 &reason,
                 &t.topic,
-                t.partition,
-                t.offset,
+                t.pin.partition,
+                t.pin.offset,
             ),
             key: r.key,
             payload: r.payload,
@@ -888,35 +725,6 @@ impl Router {
     }
 }
 
-/// A dead letter's headers: the message's own, then why and where it came from.
-fn source_headers(
-    headers: OwnedHeaders,
-    reason: &str,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> OwnedHeaders {
-    fn h<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
-        Header {
-            key,
-            value: Some(value.as_bytes()),
-        }
-    }
-    headers
-        .insert(h(HEADER_ERROR, reason))
-        .insert(h(HEADER_SOURCE_TOPIC, topic))
-        .insert(h(HEADER_SOURCE_PARTITION, &partition.to_string()))
-        .insert(h(HEADER_SOURCE_OFFSET, &offset.to_string()))
-}
-
-/// A part of a transactional id no other process shares.
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{}-{nanos:x}", std::process::id())
-}
-
 /// Creates the routed topics the broker lacks, each with its input topic's
 /// partition count (and the replication factor of `kafka.replication_factor`).
 ///
@@ -928,12 +736,7 @@ pub async fn create_routed_topics(
 ) -> Result<(), RouteError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.brokers);
-    for (k, v) in &kafka.producer {
-        c.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let admin: AdminClient<DefaultClientContext> = crate::kafka::clients::admin(kafka).create()?;
     let (admin, have) = tokio::task::spawn_blocking(move || {
         let md = admin.inner().fetch_metadata(None, Duration::from_secs(10));
         md.map(|md| {
@@ -975,6 +778,3 @@ pub async fn create_routed_topics(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

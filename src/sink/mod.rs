@@ -16,9 +16,8 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use metrics::counter;
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
@@ -34,7 +33,7 @@ use crate::flow::{TxnCommit, TxnError};
 pub use topics::{create_missing, decisions_retention_problems, missing, TopicError};
 pub use txn::Transactions;
 
-pub use crate::flow::headers::*;
+pub use crate::kafka::headers::*;
 
 /// Largest record the producer sends, whatever `max_message_bytes` says: room for a
 /// span that alone exceeds it (input messages are rarely allowed more than this).
@@ -86,22 +85,6 @@ struct Topics {
     local_limit: Option<usize>,
 }
 
-/// A `transactional.id` of this process's own: the group id, the host name and a
-/// random part. With KIP-447 fencing comes from the group generation, so instances
-/// need not share ids; a restart gets a new one.
-fn transactional_id(group: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let host = std::env::var("HOSTNAME").unwrap_or_default();
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    format!("{group}.{host}.{:016x}", h.finish())
-}
-
 impl Topics {
     /// Exactly-once mode after a transaction was aborted: nothing more counts.
     fn aborted(&self) -> bool {
@@ -147,48 +130,34 @@ impl Sink {
         rx: mpsc::Receiver<SinkMsg>,
         releases: Releases,
     ) -> Result<Self, SinkError> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &cfg.brokers)
-            .set("enable.idempotence", "true")
-            .set("compression.codec", cfg.compression.to_librdkafka())
-            .set("linger.ms", "5")
-            // Records are split to `max_message_bytes`, but a single span larger than
-            // that goes alone in a bigger record: the broker took it as input, so it
-            // likely takes it as output. librdkafka must not refuse it locally first
-            // (its dead letter would be refused the same way and the span lost).
-            .set(
-                "message.max.bytes",
-                (cfg.max_message_bytes + 64 * 1024)
-                    .max(MAX_RECORD_BYTES)
-                    .to_string(),
+        // Records are split to `max_message_bytes`, but a single span larger than
+        // that goes alone in a bigger record: the broker took it as input, so it
+        // likely takes it as output. librdkafka must not refuse it locally first
+        // (its dead letter would be refused the same way and the span lost). The
+        // producer queue is part of the memory limit; the sink's gate holds it to its
+        // share, and librdkafka's own limit must admit the largest record. librdkafka
+        // gives up on a message after 60 s; the sink then retries it itself, so a
+        // long outage never loses a kept trace.
+        let limits = crate::kafka::clients::ProducerLimits {
+            max_record_bytes: (cfg.max_message_bytes
+                + crate::kafka::clients::RECORD_OVERHEAD_BYTES)
+                .max(MAX_RECORD_BYTES),
+            queue_kbytes: usize::try_from(
+                memory.producer_queue.max(MAX_RECORD_BYTES as u64) / 1024,
             )
-            // librdkafka gives up on a message after this; the sink then retries it
-            // itself, so a long outage never loses a kept trace.
-            .set("message.timeout.ms", "60000")
-            // The producer queue is part of the memory limit; the sink's gate holds
-            // it to its share, and librdkafka's own limit must admit the largest record.
-            .set(
-                "queue.buffering.max.kbytes",
-                ((memory.producer_queue.max(MAX_RECORD_BYTES as u64) / 1024) + 1024).to_string(),
-            );
-        if cfg.exactly_once {
-            // Within the decisions reader's patience (60 s): a frozen instance's open
-            // transaction holds back the next owner only this long.
-            let timeout = cfg
-                .producer
-                .get("transaction.timeout.ms")
-                .map_or("10000", String::as_str);
-            c.set("transactional.id", transactional_id(&cfg.group_id))
-                .set("transaction.timeout.ms", timeout)
-                // librdkafka requires deliveries to give up within a transaction.
-                .set("message.timeout.ms", timeout)
-                // A kept trace's records are enqueued together or not at all: the
-                // queue's count must never be what refuses one (bytes are gated).
-                .set("queue.buffering.max.messages", "2000000");
-        }
-        for (k, v) in &cfg.producer {
-            c.set(k, v);
-        }
+            .unwrap_or(usize::MAX)
+                + 1024,
+            message_timeout_ms: "60000",
+            transactional_group: cfg.exactly_once.then_some(cfg.group_id.as_str()),
+        };
+        // In a transaction a kept trace's records are enqueued together or not at
+        // all: the queue's count must never be what refuses one (bytes are gated).
+        let extra: &[(&str, &str)] = if cfg.exactly_once {
+            &[("queue.buffering.max.messages", "2000000")]
+        } else {
+            &[]
+        };
+        let c = crate::kafka::clients::producer(cfg, limits, extra);
         let producer: FutureProducer<ProducerContext> = c.create_with_context(ProducerContext {
             health: Arc::clone(&health),
         })?;
@@ -443,13 +412,6 @@ async fn deliver(
     }
 }
 
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
-    Header {
-        key,
-        value: Some(value.as_bytes()),
-    }
-}
-
 /// A kept trace's record headers: the deciding policy; if forced, why; if
 /// promoted, why, and what is missing if something is.
 fn kept_headers(kept: &KeptTrace) -> OwnedHeaders {
@@ -492,13 +454,13 @@ pub(super) fn with_source(headers: OwnedHeaders, pins: &[Pin]) -> OwnedHeaders {
 
 /// An undecodable input's headers: its own, then why and where it came from.
 fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {
-    d.headers
-        .clone()
-        .unwrap_or_default()
-        .insert(header(HEADER_ERROR, &d.reason))
-        .insert(header(HEADER_SOURCE_TOPIC, &d.topic))
-        .insert(header(HEADER_SOURCE_PARTITION, &d.partition.to_string()))
-        .insert(header(HEADER_SOURCE_OFFSET, &d.offset.to_string()))
+    crate::kafka::headers::dead_letter_headers(
+        d.headers.clone().unwrap_or_default(),
+        &d.reason,
+        &d.topic,
+        d.partition,
+        d.offset,
+    )
 }
 
 async fn dead_letter(

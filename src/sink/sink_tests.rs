@@ -168,6 +168,9 @@ async fn pins_follow_the_acknowledgement() {
 /// ends (as when its retry timer fires first). Enqueued in wake order, the kept
 /// record landed before the dropped one, and the partition's next owner, restoring
 /// the last record, promoted the trace again (a chaos-test duplicate).
+// The gate is held across awaits on purpose: it stands for a commit in progress
+// while the two deliveries are polled by hand on this one thread.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(start_paused = true)]
 async fn records_enter_the_transaction_in_the_order_received() {
     use futures_util::FutureExt;

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use tracing::info;
 
@@ -30,12 +29,7 @@ pub enum TopicError {
 
 /// An admin client with tailsift's producer settings (TLS, SASL, ...).
 fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, TopicError> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in &cfg.producer {
-        c.set(k, v);
-    }
-    Ok(c.create()?)
+    Ok(crate::kafka::clients::admin(cfg).create()?)
 }
 
 /// Every topic the broker has, with its partition count (asked for all topics: asking

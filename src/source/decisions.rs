@@ -459,6 +459,7 @@ mod real_kafka_tests {
     /// ends taken at the last stable offset (read_committed watermarks), the end is
     /// before them and the next owner writes those traces out a second time.
     #[test]
+    #[ignore = "Apache Kafka: cargo test --lib real_kafka_tests -- --ignored"]
     fn decisions_of_a_transaction_not_yet_marked_are_read_back() {
         let Some(bootstrap) = crate::demo::real_kafka_from_env() else {
             return;
@@ -510,6 +511,7 @@ mod real_kafka_tests {
     /// record at the committed offset was written, and those of the last
     /// `decisions_window`, the newest `limit` of them; older ones are not read.
     #[test]
+    #[ignore = "Apache Kafka: cargo test --lib real_kafka_tests -- --ignored"]
     fn only_the_decisions_since_the_committed_input_or_the_window_are_read_back() {
         let Some(bootstrap) = crate::demo::real_kafka_from_env() else {
             return;

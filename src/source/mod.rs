@@ -11,15 +11,13 @@
 mod context;
 mod decisions;
 mod inflight;
-mod offsets;
 mod replicas;
 mod reread;
-mod scanner;
 mod watchdog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,18 +33,18 @@ use tracing::{info, warn};
 use crate::budget::{Charge, MemoryBudget};
 use crate::clock::{wall_ms, IdleTracker, PartitionTime, StreamClocks};
 use crate::codec::{FrameInterner, InputEncoding};
-use crate::config::{KafkaConfig, MemorySplit, PromotionConfig, INPUT_FETCH_WAIT_MS};
+use crate::config::{KafkaConfig, MemorySplit, PromotionConfig};
 use crate::flow::kept::Kept;
 use crate::flow::{Pin, Publisher, Reread, Restored, ScanKeys, ShardMsg, SinkMsg, TxnCommit};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{names, Health};
 
+use crate::decode::{shard_of_id, unkeyed_reason, Input, ScanJob, Scanner};
+use crate::kafka::offsets::{self, lock, OffsetTracker};
 pub use context::SourceContext;
 use decisions::DecisionsTopic;
 use inflight::InputGate;
-pub use offsets::OffsetTracker;
 use replicas::{BrokerStates, PartitionReplicas, Replicas};
-use scanner::{shard_of_id, Input, ScanJob, Scanner};
 use watchdog::{Change, Watchdog};
 
 /// How long a shutdown waits for workers and the sink to hand back their pins.
@@ -223,51 +221,13 @@ impl Source {
         out: Outputs,
     ) -> Result<Self, SourceError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &cfg.brokers)
-            .set("group.id", &cfg.group_id)
-            // Offsets are committed by tailsift only, and only below undecided spans.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "1000")
-            // librdkafka's prefetch queue and fetch responses are part of the memory
-            // limit (fetch.max.bytes must also cover one maximum-size message).
-            .set(
-                "queued.max.messages.kbytes",
-                (memory.consumer_queue / 1024).max(1).to_string(),
-            )
-            .set(
-                "fetch.max.bytes",
-                memory.consumer_queue.max(1_000_000).to_string(),
-            )
-            // When that queue is full librdkafka postpones the partition's next fetch
-            // by this much (default 1 s): at full speed the queue empties in well
-            // under that, and the default left the source idle most of the time.
-            .set("fetch.queue.backoff.ms", "10")
-            .set("fetch.wait.max.ms", INPUT_FETCH_WAIT_MS);
-        // The new group protocol (KIP-848, `group.protocol: consumer`) assigns on
-        // the broker, incrementally; the classic one takes a client-side strategy.
-        // Exactly-once with the classic protocol rebalances eagerly, so every member
-        // commits its transaction on revoke, under its generation, and owns nothing
-        // while the group rebalances (no commit can then carry a stale generation).
-        if cfg
-            .consumer
-            .get("group.protocol")
-            .is_none_or(|p| p != "consumer")
-        {
-            c.set(
-                "partition.assignment.strategy",
-                if out.txn.is_some() {
-                    "range,roundrobin"
-                } else {
-                    "cooperative-sticky"
-                },
-            );
-        }
-        for (k, v) in &cfg.consumer {
-            c.set(k, v);
-        }
+        // Health, lag and the idle clock read librdkafka's statistics.
+        let c = crate::kafka::clients::input_consumer(
+            cfg,
+            &cfg.group_id,
+            usize::try_from(memory.consumer_queue).unwrap_or(usize::MAX),
+            &[("statistics.interval.ms", "1000")],
+        );
         if let Some(txn) = &out.txn {
             let tracker = Arc::clone(&tracker);
             txn.set_pin_check(Box::new(move |pins: &[Pin]| {
@@ -1251,32 +1211,6 @@ pub(super) fn commit_transaction<C: Consumer<SourceContext>>(
             lock(tracker).forget_committed(&offsets);
             health.set_fatal(e.to_string());
         }
-    }
-}
-
-/// Locks the tracker. A poisoned lock means a panic elsewhere already failed the
-/// process; the data is still a consistent set of counters, so keep using it.
-fn lock(t: &Mutex<OffsetTracker>) -> MutexGuard<'_, OffsetTracker> {
-    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The trace id a message key names: 32 hex digits, or 16 (a 64-bit Jaeger trace id,
-/// the high half zero, as Jaeger and the Collector's jaeger encodings key).
-pub(crate) fn key_trace_id(key: &[u8]) -> Option<[u8; 16]> {
-    let text = std::str::from_utf8(key).ok()?;
-    if !matches!(text.len(), 16 | 32) || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let id = u128::from_str_radix(text, 16).ok()?;
-    Some(id.to_be_bytes())
-}
-
-/// Why a message key is not a trace id (`None`: it is one, see [`key_trace_id`]).
-pub(crate) fn unkeyed_reason(key: Option<&[u8]>) -> Option<&'static str> {
-    match key {
-        None | Some([]) => Some("missing"),
-        Some(k) if key_trace_id(k).is_some() => None,
-        Some(_) => Some("not_trace_id"),
     }
 }
 

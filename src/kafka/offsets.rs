@@ -8,9 +8,16 @@
 //! spans are not yet safely decided, and nothing else.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::flow::Pin;
+
+/// Locks a tracker shared between threads (the consumer's callbacks, the scanners,
+/// the commit task). A poisoned lock means a panic elsewhere already failed the
+/// process; the data is still a consistent set of counters, so keep using it.
+pub fn lock(t: &Mutex<OffsetTracker>) -> MutexGuard<'_, OffsetTracker> {
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// An assigned partition, as [`OffsetTracker::assigned_partitions`] lists it.
 #[derive(Debug, Clone)]
@@ -366,5 +373,22 @@ mod tests {
         );
         t.release(new);
         assert_eq!(t.to_commit(), vec![(Arc::from("in"), 3, 6)]);
+    }
+
+    #[test]
+    fn only_moved_offsets_are_committed_again_unless_all_are_asked_for() {
+        let mut t = OffsetTracker::default();
+        t.assign("in", 0);
+        t.track("in", 0, 0, 0).expect("assigned");
+        assert_eq!(t.to_commit().len(), 1);
+        assert!(t.to_commit().is_empty(), "unchanged");
+        let all = t.all_safe();
+        assert_eq!(all.len(), 1, "every assigned partition, moved or not");
+        t.forget_committed(&all);
+        assert_eq!(t.to_commit().len(), 1, "a failed commit is retried");
+        assert!(
+            t.safe_offsets(&[("in".to_string(), 0)]).is_empty(),
+            "committed already"
+        );
     }
 }

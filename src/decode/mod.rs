@@ -1,5 +1,5 @@
-//! Scanners: the tasks that decode input messages in parallel and deal their spans
-//! to the buffer shards.
+//! The decode stage, between the source and the buffer: scanner tasks that decode
+//! input messages in parallel and deal their spans to the buffer shards.
 //!
 //! The source reads messages in order and pins each with one *guard* pin; a scanner
 //! scans it (codec), swaps the guard for one pin per trace the message feeds (under
@@ -17,38 +17,39 @@ use metrics::{counter, Counter};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{lock, OffsetTracker, Pin};
 use crate::budget::MemoryBudget;
 use crate::clock::StreamClocks;
 use crate::codec::{
     encode_trace, scan_partial, CodecError, FrameInterner, InputEncoding, Message, RejectedSpan,
     Span, TraceId,
 };
+use crate::flow::Pin;
 use crate::flow::{DeadLetter, ScanKeys, ShardMsg, SinkMsg, Watch};
+use crate::kafka::offsets::{lock, OffsetTracker};
 use crate::telemetry::{names, LogLimiter};
 
 /// One input message, pinned once (the guard).
 #[derive(Debug)]
-pub(super) struct Input {
+pub(crate) struct Input {
     /// The payload, charged to the memory budget.
-    pub(super) payload: Bytes,
+    pub(crate) payload: Bytes,
     /// The message key, kept for the dead-letter topic.
-    pub(super) key: Option<Bytes>,
+    pub(crate) key: Option<Bytes>,
     /// The message headers, kept for the dead-letter topic.
-    pub(super) headers: Option<rdkafka::message::OwnedHeaders>,
+    pub(crate) headers: Option<rdkafka::message::OwnedHeaders>,
     /// The guard pin.
-    pub(super) pin: Pin,
+    pub(crate) pin: Pin,
     /// Its partition's stream time (ms) once it was read.
-    pub(super) at: u64,
+    pub(crate) at: u64,
     /// Its topic's encoding: anything but OTLP protobuf is converted before the scan.
-    pub(super) encoding: InputEncoding,
+    pub(crate) encoding: InputEncoding,
     /// Its topic (for the unkeyed-input metric, without the tracker's lock).
-    pub(super) topic: Arc<str>,
+    pub(crate) topic: Arc<str>,
 }
 
 /// Work for a scanner.
 #[derive(Debug)]
-pub(super) enum ScanJob {
+pub(crate) enum ScanJob {
     /// A message to scan.
     Message(Input),
     /// A partition was revoked; passed on to every shard after the messages before
@@ -72,26 +73,26 @@ pub(super) enum ScanJob {
 }
 
 /// One scanner task's state.
-pub(super) struct Scanner {
-    pub(super) rx: mpsc::Receiver<ScanJob>,
-    pub(super) tracker: Arc<Mutex<OffsetTracker>>,
+pub(crate) struct Scanner {
+    pub(crate) rx: mpsc::Receiver<ScanJob>,
+    pub(crate) tracker: Arc<Mutex<OffsetTracker>>,
     /// The policy set in force: its attribute predicates are tested while scanning.
-    pub(super) policies: Watch<ScanKeys>,
+    pub(crate) policies: Watch<ScanKeys>,
     /// Its own frame interner: no lock between scanners.
-    pub(super) frames: FrameInterner,
-    pub(super) shards: Vec<mpsc::Sender<ShardMsg>>,
-    pub(super) sink: mpsc::Sender<SinkMsg>,
+    pub(crate) frames: FrameInterner,
+    pub(crate) shards: Vec<mpsc::Sender<ShardMsg>>,
+    pub(crate) sink: mpsc::Sender<SinkMsg>,
     /// Where partitions' stream time is published once their spans are handed on.
-    pub(super) clocks: Arc<StreamClocks>,
+    pub(crate) clocks: Arc<StreamClocks>,
     /// Charges the dead letters of spans set aside until they are delivered.
-    pub(super) budget: MemoryBudget,
+    pub(crate) budget: MemoryBudget,
     /// Scratch space for dealing a message's spans, kept between messages.
-    pub(super) dealer: Dealer,
+    pub(crate) dealer: Dealer,
 }
 
 impl Scanner {
     /// Scans until the source closes the channel or a downstream stage is gone.
-    pub(super) async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let spans_received = counter!(names::SPANS_RECEIVED);
         let mut spans: Vec<Span> = Vec::new();
         while let Some(job) = self.rx.recv().await {
@@ -117,7 +118,7 @@ impl Scanner {
         let Some(key) = input.key.as_deref() else {
             return;
         };
-        let Some(want) = super::key_trace_id(key) else {
+        let Some(want) = key_trace_id(key) else {
             return;
         };
         if spans.iter().any(|s| s.trace_id.0 != want) {
@@ -293,7 +294,7 @@ impl Scanner {
 /// spans are adjacent, in the order they came. It keeps its scratch space between
 /// messages.
 #[derive(Debug, Default)]
-pub(super) struct Dealer {
+pub(crate) struct Dealer {
     /// The message's traces: id and group number, found by the id's hash.
     traces: HashTable<(TraceId, u32)>,
     /// Per group (a trace, in order of first appearance): its shard, then where its
@@ -312,7 +313,7 @@ impl Dealer {
     /// mixes hundreds of traces) the spans are grouped through a small table of the
     /// message's traces and copied once into place; sorting the 64-byte span
     /// structs by trace id cost more than the rest of dealing.
-    pub(super) fn deal(&mut self, spans: &mut Vec<Span>, shards: usize) -> Vec<Vec<Span>> {
+    pub(crate) fn deal(&mut self, spans: &mut Vec<Span>, shards: usize) -> Vec<Vec<Span>> {
         let shards = shards.max(1);
         if spans
             .windows(2)
@@ -411,7 +412,7 @@ fn trace_groups(spans: &[Span]) -> usize {
 
 /// The shard of a trace: high bits of the trace id hash, so the shard's own hash map,
 /// which uses the low bits, still spreads its keys.
-pub(super) fn shard_of_id(id: &TraceId, shards: usize) -> usize {
+pub(crate) fn shard_of_id(id: &TraceId, shards: usize) -> usize {
     shard_of_hash(id.shard_hash(), shards)
 }
 
@@ -420,6 +421,25 @@ fn shard_of_hash(hash: u64, shards: usize) -> usize {
     ((hash >> 40) as usize) % shards.max(1)
 }
 
+/// The trace id a message key names: 32 hex digits, or 16 (a 64-bit Jaeger trace id,
+/// the high half zero, as Jaeger and the Collector's jaeger encodings key).
+pub(crate) fn key_trace_id(key: &[u8]) -> Option<[u8; 16]> {
+    let text = std::str::from_utf8(key).ok()?;
+    if !matches!(text.len(), 16 | 32) || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let id = u128::from_str_radix(text, 16).ok()?;
+    Some(id.to_be_bytes())
+}
+
+/// Why a message key is not a trace id (`None`: it is one, see [`key_trace_id`]).
+pub(crate) fn unkeyed_reason(key: Option<&[u8]>) -> Option<&'static str> {
+    match key {
+        None | Some([]) => Some("missing"),
+        Some(k) if key_trace_id(k).is_some() => None,
+        Some(_) => Some("not_trace_id"),
+    }
+}
+
 #[cfg(test)]
-#[path = "scanner_tests.rs"]
 mod tests;

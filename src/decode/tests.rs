@@ -14,7 +14,7 @@ use crate::clock::StreamClocks;
 use crate::codec::{AttrMatchers, FrameInterner, Matcher, TraceId};
 use crate::flow::{Publisher, ScanKeys, ShardMsg, SinkMsg};
 use crate::gen::{GenConfig, Generator};
-use crate::source::OffsetTracker;
+use crate::kafka::OffsetTracker;
 
 const T0: u64 = 1_700_000_000_000;
 const SHARDS: usize = 2;
@@ -320,7 +320,7 @@ async fn revokes_and_readings_keep_their_place() {
 /// Keys that are trace ids: 32 hex digits, or 16 (a 64-bit Jaeger id).
 #[test]
 fn a_key_is_a_trace_id_in_hex_of_128_or_64_bits() {
-    use crate::source::unkeyed_reason;
+    use super::unkeyed_reason;
     assert_eq!(
         unkeyed_reason(Some(b"101112131415161718191a1b1c1d1e1f")),
         None

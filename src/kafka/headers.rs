@@ -26,3 +26,28 @@ pub const HEADER_SOURCE_OFFSET: &str = "tailsift.source.offset";
 /// payload's size in bytes. The record then carries no payload; the original stays
 /// at the source coordinates in the headers.
 pub const HEADER_PAYLOAD_OMITTED: &str = "tailsift.payload.omitted";
+
+use rdkafka::message::{Header, OwnedHeaders};
+
+/// One header with a text value.
+pub(crate) fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
+}
+
+/// A dead letter's headers: the input message's own (`own`), then why it was
+/// refused and where it came from. The sink and the route stage both write these.
+pub(crate) fn dead_letter_headers(
+    own: OwnedHeaders,
+    reason: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> OwnedHeaders {
+    own.insert(header(HEADER_ERROR, reason))
+        .insert(header(HEADER_SOURCE_TOPIC, topic))
+        .insert(header(HEADER_SOURCE_PARTITION, &partition.to_string()))
+        .insert(header(HEADER_SOURCE_OFFSET, &offset.to_string()))
+}
