@@ -5,6 +5,37 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{ConfigDuration, ConfigError};
+
+/// librdkafka properties, every value a string as librdkafka takes them: numbers
+/// and booleans written unquoted (`session.timeout.ms: 45000`, `enable.ssl.certificate.verification: false`)
+/// are taken as their text, whether the file holds `${...}` references or not.
+fn properties<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Unsigned(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::Text(s) => s,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Unsigned(u) => u.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
 use crate::codec::{InputEncoding, OutputEncoding};
 
 /// Compression of produced records. Input in any codec is read regardless: the
@@ -171,15 +202,15 @@ pub struct KafkaConfig {
     /// librdkafka properties for every client tailsift makes (consumer, producer,
     /// admin client, decisions reader): where security settings (`security.protocol`,
     /// `sasl.*`, `ssl.*`) go once. `consumer` and `producer` override them per key.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "properties")]
     pub client: BTreeMap<String, String>,
     /// Extra librdkafka consumer properties (e.g. `session.timeout.ms`), over
     /// `client` and tailsift's own.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "properties")]
     pub consumer: BTreeMap<String, String>,
     /// Extra librdkafka producer properties (also the admin client's), over
     /// `client` and tailsift's own.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "properties")]
     pub producer: BTreeMap<String, String>,
     /// Create the topics tailsift writes (output, dead-letter, decisions, policies'
     /// `topic:`) at start when the broker does not have them, through the admin API,

@@ -44,6 +44,15 @@ pub enum ConfigError {
         /// What serde found, with the field path and line.
         error: serde_yaml_ng::Error,
     },
+    /// The YAML, its `${...}` references resolved, does not match the schema: the
+    /// field and what serde found (a resolved value shown as written).
+    #[error("config field `{field}`: {message}")]
+    Schema {
+        /// Dotted path of the field, e.g. `kafka.consumer`.
+        field: String,
+        /// What serde found.
+        message: String,
+    },
     /// A value is out of range or inconsistent with another.
     #[error("config field `{field}` = {value}: expected {expected}")]
     Invalid {
@@ -338,6 +347,33 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// The error for YAML whose resolved values do not fit the schema. Parsed as
+/// written, the same text gives serde's own error with its line when that error is
+/// on a line without a reference (an unknown key, a wrong type written out): that
+/// one is reported, as for a file without references. Else the field the resolved
+/// values failed at, with any resolved value in the message shown as written.
+fn schema_error(
+    text: &str,
+    e: serde_path_to_error::Error<serde_yaml_ng::Error>,
+    resolved: &subst::Resolved,
+) -> ConfigError {
+    if let Err(raw) = serde_yaml_ng::from_str::<Config>(text) {
+        let on_plain_line = raw
+            .location()
+            .and_then(|l| text.lines().nth(l.line().saturating_sub(1)))
+            .is_some_and(|line| !line.contains("${"));
+        if on_plain_line {
+            return ConfigError::Parse {
+                path: "<text>".into(),
+                error: raw,
+            };
+        }
+    }
+    let field = e.path().to_string();
+    let message = e.into_inner().to_string();
+    resolved.redact(ConfigError::Schema { field, message })
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     ///
@@ -366,19 +402,24 @@ impl Config {
             path: "<text>".into(),
             error,
         };
-        let mut cfg: Config = if text.contains("${") {
+        let (mut cfg, resolved): (Config, _) = if text.contains("${") {
             // References are resolved in the parsed values (a secret with `: ` in it
-            // stays one string); without any, parse directly, keeping line numbers
-            // in type errors.
+            // stays one string); without any, parse directly.
             let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(parse)?;
-            subst::resolve(&mut doc, &subst::Process)?;
-            serde_yaml_ng::from_value(doc).map_err(parse)?
+            let resolved = subst::resolve(&mut doc, &subst::Process)?;
+            match serde_path_to_error::deserialize(doc) {
+                Ok(cfg) => (cfg, resolved),
+                Err(e) => return Err(schema_error(text, e, &resolved)),
+            }
         } else {
-            serde_yaml_ng::from_str(text).map_err(parse)?
+            (
+                serde_yaml_ng::from_str(text).map_err(parse)?,
+                subst::Resolved::default(),
+            )
         };
         cfg.kafka.merge_client();
-        cfg.merge_tail_sampling()?;
-        cfg.validate()?;
+        cfg.merge_tail_sampling().map_err(|e| resolved.redact(e))?;
+        cfg.validate().map_err(|e| resolved.redact(e))?;
         Ok(cfg)
     }
 

@@ -10,7 +10,12 @@
 //! A file's content loses one trailing newline (as `kubectl create secret
 //! --from-file` files often end). An unset variable without a default, an unreadable
 //! file or an unknown scheme is an error naming the field and the reference, never a
-//! resolved value.
+//! resolved value; so is any later error about a resolved field ([`Resolved`]).
+//! `${file:...}` reads regular files of at most [`MAX_FILE_BYTES`] only: a FIFO
+//! would block the load forever and `/dev/zero` would never end.
+
+use std::io::Read as _;
+use std::path::Path;
 
 use serde_yaml_ng::Value;
 
@@ -33,7 +38,99 @@ impl Sources for Process {
         std::env::var(name).ok()
     }
     fn file(&self, path: &str) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+        read_file(Path::new(path))
+    }
+}
+
+/// The most a `${file:...}` reference reads: secrets, certificates and tokens, not
+/// data.
+pub(super) const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A regular file's text, if it is at most [`MAX_FILE_BYTES`] long (a mounted
+/// Kubernetes Secret is a symbolic link to one, which is followed).
+fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file: a FIFO, device or directory is not read",
+        ));
+    }
+    let too_large = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+        )
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// What the references of a config resolved to, so that errors found later (a type
+/// that does not fit, a value out of range) name the reference as written, never
+/// the value it resolved to (a secret, say).
+#[derive(Debug, Default)]
+pub(super) struct Resolved(Vec<Resolution>);
+
+#[derive(Debug)]
+struct Resolution {
+    /// The field, e.g. `kafka.producer.sasl.password`.
+    field: String,
+    /// The value as written, references and all.
+    written: String,
+    /// What it resolved to.
+    value: String,
+}
+
+impl Resolved {
+    /// `text` with each resolved value in it (of 4 bytes or more: shorter ones would
+    /// match unrelated text) replaced by the value as written.
+    pub(super) fn redact_text(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for r in self.0.iter().filter(|r| r.value.len() >= 4) {
+            out = out.replace(&r.value, &r.written);
+        }
+        out
+    }
+
+    /// `e` without any resolved value: the value of a resolved field is shown as
+    /// written.
+    pub(super) fn redact(&self, e: ConfigError) -> ConfigError {
+        match e {
+            ConfigError::Invalid {
+                field,
+                value,
+                expected,
+            } => {
+                let value = match self.0.iter().find(|r| r.field == field) {
+                    Some(r) => r.written.clone(),
+                    None => self.redact_text(&value),
+                };
+                ConfigError::Invalid {
+                    value,
+                    expected: self.redact_text(&expected),
+                    field,
+                }
+            }
+            ConfigError::Schema { field, message } => {
+                let message = match self.0.iter().find(|r| r.field == field) {
+                    Some(r) => self.redact_text(&message).replace(&r.value, &r.written),
+                    None => self.redact_text(&message),
+                };
+                ConfigError::Schema { field, message }
+            }
+            other => other,
+        }
     }
 }
 
@@ -42,11 +139,18 @@ impl Sources for Process {
 /// # Errors
 /// [`ConfigError::Invalid`] naming the field (`kafka.producer.sasl.password`) and the
 /// reference that could not be resolved.
-pub(super) fn resolve(doc: &mut Value, sources: &dyn Sources) -> Result<(), ConfigError> {
-    walk(doc, &mut String::new(), sources)
+pub(super) fn resolve(doc: &mut Value, sources: &dyn Sources) -> Result<Resolved, ConfigError> {
+    let mut resolved = Resolved::default();
+    walk(doc, &mut String::new(), sources, &mut resolved)?;
+    Ok(resolved)
 }
 
-fn walk(v: &mut Value, path: &mut String, sources: &dyn Sources) -> Result<(), ConfigError> {
+fn walk(
+    v: &mut Value,
+    path: &mut String,
+    sources: &dyn Sources,
+    resolved: &mut Resolved,
+) -> Result<(), ConfigError> {
     match v {
         Value::Mapping(m) => {
             for (k, child) in m.iter_mut() {
@@ -58,7 +162,7 @@ fn walk(v: &mut Value, path: &mut String, sources: &dyn Sources) -> Result<(), C
                     Value::String(s) => path.push_str(s),
                     other => path.push_str(&format!("{other:?}")),
                 }
-                walk(child, path, sources)?;
+                walk(child, path, sources, resolved)?;
                 path.truncate(len);
             }
         }
@@ -66,7 +170,7 @@ fn walk(v: &mut Value, path: &mut String, sources: &dyn Sources) -> Result<(), C
             for (i, child) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                walk(child, path, sources)?;
+                walk(child, path, sources, resolved)?;
                 path.truncate(len);
             }
         }
@@ -74,13 +178,20 @@ fn walk(v: &mut Value, path: &mut String, sources: &dyn Sources) -> Result<(), C
             let (text, whole) = substitute(s, sources).map_err(|(reference, expected)| {
                 ConfigError::invalid(path.as_str(), reference, expected)
             })?;
+            if text != *s {
+                resolved.0.push(Resolution {
+                    field: path.clone(),
+                    written: s.clone(),
+                    value: text.clone(),
+                });
+            }
             *v = if whole {
                 typed(text)
             } else {
                 Value::String(text)
             };
         }
-        Value::Tagged(t) => walk(&mut t.value, path, sources)?,
+        Value::Tagged(t) => walk(&mut t.value, path, sources, resolved)?,
         _ => {}
     }
     Ok(())
@@ -223,7 +334,7 @@ mod tests {
 
     fn resolved(yaml: &str) -> Result<Value, ConfigError> {
         let mut v: Value = serde_yaml_ng::from_str(yaml).expect("yaml");
-        resolve(&mut v, &fake()).map(|()| v)
+        resolve(&mut v, &fake()).map(|_| v)
     }
 
     #[test]
@@ -261,5 +372,60 @@ mod tests {
             assert!(e.contains(field) && e.contains(reference), "{yaml}: {e}");
             assert!(!e.contains("s3cr3t"), "{e}");
         }
+    }
+
+    #[test]
+    fn errors_about_a_resolved_field_show_it_as_written() {
+        let mut v: Value =
+            serde_yaml_ng::from_str("a: ${env:PASS}\nb: x-${env:PASS}\n").expect("yaml");
+        let r = resolve(&mut v, &fake()).expect("resolves");
+        let e = r.redact(ConfigError::invalid(
+            "a",
+            "s3cr3t: #not a comment",
+            "a number",
+        ));
+        let text = e.to_string();
+        assert!(
+            text.contains("${env:PASS}") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+        let e = r.redact(ConfigError::Schema {
+            field: "b".into(),
+            message: "invalid type: string \"x-s3cr3t: #not a comment\", expected u64".into(),
+        });
+        let text = e.to_string();
+        assert!(
+            text.contains("x-${env:PASS}") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn file_references_read_small_regular_files_only() {
+        let dir = std::env::temp_dir().join(format!("tailsift-subst-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ok = dir.join("secret");
+        std::fs::write(&ok, "pw\n").expect("write");
+        assert_eq!(read_file(&ok).expect("read"), "pw\n");
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'x'; MAX_FILE_BYTES as usize + 1]).expect("write");
+        let e = read_file(&big).expect_err("too large").to_string();
+        assert!(e.contains("larger than"), "{e}");
+        let e = read_file(Path::new("/dev/zero"))
+            .expect_err("a device")
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success());
+        if made {
+            // Opening a FIFO for reading blocks until a writer comes: it must be
+            // refused before it is opened.
+            let e = read_file(&fifo).expect_err("a FIFO").to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

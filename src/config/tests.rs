@@ -613,6 +613,62 @@ fn env_and_file_references_resolve_and_unresolved_ones_are_named() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A file with `${...}` in it behaves like one without: property values written as
+/// numbers load, schema errors keep their field and line, and no error shows a
+/// resolved value (a secret) or reads a file without end.
+#[test]
+fn a_config_with_references_errs_like_one_without_and_never_shows_a_resolved_value() {
+    let dir = std::env::temp_dir().join(format!("tailsift-refs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "hunter2-very-secret\n").expect("secret file");
+    let pct = dir.join("pct");
+    std::fs::write(&pct, "150\n").expect("pct file");
+    let base = |extra: &str| {
+        format!(
+            "kafka:\n  brokers: localhost:9092\n  input_topics: [in]\n  output_topic: out\n  client: {{sasl.password: \"${{file:{}}}\"}}\n  consumer: {{session.timeout.ms: 45000, enable.partition.eof: false}}\n{extra}policies:\n  - {{name: all, type: always_sample}}\n",
+            secret.display()
+        )
+    };
+    // Unquoted numbers and booleans in a property map, beside a reference.
+    let cfg = Config::from_yaml(&base("")).expect("loads");
+    assert_eq!(cfg.kafka.consumer["session.timeout.ms"], "45000");
+    assert_eq!(cfg.kafka.consumer["enable.partition.eof"], "false");
+    // An unknown key: serde's error with its path and line, as without references.
+    let e = err(&base("  bogus: 1\n"));
+    assert!(
+        e.contains("kafka: unknown field `bogus`") && e.contains("line 7"),
+        "{e}"
+    );
+    // A resolved value of the wrong type: the field, the reference, not the value.
+    let e = err(&base(&format!(
+        "buffer:\n  shards: \"${{file:{}}}\"\n",
+        secret.display()
+    )));
+    assert!(e.contains("buffer.shards") && e.contains("${file:"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    // A resolved value out of range: shown as written.
+    let e = err(&base("").replace(
+        "  - {name: all, type: always_sample}",
+        &format!(
+            "  - {{name: p, type: probabilistic, probabilistic: {{sampling_percentage: \"${{file:{}}}\"}}}}",
+            pct.display()
+        ),
+    ));
+    assert!(
+        e.contains("sampling_percentage") && e.contains("${file:"),
+        "{e}"
+    );
+    assert!(!e.contains("150"), "{e}");
+    // Files that never end or block are refused, naming the field.
+    let e = err(&base("").replace(&secret.display().to_string(), "/dev/zero"));
+    assert!(
+        e.contains("kafka.client.sasl.password") && e.contains("not a regular file"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `kafka.client` reaches every client once; `consumer`/`producer` override per key;
 /// brokers may be a list.
 #[test]
