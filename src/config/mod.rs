@@ -175,6 +175,24 @@ pub struct OtelTailSampling {
     /// Accepted with a warning: tailsift always pushes back into Kafka instead.
     #[serde(default)]
     pub block_on_overflow: Option<bool>,
+    /// Mapped to `buffer.decision_wait_after_root_received`.
+    #[serde(default)]
+    pub decision_wait_after_root_received: Option<ConfigDuration>,
+    /// Mapped to `buffer.shards`.
+    #[serde(default)]
+    pub num_shards: Option<usize>,
+    /// Mapped to `trace.max_bytes`, with a warning: tailsift decides a trace that
+    /// reaches it at once instead of dropping it.
+    #[serde(default)]
+    pub maximum_trace_size_bytes: Option<u64>,
+    /// Accepted with a warning: tailsift neither drops nor decides pending traces at
+    /// shutdown; their input stays uncommitted and the next owner decides them whole.
+    #[serde(default)]
+    pub drop_pending_traces_on_shutdown: Option<bool>,
+    /// Accepted with a warning: tailsift decides each trace once, on its spans in
+    /// stream time.
+    #[serde(default)]
+    pub sampling_strategy: Option<serde_yaml_ng::Value>,
     /// The policies.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
@@ -477,6 +495,30 @@ impl Config {
         }
         if let Some(d) = ts.decision_wait {
             self.buffer.decision_wait = d;
+        }
+        if let Some(d) = ts.decision_wait_after_root_received {
+            self.buffer.decision_wait_after_root_received = Some(d);
+        }
+        if let Some(n) = ts.num_shards {
+            self.buffer.shards = n;
+        }
+        if let Some(bytes) = ts.maximum_trace_size_bytes {
+            self.trace.max_bytes = Some(ByteSize(bytes));
+            self.warnings.push(format!(
+                "{at}.maximum_trace_size_bytes ({bytes}) is taken as trace.max_bytes: a trace that reaches it is decided at once (its later spans follow the decision), not dropped"
+            ));
+        }
+        if let Some(d) = ts.drop_pending_traces_on_shutdown {
+            self.warnings.push(format!(
+                "{at}.drop_pending_traces_on_shutdown ({d}) is not used: at shutdown tailsift neither drops nor decides buffered traces; their input stays uncommitted and the partition's next owner decides them whole"
+            ));
+        }
+        if let Some(s) = &ts.sampling_strategy {
+            let shown = serde_yaml_ng::to_string(s).unwrap_or_default();
+            self.warnings.push(format!(
+                "{at}.sampling_strategy ({}) is not used: tailsift decides each trace once, on all its spans, decision_wait after its first span in stream time; late spans of a dropped trace can still promote it (promotion.enabled)",
+                shown.trim()
+            ));
         }
         self.policies = ts.policies;
         Ok(())

@@ -380,6 +380,32 @@ fn otel_processor_keys_without_a_tailsift_meaning_say_what_to_use() {
     assert!(e.contains("keep one of them"), "{e}");
 }
 
+/// The keys newer Collectors (~v0.141-v0.159) added to the processor load as
+/// pasted: mapped where tailsift has the setting, else one warning each saying what
+/// tailsift does instead.
+#[test]
+fn newer_collector_processor_keys_map_or_warn() {
+    let cfg = Config::from_yaml(&format!(
+        "{KAFKA}tail_sampling:\n  decision_wait: 10s\n  decision_wait_after_root_received: 2s\n  num_shards: 4\n  maximum_trace_size_bytes: 1048576\n  drop_pending_traces_on_shutdown: true\n  sampling_strategy: trace-complete\n  policies: [{{name: all, type: always_sample}}]\n"
+    ))
+    .expect("a current Collector block loads");
+    assert_eq!(
+        cfg.buffer.decision_wait_after_root_received.map(|d| d.0),
+        Some(std::time::Duration::from_secs(2))
+    );
+    assert_eq!(cfg.buffer.shards, 4);
+    assert_eq!(cfg.trace.max_bytes.map(|b| b.0), Some(1_048_576));
+    let warned = |key: &str| cfg.warnings.iter().any(|w| w.contains(key));
+    assert!(
+        warned("maximum_trace_size_bytes (1048576) is taken as trace.max_bytes")
+            && warned("drop_pending_traces_on_shutdown (true) is not used")
+            && warned("sampling_strategy (trace-complete) is not used"),
+        "{:?}",
+        cfg.warnings
+    );
+    assert_eq!(cfg.warnings.len(), 3, "{:?}", cfg.warnings);
+}
+
 /// The example config of the OTel `tail_sampling` processor's README, verbatim
 /// (`otel_readme_example.yaml`): every policy type it shows loads and builds. Its
 /// `num_traces` and `expected_new_traces_per_sec` have no tailsift meaning: each is
