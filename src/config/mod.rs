@@ -438,7 +438,47 @@ impl Config {
         cfg.kafka.merge_client();
         cfg.merge_tail_sampling().map_err(|e| resolved.redact(e))?;
         cfg.validate().map_err(|e| resolved.redact(e))?;
+        cfg.lint_policies();
         Ok(cfg)
+    }
+
+    /// Warns (what the Collector does not) about a policy that keeps every trace:
+    /// the policies after it change nothing but the `drop` ones and the inverted
+    /// matches, which can still veto. An `and` of such policies counts as one.
+    fn lint_policies(&mut self) {
+        use crate::policy::PolicySpec;
+        fn always(spec: &PolicySpec) -> bool {
+            match spec {
+                PolicySpec::AlwaysSample => true,
+                PolicySpec::And(a) => {
+                    !a.and_sub_policy.is_empty() && a.and_sub_policy.iter().all(|p| always(&p.spec))
+                }
+                _ => false,
+            }
+        }
+        fn can_veto(spec: &PolicySpec) -> bool {
+            match spec {
+                PolicySpec::Drop(_) => true,
+                PolicySpec::StringAttribute(c) => c.invert_match,
+                PolicySpec::NumericAttribute(c) => c.invert_match,
+                PolicySpec::BooleanAttribute(c) => c.invert_match,
+                _ => false,
+            }
+        }
+        let Some(at) = self.policies.iter().position(|p| always(&p.spec)) else {
+            return;
+        };
+        let moot: Vec<&str> = self.policies[at + 1..]
+            .iter()
+            .filter(|p| !can_veto(&p.spec))
+            .map(|p| p.name.as_str())
+            .collect();
+        if !moot.is_empty() {
+            self.warnings.push(format!(
+                "policies[{at}] ({}) keeps every trace: the later policies {moot:?} change nothing (only `drop` policies and inverted matches after it can still veto a trace; move it last, or remove it)",
+                self.policies[at].name
+            ));
+        }
     }
 
     /// Takes the policies (and decision wait) from a pasted OTel `tail_sampling`

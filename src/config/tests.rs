@@ -409,16 +409,19 @@ fn newer_collector_processor_keys_map_or_warn() {
 /// The example config of the OTel `tail_sampling` processor's README, verbatim
 /// (`otel_readme_example.yaml`): every policy type it shows loads and builds. Its
 /// `num_traces` and `expected_new_traces_per_sec` have no tailsift meaning: each is
-/// accepted with one warning saying what tailsift does instead.
+/// accepted with one warning saying what tailsift does instead. Its first policy,
+/// `always_sample`, keeps every trace, which makes the non-vetoing policies after it
+/// moot: that is said too (the Collector does not say it).
 #[test]
 fn the_otel_readme_example_loads_verbatim() {
     let example = include_str!("otel_readme_example.yaml");
     let cfg = Config::from_yaml(&format!("{KAFKA}{example}")).expect("the README example loads");
-    assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
+    assert_eq!(cfg.warnings.len(), 3, "{:?}", cfg.warnings);
     assert!(
         cfg.warnings[0].contains("processors.tail_sampling.num_traces (100)")
             && cfg.warnings[0].contains("memory.limit")
-            && cfg.warnings[1].contains("expected_new_traces_per_sec (10)"),
+            && cfg.warnings[1].contains("expected_new_traces_per_sec (10)")
+            && cfg.warnings[2].contains("policies[0] (test-policy-1) keeps every trace"),
         "{:?}",
         cfg.warnings
     );
@@ -809,4 +812,25 @@ fn a_policy_topic_tailsift_reads_or_writes_other_records_to_is_refused() {
         "{MINIMAL}route:\n  topics: [spans]\n  target: \"{{topic}}-{long}\"\n"
     ));
     assert!(e.contains("route.target"), "{e}");
+}
+
+/// What the Collector does not say: an `always_sample` (or an `and` of them) keeps
+/// every trace, so the non-vetoing policies after it are moot.
+#[test]
+fn a_policy_that_keeps_everything_names_the_policies_it_makes_moot() {
+    let cfg = Config::from_yaml(&format!(
+        "{KAFKA}policies:\n  - {{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}\n  - {{name: everything, type: and, and: {{and_sub_policy: [{{name: a, type: always_sample}}]}}}}\n  - {{name: slow, type: latency, latency: {{threshold_ms: 100}}}}\n  - {{name: not-health, type: string_attribute, string_attribute: {{key: http.route, values: [/health], invert_match: true}}}}\n"
+    ))
+    .expect("valid");
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+    let w = &cfg.warnings[0];
+    assert!(
+        w.contains("policies[1] (everything) keeps every trace") && w.contains("[\"slow\"]"),
+        "{w}"
+    );
+    let last = Config::from_yaml(&format!(
+        "{KAFKA}policies:\n  - {{name: slow, type: latency, latency: {{threshold_ms: 100}}}}\n  - {{name: rest, type: always_sample}}\n"
+    ))
+    .expect("valid");
+    assert!(last.warnings.is_empty(), "{:?}", last.warnings);
 }
