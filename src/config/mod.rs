@@ -6,6 +6,7 @@
 //! names the field, the value and what was expected. `tailsift.example.yaml` at the
 //! repository root is the annotated reference; a test loads it against these structs.
 
+mod collector;
 mod kafka;
 mod memory;
 mod promotion;
@@ -375,7 +376,9 @@ fn schema_error(
     e: serde_path_to_error::Error<serde_yaml_ng::Error>,
     resolved: &subst::Resolved,
 ) -> ConfigError {
-    if let Err(raw) = serde_yaml_ng::from_str::<Config>(text) {
+    if text.is_empty() {
+        // Not the text as written (a Collector config, reshaped).
+    } else if let Err(raw) = serde_yaml_ng::from_str::<Config>(text) {
         let on_plain_line = raw
             .location()
             .and_then(|l| text.lines().nth(l.line().saturating_sub(1)))
@@ -420,14 +423,22 @@ impl Config {
             path: "<text>".into(),
             error,
         };
-        let (mut cfg, resolved): (Config, _) = if text.contains("${") {
+        let mut adopted = None;
+        let (mut cfg, resolved): (Config, _) = if text.contains("${") || collector::may_be(text) {
             // References are resolved in the parsed values (a secret with `: ` in it
-            // stays one string); without any, parse directly.
+            // stays one string), and a Collector config is turned into tailsift's
+            // shape; else the text is parsed directly.
             let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(parse)?;
+            if collector::is(&doc) {
+                adopted = Some(collector::adopt(&mut doc)?);
+            }
             let resolved = subst::resolve(&mut doc, &subst::Process)?;
             match serde_path_to_error::deserialize(doc) {
                 Ok(cfg) => (cfg, resolved),
-                Err(e) => return Err(schema_error(text, e, &resolved)),
+                Err(e) => {
+                    let raw = if adopted.is_some() { "" } else { text };
+                    return Err(schema_error(raw, e, &resolved));
+                }
             }
         } else {
             (
@@ -435,6 +446,7 @@ impl Config {
                 subst::Resolved::default(),
             )
         };
+        cfg.warnings.extend(adopted);
         cfg.kafka.merge_client();
         cfg.merge_tail_sampling().map_err(|e| resolved.redact(e))?;
         cfg.validate().map_err(|e| resolved.redact(e))?;

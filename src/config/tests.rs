@@ -834,3 +834,34 @@ fn a_policy_that_keeps_everything_names_the_policies_it_makes_moot() {
     .expect("valid");
     assert!(last.warnings.is_empty(), "{:?}", last.warnings);
 }
+
+/// A whole Collector config file loads: the first tail_sampling processor (plain or
+/// named), the kafka receiver's brokers, topic and encoding, the kafka exporter's
+/// topic as the output, each unless tailsift's own `kafka:` sets it; and says so.
+#[test]
+fn a_whole_collector_config_is_read_for_what_tailsift_means() {
+    let collector = "receivers:\n  otlp: {protocols: {grpc: {}}}\n  kafka:\n    brokers: [\"kafka-1:9092\", \"kafka-2:9092\"]\n    traces:\n      topic: otlp_spans\n      encoding: otlp_json\nprocessors:\n  batch: {}\n  tail_sampling/errors:\n    decision_wait: 10s\n    policies:\n      - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\nexporters:\n  kafka:\n    brokers: [\"kafka-1:9092\"]\n    topic: otlp_spans_sampled\nservice:\n  pipelines:\n    traces: {receivers: [kafka], processors: [tail_sampling/errors, batch], exporters: [kafka]}\n";
+    let cfg = Config::from_yaml(collector).expect("a Collector config loads");
+    assert_eq!(cfg.kafka.brokers, "kafka-1:9092,kafka-2:9092");
+    assert_eq!(cfg.kafka.input_topics, ["otlp_spans"]);
+    assert_eq!(cfg.kafka.output_topic, "otlp_spans_sampled");
+    assert_eq!(
+        cfg.buffer.decision_wait.0,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(cfg.policies.len(), 1);
+    assert!(
+        cfg.warnings.iter().any(|w| w.contains(
+            "read as an OpenTelemetry Collector config: the policies from processors.tail_sampling/errors; the brokers, topic, encoding of receivers.kafka; the output topic of exporters.kafka"
+        )),
+        "{:?}",
+        cfg.warnings
+    );
+    // tailsift's own kafka section wins over what the Collector's components say.
+    let own = format!("kafka: {{output_topic: sampled, group_id: ts}}\n{collector}");
+    let cfg = Config::from_yaml(&own).expect("loads");
+    assert_eq!(cfg.kafka.output_topic, "sampled");
+    assert_eq!(cfg.kafka.group_id, "ts");
+    let e = err(&collector.replace("tail_sampling/errors:", "filter:"));
+    assert!(e.contains("tail_sampling"), "{e}");
+}
