@@ -57,8 +57,10 @@ enum Command {
         /// Config file (only its policies are used).
         #[arg(short, long)]
         config: PathBuf,
-        /// Files of OTLP ExportTraceServiceRequest protobuf: one request per file, or
-        /// records of a 4-byte big-endian length and that many bytes.
+        /// Files of recorded OTLP traces, each in one of: an ExportTraceServiceRequest
+        /// in protobuf (one per file); records of a 4-byte big-endian length and that
+        /// many bytes of it; OTLP/JSON, one document or one per line (the Collector's
+        /// file exporter). Jaeger and Zipkin files are not read.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },

@@ -61,12 +61,21 @@ pub enum SimulateError {
     /// The policies could not be built.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// No span was found: nothing to simulate (the input is not OTLP, say).
+    #[error("no span found in {messages} requests ({undecodable} not decodable as OTLP protobuf, length-prefixed protobuf or OTLP/JSON): nothing to simulate")]
+    NoSpans {
+        /// Requests read.
+        messages: usize,
+        /// Of which undecodable.
+        undecodable: usize,
+    },
 }
 
 /// Runs `cfg`'s policies over the requests in `inputs`.
 ///
 /// # Errors
-/// [`SimulateError`] when a file cannot be read or the policies cannot be built.
+/// [`SimulateError`] when a file cannot be read, the policies cannot be built, or no
+/// span is found.
 pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
     let set = PolicySet::build(&cfg.policies)?;
     let keys = set.keys.clone();
@@ -119,6 +128,12 @@ pub fn run(cfg: &Config, inputs: &[PathBuf]) -> Result<Report, SimulateError> {
             report.kept_bytes += u64::from(t.span_bytes);
             *kept.entry(p).or_default() += 1;
         }
+    }
+    if report.traces == 0 {
+        return Err(SimulateError::NoSpans {
+            messages: report.messages,
+            undecodable: report.undecodable,
+        });
     }
     let mut per_policy: Vec<(u16, usize)> = kept.into_iter().collect();
     per_policy.sort_unstable();
@@ -188,5 +203,20 @@ mod tests {
         assert_eq!(r, vec![&[7u8, 7][..], &[][..], &[9][..]]);
         assert!(length_prefixed(&Bytes::from_static(&[0, 0, 0, 5, 1])).is_none());
         assert!(length_prefixed(&Bytes::from_static(&[0, 0])).is_none());
+    }
+
+    #[test]
+    fn input_without_spans_is_an_error_not_a_100_percent_reduction() {
+        let dir = std::env::temp_dir().join(format!("tailsift-sim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let junk = dir.join("junk.bin");
+        std::fs::write(&junk, b"\xff\xff\xff not a protobuf").expect("write");
+        let cfg = Config::from_yaml(
+            "kafka: {brokers: b, input_topics: [i], output_topic: o}\npolicies:\n  - {name: all, type: always_sample}\n",
+        )
+        .expect("valid");
+        let e = run(&cfg, &[junk]).expect_err("nothing to simulate").to_string();
+        assert!(e.contains("no span found in 1 requests (1 not decodable"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
