@@ -215,8 +215,13 @@ mod tests {
             "kafka: {brokers: b, input_topics: [i], output_topic: o}\npolicies:\n  - {name: all, type: always_sample}\n",
         )
         .expect("valid");
-        let e = run(&cfg, &[junk]).expect_err("nothing to simulate").to_string();
-        assert!(e.contains("no span found in 1 requests (1 not decodable"), "{e}");
+        let e = run(&cfg, &[junk])
+            .expect_err("nothing to simulate")
+            .to_string();
+        assert!(
+            e.contains("no span found in 1 requests (1 not decodable"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

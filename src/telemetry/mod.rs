@@ -283,9 +283,33 @@ fn process_metrics() -> &'static metrics_process::Collector {
 }
 
 /// The `/metrics` page: process metrics refreshed, then everything rendered.
+///
+/// `metrics` counters hold integers, so the process collector's CPU seconds arrive
+/// truncated (0 after 0.73 s of CPU); the sample is written again with its fraction.
 pub fn render(handle: &PrometheusHandle) -> String {
     process_metrics().collect();
-    handle.render()
+    let text = handle.render();
+    match metrics_process::collector::collect().cpu_seconds_total {
+        Some(cpu) => with_sample(&text, "process_cpu_seconds_total", cpu),
+        None => text,
+    }
+}
+
+/// `text` (Prometheus exposition) with the unlabelled sample of `name` set to `value`.
+fn with_sample(text: &str, name: &str, value: f64) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.lines() {
+        if line
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(' '))
+        {
+            out.push_str(&format!("{name} {value}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Registers the `# HELP` text of every tailsift metric and sets
@@ -307,6 +331,15 @@ fn describe_all() {
 mod tests {
     use super::*;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    #[test]
+    fn the_cpu_seconds_sample_keeps_its_fraction() {
+        let text = "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 0\nprocess_cpu_seconds_totalx 1\n";
+        assert_eq!(
+            with_sample(text, "process_cpu_seconds_total", 0.73),
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 0.73\nprocess_cpu_seconds_totalx 1\n"
+        );
+    }
 
     fn all_down() -> KafkaError {
         KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)
