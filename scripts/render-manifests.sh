@@ -38,6 +38,19 @@ render "Exactly-once, credentials from a Secret, scraped by a ServiceMonitor and
   --set serviceMonitor.enabled=true \
   --set keda.enabled=true \
   > "$out/tailsift-exactly-once-keda.yaml"
+render "A Deployment with any config key set through config:, a service account, scheduling constraints and an extra volume." \
+  --set workload=Deployment \
+  --set-json 'config={"promotion":{"max_concurrent_rereads":4},"kafka":{"commit_interval":"2s"},"trace":{"max_spans":50000}}' \
+  --set serviceAccount.create=true \
+  --set-json 'serviceAccount.annotations={"eks.amazonaws.com/role-arn":"arn:aws:iam::111122223333:role/tailsift"}' \
+  --set-json 'nodeSelector={"kubernetes.io/arch":"arm64"}' \
+  --set-json 'tolerations=[{"key":"dedicated","operator":"Equal","value":"tracing","effect":"NoSchedule"}]' \
+  --set-json 'podAnnotations={"example.com/team":"observability"}' \
+  --set-json 'imagePullSecrets=[{"name":"registry"}]' \
+  --set-json 'extraEnv=[{"name":"RUST_BACKTRACE","value":"1"}]' \
+  --set-json 'extraVolumes=[{"name":"ca","configMap":{"name":"kafka-ca"}}]' \
+  --set-json 'extraVolumeMounts=[{"name":"ca","mountPath":"/etc/tailsift/ca","readOnly":true}]' \
+  > "$out/tailsift-deployment-custom.yaml"
 if [ "${1:-}" = "--check" ]; then
   diff -ru deploy/kubernetes "$out" || {
     echo "deploy/kubernetes is not what the chart renders: run scripts/render-manifests.sh" >&2
