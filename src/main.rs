@@ -259,8 +259,8 @@ fn print_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// What `run` logs unless `telemetry.logs.level` or `RUST_LOG` say otherwise.
-const RUN_LOG_LEVEL: &str = "info,librdkafka=warn,rdkafka=warn";
+// What `run` logs unless `telemetry.logs.level` or `RUST_LOG` say otherwise.
+use tailsift::telemetry::RUN_LOG_LEVEL;
 
 /// Exit status of a `run` whose shutdown gave up (timeout or a second signal) with
 /// traces undecided or unacknowledged.

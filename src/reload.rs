@@ -4,8 +4,10 @@
 //! `sample_on_first_match`) takes over for every trace decided from then on, and the
 //! traces already buffered stay buffered. An invalid file is rejected with a log line
 //! and `tailsift_config_reloads_total{result="error"}`, and the running set carries
-//! on. Other settings (Kafka, buffer, memory, telemetry, `annotate`) are read at start
-//! only: changing them needs a restart, and a reload says so in its log line.
+//! on. The log filter (`telemetry.logs.level`) is applied live too, unless `RUST_LOG`
+//! set it. Every other setting (Kafka, buffer, memory, the listen address, ...) is
+//! read at start only: a reload names each one the file changed since start in a
+//! warning, and `tailsift_config_restart_pending` counts them until a restart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +47,81 @@ pub fn reload(
     Ok((policies.replace(&cfg)?, cfg))
 }
 
+/// What a new version of the config file changes, against the file the process
+/// started with: compared as written (references unresolved), key by key.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The policies (or `sample_on_first_match`) changed: applied live.
+    pub policies: bool,
+    /// `telemetry.logs.level` changed: applied live.
+    pub log_level: bool,
+    /// Every other changed key, dotted (`kafka.brokers`): applied at the next start.
+    pub restart: Vec<String>,
+}
+
+/// Keys whose changes a reload applies: the policies, wherever they are written.
+const LIVE_POLICY_KEYS: &[&str] = &[
+    "policies",
+    "sample_on_first_match",
+    "tail_sampling",
+    "processors",
+];
+
+/// Compares the file as the process started with it to its new text.
+pub fn changes(started: &str, now: &str) -> Changes {
+    let parse = |t: &str| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(t).unwrap_or_default();
+    let mut paths = Vec::new();
+    diff(&parse(started), &parse(now), &mut String::new(), &mut paths);
+    let mut c = Changes::default();
+    for p in paths {
+        let top = p.split(['.', '[']).next().unwrap_or_default();
+        if LIVE_POLICY_KEYS.contains(&top) {
+            c.policies = true;
+        } else if p == "telemetry.logs.level" {
+            c.log_level = true;
+        } else {
+            c.restart.push(p);
+        }
+    }
+    c
+}
+
+/// The dotted paths at which `a` and `b` differ (a whole list when any item does).
+fn diff(
+    a: &serde_yaml_ng::Value,
+    b: &serde_yaml_ng::Value,
+    path: &mut String,
+    out: &mut Vec<String>,
+) {
+    use serde_yaml_ng::Value;
+    match (a, b) {
+        (Value::Mapping(x), Value::Mapping(y)) => {
+            let keys: std::collections::BTreeSet<String> = x
+                .keys()
+                .chain(y.keys())
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect();
+            for k in keys {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&k);
+                let missing = Value::Null;
+                diff(
+                    x.get(k.as_str()).unwrap_or(&missing),
+                    y.get(k.as_str()).unwrap_or(&missing),
+                    path,
+                    out,
+                );
+                path.truncate(len);
+            }
+        }
+        _ if a != b => out.push(path.clone()),
+        _ => {}
+    }
+}
+
 /// Watches `path` until `shutdown`: reloads on SIGHUP and whenever its contents
 /// change (checked every `poll`). `kafka` is the running connection (a reload does
 /// not change it), used to check that new policies' topics exist.
@@ -56,7 +133,12 @@ pub async fn watch(
     poll: Duration,
 ) {
     metrics::gauge!(names::POLICY_GENERATION).set(0.0);
+    metrics::gauge!(names::CONFIG_RESTART_PENDING).set(0.0);
     let mut last = std::fs::read(&path).ok();
+    let started = last
+        .as_deref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = hangups();
@@ -77,7 +159,28 @@ pub async fn watch(
             Ok((generation, cfg)) => {
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
                 metrics::gauge!(names::POLICY_GENERATION).set(generation as f64);
-                info!(message = "Policies reloaded; they decide every trace from now on. Settings other than the policies need a restart.", trigger = why, path = %path.display(), generation);
+                info!(message = "Policies reloaded; they decide every trace from now on.", trigger = why, path = %path.display(), generation);
+                let now = std::fs::read(&path)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                let changed = changes(&started, &now);
+                if changed.log_level {
+                    let level = cfg
+                        .telemetry
+                        .logs
+                        .level
+                        .as_deref()
+                        .unwrap_or(crate::telemetry::RUN_LOG_LEVEL);
+                    match crate::telemetry::set_log_level(level) {
+                        Ok(true) => info!(message = "Log filter reloaded.", level = %level),
+                        Ok(false) => warn!(message = "telemetry.logs.level changed, but RUST_LOG chose the log filter at start and wins."),
+                        Err(e) => warn!(message = "telemetry.logs.level changed and does not parse; the running filter stays.", error = %e),
+                    }
+                }
+                metrics::gauge!(names::CONFIG_RESTART_PENDING).set(changed.restart.len() as f64);
+                if !changed.restart.is_empty() {
+                    warn!(message = "The config file changed settings that only a restart applies; they are not in force.", settings = ?changed.restart);
+                }
                 let topics: Vec<(String, bool)> = cfg
                     .policies
                     .iter()
@@ -115,4 +218,33 @@ async fn next_hangup(h: &mut Hangups) {
     }
     let _ = h;
     std::future::pending::<()>().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_tells_live_changes_from_restart_ones() {
+        let started = "kafka: {brokers: a:9092, input_topics: [i], output_topic: o, consumer: {session.timeout.ms: 6000}}\ntelemetry: {logs: {level: info}}\npolicies:\n  - {name: all, type: always_sample}\n";
+        assert_eq!(changes(started, started), Changes::default());
+        let now = started
+            .replace("a:9092", "b:9092")
+            .replace("6000", "7000")
+            .replace("level: info", "level: debug")
+            .replace("always_sample", "always_sample, topic: t")
+            + "memory: {limit: 1GiB}\n";
+        assert_eq!(
+            changes(started, &now),
+            Changes {
+                policies: true,
+                log_level: true,
+                restart: vec![
+                    "kafka.brokers".to_string(),
+                    "kafka.consumer.session.timeout.ms".to_string(),
+                    "memory".to_string(),
+                ],
+            }
+        );
+    }
 }

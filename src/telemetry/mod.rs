@@ -254,8 +254,9 @@ pub const VERSION: &str = concat!(
 /// that cannot be written are dropped: a closed stderr never stops the process.
 pub fn init_logging(level: &str, encoding: LogEncoding) {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -264,10 +265,46 @@ pub fn init_logging(level: &str, encoding: LogEncoding) {
         // reported with `eprintln!`, which panics there: inside librdkafka's log
         // callback, or while a drop unwinds, that aborted the process.
         .log_internal_errors(false);
-    let _ = match encoding {
-        LogEncoding::Text => builder.try_init(),
-        LogEncoding::Json => builder.json().flatten_event(true).try_init(),
+    // The reload handle is typed by the formatter: one per encoding.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            let set: SetFilter = Box::new(move |level: &str| {
+                let filter =
+                    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            });
+            builder.try_init().map(|()| set)
+        }};
+    }
+    let installed = match encoding {
+        LogEncoding::Text => install!(builder),
+        LogEncoding::Json => install!(builder.json().flatten_event(true)),
     };
+    if let (Ok(set), false) = (installed, env_set) {
+        let _ = LOG_FILTER.set(set);
+    }
+}
+
+/// What `run` logs unless `telemetry.logs.level` or `RUST_LOG` say otherwise.
+pub const RUN_LOG_LEVEL: &str = "info,librdkafka=warn,rdkafka=warn";
+
+/// Replaces the running log filter (a reload of `telemetry.logs.level`).
+type SetFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static LOG_FILTER: OnceLock<SetFilter> = OnceLock::new();
+
+/// Puts `level` (an `EnvFilter` directive list) in force in the running process.
+/// `Ok(false)`: not applied, as `RUST_LOG` chose the filter at start (it wins) or
+/// logging was not set up here.
+///
+/// # Errors
+/// The directive list does not parse.
+pub fn set_log_level(level: &str) -> Result<bool, String> {
+    match LOG_FILTER.get() {
+        Some(set) => set(level).map(|()| true),
+        None => Ok(false),
+    }
 }
 
 /// Process metrics (CPU seconds, resident memory, open and maximum file

@@ -161,6 +161,10 @@ metric_names! {
     Counter CONFIG_RELOADS = "tailsift_config_reloads_total";
     /// The policy set in force: 0 at start, +1 per successful reload (gauge).
     Gauge POLICY_GENERATION = "tailsift_policy_generation";
+    /// Settings the config file changed since start that only a restart applies
+    /// (brokers, group, topics, buffer, memory, listen address, ...), each named in a
+    /// warning at the reload; 0 after a restart (gauge).
+    Gauge CONFIG_RESTART_PENDING = "tailsift_config_restart_pending";
     /// Always 1, labels `version` and `commit`: which build is running (gauge).
     Gauge BUILD_INFO = "tailsift_build_info";
 }
