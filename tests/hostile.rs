@@ -101,11 +101,13 @@ async fn a_kept_span_larger_than_the_producer_queue_goes_out() {
     gen::send(&big_producer(&h, "lz4"), INPUT, b"big", &payload)
         .await
         .expect("send");
-    let got = wait_until(Duration::from_secs(30), || {
+    // Bounds, not expectations (about 5 s here): a CI machine's two cores are shared
+    // by every test of the file at once.
+    let got = wait_until(Duration::from_secs(60), || {
         out.traces().contains_key(&TraceId(id))
     })
     .await;
-    let committed = wait_until(Duration::from_secs(20), || uncommitted(&h).is_empty()).await;
+    let committed = wait_until(Duration::from_secs(30), || uncommitted(&h).is_empty()).await;
     sampler.stop().await;
     assert!(got, "the 1.5 MB error span never came out");
     assert!(
