@@ -317,6 +317,20 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
             cfg.warn_if_memory_exceeds_machine();
             let mut restarts = 0u32;
             loop {
+                if restarts > 0 {
+                    // A reload may have replaced the policies since start: the restarted
+                    // pipeline takes the file's, or they would fall back to the start's
+                    // until the file changed again.
+                    match Config::load(&config) {
+                        Ok(now) => {
+                            cfg.policies = now.policies;
+                            cfg.sample_on_first_match = now.sample_on_first_match;
+                        }
+                        Err(e) => {
+                            tracing::warn!(message = "The config file does not load; the restarted pipeline decides with the policies it started with.", error = %e)
+                        }
+                    }
+                }
                 let trigger = ShutdownTrigger::new();
                 let running = tokio::select! {
                     started = async {

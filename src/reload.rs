@@ -139,6 +139,12 @@ pub async fn watch(
         .as_deref()
         .map(|b| String::from_utf8_lossy(b).into_owned())
         .unwrap_or_default();
+    let mut fingerprint = Config::from_yaml(&started)
+        .ok()
+        .map(|c| c.policy_fingerprint());
+    if let Some(fp) = &fingerprint {
+        metrics::gauge!(names::POLICY_FINGERPRINT, "fingerprint" => fp.clone()).set(1.0);
+    }
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = hangups();
@@ -159,7 +165,16 @@ pub async fn watch(
             Ok((generation, cfg)) => {
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
                 metrics::gauge!(names::POLICY_GENERATION).set(generation as f64);
-                info!(message = "Policies reloaded; they decide every trace from now on.", trigger = why, path = %path.display(), generation);
+                let now_fp = cfg.policy_fingerprint();
+                info!(message = "Policies reloaded; they decide every trace from now on.", trigger = why, path = %path.display(), generation, fingerprint = %now_fp);
+                if fingerprint.as_deref() != Some(now_fp.as_str()) {
+                    if let Some(old) = fingerprint.take() {
+                        metrics::gauge!(names::POLICY_FINGERPRINT, "fingerprint" => old).set(0.0);
+                    }
+                    metrics::gauge!(names::POLICY_FINGERPRINT, "fingerprint" => now_fp.clone())
+                        .set(1.0);
+                    fingerprint = Some(now_fp);
+                }
                 let now = std::fs::read(&path)
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();

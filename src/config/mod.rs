@@ -336,8 +336,10 @@ pub struct LogsConfig {
     /// `info,librdkafka=warn,rdkafka=warn`.
     #[serde(default)]
     pub level: Option<String>,
-    /// `text` (default) or `json`: one JSON object per line, as the Collector's
-    /// `encoding: json`, for log pipelines that parse fields.
+    /// `text` (default), `json` (one JSON object per line: `timestamp`, `level`,
+    /// `target`, `message` and the fields) or `collector_json` (the same with the
+    /// Collector's field names: `level` in lower case, `ts`, `caller`, `msg`), for
+    /// log pipelines that parse fields.
     #[serde(default)]
     pub encoding: LogEncoding,
 }
@@ -351,6 +353,10 @@ pub enum LogEncoding {
     Text,
     /// One JSON object per line (timestamp, level, target, message and fields).
     Json,
+    /// One JSON object per line with the OpenTelemetry Collector's field names
+    /// (`level` in lower case, `ts`, `caller`, `msg`, then the fields).
+    #[serde(rename = "collector_json")]
+    CollectorJson,
 }
 
 fn default_listen() -> String {
@@ -452,6 +458,19 @@ impl Config {
         cfg.validate().map_err(|e| resolved.redact(e))?;
         cfg.lint_policies();
         Ok(cfg)
+    }
+
+    /// A short hash of the policies and `sample_on_first_match`: instances of one group
+    /// that show different fingerprints decide by different rules (a rollout in
+    /// progress, or a forgotten instance).
+    pub fn policy_fingerprint(&self) -> String {
+        let text = serde_json::to_string(&(&self.policies, self.sample_on_first_match))
+            .unwrap_or_default();
+        // FNV-1a: stable across builds and platforms, unlike the std hasher.
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
     }
 
     /// Warns (what the Collector does not) about a policy that keeps every trace:

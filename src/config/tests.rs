@@ -865,3 +865,16 @@ fn a_whole_collector_config_is_read_for_what_tailsift_means() {
     let e = err(&collector.replace("tail_sampling/errors:", "filter:"));
     assert!(e.contains("tail_sampling"), "{e}");
 }
+
+/// The policy fingerprint changes with the policies and nothing else.
+#[test]
+fn the_policy_fingerprint_follows_the_policies_only() {
+    let base = Config::from_yaml(MINIMAL).expect("valid");
+    let other_kafka =
+        Config::from_yaml(&MINIMAL.replace("localhost:9092", "elsewhere:9092")).expect("valid");
+    let other_policy =
+        Config::from_yaml(&MINIMAL.replace("name: all", "name: everything")).expect("valid");
+    assert_eq!(base.policy_fingerprint().len(), 16);
+    assert_eq!(base.policy_fingerprint(), other_kafka.policy_fingerprint());
+    assert_ne!(base.policy_fingerprint(), other_policy.policy_fingerprint());
+}

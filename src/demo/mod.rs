@@ -154,8 +154,10 @@ pub async fn run(opts: &DemoOptions, mut out: impl FnMut(&str)) -> Result<DemoRe
     broker.create_topic(INPUT_TOPIC, INPUT_PARTITIONS)?;
     broker.create_topic(OUTPUT_TOPIC, OUTPUT_PARTITIONS)?;
     let bootstrap = broker.bootstrap_servers();
-    out(&format!("embedded Kafka-protocol broker at {bootstrap} (topics {INPUT_TOPIC} x{INPUT_PARTITIONS}, {OUTPUT_TOPIC} x{OUTPUT_PARTITIONS})"));
     let cfg = demo_config(&bootstrap)?;
+    // Every topic the sampler writes exists, so it has nothing to warn about.
+    broker.create_topic(&cfg.kafka.dead_letter_topic, 1)?;
+    out(&format!("embedded Kafka-protocol broker at {bootstrap} (topics {INPUT_TOPIC} x{INPUT_PARTITIONS}, {OUTPUT_TOPIC} x{OUTPUT_PARTITIONS})"));
     out("policies: errors (status_code ERROR), slow (latency >= 1000 ms), baseline (probabilistic 5%)");
     let collector = Collector::start(&bootstrap, OUTPUT_TOPIC, OUTPUT_PARTITIONS)?;
     let trigger = ShutdownTrigger::new();

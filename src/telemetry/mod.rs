@@ -7,6 +7,7 @@
 //! restart would not help), `/readyz` (readiness: a broker reachable, a member of
 //! its group, output not stalled) and `/startupz` (the first metadata read is done).
 
+mod collector_json;
 mod limit;
 pub mod names;
 mod server;
@@ -281,6 +282,7 @@ pub fn init_logging(level: &str, encoding: LogEncoding) {
     let installed = match encoding {
         LogEncoding::Text => install!(builder),
         LogEncoding::Json => install!(builder.json().flatten_event(true)),
+        LogEncoding::CollectorJson => install!(builder.event_format(collector_json::CollectorJson)),
     };
     if let (Ok(set), false) = (installed, env_set) {
         let _ = LOG_FILTER.set(set);

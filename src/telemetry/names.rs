@@ -165,6 +165,10 @@ metric_names! {
     /// (brokers, group, topics, buffer, memory, listen address, ...), each named in a
     /// warning at the reload; 0 after a restart (gauge).
     Gauge CONFIG_RESTART_PENDING = "tailsift_config_restart_pending";
+    /// 1 for the policy set in force, label `fingerprint` (a hash of the policies and
+    /// `sample_on_first_match`; 0 for a set a reload replaced): instances of one
+    /// group with different fingerprints decide by different rules (gauge).
+    Gauge POLICY_FINGERPRINT = "tailsift_policy_fingerprint";
     /// Always 1, labels `version` and `commit`: which build is running (gauge).
     Gauge BUILD_INFO = "tailsift_build_info";
 }
