@@ -14,13 +14,15 @@ pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// The settings of an input consumer (the sampler's or the route stage's) in group
 /// `group`: offsets committed by tailsift only, from the earliest when none is
-/// committed, a prefetch queue of `queue_bytes` (with fetch responses no larger, but
-/// large enough for one record), and the assignment strategy the delivery mode
-/// needs; then `extra`, then the user's `kafka.consumer`.
+/// committed, a prefetch queue of `queue_bytes` and fetch responses of at most
+/// `fetch_max_bytes` (each caller's bound: they count toward different budgets),
+/// and the assignment strategy the delivery mode needs; then `extra`, then the
+/// user's `kafka.consumer`.
 pub fn input_consumer(
     kafka: &KafkaConfig,
     group: &str,
     queue_bytes: usize,
+    fetch_max_bytes: usize,
     extra: &[(&str, &str)],
 ) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -30,19 +32,12 @@ pub fn input_consumer(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // librdkafka's prefetch queue and fetch responses are part of the memory
-        // limit (fetch.max.bytes must also cover one maximum-size message).
+        // librdkafka's prefetch queue and fetch responses are bounded.
         .set(
             "queued.max.messages.kbytes",
             (queue_bytes / 1024).max(1).to_string(),
         )
-        .set(
-            "fetch.max.bytes",
-            queue_bytes
-                .max(1_000_000)
-                .max(kafka.max_message_bytes + RECORD_OVERHEAD_BYTES)
-                .to_string(),
-        )
+        .set("fetch.max.bytes", fetch_max_bytes.to_string())
         // When that queue is full librdkafka postpones the partition's next fetch
         // by this much (default 1 s): at full speed the queue empties in well under
         // that, and the default left the consumer idle most of the time.
@@ -178,7 +173,13 @@ mod tests {
     #[test]
     fn the_users_properties_come_last_and_the_mode_picks_the_strategy() {
         let k = kafka(", consumer: {fetch.wait.max.ms: '7'}");
-        let c = input_consumer(&k, "g", 4 << 20, &[("statistics.interval.ms", "1000")]);
+        let c = input_consumer(
+            &k,
+            "g",
+            4 << 20,
+            4 << 20,
+            &[("statistics.interval.ms", "1000")],
+        );
         assert_eq!(c.get("fetch.wait.max.ms"), Some("7"));
         assert_eq!(c.get("statistics.interval.ms"), Some("1000"));
         assert_eq!(
@@ -186,8 +187,9 @@ mod tests {
             Some("cooperative-sticky")
         );
         assert_eq!(c.get("queued.max.messages.kbytes"), Some("4096"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("4194304"));
         let eo = kafka(", decisions_topic: d, exactly_once: true");
-        let c = input_consumer(&eo, "g", 1 << 20, &[]);
+        let c = input_consumer(&eo, "g", 1 << 20, 1 << 20, &[]);
         assert_eq!(
             c.get("partition.assignment.strategy"),
             Some("range,roundrobin")

@@ -349,11 +349,14 @@ impl Router {
             producer.begin_transaction().map_err(step("begin"))?;
         }
         let producer = Arc::new(producer);
-        // Its prefetch is bounded too (librdkafka's default is 64 MiB).
+        // Prefetch bounded too (librdkafka's default is 64 MiB), with fetch responses
+        // no larger (librdkafka's default is 50 MB) but large enough for one record.
+        let queue = ROUTE_CONSUMER_QUEUE_KB * 1024;
         let c = crate::kafka::clients::input_consumer(
             kafka,
             &group,
-            ROUTE_CONSUMER_QUEUE_KB * 1024,
+            queue,
+            queue.max(kafka.max_message_bytes + RECORD_OVERHEAD_BYTES),
             &[],
         );
         let consumer: StreamConsumer<RouteConsumerContext> =

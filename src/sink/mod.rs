@@ -191,7 +191,9 @@ impl Sink {
                 gate_kib,
                 // A refused record would abort the whole transaction: refuse what
                 // is too large before the broker can.
-                local_limit: txn.as_ref().map(|_| cfg.max_message_bytes + 64 * 1024),
+                local_limit: txn
+                    .as_ref()
+                    .map(|_| cfg.max_message_bytes + crate::kafka::clients::RECORD_OVERHEAD_BYTES),
                 txn,
             }),
             rx,
@@ -309,14 +311,14 @@ async fn deliver(
     n: u64,
 ) -> Vec<Pin> {
     let (output, dlq) = (&*topics.output, &*topics.dead_letter);
-    // Its place in the transaction's enqueue order, given up on any early return.
-    let turn = topics.txn.as_ref().map(|t| t.turn(n));
-    if topics.aborted() {
-        // Aborted: nothing of this transaction is visible and its input stays
-        // uncommitted; the pipeline is stopping.
-        return Vec::new();
-    }
-    if let (Some(txn), Some(turn)) = (&topics.txn, turn) {
+    if let Some(txn) = &topics.txn {
+        // Its place in the enqueue order, taken first: its drop ends it on any path.
+        let turn = txn.turn(n);
+        if txn.failed().is_some() {
+            // Aborted: nothing of this transaction is visible and its input stays
+            // uncommitted; the pipeline is stopping.
+            return Vec::new();
+        }
         return txn::deliver(&producer, &topics, txn, msg, turn).await;
     }
     match msg {

@@ -221,11 +221,15 @@ impl Source {
         out: Outputs,
     ) -> Result<Self, SourceError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-        // Health, lag and the idle clock read librdkafka's statistics.
+        // The prefetch queue and fetch responses are part of the memory limit
+        // (fetch.max.bytes must also cover one maximum-size message). Health, lag and
+        // the idle clock read librdkafka's statistics.
+        let queue = usize::try_from(memory.consumer_queue).unwrap_or(usize::MAX);
         let c = crate::kafka::clients::input_consumer(
             cfg,
             &cfg.group_id,
-            usize::try_from(memory.consumer_queue).unwrap_or(usize::MAX),
+            queue,
+            queue.max(1_000_000),
             &[("statistics.interval.ms", "1000")],
         );
         if let Some(txn) = &out.txn {
