@@ -43,6 +43,19 @@ pub use output::OutputEncoding;
 pub use scan::{rescan, scan, scan_partial, span_times, RejectedSpan};
 pub use validate::{check_span, SpanDefect, MAX_DEPTH};
 
+/// The FNV-1a (64-bit) offset basis: the hash of no bytes.
+pub const FNV1A_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64-bit) of `hash` followed by `bytes`: start from [`FNV1A_OFFSET`] and
+/// feed several pieces in turn. The probabilistic policy's hash (the OTel
+/// processor's), the dynamic policy's key hash and the policy fingerprint use it.
+#[inline]
+pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// A W3C / OTLP trace id: 16 bytes, never all zero.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TraceId(pub [u8; 16]);

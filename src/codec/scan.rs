@@ -388,13 +388,8 @@ impl Record for SpanFields<'_, '_> {
 impl SpanFields<'_, '_> {
     /// FNV-1a over the key fields' values, each typed and separated: never 0.
     fn key_hash(&self, key: &[KeyField]) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for &b in bytes {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
+        let mut h: u64 = super::FNV1A_OFFSET;
+        let mut eat = |bytes: &[u8]| h = super::fnv1a(h, bytes);
         for f in key {
             let v = match f {
                 KeyField::Name => Value::Str(self.name),

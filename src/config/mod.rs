@@ -377,23 +377,26 @@ impl Default for TelemetryConfig {
 /// on a line without a reference (an unknown key, a wrong type written out): that
 /// one is reported, as for a file without references. Else the field the resolved
 /// values failed at, with any resolved value in the message shown as written.
+///
+/// `written`: the text, when the parsed document is that text (not a Collector
+/// config reshaped).
 fn schema_error(
-    text: &str,
+    written: Option<&str>,
     e: serde_path_to_error::Error<serde_yaml_ng::Error>,
     resolved: &subst::Resolved,
 ) -> ConfigError {
-    if text.is_empty() {
-        // Not the text as written (a Collector config, reshaped).
-    } else if let Err(raw) = serde_yaml_ng::from_str::<Config>(text) {
-        let on_plain_line = raw
-            .location()
-            .and_then(|l| text.lines().nth(l.line().saturating_sub(1)))
-            .is_some_and(|line| !line.contains("${"));
-        if on_plain_line {
-            return ConfigError::Parse {
-                path: "<text>".into(),
-                error: raw,
-            };
+    if let Some(text) = written {
+        if let Err(raw) = serde_yaml_ng::from_str::<Config>(text) {
+            let on_plain_line = raw
+                .location()
+                .and_then(|l| text.lines().nth(l.line().saturating_sub(1)))
+                .is_some_and(|line| !line.contains("${"));
+            if on_plain_line {
+                return ConfigError::Parse {
+                    path: "<text>".into(),
+                    error: raw,
+                };
+            }
         }
     }
     let field = e.path().to_string();
@@ -442,8 +445,8 @@ impl Config {
             match serde_path_to_error::deserialize(doc) {
                 Ok(cfg) => (cfg, resolved),
                 Err(e) => {
-                    let raw = if adopted.is_some() { "" } else { text };
-                    return Err(schema_error(raw, e, &resolved));
+                    let written = adopted.is_none().then_some(text);
+                    return Err(schema_error(written, e, &resolved));
                 }
             }
         } else {
@@ -467,9 +470,7 @@ impl Config {
         let text = serde_json::to_string(&(&self.policies, self.sample_on_first_match))
             .unwrap_or_default();
         // FNV-1a: stable across builds and platforms, unlike the std hasher.
-        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        let hash = crate::codec::fnv1a(crate::codec::FNV1A_OFFSET, text.as_bytes());
         format!("{hash:016x}")
     }
 

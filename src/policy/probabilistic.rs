@@ -2,7 +2,7 @@
 
 use super::spec::SpecError;
 use super::{Decision, Policy, TraceSummary};
-use crate::codec::TraceId;
+use crate::codec::{fnv1a, TraceId, FNV1A_OFFSET};
 use serde::{Deserialize, Serialize};
 
 /// `probabilistic`: keep `sampling_percentage` percent of traces, chosen by a hash
@@ -69,12 +69,7 @@ impl Probabilistic {
     }
 
     fn hash(&self, id: &TraceId) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in self.salt.iter().chain(id.0.iter()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h
+        fnv1a(fnv1a(FNV1A_OFFSET, &self.salt), &id.0)
     }
 }
 
