@@ -350,7 +350,7 @@ async fn dispatch(cmd: Command, mut signals: Signals) -> Result<ExitCode> {
                 tokio::spawn(tailsift::reload::watch(
                     config.clone(),
                     std::sync::Arc::clone(&running.policies),
-                    cfg.kafka.clone(),
+                    cfg.clone(),
                     trigger.subscribe(),
                     tailsift::reload::POLL,
                 ));

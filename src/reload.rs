@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::config::{Config, KafkaConfig};
+use crate::config::Config;
 use crate::decide::LivePolicies;
 use crate::shutdown::Shutdown;
 use crate::telemetry::names;
@@ -123,12 +123,13 @@ fn diff(
 }
 
 /// Watches `path` until `shutdown`: reloads on SIGHUP and whenever its contents
-/// change (checked every `poll`). `kafka` is the running connection (a reload does
-/// not change it), used to check that new policies' topics exist.
+/// change (checked every `poll`). `running` is the config the pipeline started with:
+/// its Kafka connection (a reload does not change it) checks that new policies'
+/// topics exist, and its policies are the first fingerprint.
 pub async fn watch(
     path: PathBuf,
     policies: Arc<LivePolicies>,
-    kafka: KafkaConfig,
+    running: Config,
     mut shutdown: Shutdown,
     poll: Duration,
 ) {
@@ -139,12 +140,9 @@ pub async fn watch(
         .as_deref()
         .map(|b| String::from_utf8_lossy(b).into_owned())
         .unwrap_or_default();
-    let mut fingerprint = Config::from_yaml(&started)
-        .ok()
-        .map(|c| c.policy_fingerprint());
-    if let Some(fp) = &fingerprint {
-        metrics::gauge!(names::POLICY_FINGERPRINT, "fingerprint" => fp.clone()).set(1.0);
-    }
+    let mut fingerprint = running.policy_fingerprint();
+    metrics::gauge!(names::POLICY_FINGERPRINT, "fingerprint" => fingerprint.clone()).set(1.0);
+    let kafka = running.kafka;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = hangups();
@@ -167,13 +165,10 @@ pub async fn watch(
                 metrics::gauge!(names::POLICY_GENERATION).set(generation as f64);
                 let now_fp = cfg.policy_fingerprint();
                 info!(message = "Policies reloaded; they decide every trace from now on.", trigger = why, path = %path.display(), generation, fingerprint = %now_fp);
-                if fingerprint.as_deref() != Some(now_fp.as_str()) {
-                    if let Some(old) = fingerprint.take() {
-                        metrics::gauge!(names::POLICY_FINGERPRINT, "fingerprint" => old).set(0.0);
-                    }
-                    metrics::gauge!(names::POLICY_FINGERPRINT, "fingerprint" => now_fp.clone())
-                        .set(1.0);
-                    fingerprint = Some(now_fp);
+                if fingerprint != now_fp {
+                    let old = std::mem::replace(&mut fingerprint, now_fp.clone());
+                    metrics::gauge!(names::POLICY_FINGERPRINT, "fingerprint" => old).set(0.0);
+                    metrics::gauge!(names::POLICY_FINGERPRINT, "fingerprint" => now_fp).set(1.0);
                 }
                 let now = std::fs::read(&path)
                     .map(|b| String::from_utf8_lossy(&b).into_owned())

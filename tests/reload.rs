@@ -29,7 +29,7 @@ async fn reloaded_policies_decide_buffered_and_new_traces_and_a_bad_file_changes
     tokio::spawn(tailsift::reload::watch(
         path.clone(),
         std::sync::Arc::clone(&policies),
-        cfg.kafka.clone(),
+        cfg.clone(),
         sampler.trigger.subscribe(),
         Duration::from_millis(100),
     ));
